@@ -1,0 +1,254 @@
+//! `attach`: a small command line over hostbrick, for operators and test suites.
+//!
+//! ```text
+//! attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath]
+//! attach connect [--multipath] [--enforce-multipath] CONNECTION_INFO.json|-
+//! attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
+//! attach extend [--multipath] CONNECTION_INFO.json|-
+//! ```
+//!
+//! JSON in, JSON out: results go to stdout and nothing else does. Errors go to stderr as
+//! `error[KIND]: message` with exit status 1 (2 for a bad command line). Set `RUST_LOG`
+//! (e.g. `RUST_LOG=hostbrick=info`) for tracing output on stderr.
+//!
+//! Common options: `--timeout SECS` (operation deadline), `--lock-dir DIR`,
+//! `--iface NAME` (open-iscsi iface), `--root-helper CMD` (e.g. `sudo`).
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostbrick::{
+    connector_for, get_connector_properties, ConnectionInfo, ConnectorOptions, DeviceRecord,
+    DisconnectOptions, HostContext, SystemRunner,
+};
+
+const USAGE: &str = "usage:
+  attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath]
+  attach connect [--multipath] [--enforce-multipath] CONNECTION_INFO.json|-
+  attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
+  attach extend [--multipath] CONNECTION_INFO.json|-
+common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD";
+
+/// A command-line mistake.
+struct Usage(String);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Properties,
+    Connect,
+    Disconnect,
+    Extend,
+}
+
+struct Args {
+    command: Cmd,
+    files: Vec<String>,
+    ip: Option<String>,
+    host: Option<String>,
+    multipath: bool,
+    enforce_multipath: bool,
+    force: bool,
+    ignore_errors: bool,
+    timeout: Option<Duration>,
+    lock_dir: Option<String>,
+    iface: Option<String>,
+    root_helper: Option<String>,
+}
+
+fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
+    let mut it = argv.into_iter();
+    let command = match it.next().as_deref() {
+        Some("properties") => Cmd::Properties,
+        Some("connect") => Cmd::Connect,
+        Some("disconnect") => Cmd::Disconnect,
+        Some("extend") => Cmd::Extend,
+        Some("-h" | "--help") => return Err(Usage(String::new())),
+        Some(other) => return Err(Usage(format!("unknown command {other:?}"))),
+        None => return Err(Usage("missing command".into())),
+    };
+    let mut a = Args {
+        command,
+        files: Vec::new(),
+        ip: None,
+        host: None,
+        multipath: false,
+        enforce_multipath: false,
+        force: false,
+        ignore_errors: false,
+        timeout: None,
+        lock_dir: None,
+        iface: None,
+        root_helper: None,
+    };
+    let value = |flag: &str, it: &mut std::vec::IntoIter<String>| {
+        it.next()
+            .ok_or_else(|| Usage(format!("{flag} needs a value")))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--ip" => a.ip = Some(value("--ip", &mut it)?),
+            "--host" => a.host = Some(value("--host", &mut it)?),
+            "--multipath" => a.multipath = true,
+            "--enforce-multipath" => {
+                a.multipath = true;
+                a.enforce_multipath = true;
+            }
+            "--force" => a.force = true,
+            "--ignore-errors" => a.ignore_errors = true,
+            "--timeout" => {
+                let v = value("--timeout", &mut it)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| {
+                        Usage(format!(
+                            "--timeout {v:?} is not a positive number of seconds"
+                        ))
+                    })?;
+                a.timeout = Some(Duration::from_secs_f64(secs));
+            }
+            "--lock-dir" => a.lock_dir = Some(value("--lock-dir", &mut it)?),
+            "--iface" => a.iface = Some(value("--iface", &mut it)?),
+            "--root-helper" => a.root_helper = Some(value("--root-helper", &mut it)?),
+            "-h" | "--help" => return Err(Usage(String::new())),
+            "-" => a.files.push(arg),
+            s if s.starts_with('-') => return Err(Usage(format!("unknown option {s}"))),
+            _ => a.files.push(arg),
+        }
+    }
+    let (name, min, max) = match a.command {
+        Cmd::Properties => ("properties", 0, 0),
+        Cmd::Connect => ("connect", 1, 1),
+        Cmd::Extend => ("extend", 1, 1),
+        Cmd::Disconnect => ("disconnect", 1, 2),
+    };
+    if a.files.len() < min || a.files.len() > max {
+        return Err(Usage(format!("{name} takes {min} to {max} file arguments")));
+    }
+    Ok(a)
+}
+
+fn read_input(path: &str) -> hostbrick::Result<String> {
+    let mut text = String::new();
+    let r = if path == "-" {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    r.map_err(|source| hostbrick::Error::Io {
+        path: path.into(),
+        source,
+    })?;
+    Ok(text)
+}
+
+fn context(a: &Args) -> HostContext {
+    let mut runner = SystemRunner::new();
+    if let Some(helper) = &a.root_helper {
+        runner = runner.with_root_helper(helper.split_whitespace());
+    }
+    HostContext::new(hostbrick::Host::system(), Arc::new(runner))
+}
+
+fn options(a: &Args) -> ConnectorOptions {
+    let mut o = ConnectorOptions::with_context(context(a));
+    if a.multipath {
+        o = o.multipath(a.enforce_multipath);
+    }
+    if let Some(t) = a.timeout {
+        o = o.operation_timeout(t);
+    }
+    if let Some(d) = &a.lock_dir {
+        o = o.lock_dir(d);
+    }
+    if let Some(i) = &a.iface {
+        o = o.iscsi_iface(i);
+    }
+    o
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+fn run(a: &Args) -> hostbrick::Result<String> {
+    match a.command {
+        Cmd::Properties => {
+            let ip = a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+            let host = a.host.clone().unwrap_or_else(hostname);
+            let props = get_connector_properties(
+                &context(a),
+                &ip,
+                a.multipath,
+                a.enforce_multipath,
+                &host,
+            )?;
+            serde_json::to_string_pretty(&props).map_err(|e| hostbrick::Error::Parse {
+                program: "attach".into(),
+                reason: e.to_string(),
+            })
+        }
+        Cmd::Connect => {
+            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
+            let connector = connector_for(info.protocol(), options(a))?;
+            connector.connect_volume(&info)?.to_json()
+        }
+        Cmd::Disconnect => {
+            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
+            let device = match a.files.get(1) {
+                Some(f) => Some(DeviceRecord::from_json(&read_input(f)?)?),
+                None => None,
+            };
+            let connector = connector_for(info.protocol(), options(a))?;
+            let opts = DisconnectOptions {
+                force: a.force,
+                ignore_errors: a.ignore_errors,
+            };
+            connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            Ok(String::new())
+        }
+        Cmd::Extend => {
+            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
+            let connector = connector_for(info.protocol(), options(a))?;
+            Ok(connector.extend_volume(&info)?.to_string())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(a) => a,
+        Err(Usage(msg)) => {
+            if msg.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error[usage]: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {}", e.kind(), e.chain());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! `connection_info`: what a storage service (Cinder) returns for an attachment, parsed
+//! verbatim into typed, validated per-protocol properties.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::iscsi::IscsiProperties;
+
+/// A volume transport, as named in `driver_volume_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// iSCSI over TCP.
+    Iscsi,
+    /// iSCSI with the iSER (RDMA) transport.
+    Iser,
+    /// NVMe over fabrics (TCP, RDMA).
+    NvmeOf,
+    /// Ceph RADOS block device.
+    Rbd,
+}
+
+impl Protocol {
+    /// The names accepted by [`Protocol::from_str`] (case-insensitive).
+    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof, rbd";
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Iscsi => "iscsi",
+            Protocol::Iser => "iser",
+            Protocol::NvmeOf => "nvmeof",
+            Protocol::Rbd => "rbd",
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "iscsi" => Ok(Protocol::Iscsi),
+            "iser" => Ok(Protocol::Iser),
+            "nvmeof" => Ok(Protocol::NvmeOf),
+            "rbd" => Ok(Protocol::Rbd),
+            _ => Err(Error::InvalidConnectorProtocol {
+                value: s.to_string(),
+                accepted: Protocol::ACCEPTED,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Read or read-write access, from `access_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Read-write (`rw`), the default.
+    #[default]
+    Rw,
+    /// Read-only (`ro`).
+    Ro,
+}
+
+/// The typed properties of one volume, per protocol.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum VolumeProperties {
+    /// iSCSI or iSER.
+    Iscsi(IscsiProperties),
+}
+
+/// A parsed `connection_info`: `{"driver_volume_type": ..., "data": {...}}`.
+///
+/// Unknown keys are tolerated; known keys are validated here, so a connector never meets a
+/// malformed portal or IQN. Secrets are held in [`crate::Secret`] and never printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    protocol: Protocol,
+    properties: VolumeProperties,
+}
+
+impl ConnectionInfo {
+    /// Parses JSON text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::invalid("connection_info", format!("not valid JSON: {e}")))?;
+        Self::from_value(&v)
+    }
+
+    /// Parses a JSON value.
+    pub fn from_value(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::invalid("connection_info", "expected a JSON object"))?;
+        let dvt = obj
+            .get("driver_volume_type")
+            .ok_or_else(|| Error::invalid("driver_volume_type", "missing"))?
+            .as_str()
+            .ok_or_else(|| Error::invalid("driver_volume_type", "expected a string"))?;
+        let protocol: Protocol = dvt.parse()?;
+        let data = obj
+            .get("data")
+            .ok_or_else(|| Error::invalid("data", "missing"))?
+            .as_object()
+            .ok_or_else(|| Error::invalid("data", "expected a JSON object"))?;
+        let fields = Fields::new("data", data);
+        let properties = match protocol {
+            Protocol::Iscsi | Protocol::Iser => {
+                VolumeProperties::Iscsi(IscsiProperties::from_fields(&fields)?)
+            }
+            Protocol::NvmeOf | Protocol::Rbd => {
+                return Err(Error::ProtocolNotBuilt {
+                    protocol: protocol.to_string(),
+                })
+            }
+        };
+        Ok(ConnectionInfo {
+            protocol,
+            properties,
+        })
+    }
+
+    /// The protocol named by `driver_volume_type`.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The typed properties.
+    pub fn properties(&self) -> &VolumeProperties {
+        &self.properties
+    }
+
+    /// The iSCSI properties, when this is an iSCSI or iSER volume.
+    pub fn iscsi(&self) -> Option<&IscsiProperties> {
+        match &self.properties {
+            VolumeProperties::Iscsi(p) => Some(p),
+        }
+    }
+
+    /// The volume id, when the storage service sent one.
+    pub fn volume_id(&self) -> Option<&str> {
+        match &self.properties {
+            VolumeProperties::Iscsi(p) => p.volume_id.as_deref(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionInfo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        ConnectionInfo::from_value(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Typed access to one JSON object's fields; errors name the field with its path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    prefix: &'a str,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn new(prefix: &'a str, map: &'a Map<String, Value>) -> Self {
+        Fields { prefix, map }
+    }
+
+    pub(crate) fn name(&self, key: &str) -> String {
+        format!("{}.{}", self.prefix, key)
+    }
+
+    /// The value, treating JSON `null` as absent.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub(crate) fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(Error::invalid(
+                self.name(key),
+                format!("expected a string, got {}", kind(other)),
+            )),
+        }
+    }
+
+    pub(crate) fn str_req(&self, key: &str) -> Result<&'a str> {
+        self.str_opt(key)?
+            .ok_or_else(|| Error::invalid(self.name(key), "missing"))
+    }
+
+    /// A non-negative integer given as a JSON number or a decimal string.
+    pub(crate) fn u64_opt(&self, key: &str) -> Result<Option<u64>> {
+        self.get(key)
+            .map(|v| as_u64(v).map_err(|r| Error::invalid(self.name(key), r)))
+            .transpose()
+    }
+
+    /// A boolean given as JSON `true`/`false` or the strings Python services send.
+    pub(crate) fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => Ok(Some(true)),
+                "false" | "no" | "0" | "" => Ok(Some(false)),
+                _ => Err(Error::invalid(
+                    self.name(key),
+                    format!("{s:?} is not a boolean"),
+                )),
+            },
+            Some(other) => Err(Error::invalid(
+                self.name(key),
+                format!("expected a boolean, got {}", kind(other)),
+            )),
+        }
+    }
+
+    pub(crate) fn list_opt(&self, key: &str) -> Result<Option<&'a Vec<Value>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(other) => Err(Error::invalid(
+                self.name(key),
+                format!("expected a list, got {}", kind(other)),
+            )),
+        }
+    }
+
+    pub(crate) fn access_mode(&self) -> Result<Option<AccessMode>> {
+        match self.str_opt("access_mode")? {
+            None => Ok(None),
+            Some(s) => match s.to_ascii_lowercase().as_str() {
+                "rw" => Ok(Some(AccessMode::Rw)),
+                "ro" => Ok(Some(AccessMode::Ro)),
+                _ => Err(Error::invalid(
+                    self.name("access_mode"),
+                    format!("{s:?} is neither \"rw\" nor \"ro\""),
+                )),
+            },
+        }
+    }
+}
+
+pub(crate) fn as_u64(v: &Value) -> std::result::Result<u64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("{n} is not a non-negative integer")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a non-negative integer")),
+        other => Err(format!("expected an integer, got {}", kind(other))),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names() {
+        for (s, p) in [
+            ("iscsi", Protocol::Iscsi),
+            ("ISCSI", Protocol::Iscsi),
+            ("iSER", Protocol::Iser),
+            ("NVMEOF", Protocol::NvmeOf),
+            ("rbd", Protocol::Rbd),
+        ] {
+            assert_eq!(s.parse::<Protocol>().unwrap(), p);
+        }
+        let e = "fibre_channel".parse::<Protocol>().unwrap_err();
+        assert!(matches!(e, Error::InvalidConnectorProtocol { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof, rbd"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn envelope_errors_name_the_field() {
+        let cases = [
+            ("[]", "connection_info"),
+            ("{}", "driver_volume_type"),
+            (
+                r#"{"driver_volume_type": 3, "data": {}}"#,
+                "driver_volume_type",
+            ),
+            (r#"{"driver_volume_type": "iscsi"}"#, "data"),
+            (r#"{"driver_volume_type": "iscsi", "data": []}"#, "data"),
+            ("not json", "connection_info"),
+        ];
+        for (text, field) in cases {
+            match ConnectionInfo::from_json(text) {
+                Err(Error::InvalidConnectionInfo { field: f, .. }) => {
+                    assert_eq!(f, field, "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn later_protocols_are_not_built_yet() {
+        let e =
+            ConnectionInfo::from_json(r#"{"driver_volume_type": "rbd", "data": {}}"#).unwrap_err();
+        assert!(matches!(e, Error::ProtocolNotBuilt { .. }), "{e}");
+    }
+
+    #[test]
+    fn field_helpers_accept_python_shapes() {
+        let v: Value = serde_json::json!({"a": "3", "b": 4, "c": "True", "d": null, "e": -1});
+        let m = v.as_object().unwrap();
+        let f = Fields::new("data", m);
+        assert_eq!(f.u64_opt("a").unwrap(), Some(3));
+        assert_eq!(f.u64_opt("b").unwrap(), Some(4));
+        assert_eq!(f.bool_opt("c").unwrap(), Some(true));
+        assert_eq!(f.str_opt("d").unwrap(), None);
+        assert!(f.u64_opt("e").is_err());
+        assert!(f.str_opt("b").unwrap_err().to_string().contains("data.b"));
+    }
+}

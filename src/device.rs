@@ -1,0 +1,117 @@
+//! The device record a connect returns: serde-able, enough to detach later.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::Protocol;
+use crate::error::{Error, Result};
+use crate::ids::{Hctl, Iqn, Portal};
+
+/// What kind of device a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A block device on this host.
+    Block,
+}
+
+/// One path of an attached volume: a SCSI device and the target it came through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRecord {
+    /// The block device, e.g. `/dev/sdb`.
+    pub device: PathBuf,
+    /// Its SCSI address.
+    pub hctl: Hctl,
+    /// The portal it came through.
+    pub portal: Portal,
+    /// The target.
+    pub iqn: Iqn,
+    /// The LUN.
+    pub lun: u64,
+}
+
+/// The result of a connect, with os-brick's keys (`type`, `path`, `scsi_wwn`,
+/// `multipath_id`) and what a later disconnect needs. Persist it as JSON; unknown keys
+/// are ignored when it is read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// `"block"`.
+    #[serde(rename = "type")]
+    pub kind: DeviceKind,
+    /// The device to hand to a guest: the dm-multipath device, else the by-path link (or
+    /// the block device when udev made no link).
+    pub path: PathBuf,
+    /// The volume's WWID in udev's form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scsi_wwn: Option<String>,
+    /// The dm-multipath map name, when a map was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipath_id: Option<String>,
+    /// The protocol that attached it.
+    pub protocol: Protocol,
+    /// The volume id from the connection_info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    /// Every path attached.
+    #[serde(default)]
+    pub paths: Vec<PathRecord>,
+}
+
+impl DeviceRecord {
+    /// Parses a record saved as JSON.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::InvalidDeviceRecord {
+            reason: e.to_string(),
+        })
+    }
+
+    /// The record as JSON (fails only for a path that is not UTF-8).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::InvalidDeviceRecord {
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_brick_keys_and_round_trip() {
+        let rec = DeviceRecord {
+            kind: DeviceKind::Block,
+            path: "/dev/dm-0".into(),
+            scsi_wwn: Some("36001405abc".into()),
+            multipath_id: Some("36001405abc".into()),
+            protocol: Protocol::Iscsi,
+            volume_id: None,
+            paths: vec![PathRecord {
+                device: "/dev/sdb".into(),
+                hctl: "2:0:0:1".parse().unwrap(),
+                portal: "127.0.0.1:3260".parse().unwrap(),
+                iqn: "iqn.2003-01.org.linux-iscsi.vm:t1".parse().unwrap(),
+                lun: 1,
+            }],
+        };
+        let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
+        assert_eq!(v["type"], "block");
+        assert_eq!(v["path"], "/dev/dm-0");
+        assert_eq!(v["scsi_wwn"], "36001405abc");
+        assert_eq!(v["multipath_id"], "36001405abc");
+        assert_eq!(v["paths"][0]["hctl"], "2:0:0:1");
+        assert_eq!(
+            DeviceRecord::from_json(&rec.to_json().unwrap()).unwrap(),
+            rec
+        );
+        // Extra keys (another tool's additions) are tolerated.
+        let mut v2 = v.clone();
+        v2["extra"] = serde_json::json!(1);
+        assert_eq!(DeviceRecord::from_json(&v2.to_string()).unwrap(), rec);
+        assert!(matches!(
+            DeviceRecord::from_json("{}"),
+            Err(Error::InvalidDeviceRecord { .. })
+        ));
+    }
+}

@@ -1,0 +1,421 @@
+//! The crate's one error type.
+//!
+//! Every variant is structured: callers match on it rather than on text. Messages never
+//! repeat their `#[source]`; print the chain to see the cause.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The result type of every fallible hostbrick operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a finished external command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The program exited with this code.
+    Code(i32),
+    /// The program was killed by this signal number.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// True for exit code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// The exit code, if the program exited normally.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            ExitStatus::Code(c) => Some(c),
+            ExitStatus::Signal(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// One path that a connect tried and why it did not give a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptFailure {
+    /// The target tried, e.g. `127.0.0.1:3260 iqn.2003-01.org.example:t1 lun 0`.
+    pub target: String,
+    /// Why it failed (the error's full message chain).
+    pub reason: String,
+}
+
+/// Everything that can go wrong in hostbrick.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `driver_volume_type` named no protocol hostbrick knows.
+    #[error("invalid connector protocol {value:?}: accepted names are {accepted}")]
+    InvalidConnectorProtocol {
+        /// The value given.
+        value: String,
+        /// The accepted names, comma separated.
+        accepted: &'static str,
+    },
+
+    /// The protocol is known but its connector is not part of this build yet.
+    #[error("the {protocol} connector is not built yet")]
+    ProtocolNotBuilt {
+        /// The protocol's name.
+        protocol: String,
+    },
+
+    /// A connection_info (or one of its fields) is malformed.
+    #[error("invalid connection_info field `{field}`: {reason}")]
+    InvalidConnectionInfo {
+        /// The field, e.g. `data.target_portal` or `data.target_luns`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A connector was handed properties of another protocol.
+    #[error("the {expected} connector was given {found} connection properties")]
+    ProtocolMismatch {
+        /// The connector's protocol.
+        expected: String,
+        /// The protocol of the properties given.
+        found: String,
+    },
+
+    /// A saved device record cannot be used.
+    #[error("invalid device record: {reason}")]
+    InvalidDeviceRecord {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A caller-supplied argument is invalid.
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An executable could not be found.
+    #[error("program `{program}` not found (searched PATH and {searched:?})")]
+    CommandNotFound {
+        /// The program name.
+        program: String,
+        /// The extra directories searched besides `PATH`.
+        searched: Vec<PathBuf>,
+    },
+
+    /// An executable could not be started.
+    #[error("cannot run `{program}`")]
+    CommandSpawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An external command ended unsuccessfully.
+    #[error(
+        "`{program} {args}` failed with {status}: {}",
+        summarize(stderr, stdout)
+    )]
+    CommandFailed {
+        /// The program.
+        program: String,
+        /// Its arguments, secrets masked.
+        args: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// What it printed on stdout.
+        stdout: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+
+    /// An external command ran past its time limit and was killed.
+    #[error("`{program} {args}` did not finish within {timeout:?} and was killed")]
+    CommandTimedOut {
+        /// The program.
+        program: String,
+        /// Its arguments, secrets masked.
+        args: String,
+        /// The limit.
+        timeout: Duration,
+    },
+
+    /// An external command was stopped because its operation no longer needed it.
+    #[error("`{program} {args}` was cancelled")]
+    CommandCancelled {
+        /// The program.
+        program: String,
+        /// Its arguments, secrets masked.
+        args: String,
+    },
+
+    /// The target refused our credentials (iscsiadm exit code 24).
+    #[error("authentication failed logging in to {target}")]
+    AuthenticationFailed {
+        /// The target, e.g. `127.0.0.1:3260 iqn...`.
+        target: String,
+        /// The command failure behind it.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Reading or writing a host file failed.
+    #[error("cannot access {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A host file holds something that cannot be parsed.
+    #[error("unexpected content in {}: {reason}", path.display())]
+    UnexpectedContent {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// Output of an external command cannot be parsed.
+    #[error("cannot parse output of `{program}`: {reason}")]
+    Parse {
+        /// The program.
+        program: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// A wait ran out of time.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited: Duration,
+    },
+
+    /// udev could not be used.
+    #[error("udev {action} failed")]
+    Udev {
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A cross-process lock could not be taken.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+
+    /// No path of the volume produced a usable block device.
+    #[error("volume device not found; tried: {}", list_attempts(tried))]
+    VolumeDeviceNotFound {
+        /// Each target tried and why it failed.
+        tried: Vec<AttemptFailure>,
+    },
+
+    /// Multipath was required but multipathd is not running.
+    #[error("multipath is enforced but multipathd is not running")]
+    MultipathdNotRunning,
+
+    /// A dm-multipath map could not be assembled and multipath is enforced.
+    #[error("multipath map for {wwid} could not be assembled: {reason}")]
+    MultipathAssembly {
+        /// The volume's WWID.
+        wwid: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A block device cannot be read.
+    #[error("device {} is not valid", path.display())]
+    InvalidDevice {
+        /// The device.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A disconnect with `ignore_errors` finished but some steps failed.
+    #[error("disconnect finished with {} failure(s): {}", failures.len(), list_errors(failures))]
+    DisconnectIncomplete {
+        /// Every failure, in order.
+        failures: Vec<Error>,
+    },
+}
+
+impl Error {
+    /// A stable snake_case name for the variant, for logs and command-line output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidConnectorProtocol { .. } => "invalid_connector_protocol",
+            Error::ProtocolNotBuilt { .. } => "protocol_not_built",
+            Error::InvalidConnectionInfo { .. } => "invalid_connection_info",
+            Error::ProtocolMismatch { .. } => "protocol_mismatch",
+            Error::InvalidDeviceRecord { .. } => "invalid_device_record",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::CommandNotFound { .. } => "command_not_found",
+            Error::CommandSpawn { .. } => "command_spawn",
+            Error::CommandFailed { .. } => "command_failed",
+            Error::CommandTimedOut { .. } => "command_timed_out",
+            Error::CommandCancelled { .. } => "command_cancelled",
+            Error::AuthenticationFailed { .. } => "authentication_failed",
+            Error::Io { .. } => "io",
+            Error::UnexpectedContent { .. } => "unexpected_content",
+            Error::Parse { .. } => "parse",
+            Error::Timeout { .. } => "timeout",
+            Error::Udev { .. } => "udev",
+            Error::Lock { .. } => "lock",
+            Error::VolumeDeviceNotFound { .. } => "volume_device_not_found",
+            Error::MultipathdNotRunning => "multipathd_not_running",
+            Error::MultipathAssembly { .. } => "multipath_assembly",
+            Error::InvalidDevice { .. } => "invalid_device",
+            Error::DisconnectIncomplete { .. } => "disconnect_incomplete",
+        }
+    }
+
+    /// The error and all its sources, joined with `": "`.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(self);
+        while let Some(e) = cur {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cur = e.source();
+        }
+        out
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidConnectionInfo {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The exit code of a failed command, if this is one.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Error::CommandFailed { status, .. } => status.code(),
+            Error::AuthenticationFailed { source, .. } => source.exit_code(),
+            _ => None,
+        }
+    }
+
+    /// True when the error says a file or device does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+fn summarize(stderr: &str, stdout: &str) -> String {
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return "(no output)".to_string();
+    }
+    // Keep messages one screen long: the full output stays in the fields.
+    const MAX: usize = 400;
+    if text.len() <= MAX {
+        return text.replace('\n', " | ");
+    }
+    let mut cut = MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", text[..cut].replace('\n', " | "))
+}
+
+fn list_attempts(tried: &[AttemptFailure]) -> String {
+    if tried.is_empty() {
+        return "no targets".to_string();
+    }
+    tried
+        .iter()
+        .map(|a| format!("[{}: {}]", a.target, a.reason))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn list_errors(errors: &[Error]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("[{}]", e.chain()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_failed_message_summarizes_stderr() {
+        let e = Error::CommandFailed {
+            program: "iscsiadm".into(),
+            args: "-m node".into(),
+            status: ExitStatus::Code(21),
+            stdout: String::new(),
+            stderr: "iscsiadm: No records found\n".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "`iscsiadm -m node` failed with exit code 21: iscsiadm: No records found"
+        );
+        assert_eq!(e.exit_code(), Some(21));
+        assert_eq!(e.kind(), "command_failed");
+    }
+
+    #[test]
+    fn chain_includes_sources_once() {
+        let e = Error::io(
+            "/sys/x",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        );
+        assert_eq!(e.chain(), "cannot access /sys/x: gone");
+        assert!(e.is_not_found());
+    }
+
+    #[test]
+    fn long_output_is_cut_on_a_char_boundary() {
+        let s = "é".repeat(300);
+        let out = summarize(&s, "");
+        assert!(out.ends_with('…'));
+        assert!(out.len() <= 404);
+    }
+}

@@ -1,0 +1,250 @@
+//! The host handle: the roots of sysfs, /dev, /etc and /run.
+//!
+//! Every file hostbrick reads or writes on the host goes through a [`Host`], so a test can
+//! point it at a fake tree in a temporary directory. This is the only module that names
+//! absolute host paths.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Where the host's kernel and system files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    sys: PathBuf,
+    dev: PathBuf,
+    etc: PathBuf,
+    run: PathBuf,
+    real: bool,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::system()
+    }
+}
+
+impl Host {
+    /// The running system: `/sys`, `/dev`, `/etc`, `/run`.
+    pub fn system() -> Self {
+        Host {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+            etc: PathBuf::from("/etc"),
+            run: PathBuf::from("/run"),
+            real: true,
+        }
+    }
+
+    /// A tree under `root` (`root/sys`, `root/dev`, `root/etc`, `root/run`), e.g. a fake
+    /// host in a temporary directory. udev is never used for such a tree: waits poll it.
+    pub fn with_root(root: impl AsRef<Path>) -> Self {
+        let root = root.as_ref();
+        let real = root == Path::new("/");
+        Host {
+            sys: root.join("sys"),
+            dev: root.join("dev"),
+            etc: root.join("etc"),
+            run: root.join("run"),
+            real,
+        }
+    }
+
+    /// Replaces the sysfs root.
+    pub fn sys_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sys = path.into();
+        self.real = false;
+        self
+    }
+
+    /// Replaces the /dev root.
+    pub fn dev_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.dev = path.into();
+        self.real = false;
+        self
+    }
+
+    /// Replaces the /etc root.
+    pub fn etc_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.etc = path.into();
+        self
+    }
+
+    /// Replaces the /run root.
+    pub fn run_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.run = path.into();
+        self
+    }
+
+    /// A path under sysfs, e.g. `sys("block/sda/size")`.
+    pub fn sys(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.sys.join(rel)
+    }
+
+    /// A path under /dev.
+    pub fn dev(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dev.join(rel)
+    }
+
+    /// A path under /etc.
+    pub fn etc(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.etc.join(rel)
+    }
+
+    /// A path under /run.
+    pub fn run(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.run.join(rel)
+    }
+
+    /// The default directory for hostbrick's cross-process lock files.
+    pub fn default_lock_dir(&self) -> PathBuf {
+        self.run("lock/hostbrick")
+    }
+
+    /// True when this handle is the running system and udevd is running on it, so device
+    /// waits can listen to udev events.
+    pub fn udev_active(&self) -> bool {
+        self.real && self.run("udev/control").exists()
+    }
+
+    /// True when this handle is the running system (not a fake tree).
+    pub fn is_system(&self) -> bool {
+        self.real
+    }
+
+    /// Reads a small text file (a sysfs attribute), trimmed.
+    pub fn read_attr(&self, path: &Path) -> Result<String> {
+        fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| Error::io(path, e))
+    }
+
+    /// Reads a text file, `None` when it does not exist.
+    pub fn read_attr_opt(&self, path: &Path) -> Result<Option<String>> {
+        match fs::read_to_string(path) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Reads a decimal number attribute.
+    pub fn read_u64(&self, path: &Path) -> Result<u64> {
+        let s = self.read_attr(path)?;
+        s.parse().map_err(|_| Error::UnexpectedContent {
+            path: path.to_path_buf(),
+            reason: format!("{s:?} is not a number"),
+        })
+    }
+
+    /// Writes to a sysfs attribute: the file must exist (it is never created), and the
+    /// value goes in one write call, as the kernel expects (the same as `echo v > attr`).
+    pub fn write_attr(&self, path: &Path, value: &str) -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        f.write_all(value.as_bytes())
+            .map_err(|e| Error::io(path, e))
+    }
+
+    /// Names of the entries of a directory, sorted; empty when it does not exist.
+    pub fn list_dir(&self, path: &Path) -> Result<Vec<String>> {
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(path, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The final component of a symlink's target (e.g. `host2` for a `device` link).
+    pub fn link_target(&self, path: &Path) -> Result<Option<PathBuf>> {
+        match fs::read_link(path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Resolves a path through symlinks, `None` when it does not exist.
+    pub fn canonical(&self, path: &Path) -> Result<Option<PathBuf>> {
+        match fs::canonicalize(path) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Maps a path the running system would show (e.g. `/dev/sdb` from a device record)
+    /// into this handle's /dev root. Paths outside /dev are returned unchanged.
+    pub fn map_dev_path(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix("/dev") {
+            Ok(rel) if !self.real => self.dev.join(rel),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// The inverse of [`Host::map_dev_path`]: the `/dev/...` name a caller should see.
+    pub fn public_dev_path(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.dev) {
+            Ok(rel) if !self.real => Path::new("/dev").join(rel),
+            _ => path.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_and_mapping() {
+        let h = Host::with_root("/tmp/fake");
+        assert_eq!(h.sys("block/sda"), PathBuf::from("/tmp/fake/sys/block/sda"));
+        assert_eq!(
+            h.map_dev_path(Path::new("/dev/sdb")),
+            PathBuf::from("/tmp/fake/dev/sdb")
+        );
+        assert_eq!(
+            h.public_dev_path(Path::new("/tmp/fake/dev/sdb")),
+            PathBuf::from("/dev/sdb")
+        );
+        assert!(!h.udev_active());
+        let s = Host::system();
+        assert_eq!(
+            s.map_dev_path(Path::new("/dev/sdb")),
+            PathBuf::from("/dev/sdb")
+        );
+        assert!(Host::with_root("/").is_system());
+    }
+
+    #[test]
+    fn attrs() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Host::with_root(d.path());
+        let p = d.path().join("size");
+        std::fs::write(&p, "2048\n").unwrap();
+        assert_eq!(h.read_u64(&p).unwrap(), 2048);
+        assert_eq!(h.read_attr_opt(&d.path().join("none")).unwrap(), None);
+        h.write_attr(&p, "1").unwrap();
+        assert_eq!(h.read_attr(&p).unwrap(), "1");
+        assert!(h
+            .write_attr(&d.path().join("missing"), "1")
+            .unwrap_err()
+            .is_not_found());
+        assert_eq!(
+            h.list_dir(&d.path().join("nope")).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! The `iscsiadm` wrapper: building its argument vectors, classifying its exit codes, and
+//! parsing its output (pure functions).
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Cancel, Command, CommandOutput, CommandRunner};
+use crate::error::{Error, Result};
+use crate::ids::{Iqn, Portal};
+use crate::iscsi::props::{ChapCredentials, IscsiTarget};
+use crate::secret::Secret;
+
+/// The program.
+pub const ISCSIADM: &str = "iscsiadm";
+
+/// What an iscsiadm exit code means (open-iscsi `iscsi_err.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IscsiadmStatus {
+    /// 0.
+    Success,
+    /// 15, `ISCSI_ERR_SESS_EXISTS`: success for a login.
+    SessionExists,
+    /// 21, `ISCSI_ERR_NO_OBJS_FOUND`: no records or no sessions; "nothing there".
+    NothingThere,
+    /// 24, `ISCSI_ERR_LOGIN_AUTH_FAILED`.
+    AuthFailed,
+    /// 6 (`ISCSI_ERR_IDBM`, the node database was busy) or 255 (iscsid unreachable):
+    /// worth another try.
+    Retryable,
+    /// Anything else, or killed by a signal.
+    Failed,
+}
+
+impl IscsiadmStatus {
+    /// Classifies an exit code.
+    pub fn from_code(code: Option<i32>) -> Self {
+        match code {
+            Some(0) => IscsiadmStatus::Success,
+            Some(15) => IscsiadmStatus::SessionExists,
+            Some(21) => IscsiadmStatus::NothingThere,
+            Some(24) => IscsiadmStatus::AuthFailed,
+            Some(6) | Some(255) => IscsiadmStatus::Retryable,
+            _ => IscsiadmStatus::Failed,
+        }
+    }
+}
+
+/// One line of `iscsiadm -m session`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// The transport (`tcp`, `iser`, ...).
+    pub transport: String,
+    /// The session id (`[N]`).
+    pub sid: u32,
+    /// The portal.
+    pub portal: Portal,
+    /// The target portal group tag.
+    pub tpgt: u32,
+    /// The target.
+    pub iqn: Iqn,
+}
+
+/// Parses `iscsiadm -m session` output, e.g.
+/// `tcp: [1] 127.0.0.1:3260,1 iqn.2003-01.org.linux-iscsi.t:t1 (non-flash)`.
+/// Lines that are not session lines are skipped.
+pub fn parse_sessions(out: &str) -> Vec<SessionEntry> {
+    out.lines().filter_map(parse_session_line).collect()
+}
+
+fn parse_session_line(line: &str) -> Option<SessionEntry> {
+    let mut words = line.split_whitespace();
+    let transport = words.next()?.strip_suffix(':')?;
+    let sid = words
+        .next()?
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    let (portal, tpgt) = parse_portal_tpgt(words.next()?)?;
+    let iqn = Iqn::from_str(words.next()?).ok()?;
+    Some(SessionEntry {
+        transport: transport.to_string(),
+        sid,
+        portal,
+        tpgt,
+        iqn,
+    })
+}
+
+/// One line of `iscsiadm -m node` or of sendtargets discovery output:
+/// `127.0.0.1:3260,1 iqn.2003-01.org.linux-iscsi.t:t1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The portal.
+    pub portal: Portal,
+    /// The target portal group tag.
+    pub tpgt: u32,
+    /// The target.
+    pub iqn: Iqn,
+}
+
+/// Parses `iscsiadm -m node` / `iscsiadm -m discovery` output; other lines are skipped.
+pub fn parse_nodes(out: &str) -> Vec<NodeEntry> {
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (portal, tpgt) = parse_portal_tpgt(words.next()?)?;
+            let iqn = Iqn::from_str(words.next()?).ok()?;
+            Some(NodeEntry { portal, tpgt, iqn })
+        })
+        .collect()
+}
+
+fn parse_portal_tpgt(word: &str) -> Option<(Portal, u32)> {
+    let (portal, tpgt) = word.rsplit_once(',')?;
+    let tpgt = tpgt.parse().ok()?;
+    // iscsiadm prints IPv6 portals bracketed; its "[addr]:port" form parses directly.
+    Some((Portal::from_str(portal).ok()?, tpgt))
+}
+
+/// How a login ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// This call made the session.
+    LoggedIn,
+    /// A session already existed (exit 15).
+    AlreadyLoggedIn,
+}
+
+/// Attempts for a command that exits with a retryable code.
+pub const RETRY_ATTEMPTS: u32 = 3;
+/// The pause before retrying a retryable iscsiadm failure.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// iscsiadm bound to a runner, an iface and a deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Iscsiadm<'a> {
+    runner: &'a dyn CommandRunner,
+    iface: &'a str,
+    deadline: Instant,
+    cancel: Option<&'a Cancel>,
+}
+
+impl<'a> Iscsiadm<'a> {
+    /// iscsiadm through `runner`, node records bound to `iface`, every command limited to
+    /// `deadline`.
+    pub fn new(runner: &'a dyn CommandRunner, iface: &'a str, deadline: Instant) -> Self {
+        Iscsiadm {
+            runner,
+            iface,
+            deadline,
+            cancel: None,
+        }
+    }
+
+    /// Lets `cancel` stop the commands.
+    pub fn with_cancel(mut self, cancel: &'a Cancel) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    fn cmd(&self) -> Command {
+        let c = Command::new(ISCSIADM).deadline(self.deadline);
+        match self.cancel {
+            Some(x) => c.cancel_with(x),
+            None => c,
+        }
+    }
+
+    fn node_cmd(&self, t: &IscsiTarget) -> Command {
+        self.cmd()
+            .args(["-m", "node", "-T", t.iqn.as_str(), "-p"])
+            .arg(t.portal.to_string())
+    }
+
+    /// Runs `cmd`, retrying retryable exit codes; returns the output and its class.
+    fn run(&self, cmd: &Command) -> Result<(CommandOutput, IscsiadmStatus)> {
+        let mut attempt = 1;
+        loop {
+            let out = self.runner.run(cmd)?;
+            let status = IscsiadmStatus::from_code(out.status.code());
+            if status != IscsiadmStatus::Retryable
+                || attempt >= RETRY_ATTEMPTS
+                || Instant::now() + RETRY_INTERVAL >= self.deadline
+            {
+                return Ok((out, status));
+            }
+            tracing::debug!(command = %cmd, code = ?out.status.code(), attempt, "retrying iscsiadm");
+            std::thread::sleep(RETRY_INTERVAL);
+            attempt += 1;
+        }
+    }
+
+    /// Runs `cmd`; success and "nothing there" are fine, the rest is an error.
+    fn run_tolerating_absent(&self, cmd: &Command) -> Result<IscsiadmStatus> {
+        let (out, status) = self.run(cmd)?;
+        match status {
+            IscsiadmStatus::Success | IscsiadmStatus::NothingThere => Ok(status),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
+    /// True when a node record exists for the target.
+    pub fn node_exists(&self, t: &IscsiTarget) -> Result<bool> {
+        let cmd = self.node_cmd(t);
+        Ok(self.run_tolerating_absent(&cmd)? == IscsiadmStatus::Success)
+    }
+
+    /// Creates the node record (`--op new` with the iface).
+    pub fn node_new(&self, t: &IscsiTarget) -> Result<()> {
+        let cmd = self
+            .node_cmd(t)
+            .args(["--interface", self.iface, "--op", "new"]);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success | IscsiadmStatus::SessionExists => Ok(()),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
+    /// Sets one node parameter.
+    pub fn node_update(&self, t: &IscsiTarget, key: &str, value: &str) -> Result<()> {
+        let cmd = self
+            .node_cmd(t)
+            .args(["--op", "update", "-n", key, "-v", value]);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success => Ok(()),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
+    /// Sets one node parameter to a secret value (masked in logs and errors).
+    pub fn node_update_secret(&self, t: &IscsiTarget, key: &str, value: &Secret) -> Result<()> {
+        let cmd = self
+            .node_cmd(t)
+            .args(["--op", "update", "-n", key, "-v"])
+            .secret_arg(value);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success => Ok(()),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
+    /// Writes session CHAP credentials into the node record.
+    pub fn set_chap(&self, t: &IscsiTarget, chap: &ChapCredentials) -> Result<()> {
+        self.node_update(t, "node.session.auth.authmethod", "CHAP")?;
+        self.node_update(t, "node.session.auth.username", &chap.username)?;
+        self.node_update_secret(t, "node.session.auth.password", &chap.password)
+    }
+
+    /// Logs in. Exit 15 (session exists) is success; exit 24 is
+    /// [`Error::AuthenticationFailed`].
+    pub fn login(&self, t: &IscsiTarget) -> Result<LoginOutcome> {
+        let cmd = self
+            .node_cmd(t)
+            .args(["--interface", self.iface, "--login"]);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success => Ok(LoginOutcome::LoggedIn),
+            IscsiadmStatus::SessionExists => Ok(LoginOutcome::AlreadyLoggedIn),
+            IscsiadmStatus::AuthFailed => Err(Error::AuthenticationFailed {
+                target: format!("{} {}", t.portal, t.iqn),
+                source: Box::new(cmd.failure(&out)),
+            }),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
+    /// Logs out; no session is fine.
+    pub fn logout(&self, t: &IscsiTarget) -> Result<()> {
+        let cmd = self
+            .node_cmd(t)
+            .args(["--interface", self.iface, "--logout"]);
+        self.run_tolerating_absent(&cmd).map(|_| ())
+    }
+
+    /// Deletes the node record; no record is fine.
+    pub fn node_delete(&self, t: &IscsiTarget) -> Result<()> {
+        let cmd = self.node_cmd(t).args(["--op", "delete"]);
+        self.run_tolerating_absent(&cmd).map(|_| ())
+    }
+
+    /// sendtargets discovery at `portal` (with discovery CHAP when given); the discovered
+    /// node records are created by iscsiadm.
+    pub fn discover(
+        &self,
+        portal: &Portal,
+        auth: Option<&ChapCredentials>,
+    ) -> Result<Vec<NodeEntry>> {
+        let db = |extra: &[&str]| {
+            self.cmd()
+                .args(["-m", "discoverydb", "-t", "sendtargets", "-p"])
+                .arg(portal.to_string())
+                .args(["--interface", self.iface])
+                .args(extra.iter().copied())
+        };
+        if let Some(chap) = auth {
+            let cmd = db(&["--op", "new"]);
+            let (out, status) = self.run(&cmd)?;
+            if !matches!(
+                status,
+                IscsiadmStatus::Success | IscsiadmStatus::SessionExists
+            ) {
+                return Err(cmd.failure(&out));
+            }
+            for (key, value) in [
+                ("discovery.sendtargets.auth.authmethod", "CHAP"),
+                (
+                    "discovery.sendtargets.auth.username",
+                    chap.username.as_str(),
+                ),
+            ] {
+                let cmd = db(&["--op", "update", "-n", key, "-v", value]);
+                self.runner.run_ok(&cmd, &[])?;
+            }
+            let cmd = db(&[
+                "--op",
+                "update",
+                "-n",
+                "discovery.sendtargets.auth.password",
+                "-v",
+            ])
+            .secret_arg(&chap.password);
+            self.runner.run_ok(&cmd, &[])?;
+        }
+        let cmd = db(&["--discover"]);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success => Ok(parse_nodes(&out.stdout)),
+            IscsiadmStatus::NothingThere => Ok(Vec::new()),
+            IscsiadmStatus::AuthFailed => Err(Error::AuthenticationFailed {
+                target: format!("{portal} (discovery)"),
+                source: Box::new(cmd.failure(&out)),
+            }),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_exit_codes() {
+        use IscsiadmStatus::*;
+        let table = [
+            (Some(0), Success),
+            (Some(15), SessionExists),
+            (Some(21), NothingThere),
+            (Some(24), AuthFailed),
+            (Some(6), Retryable),
+            (Some(255), Retryable),
+            (Some(8), Failed),
+            (None, Failed),
+        ];
+        for (code, want) in table {
+            assert_eq!(IscsiadmStatus::from_code(code), want, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn sessions_parse() {
+        let out = "tcp: [1] 127.0.0.1:3260,1 iqn.2003-01.org.linux-iscsi.vm:t1 (non-flash)\n\
+                   tcp: [12] [fe80::1]:3260,2 iqn.2003-01.org.linux-iscsi.vm:t2 (non-flash)\n\
+                   iser: [3] 10.0.0.1:3260,1 iqn.2010-10.org.openstack:volume-x\n\
+                   iscsiadm: No active sessions.\n\
+                   garbage line\n";
+        let s = parse_sessions(out);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            (s[0].sid, s[0].portal.to_string(), s[0].tpgt),
+            (1, "127.0.0.1:3260".into(), 1)
+        );
+        assert_eq!(
+            (s[1].sid, s[1].portal.host(), s[1].tpgt),
+            (12, "fe80::1", 2)
+        );
+        assert_eq!(s[2].transport, "iser");
+        assert!(parse_sessions("").is_empty());
+    }
+
+    #[test]
+    fn nodes_parse() {
+        let out = "127.0.0.1:3260,1 iqn.2003-01.org.linux-iscsi.vm:t1\n127.0.0.2:3260,1 iqn.2003-01.org.linux-iscsi.vm:t1\n[::1]:3260,1 iqn.2003-01.org.linux-iscsi.vm:t1\n";
+        let n = parse_nodes(out);
+        assert_eq!(n.len(), 3);
+        assert_eq!(n[1].portal.host(), "127.0.0.2");
+        assert_eq!(n[2].portal.host(), "::1");
+    }
+}

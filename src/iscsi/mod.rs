@@ -1,0 +1,991 @@
+//! The iSCSI (and iSER) connector.
+//!
+//! Connect, per path: node record → manual-scan setting → CHAP → login (or reuse) →
+//! `node.startup=automatic` → targeted scan of the one LUN → block device (udev-driven wait)
+//! → WWID. Single path tries the targets in order; multipath logs in to all of them at once
+//! and assembles a dm-multipath map as soon as one path is up. Every failed attempt undoes
+//! what it created.
+
+mod iscsiadm;
+mod props;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use iscsiadm::{
+    parse_nodes, parse_sessions, Iscsiadm, IscsiadmStatus, LoginOutcome, NodeEntry, SessionEntry,
+};
+pub use props::{ChapCredentials, IscsiProperties, IscsiTarget};
+pub use session::{find as find_session, luns as session_luns, Session};
+
+use crate::block;
+use crate::cmd::Cancel;
+use crate::connection::{ConnectionInfo, Protocol};
+use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
+use crate::device::{DeviceKind, DeviceRecord, PathRecord};
+use crate::error::{AttemptFailure, Error, Result};
+use crate::host::Host;
+use crate::ids::{Hctl, Portal, Wwid};
+use crate::lock::{LockDir, LockMode};
+use crate::multipath::{self, MultipathMap};
+use crate::scsi;
+use crate::wait::DeviceWatch;
+
+/// How long a LUN may take to appear after its targeted scan returned. The kernel scans
+/// synchronously, so a LUN still missing after this is not on the target.
+pub const LUN_APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The iSCSI/iSER connector. Build it with [`crate::connector_for`].
+#[derive(Debug)]
+pub struct IscsiConnector {
+    protocol: Protocol,
+    opts: ConnectorOptions,
+    iface: String,
+    locks: LockDir,
+}
+
+/// One path that came up during a connect.
+#[derive(Debug, Clone)]
+struct AttachedPath {
+    target: IscsiTarget,
+    hctl: Hctl,
+    name: String,
+    wwid: Option<Wwid>,
+}
+
+/// What one path attempt created, so a failure can undo exactly that.
+#[derive(Debug, Default)]
+struct Made {
+    node: bool,
+    session: bool,
+    device: Option<(Hctl, String)>,
+}
+
+/// One device of a volume found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VolumeDevice {
+    hctl: Hctl,
+    name: String,
+}
+
+/// Failures of a disconnect: stop at the first, or collect them all.
+struct Failures {
+    collect: bool,
+    list: Vec<Error>,
+}
+
+impl Failures {
+    fn step(&mut self, r: Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if self.collect => {
+                tracing::warn!(error = %e.chain(), "disconnect step failed; continuing");
+                self.list.push(e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::DisconnectIncomplete {
+                failures: self.list,
+            })
+        }
+    }
+}
+
+fn target_lock_key(t: &IscsiTarget) -> String {
+    format!("iscsi-target-{}-{}", t.portal, t.iqn)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// udev's `by-path` name for an iSCSI LUN (as `path_id` builds it).
+pub fn by_path_name(portal: &Portal, iqn: &str, lun: u64) -> String {
+    let lun = if lun < 256 {
+        format!("lun-{lun}")
+    } else {
+        format!(
+            "lun-0x{:04x}{:04x}00000000",
+            lun & 0xffff,
+            (lun >> 16) & 0xffff
+        )
+    };
+    format!(
+        "ip-{}:{}-iscsi-{}-{}",
+        portal.host(),
+        portal.port(),
+        iqn,
+        lun
+    )
+}
+
+impl IscsiConnector {
+    /// A connector for `protocol` (`Iscsi` or `Iser`).
+    pub fn new(protocol: Protocol, opts: ConnectorOptions) -> Result<Self> {
+        let iface = match (&opts.iscsi_iface, protocol) {
+            (Some(i), _) => i.clone(),
+            (None, Protocol::Iser) => "iser".to_string(),
+            (None, _) => "default".to_string(),
+        };
+        if iface.is_empty() || iface.contains('/') || iface.chars().any(char::is_whitespace) {
+            return Err(Error::InvalidArgument {
+                name: "iscsi_iface".into(),
+                reason: format!("{iface:?} is not an iface name"),
+            });
+        }
+        if !matches!(protocol, Protocol::Iscsi | Protocol::Iser) {
+            return Err(Error::ProtocolMismatch {
+                expected: "iscsi".into(),
+                found: protocol.to_string(),
+            });
+        }
+        let locks = opts.locks();
+        Ok(IscsiConnector {
+            protocol,
+            opts,
+            iface,
+            locks,
+        })
+    }
+
+    fn host(&self) -> &Host {
+        &self.opts.context.host
+    }
+
+    fn adm(&self, deadline: Instant) -> Iscsiadm<'_> {
+        Iscsiadm::new(&*self.opts.context.runner, &self.iface, deadline)
+    }
+
+    fn cleanup_deadline(&self) -> Instant {
+        Instant::now() + self.opts.cleanup_timeout
+    }
+
+    fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a IscsiProperties> {
+        info.iscsi().ok_or_else(|| Error::ProtocolMismatch {
+            expected: self.protocol.to_string(),
+            found: info.protocol().to_string(),
+        })
+    }
+
+    // ---------------------------------------------------------------- connect
+
+    fn connect(&self, props: &IscsiProperties) -> Result<DeviceRecord> {
+        let started = Instant::now();
+        let deadline = started + self.opts.operation_timeout;
+        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+        let targets = self.targets_for_connect(props, deadline)?;
+        let record = if self.opts.use_multipath {
+            self.connect_multipath(props, &targets, deadline)
+        } else {
+            self.connect_single(props, &targets, deadline)
+        }?;
+        tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");
+        Ok(record)
+    }
+
+    /// The targets to log in to: the given ones, plus (for multipath without target
+    /// lists) the portals sendtargets discovery reports for the same IQN.
+    fn targets_for_connect(
+        &self,
+        props: &IscsiProperties,
+        deadline: Instant,
+    ) -> Result<Vec<IscsiTarget>> {
+        let discover_for_paths = self.opts.use_multipath && props.targets.len() == 1;
+        if !props.wants_discovery() && !discover_for_paths {
+            return Ok(props.targets.clone());
+        }
+        let adm = self.adm(deadline);
+        let mut last_err = None;
+        let mut portals: Vec<&Portal> = props.targets.iter().map(|t| &t.portal).collect();
+        portals.dedup();
+        for portal in portals {
+            match adm.discover(portal, props.discovery_auth.as_ref()) {
+                Ok(found) => {
+                    let mut targets = props.targets.clone();
+                    if discover_for_paths {
+                        let base = props.primary();
+                        for n in found.into_iter().filter(|n| n.iqn == base.iqn) {
+                            let t = IscsiTarget {
+                                portal: n.portal,
+                                iqn: n.iqn,
+                                lun: base.lun,
+                            };
+                            if !targets.contains(&t) {
+                                targets.push(t);
+                            }
+                        }
+                    }
+                    tracing::debug!(paths = targets.len(), "discovery done");
+                    return Ok(targets);
+                }
+                Err(e @ Error::AuthenticationFailed { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%portal, error = %e.chain(), "sendtargets discovery failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if let Some(e) = last_err {
+            tracing::warn!(error = %e.chain(), "discovery failed everywhere; using the given targets");
+        }
+        Ok(props.targets.clone())
+    }
+
+    fn connect_single(
+        &self,
+        props: &IscsiProperties,
+        targets: &[IscsiTarget],
+        deadline: Instant,
+    ) -> Result<DeviceRecord> {
+        let mut errors = Vec::new();
+        for t in targets {
+            if Instant::now() >= deadline {
+                break;
+            }
+            match self.attach_path(props, t, deadline, None) {
+                Ok(p) => return self.record(props, &[p], None),
+                Err(e) => {
+                    tracing::warn!(target = %t, error = %e.chain(), "path failed; trying the next");
+                    errors.push((t.clone(), e));
+                }
+            }
+        }
+        Err(all_failed(errors))
+    }
+
+    fn connect_multipath(
+        &self,
+        props: &IscsiProperties,
+        targets: &[IscsiTarget],
+        deadline: Instant,
+    ) -> Result<DeviceRecord> {
+        let cancel = Cancel::new();
+        let span = tracing::Span::current();
+        let (tx, rx) = mpsc::channel::<(IscsiTarget, Result<AttachedPath>)>();
+        let (paths, errors, map) = std::thread::scope(|s| {
+            for t in targets {
+                let (tx, cancel, span) = (tx.clone(), &cancel, span.clone());
+                s.spawn(move || {
+                    let _e = span.entered();
+                    let r = self.attach_path(props, t, deadline, Some(cancel));
+                    // The receiver lives until every sender is gone.
+                    let _ = tx.send((t.clone(), r));
+                });
+            }
+            drop(tx);
+            self.gather_paths(&rx, targets.len(), &cancel, deadline)
+        });
+        if paths.is_empty() {
+            return Err(all_failed(errors));
+        }
+        match map {
+            Ok(m) => self.record(props, &paths, Some(&m)),
+            Err(reason) if self.opts.enforce_multipath => {
+                let wwid = paths[0]
+                    .wwid
+                    .as_ref()
+                    .map_or_else(String::new, |w| w.to_string());
+                self.undo_paths(&paths);
+                Err(Error::MultipathAssembly { wwid, reason })
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "multipath map not made; using a single path");
+                self.record(props, &paths, None)
+            }
+        }
+    }
+
+    /// Collects path results as they arrive; builds the map from the first path up; gives
+    /// the paths still logging in `extra_path_grace` once the map is usable, then stops them.
+    #[allow(clippy::type_complexity)]
+    fn gather_paths(
+        &self,
+        rx: &mpsc::Receiver<(IscsiTarget, Result<AttachedPath>)>,
+        total: usize,
+        cancel: &Cancel,
+        deadline: Instant,
+    ) -> (
+        Vec<AttachedPath>,
+        Vec<(IscsiTarget, Error)>,
+        std::result::Result<MultipathMap, String>,
+    ) {
+        let mut paths: Vec<AttachedPath> = Vec::new();
+        let mut errors = Vec::new();
+        let mut map: Option<std::result::Result<MultipathMap, String>> = None;
+        let mut grace_end: Option<Instant> = None;
+        let mut pending = total;
+        while pending > 0 {
+            let msg = match grace_end {
+                Some(end) => match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        tracing::info!(pending, "device usable; stopping paths still logging in");
+                        cancel.cancel();
+                        grace_end = None;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            pending -= 1;
+            let (t, result) = msg;
+            let p = match result {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(target = %t, error = %e.chain(), "path failed");
+                    errors.push((t, e));
+                    continue;
+                }
+            };
+            if let Some(first) = paths.first() {
+                if first.wwid != p.wwid {
+                    tracing::warn!(target = %t, first = ?first.wwid, this = ?p.wwid, "path shows another volume; detaching it");
+                    self.undo_paths(std::slice::from_ref(&p));
+                    errors.push((
+                        t,
+                        Error::MultipathAssembly {
+                            wwid: first
+                                .wwid
+                                .as_ref()
+                                .map_or_else(String::new, |w| w.to_string()),
+                            reason: format!("path {} has WWID {:?}", p.name, p.wwid),
+                        },
+                    ));
+                    continue;
+                }
+            }
+            match &map {
+                None => {
+                    let r = self.assemble_map(&p, deadline);
+                    if r.is_ok() && pending > 0 {
+                        grace_end =
+                            Some((Instant::now() + self.opts.extra_path_grace).min(deadline));
+                    }
+                    map = Some(r);
+                }
+                Some(Ok(_)) => {
+                    let dev = self.host().public_dev_path(&self.host().dev(&p.name));
+                    if let Err(e) = multipath::add_path(&*self.opts.context.runner, &dev, deadline)
+                    {
+                        tracing::warn!(device = %p.name, error = %e.chain(), "multipathd did not take the path");
+                    }
+                }
+                Some(Err(_)) => {}
+            }
+            paths.push(p);
+        }
+        let map = map.unwrap_or_else(|| Err("no path came up".to_string()));
+        (paths, errors, map)
+    }
+
+    /// Makes sure a dm-multipath map exists over `p` and is usable.
+    fn assemble_map(
+        &self,
+        p: &AttachedPath,
+        deadline: Instant,
+    ) -> std::result::Result<MultipathMap, String> {
+        let started = Instant::now();
+        let host = self.host();
+        let runner = &*self.opts.context.runner;
+        let wwid = p.wwid.as_ref().ok_or("the path has no WWID")?;
+        let deadline = deadline.min(started + self.opts.multipath_timeout);
+        let mut watch = DeviceWatch::open(host, &["block"]);
+        if multipath::holder_map(host, &p.name)
+            .map_err(|e| e.chain())?
+            .is_none()
+        {
+            multipath::add_wwid(runner, wwid, deadline).map_err(|e| e.chain())?;
+            let dev = host.public_dev_path(&host.dev(&p.name));
+            multipath::add_path(runner, &dev, deadline).map_err(|e| e.chain())?;
+        }
+        let what = format!("dm-multipath map over {}", p.name);
+        let map = watch
+            .wait_for(&what, deadline, || {
+                let Some(m) = multipath::holder_map(host, &p.name)? else {
+                    return Ok(None);
+                };
+                let ready = block::is_ready(host, &m.dm)? && block::size_bytes(host, &m.dm)? > 0;
+                Ok(ready.then_some(m))
+            })
+            .map_err(|e| e.chain())?;
+        tracing::info!(phase = "multipath_ready", elapsed_ms = ms(started.elapsed()), map = %map.name, dm = %map.dm, "multipath map ready");
+        Ok(map)
+    }
+
+    fn record(
+        &self,
+        props: &IscsiProperties,
+        paths: &[AttachedPath],
+        map: Option<&MultipathMap>,
+    ) -> Result<DeviceRecord> {
+        let host = self.host();
+        let first = &paths[0];
+        let path = match map {
+            Some(m) => host.public_dev_path(&host.dev(&m.dm)),
+            None => {
+                let link = host.dev("disk/by-path").join(by_path_name(
+                    &first.target.portal,
+                    first.target.iqn.as_str(),
+                    first.target.lun,
+                ));
+                if link.exists() {
+                    host.public_dev_path(&link)
+                } else {
+                    host.public_dev_path(&host.dev(&first.name))
+                }
+            }
+        };
+        Ok(DeviceRecord {
+            kind: DeviceKind::Block,
+            path,
+            scsi_wwn: first.wwid.as_ref().map(|w| w.to_string()),
+            multipath_id: map.map(|m| m.name.clone()),
+            protocol: self.protocol,
+            volume_id: props.volume_id.clone(),
+            paths: paths
+                .iter()
+                .map(|p| PathRecord {
+                    device: host.public_dev_path(&host.dev(&p.name)),
+                    hctl: p.hctl,
+                    portal: p.target.portal.clone(),
+                    iqn: p.target.iqn.clone(),
+                    lun: p.target.lun,
+                })
+                .collect(),
+        })
+    }
+
+    /// Brings up one path; on failure undoes what this attempt created.
+    fn attach_path(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        deadline: Instant,
+        cancel: Option<&Cancel>,
+    ) -> Result<AttachedPath> {
+        let span = tracing::info_span!("path", target = %t);
+        let _e = span.enter();
+        let shared = self.locks.lock(&target_lock_key(t), LockMode::Shared)?;
+        let mut made = Made::default();
+        let adm = match cancel {
+            Some(c) => self.adm(deadline).with_cancel(c),
+            None => self.adm(deadline),
+        };
+        let result = self.attach_path_steps(props, t, &adm, &mut made, deadline);
+        drop(shared);
+        if result.is_err() {
+            self.undo(t, &made);
+        }
+        result
+    }
+
+    fn attach_path_steps(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+        made: &mut Made,
+        deadline: Instant,
+    ) -> Result<AttachedPath> {
+        let host = self.host();
+        if !adm.node_exists(t)? {
+            adm.node_new(t)?;
+            made.node = true;
+        }
+        if let Err(e) = adm.node_update(t, "node.session.scan", "manual") {
+            tracing::debug!(error = %e.chain(), "iscsiadm has no manual scan setting; the kernel will scan all LUNs");
+        }
+        if let Some(chap) = &props.auth {
+            adm.set_chap(t, chap)?;
+        }
+        let session = match session::find(host, t)? {
+            Some(s) => {
+                tracing::debug!(sid = s.sid, "reusing session");
+                s
+            }
+            None => {
+                let started = Instant::now();
+                if adm.login(t)? == LoginOutcome::LoggedIn {
+                    made.session = true;
+                }
+                tracing::info!(
+                    phase = "login",
+                    elapsed_ms = ms(started.elapsed()),
+                    "logged in"
+                );
+                session::find(host, t)?.ok_or_else(|| Error::UnexpectedContent {
+                    path: host.sys("class/iscsi_session"),
+                    reason: format!("no session for {t} after a successful login"),
+                })?
+            }
+        };
+        adm.node_update(t, "node.startup", "automatic")?;
+
+        let started = Instant::now();
+        let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
+        let present = session
+            .hctl(t.lun)
+            .filter(|h| scsi::device_exists(host, *h));
+        if present.is_none() {
+            scsi::scan_lun(
+                host,
+                session.host_no,
+                Some(session.channel),
+                session.target_id,
+                t.lun,
+            )?;
+        }
+        let sid = session.sid;
+        let lun_deadline = deadline.min(Instant::now() + LUN_APPEAR_TIMEOUT);
+        let hctl = watch.wait_for(
+            &format!("LUN {} on session {sid} after scan", t.lun),
+            lun_deadline,
+            || {
+                let s = session::describe(host, sid)?.ok_or_else(|| Error::UnexpectedContent {
+                    path: host.sys(format!("class/iscsi_session/session{sid}")),
+                    reason: "the session ended".into(),
+                })?;
+                Ok(s.hctl(t.lun).filter(|h| scsi::device_exists(host, *h)))
+            },
+        )?;
+        tracing::info!(phase = "scan", elapsed_ms = ms(started.elapsed()), %hctl, "LUN present");
+        let name = watch.wait_for(&format!("block device of {hctl}"), deadline, || {
+            let Some(name) = scsi::block_name(host, hctl)? else {
+                return Ok(None);
+            };
+            Ok(block::is_ready(host, &name)?.then_some(name))
+        })?;
+        if present.is_none() {
+            made.device = Some((hctl, name.clone()));
+        }
+        let wwid = scsi::wwid(host, hctl)?;
+        tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), device = %name, wwid = ?wwid, "block device ready");
+        Ok(AttachedPath {
+            target: t.clone(),
+            hctl,
+            name,
+            wwid,
+        })
+    }
+
+    /// Undoes one path attempt: its scanned device, its session, its node record.
+    fn undo(&self, t: &IscsiTarget, made: &Made) {
+        let deadline = self.cleanup_deadline();
+        if let Some((hctl, name)) = &made.device {
+            if let Err(e) = self.remove_scsi_device(
+                &VolumeDevice {
+                    hctl: *hctl,
+                    name: name.clone(),
+                },
+                true,
+                deadline,
+            ) {
+                tracing::warn!(error = %e.chain(), "undo: removing the device failed");
+            }
+        }
+        if made.session || made.node {
+            if let Err(e) = self.release_target(t, made.node, deadline) {
+                tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
+            }
+        }
+    }
+
+    /// Undoes paths that came up (a multipath connect that must not keep them).
+    fn undo_paths(&self, paths: &[AttachedPath]) {
+        let deadline = self.cleanup_deadline();
+        for p in paths {
+            let dev = VolumeDevice {
+                hctl: p.hctl,
+                name: p.name.clone(),
+            };
+            if let Err(e) = self.remove_scsi_device(&dev, true, deadline) {
+                tracing::warn!(error = %e.chain(), "undo: removing the device failed");
+            }
+            if let Err(e) = self.release_target(&p.target, true, deadline) {
+                tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- disconnect
+
+    /// Logs out of `t` when its session carries no LUNs, then (when asked) deletes the node
+    /// record if no session remains. Holds the target lock exclusively, so no connect of
+    /// the same target is between login and device.
+    fn release_target(&self, t: &IscsiTarget, delete_node: bool, deadline: Instant) -> Result<()> {
+        let _x = self.locks.lock(&target_lock_key(t), LockMode::Exclusive)?;
+        let adm = self.adm(deadline);
+        if let Some(s) = session::find(self.host(), t)? {
+            let luns = session::luns(self.host(), s.sid)?;
+            if !luns.is_empty() {
+                tracing::debug!(target = %t, sid = s.sid, luns = luns.len(), "session still carries LUNs; keeping it");
+                return Ok(());
+            }
+            let started = Instant::now();
+            adm.logout(t)?;
+            tracing::info!(phase = "logout", elapsed_ms = ms(started.elapsed()), target = %t, "logged out");
+        }
+        if delete_node {
+            adm.node_delete(t)?;
+        }
+        Ok(())
+    }
+
+    /// The volume's SCSI devices on the host: each target's LUN on its session, plus the
+    /// recorded paths that still show the recorded WWID.
+    fn volume_devices(
+        &self,
+        targets: &[IscsiTarget],
+        record: Option<&DeviceRecord>,
+    ) -> Result<Vec<VolumeDevice>> {
+        let host = self.host();
+        let expected = record.and_then(|r| r.scsi_wwn.as_deref());
+        let mut out: Vec<VolumeDevice> = Vec::new();
+        let consider = |hctl: Hctl, out: &mut Vec<VolumeDevice>| -> Result<()> {
+            if out.iter().any(|d| d.hctl == hctl) {
+                return Ok(());
+            }
+            let Some(name) = scsi::block_name(host, hctl)? else {
+                return Ok(());
+            };
+            if let (Some(want), Some(have)) = (expected, scsi::wwid(host, hctl)?) {
+                if want != have.as_str() {
+                    tracing::warn!(%hctl, device = %name, want, have = %have, "device shows another volume; leaving it");
+                    return Ok(());
+                }
+            }
+            out.push(VolumeDevice { hctl, name });
+            Ok(())
+        };
+        for t in targets {
+            if let Some(h) = session::find(host, t)?.and_then(|s| s.hctl(t.lun)) {
+                consider(h, &mut out)?;
+            }
+        }
+        if let Some(r) = record {
+            for p in &r.paths {
+                consider(p.hctl, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn disconnect(
+        &self,
+        props: &IscsiProperties,
+        record: Option<&DeviceRecord>,
+        opts: DisconnectOptions,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + self.opts.operation_timeout;
+        let host = self.host();
+        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+        let mut targets = props.targets.clone();
+        if let Some(r) = record {
+            if r.protocol != self.protocol
+                && !(matches!(r.protocol, Protocol::Iscsi | Protocol::Iser))
+            {
+                return Err(Error::InvalidDeviceRecord {
+                    reason: format!("the record is of a {} volume", r.protocol),
+                });
+            }
+            for p in &r.paths {
+                let t = IscsiTarget {
+                    portal: p.portal.clone(),
+                    iqn: p.iqn.clone(),
+                    lun: p.lun,
+                };
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+        }
+        let mut failures = Failures {
+            collect: opts.ignore_errors,
+            list: Vec::new(),
+        };
+        let devices = self.volume_devices(&targets, record)?;
+
+        let mut maps: Vec<MultipathMap> = Vec::new();
+        for d in &devices {
+            if let Some(m) = multipath::holder_map(host, &d.name)? {
+                if !maps.contains(&m) {
+                    maps.push(m);
+                }
+            }
+        }
+        if let Some(id) = record.and_then(|r| r.multipath_id.as_deref()) {
+            if let Some(m) = multipath::map_by_name(host, id)? {
+                let matches = record
+                    .and_then(|r| r.scsi_wwn.as_deref())
+                    .map_or(true, |w| w == m.wwid);
+                if matches && !maps.contains(&m) {
+                    maps.push(m);
+                }
+            }
+        }
+        for m in &maps {
+            failures.step(self.remove_map(m, opts.force, deadline))?;
+        }
+        for d in &devices {
+            failures.step(self.remove_scsi_device(d, opts.force, deadline))?;
+        }
+        for t in &targets {
+            failures.step(self.release_target(t, true, deadline))?;
+        }
+        tracing::info!(
+            phase = "disconnected",
+            elapsed_ms = ms(started.elapsed()),
+            devices = devices.len(),
+            maps = maps.len(),
+            "volume disconnected"
+        );
+        failures.finish()
+    }
+
+    fn remove_map(&self, m: &MultipathMap, force: bool, deadline: Instant) -> Result<()> {
+        let host = self.host();
+        let runner = &*self.opts.context.runner;
+        let dev = host.public_dev_path(&host.dev(&m.dm));
+        if let Err(e) = block::flush(runner, &dev, deadline) {
+            if !force {
+                return Err(e);
+            }
+            tracing::warn!(map = %m.name, error = %e.chain(), "flush failed; removing anyway (force)");
+        }
+        let mut watch = DeviceWatch::open(host, &["block"]);
+        if let Err(e) = multipath::flush_map(runner, &m.name, deadline) {
+            if !force {
+                return Err(e);
+            }
+            tracing::warn!(map = %m.name, error = %e.chain(), "multipath -f failed; forcing removal");
+            multipath::force_remove_map(runner, &m.name, deadline)?;
+        }
+        watch.wait_for(
+            &format!("removal of multipath map {} ({})", m.name, m.dm),
+            deadline,
+            || Ok((!block::exists(host, &m.dm)).then_some(())),
+        )
+    }
+
+    fn remove_scsi_device(&self, d: &VolumeDevice, force: bool, deadline: Instant) -> Result<()> {
+        let host = self.host();
+        if !scsi::device_exists(host, d.hctl) {
+            return Ok(());
+        }
+        let dev = host.public_dev_path(&host.dev(&d.name));
+        if let Err(e) = block::flush(&*self.opts.context.runner, &dev, deadline) {
+            if !force {
+                return Err(e);
+            }
+            tracing::warn!(device = %d.name, error = %e.chain(), "flush failed; removing anyway (force)");
+        }
+        let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
+        scsi::delete(host, d.hctl)?;
+        watch.wait_for(
+            &format!("removal of {} ({})", d.name, d.hctl),
+            deadline,
+            || {
+                Ok(
+                    (!scsi::device_exists(host, d.hctl) && !block::exists(host, &d.name))
+                        .then_some(()),
+                )
+            },
+        )
+    }
+
+    // ---------------------------------------------------------------- extend
+
+    fn extend(&self, props: &IscsiProperties) -> Result<u64> {
+        let deadline = Instant::now() + self.opts.operation_timeout;
+        let host = self.host();
+        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+        let devices = self.volume_devices(&props.targets, None)?;
+        if devices.is_empty() {
+            return Err(Error::VolumeDeviceNotFound {
+                tried: props
+                    .targets
+                    .iter()
+                    .map(|t| AttemptFailure {
+                        target: t.to_string(),
+                        reason: "no attached device".into(),
+                    })
+                    .collect(),
+            });
+        }
+        let mut size = 0;
+        for d in &devices {
+            scsi::rescan(host, d.hctl)?;
+            size = size.max(block::size_bytes(host, &d.name)?);
+        }
+        let Some(map) = multipath::holder_map(host, &devices[0].name)? else {
+            tracing::info!(size, "volume extended");
+            return Ok(size);
+        };
+        let mut watch = DeviceWatch::open(host, &["block"]);
+        multipath::resize_map(&*self.opts.context.runner, &map.name, deadline)?;
+        let size = watch.wait_for(
+            &format!("multipath map {} to grow to {size} bytes", map.name),
+            deadline,
+            || {
+                let now = block::size_bytes(host, &map.dm)?;
+                Ok((now >= size).then_some(now))
+            },
+        )?;
+        tracing::info!(size, map = %map.name, "volume extended");
+        Ok(size)
+    }
+}
+
+/// The error for a connect whose every path failed: the authentication failure when that
+/// is what stopped every path, else "volume device not found" with each attempt.
+fn all_failed(errors: Vec<(IscsiTarget, Error)>) -> Error {
+    let all_auth = !errors.is_empty()
+        && errors
+            .iter()
+            .all(|(_, e)| matches!(e, Error::AuthenticationFailed { .. }));
+    let mut it = errors.into_iter();
+    if all_auth {
+        if let Some((_, e)) = it.next() {
+            return e;
+        }
+    }
+    Error::VolumeDeviceNotFound {
+        tried: it
+            .map(|(t, e)| AttemptFailure {
+                target: t.to_string(),
+                reason: e.chain(),
+            })
+            .collect(),
+    }
+}
+
+impl Connector for IscsiConnector {
+    fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
+        let props = self.props(info)?;
+        let span = tracing::info_span!("connect_volume", protocol = %self.protocol, volume = ?props.volume_id, target = %props.primary(), multipath = self.opts.use_multipath);
+        let _e = span.enter();
+        self.connect(props)
+    }
+
+    fn disconnect_volume(
+        &self,
+        info: &ConnectionInfo,
+        device: Option<&DeviceRecord>,
+        options: DisconnectOptions,
+    ) -> Result<()> {
+        let props = self.props(info)?;
+        let span = tracing::info_span!("disconnect_volume", protocol = %self.protocol, volume = ?props.volume_id, target = %props.primary(), force = options.force, ignore_errors = options.ignore_errors);
+        let _e = span.enter();
+        self.disconnect(props, device, options)
+    }
+
+    fn extend_volume(&self, info: &ConnectionInfo) -> Result<u64> {
+        let props = self.props(info)?;
+        let span = tracing::info_span!("extend_volume", volume = ?props.volume_id, target = %props.primary());
+        let _e = span.enter();
+        self.extend(props)
+    }
+
+    fn get_volume_paths(&self, info: &ConnectionInfo) -> Result<Vec<PathBuf>> {
+        let props = self.props(info)?;
+        let host = self.host();
+        Ok(props
+            .targets
+            .iter()
+            .map(|t| {
+                host.dev("disk/by-path")
+                    .join(by_path_name(&t.portal, t.iqn.as_str(), t.lun))
+            })
+            .filter(|p| p.exists())
+            .map(|p| host.public_dev_path(&p))
+            .collect())
+    }
+
+    fn get_search_path(&self) -> Option<PathBuf> {
+        Some(
+            self.host()
+                .public_dev_path(&self.host().dev("disk/by-path")),
+        )
+    }
+
+    fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
+        let host = self.host();
+        let dir = host.dev("disk/by-path");
+        Ok(host
+            .list_dir(&dir)?
+            .into_iter()
+            .filter(|n| n.starts_with("ip-") && n.contains("-iscsi-") && !n.contains("-part"))
+            .map(|n| host.public_dev_path(&dir.join(n)))
+            .collect())
+    }
+
+    fn check_valid_device(&self, path: &Path) -> Result<()> {
+        block::check_readable(&self.host().map_dev_path(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_path_names_follow_udev() {
+        let p: Portal = "127.0.0.1:3260".parse().unwrap();
+        assert_eq!(
+            by_path_name(&p, "iqn.2003-01.x:t", 0),
+            "ip-127.0.0.1:3260-iscsi-iqn.2003-01.x:t-lun-0"
+        );
+        let p6: Portal = "[fe80::1]:3260".parse().unwrap();
+        assert_eq!(
+            by_path_name(&p6, "iqn.2003-01.x:t", 256),
+            "ip-fe80::1:3260-iscsi-iqn.2003-01.x:t-lun-0x0100000000000000"
+        );
+    }
+
+    #[test]
+    fn all_failed_prefers_authentication() {
+        let t: IscsiTarget = IscsiTarget {
+            portal: "127.0.0.1".parse().unwrap(),
+            iqn: "iqn.2003-01.x:t".parse().unwrap(),
+            lun: 0,
+        };
+        let auth = || Error::AuthenticationFailed {
+            target: "x".into(),
+            source: Box::new(Error::MultipathdNotRunning),
+        };
+        assert!(matches!(
+            all_failed(vec![(t.clone(), auth())]),
+            Error::AuthenticationFailed { .. }
+        ));
+        let e = all_failed(vec![
+            (t.clone(), auth()),
+            (t.clone(), Error::MultipathdNotRunning),
+        ]);
+        match e {
+            Error::VolumeDeviceNotFound { tried } => assert_eq!(tried.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            all_failed(vec![]),
+            Error::VolumeDeviceNotFound { .. }
+        ));
+    }
+}

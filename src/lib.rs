@@ -1,0 +1,98 @@
+//! hostbrick attaches remote block volumes to a Linux host and hands them to virtual
+//! machines: what OpenStack's os-brick is to Nova and Cinder, as a synchronous Rust library.
+//!
+//! A storage service (Cinder) exports a volume and returns a `connection_info`; a
+//! [`Connector`] for its protocol attaches it and returns a [`DeviceRecord`]; the caller
+//! persists the record and later hands it back to detach, even after a restart.
+//!
+//! # Connect, persist, disconnect
+//!
+//! ```no_run
+//! use hostbrick::{connector_for, ConnectionInfo, ConnectorOptions, DeviceRecord, DisconnectOptions};
+//!
+//! # fn main() -> hostbrick::Result<()> {
+//! // What Cinder's initialize_connection returned, verbatim.
+//! let info = ConnectionInfo::from_json(r#"{
+//!     "driver_volume_type": "iscsi",
+//!     "data": {
+//!         "target_portal": "192.0.2.10:3260",
+//!         "target_iqn": "iqn.2010-10.org.openstack:volume-0001",
+//!         "target_lun": 1,
+//!         "volume_id": "0001",
+//!         "auth_method": "CHAP", "auth_username": "user", "auth_password": "secret"
+//!     }
+//! }"#)?;
+//!
+//! let connector = connector_for(info.protocol(), ConnectorOptions::new())?;
+//! let device = connector.connect_volume(&info)?;
+//! println!("attached at {}", device.path.display());
+//!
+//! // Persist the record next to the attachment...
+//! let saved = device.to_json()?;
+//!
+//! // ... and, possibly after a restart, detach with it.
+//! let device = DeviceRecord::from_json(&saved)?;
+//! connector.disconnect_volume(&info, Some(&device), DisconnectOptions::default())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Testing code that uses hostbrick
+//!
+//! Everything hostbrick touches goes through a [`Host`] (file roots) and a
+//! [`CommandRunner`] (external programs), both in a [`HostContext`]. With the `testing`
+//! feature, `hostbrick::testing` has a fake host tree and a scripted runner:
+//!
+//! ```
+//! # #[cfg(feature = "testing")] {
+//! use std::sync::Arc;
+//! use hostbrick::testing::{FakeHost, FakeRunner};
+//! use hostbrick::{get_connector_properties, HostContext, CommandOutput};
+//!
+//! let fake = FakeHost::new();
+//! fake.set_initiator_name("iqn.1993-08.org.debian:01:host1");
+//! let runner = FakeRunner::new();
+//! runner.on("multipathd", &["show", "status"], |_| CommandOutput::ok("path checker states:\n"));
+//! let ctx = HostContext::new(fake.host(), Arc::new(runner));
+//! let props = get_connector_properties(&ctx, "192.0.2.1", true, false, "host1").unwrap();
+//! assert!(props.multipath);
+//! assert_eq!(props.initiator.as_deref(), Some("iqn.1993-08.org.debian:01:host1"));
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod block;
+mod cmd;
+mod connection;
+mod connector;
+mod device;
+mod error;
+mod host;
+mod ids;
+mod iscsi;
+mod lock;
+mod multipath;
+mod properties;
+mod scsi;
+mod secret;
+mod wait;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
+pub use connection::{AccessMode, ConnectionInfo, Protocol, VolumeProperties};
+pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
+pub use device::{DeviceKind, DeviceRecord, PathRecord};
+pub use error::{AttemptFailure, Error, ExitStatus, Result};
+pub use host::Host;
+pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
+pub use iscsi::{
+    by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
+    IscsiConnector, IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry,
+};
+pub use lock::{LockDir, LockGuard, LockMode};
+pub use multipath::MultipathMap;
+pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
+pub use secret::Secret;
+pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL};

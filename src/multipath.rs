@@ -1,0 +1,161 @@
+//! dm-multipath: the `multipath`/`multipathd` wrappers and the sysfs view of maps.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::block;
+use crate::cmd::{Command, CommandRunner};
+use crate::error::Result;
+use crate::host::Host;
+use crate::ids::Wwid;
+
+/// The dm uuid prefix of multipath maps.
+pub const MPATH_UUID_PREFIX: &str = "mpath-";
+
+/// A dm-multipath map as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipathMap {
+    /// The kernel name, `dm-N`.
+    pub dm: String,
+    /// The map name (`/dev/mapper/<name>`): the WWID, or an alias.
+    pub name: String,
+    /// The WWID from the dm uuid.
+    pub wwid: String,
+}
+
+/// The multipath map `dm` (`dm-N`), if it is one.
+pub fn map_info(host: &Host, dm: &str) -> Result<Option<MultipathMap>> {
+    let uuid = host.read_attr_opt(&host.sys(format!("block/{dm}/dm/uuid")))?;
+    let Some(wwid) = uuid
+        .as_deref()
+        .and_then(|u| u.strip_prefix(MPATH_UUID_PREFIX))
+    else {
+        return Ok(None);
+    };
+    let name = host
+        .read_attr_opt(&host.sys(format!("block/{dm}/dm/name")))?
+        .unwrap_or_else(|| wwid.to_string());
+    Ok(Some(MultipathMap {
+        dm: dm.to_string(),
+        name,
+        wwid: wwid.to_string(),
+    }))
+}
+
+/// The multipath map holding path device `name`, if any.
+pub fn holder_map(host: &Host, name: &str) -> Result<Option<MultipathMap>> {
+    for h in block::holders(host, name)? {
+        if h.starts_with("dm-") {
+            if let Some(m) = map_info(host, &h)? {
+                return Ok(Some(m));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The map named `name` (`/dev/mapper/<name>`), if it exists.
+pub fn map_by_name(host: &Host, name: &str) -> Result<Option<MultipathMap>> {
+    if name.is_empty() || name.contains('/') {
+        return Ok(None);
+    }
+    let Some(target) = host.canonical(&host.dev(format!("mapper/{name}")))? else {
+        return Ok(None);
+    };
+    let Some(dm) = target.file_name().and_then(|n| n.to_str()) else {
+        return Ok(None);
+    };
+    map_info(host, dm)
+}
+
+/// True when multipathd answers (`multipathd show status` exits 0).
+pub fn multipathd_running(runner: &dyn CommandRunner, deadline: Instant) -> bool {
+    let cmd = Command::new("multipathd")
+        .args(["show", "status"])
+        .deadline(deadline);
+    matches!(runner.run(&cmd), Ok(out) if out.status.success())
+}
+
+/// Adds the WWID to multipath's wwids file so the map is made even with
+/// `find_multipaths` set: `multipath -a <wwid>`.
+pub fn add_wwid(runner: &dyn CommandRunner, wwid: &Wwid, deadline: Instant) -> Result<()> {
+    let cmd = Command::new("multipath")
+        .args(["-a", wwid.as_str()])
+        .deadline(deadline);
+    runner.run_ok(&cmd, &[]).map(|_| ())
+}
+
+/// Tells multipathd about a path: `multipathd add path /dev/sdX`.
+pub fn add_path(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Result<()> {
+    let cmd = Command::new("multipathd")
+        .args(["add", "path"])
+        .arg(dev.to_string_lossy())
+        .deadline(deadline);
+    let out = runner.run_ok(&cmd, &[])?;
+    // multipathd reports some failures on stdout with exit status 0.
+    if out.stdout.trim_start().starts_with("fail") {
+        return Err(cmd.failure(&out));
+    }
+    Ok(())
+}
+
+/// Flushes and removes the map: `multipath -f <name>`.
+pub fn flush_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
+    let cmd = Command::new("multipath")
+        .args(["-f", name])
+        .deadline(deadline);
+    runner.run_ok(&cmd, &[]).map(|_| ())
+}
+
+/// Removes the map even when it is open: `dmsetup remove --force --retry <name>`.
+pub fn force_remove_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
+    let cmd = Command::new("dmsetup")
+        .args(["remove", "--force", "--retry", name])
+        .deadline(deadline);
+    runner.run_ok(&cmd, &[]).map(|_| ())
+}
+
+/// Resizes the map to its paths' new size: `multipathd resize map <name>`.
+pub fn resize_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
+    let cmd = Command::new("multipathd")
+        .args(["resize", "map", name])
+        .deadline(deadline);
+    let out = runner.run_ok(&cmd, &[])?;
+    if out.stdout.trim_start().starts_with("fail") {
+        return Err(cmd.failure(&out));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn finds_map_through_holders_and_mapper_link() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let host = Host::with_root(root);
+        fs::create_dir_all(root.join("sys/block/dm-0/dm")).unwrap();
+        fs::write(root.join("sys/block/dm-0/dm/uuid"), "mpath-3600a\n").unwrap();
+        fs::write(root.join("sys/block/dm-0/dm/name"), "3600a\n").unwrap();
+        fs::create_dir_all(root.join("sys/block/dm-1/dm")).unwrap();
+        fs::write(root.join("sys/block/dm-1/dm/uuid"), "LVM-xyz\n").unwrap();
+        fs::create_dir_all(root.join("sys/block/sdb/holders/dm-1")).unwrap();
+        fs::create_dir_all(root.join("sys/block/sdb/holders/dm-0")).unwrap();
+        let m = holder_map(&host, "sdb").unwrap().unwrap();
+        assert_eq!(
+            (m.dm.as_str(), m.name.as_str(), m.wwid.as_str()),
+            ("dm-0", "3600a", "3600a")
+        );
+        assert_eq!(holder_map(&host, "sdc").unwrap(), None);
+        assert_eq!(map_info(&host, "dm-1").unwrap(), None);
+        fs::create_dir_all(root.join("dev/mapper")).unwrap();
+        fs::write(root.join("dev/dm-0"), "").unwrap();
+        std::os::unix::fs::symlink("../dm-0", root.join("dev/mapper/3600a")).unwrap();
+        assert_eq!(map_by_name(&host, "3600a").unwrap().unwrap().dm, "dm-0");
+        assert_eq!(map_by_name(&host, "nope").unwrap(), None);
+        assert_eq!(map_by_name(&host, "../x").unwrap(), None);
+    }
+}

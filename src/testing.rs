@@ -1,0 +1,688 @@
+//! Test doubles for code that links hostbrick (cargo feature `testing`): a scriptable
+//! command runner and a fake host tree with a small "kernel" that answers LUN scans,
+//! device deletes and rescans the way sysfs does.
+//!
+//! ```
+//! use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
+//! use hostbrick::{Command, CommandOutput, CommandRunner};
+//!
+//! let fake = FakeHost::new();
+//! fake.add_scsi_host(2);
+//! fake.offer_lun(2, LunSpec::new(0, 0, 1, "naa.6001405aaaa", 1 << 20));
+//! let runner = FakeRunner::new();
+//! runner.on("blockdev", &["--flushbufs"], |_| CommandOutput::ok(""));
+//! assert!(runner.run(&Command::new("blockdev").arg("--flushbufs").arg("/dev/sdb")).is_ok());
+//! ```
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use crate::cmd::{Command, CommandOutput, CommandRunner};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::ids::{Hctl, Portal};
+
+type Handler = Box<dyn Fn(&Command) -> CommandOutput + Send + Sync>;
+type Matcher = Box<dyn Fn(&Command) -> bool + Send + Sync>;
+
+struct Rule {
+    matches: Matcher,
+    handler: Handler,
+}
+
+/// A [`CommandRunner`] that answers from rules instead of running anything, and records
+/// every command it was asked to run. The newest matching rule answers; a command no rule
+/// matches is [`Error::CommandNotFound`].
+#[derive(Default)]
+pub struct FakeRunner {
+    rules: Mutex<Vec<Rule>>,
+    calls: Mutex<Vec<Command>>,
+}
+
+impl std::fmt::Debug for FakeRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeRunner")
+            .field("rules", &lock(&self.rules).len())
+            .field("calls", &lock(&self.calls).len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeRunner {
+    /// A runner with no rules.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Answers commands of `program` whose arguments start with `prefix`.
+    pub fn on(
+        &self,
+        program: &str,
+        prefix: &[&str],
+        handler: impl Fn(&Command) -> CommandOutput + Send + Sync + 'static,
+    ) -> &Self {
+        let program = program.to_string();
+        let prefix: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        self.on_match(
+            move |c| {
+                let p: Vec<&str> = prefix.iter().map(String::as_str).collect();
+                c.program() == program && c.args_start_with(&p)
+            },
+            handler,
+        )
+    }
+
+    /// Answers commands `matches` accepts.
+    pub fn on_match(
+        &self,
+        matches: impl Fn(&Command) -> bool + Send + Sync + 'static,
+        handler: impl Fn(&Command) -> CommandOutput + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.rules).push(Rule {
+            matches: Box::new(matches),
+            handler: Box::new(handler),
+        });
+        self
+    }
+
+    /// Every command run so far, in order.
+    pub fn commands(&self) -> Vec<Command> {
+        lock(&self.calls).clone()
+    }
+
+    /// Every command run so far as shown in logs (secrets masked).
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).iter().map(|c| c.to_string()).collect()
+    }
+
+    /// How many commands shown as containing `needle` ran.
+    pub fn count(&self, needle: &str) -> usize {
+        self.calls().iter().filter(|c| c.contains(needle)).count()
+    }
+
+    /// Forgets the recorded commands.
+    pub fn clear_calls(&self) {
+        lock(&self.calls).clear();
+    }
+}
+
+impl CommandRunner for FakeRunner {
+    fn run(&self, cmd: &Command) -> Result<CommandOutput> {
+        lock(&self.calls).push(cmd.clone());
+        if let Some(c) = cmd.cancellation() {
+            if c.is_cancelled() {
+                return Err(Error::CommandCancelled {
+                    program: cmd.program().to_string(),
+                    args: cmd.shown_args(),
+                });
+            }
+        }
+        let rules = lock(&self.rules);
+        match rules.iter().rev().find(|r| (r.matches)(cmd)) {
+            Some(r) => Ok((r.handler)(cmd)),
+            None => Err(Error::CommandNotFound {
+                program: cmd.program().to_string(),
+                searched: vec![PathBuf::from("(fake runner: no rule)")],
+            }),
+        }
+    }
+}
+
+/// A LUN a fake SCSI host offers: it appears when scanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunSpec {
+    /// Channel.
+    pub channel: u32,
+    /// Target id.
+    pub target: u32,
+    /// LUN.
+    pub lun: u64,
+    /// The `wwid` attribute as sysfs shows it, e.g. `naa.6001405...`.
+    pub wwid: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// A `/dev/disk/by-path` link name to create with the device, if any.
+    pub by_path: Option<String>,
+}
+
+impl LunSpec {
+    /// A LUN without a by-path link.
+    pub fn new(channel: u32, target: u32, lun: u64, wwid: &str, size: u64) -> Self {
+        LunSpec {
+            channel,
+            target,
+            lun,
+            wwid: wwid.to_string(),
+            size,
+            by_path: None,
+        }
+    }
+
+    /// With a by-path link.
+    pub fn by_path(mut self, name: impl Into<String>) -> Self {
+        self.by_path = Some(name.into());
+        self
+    }
+}
+
+#[derive(Default)]
+struct State {
+    offered: HashMap<u32, Vec<LunSpec>>,
+    devices: HashMap<Hctl, String>,
+    next_disk: u32,
+    next_dm: u32,
+}
+
+struct Inner {
+    dir: tempfile::TempDir,
+    state: Mutex<State>,
+}
+
+/// How often the fake kernel looks at the tree.
+const FAKE_KERNEL_TICK: Duration = Duration::from_millis(2);
+
+/// A fake host tree in a temporary directory (`sys`, `dev`, `etc`, `run`), laid out like
+/// the kernel's, with a background "kernel" that reacts to writes of `scan`, `delete` and
+/// `rescan` attributes. Cloning shares the tree; it is removed when the last clone goes.
+#[derive(Clone)]
+pub struct FakeHost {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FakeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FakeHost({})", self.root().display())
+    }
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn write(path: &Path, content: &str) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).expect("fake tree: create dir");
+    }
+    fs::write(path, content).expect("fake tree: write file");
+}
+
+fn link(target: &Path, at: &Path) {
+    if let Some(p) = at.parent() {
+        fs::create_dir_all(p).expect("fake tree: create dir");
+    }
+    let _ = fs::remove_file(at);
+    symlink(target, at).expect("fake tree: symlink");
+}
+
+fn disk_name(n: u32) -> String {
+    // sda..sdz, sdaa..sdzz, ... as the kernel names them.
+    let mut n = n as usize + 1;
+    let mut s = Vec::new();
+    while n > 0 {
+        n -= 1;
+        s.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    s.reverse();
+    format!("sd{}", String::from_utf8_lossy(&s))
+}
+
+impl FakeHost {
+    /// An empty tree with its fake kernel running.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hostbrick-fake-")
+            .tempdir()
+            .expect("fake tree: temp dir");
+        for d in [
+            "sys/block",
+            "sys/bus/scsi/devices",
+            "sys/class/scsi_host",
+            "sys/class/iscsi_session",
+            "sys/class/iscsi_connection",
+            "dev/disk/by-path",
+            "dev/mapper",
+            "etc",
+            "run",
+        ] {
+            fs::create_dir_all(dir.path().join(d)).expect("fake tree: create dir");
+        }
+        let inner = Arc::new(Inner {
+            dir,
+            state: Mutex::new(State::default()),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::spawn(move || kernel_loop(weak));
+        FakeHost { inner }
+    }
+
+    /// The tree's root directory.
+    pub fn root(&self) -> &Path {
+        self.inner.dir.path()
+    }
+
+    /// A [`Host`] handle on the tree.
+    pub fn host(&self) -> Host {
+        Host::with_root(self.root())
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    /// Writes `/etc/iscsi/initiatorname.iscsi`.
+    pub fn set_initiator_name(&self, iqn: &str) {
+        write(
+            &self.p("etc/iscsi/initiatorname.iscsi"),
+            &format!("## generated\nInitiatorName={iqn}\n"),
+        );
+    }
+
+    /// Adds SCSI host `hostH` with its `scan` attribute.
+    pub fn add_scsi_host(&self, host_no: u32) {
+        let dev = self.p(&format!("sys/devices/platform/host{host_no}"));
+        write(&dev.join(format!("scsi_host/host{host_no}/scan")), "");
+        link(
+            &dev.join(format!("scsi_host/host{host_no}")),
+            &self.p(&format!("sys/class/scsi_host/host{host_no}")),
+        );
+    }
+
+    /// Removes a SCSI host and everything under it.
+    pub fn remove_scsi_host(&self, host_no: u32) {
+        let hctls: Vec<Hctl> = self
+            .state()
+            .devices
+            .keys()
+            .filter(|h| h.host == host_no)
+            .copied()
+            .collect();
+        for h in hctls {
+            self.remove_scsi_device(h);
+        }
+        let _ = fs::remove_file(self.p(&format!("sys/class/scsi_host/host{host_no}")));
+        let _ = fs::remove_dir_all(self.p(&format!("sys/devices/platform/host{host_no}")));
+        self.state().offered.remove(&host_no);
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// Adds an iSCSI session `sid` on SCSI host `host_no` (created too) logged in to
+    /// `iqn` at `portal`, with the kernel's `target_id` for its first scan.
+    pub fn add_iscsi_session(
+        &self,
+        sid: u32,
+        host_no: u32,
+        target_id: u32,
+        iqn: &str,
+        portal: &Portal,
+    ) {
+        self.add_scsi_host(host_no);
+        let sdev = self.p(&format!("sys/devices/platform/host{host_no}/session{sid}"));
+        fs::create_dir_all(sdev.join(format!("connection{sid}:0"))).expect("fake tree: create dir");
+        let class = self.p(&format!("sys/class/iscsi_session/session{sid}"));
+        write(&class.join("targetname"), &format!("{iqn}\n"));
+        write(&class.join("target_id"), &format!("{target_id}\n"));
+        write(&class.join("tpgt"), "1\n");
+        link(&sdev, &class.join("device"));
+        let conn = self.p(&format!("sys/class/iscsi_connection/connection{sid}:0"));
+        write(
+            &conn.join("persistent_address"),
+            &format!("{}\n", portal.host()),
+        );
+        write(
+            &conn.join("persistent_port"),
+            &format!("{}\n", portal.port()),
+        );
+        write(&conn.join("address"), &format!("{}\n", portal.host()));
+        write(&conn.join("port"), &format!("{}\n", portal.port()));
+    }
+
+    /// Removes session `sid` and its SCSI host, with every device on it (a logout).
+    pub fn remove_iscsi_session(&self, sid: u32) {
+        let class = self.p(&format!("sys/class/iscsi_session/session{sid}"));
+        let host_no = fs::canonicalize(class.join("device"))
+            .ok()
+            .and_then(|d| {
+                d.parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .and_then(|n| n.strip_prefix("host").and_then(|n| n.parse::<u32>().ok()));
+        let _ = fs::remove_dir_all(&class);
+        let _ =
+            fs::remove_dir_all(self.p(&format!("sys/class/iscsi_connection/connection{sid}:0")));
+        if let Some(h) = host_no {
+            self.remove_scsi_host(h);
+        }
+    }
+
+    /// Makes `spec` appear when SCSI host `host_no` scans it.
+    pub fn offer_lun(&self, host_no: u32, spec: LunSpec) {
+        self.state().offered.entry(host_no).or_default().push(spec);
+    }
+
+    /// Changes an offered LUN's size (seen after a rescan of its device).
+    pub fn resize_lun(&self, wwid: &str, size: u64) {
+        for specs in self.state().offered.values_mut() {
+            for s in specs.iter_mut().filter(|s| s.wwid == wwid) {
+                s.size = size;
+            }
+        }
+    }
+
+    /// The device name the kernel gave `hctl`, if present.
+    pub fn device_at(&self, hctl: Hctl) -> Option<String> {
+        self.state().devices.get(&hctl).cloned()
+    }
+
+    /// Every SCSI disk present, by address.
+    pub fn devices(&self) -> Vec<(Hctl, String)> {
+        let mut v: Vec<(Hctl, String)> = self
+            .state()
+            .devices
+            .iter()
+            .map(|(h, n)| (*h, n.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Adds a SCSI disk now (as a scan would) and returns its name.
+    pub fn add_scsi_disk(&self, host_no: u32, spec: &LunSpec) -> String {
+        let hctl = Hctl {
+            host: host_no,
+            channel: spec.channel,
+            target: spec.target,
+            lun: spec.lun,
+        };
+        let name = {
+            let mut st = self.state();
+            if let Some(n) = st.devices.get(&hctl) {
+                return n.clone();
+            }
+            let n = disk_name(st.next_disk);
+            st.next_disk += 1;
+            st.devices.insert(hctl, n.clone());
+            n
+        };
+        // Under the session's target directory when the host carries a session.
+        let hostdir = self.p(&format!("sys/devices/platform/host{host_no}"));
+        let parent = fs::read_dir(&hostdir)
+            .ok()
+            .and_then(|rd| {
+                rd.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("session"))
+                })
+            })
+            .unwrap_or(hostdir);
+        let tdir = parent.join(format!(
+            "target{}:{}:{}",
+            host_no, spec.channel, spec.target
+        ));
+        let ddir = tdir.join(hctl.to_string());
+        write(&ddir.join("wwid"), &format!("{}\n", spec.wwid));
+        write(&ddir.join("state"), "running\n");
+        for a in ["delete", "rescan"] {
+            write(&ddir.join(a), "");
+        }
+        fs::create_dir_all(ddir.join(format!("block/{name}"))).expect("fake tree: create dir");
+        link(&ddir, &self.p(&format!("sys/bus/scsi/devices/{hctl}")));
+        let minor = 16 * self.state().next_disk;
+        self.add_block(&name, spec.size, &format!("8:{minor}"));
+        link(&ddir, &self.p(&format!("sys/block/{name}/device")));
+        if let Some(bp) = &spec.by_path {
+            link(
+                Path::new(&format!("../../{name}")),
+                &self.p(&format!("dev/disk/by-path/{bp}")),
+            );
+        }
+        name
+    }
+
+    fn add_block(&self, name: &str, size: u64, devnum: &str) {
+        let b = self.p(&format!("sys/block/{name}"));
+        write(&b.join("size"), &format!("{}\n", size / 512));
+        write(&b.join("dev"), &format!("{devnum}\n"));
+        fs::create_dir_all(b.join("holders")).expect("fake tree: create dir");
+        fs::create_dir_all(b.join("slaves")).expect("fake tree: create dir");
+        let f = fs::File::create(self.p(&format!("dev/{name}"))).expect("fake tree: device node");
+        f.set_len(size.min(1 << 20))
+            .expect("fake tree: device size");
+    }
+
+    /// Removes a SCSI disk (as `delete` or a logout would), with its links.
+    pub fn remove_scsi_device(&self, hctl: Hctl) {
+        let Some(name) = self.state().devices.remove(&hctl) else {
+            return;
+        };
+        if let Ok(d) = fs::canonicalize(self.p(&format!("sys/bus/scsi/devices/{hctl}"))) {
+            let _ = fs::remove_dir_all(d);
+        }
+        let _ = fs::remove_file(self.p(&format!("sys/bus/scsi/devices/{hctl}")));
+        let _ = fs::remove_dir_all(self.p(&format!("sys/block/{name}")));
+        let _ = fs::remove_file(self.p(&format!("dev/{name}")));
+        if let Ok(rd) = fs::read_dir(self.p("dev/disk/by-path")) {
+            for e in rd.flatten() {
+                if fs::read_link(e.path())
+                    .is_ok_and(|t| t.file_name().is_some_and(|n| n == name.as_str()))
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Sets a block device's size.
+    pub fn set_block_size(&self, name: &str, size: u64) {
+        write(
+            &self.p(&format!("sys/block/{name}/size")),
+            &format!("{}\n", size / 512),
+        );
+    }
+
+    /// Adds a dm-multipath map `dm-N` named `name` over `slaves`; returns `dm-N`.
+    pub fn add_multipath_map(&self, name: &str, wwid: &str, slaves: &[&str]) -> String {
+        let dm = {
+            let mut st = self.state();
+            let n = st.next_dm;
+            st.next_dm += 1;
+            format!("dm-{n}")
+        };
+        let size = slaves
+            .first()
+            .and_then(|s| fs::read_to_string(self.p(&format!("sys/block/{s}/size"))).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 512;
+        self.add_block(&dm, size, &format!("254:{}", dm.trim_start_matches("dm-")));
+        write(
+            &self.p(&format!("sys/block/{dm}/dm/name")),
+            &format!("{name}\n"),
+        );
+        write(
+            &self.p(&format!("sys/block/{dm}/dm/uuid")),
+            &format!("mpath-{wwid}\n"),
+        );
+        for s in slaves {
+            self.add_multipath_slave(&dm, s);
+        }
+        link(
+            Path::new(&format!("../{dm}")),
+            &self.p(&format!("dev/mapper/{name}")),
+        );
+        dm
+    }
+
+    /// Adds a path to a map.
+    pub fn add_multipath_slave(&self, dm: &str, slave: &str) {
+        fs::create_dir_all(self.p(&format!("sys/block/{dm}/slaves/{slave}")))
+            .expect("fake tree: create dir");
+        fs::create_dir_all(self.p(&format!("sys/block/{slave}/holders/{dm}")))
+            .expect("fake tree: create dir");
+    }
+
+    /// Removes a map (its paths stay).
+    pub fn remove_multipath_map(&self, dm: &str) {
+        if let Ok(rd) = fs::read_dir(self.p(&format!("sys/block/{dm}/slaves"))) {
+            for e in rd.flatten() {
+                let _ = fs::remove_dir_all(self.p(&format!(
+                    "sys/block/{}/holders/{dm}",
+                    e.file_name().to_string_lossy()
+                )));
+            }
+        }
+        if let Ok(name) = fs::read_to_string(self.p(&format!("sys/block/{dm}/dm/name"))) {
+            let _ = fs::remove_file(self.p(&format!("dev/mapper/{}", name.trim())));
+        }
+        let _ = fs::remove_dir_all(self.p(&format!("sys/block/{dm}")));
+        let _ = fs::remove_file(self.p(&format!("dev/{dm}")));
+    }
+
+    /// One step of the fake kernel: answer pending scans, deletes and rescans.
+    fn kernel_tick(&self) {
+        let hosts: Vec<u32> = self.state().offered.keys().copied().collect();
+        for h in hosts {
+            let scan = self.p(&format!("sys/class/scsi_host/host{h}/scan"));
+            let Ok(req) = fs::read_to_string(&scan) else {
+                continue;
+            };
+            if req.trim().is_empty() {
+                continue;
+            }
+            let _ = fs::write(&scan, "");
+            let parts: Vec<&str> = req.split_whitespace().collect();
+            let want = |i: usize, v: u64| {
+                parts
+                    .get(i)
+                    .is_some_and(|p| *p == "-" || p.parse::<u64>().ok() == Some(v))
+            };
+            let specs: Vec<LunSpec> = self.state().offered.get(&h).cloned().unwrap_or_default();
+            for s in specs
+                .iter()
+                .filter(|s| want(0, s.channel.into()) && want(1, s.target.into()) && want(2, s.lun))
+            {
+                self.add_scsi_disk(h, s);
+            }
+        }
+        let devices: Vec<(Hctl, String)> = self.devices();
+        for (hctl, name) in devices {
+            let dir = self.p(&format!("sys/bus/scsi/devices/{hctl}"));
+            if fs::read_to_string(dir.join("delete")).is_ok_and(|v| v.trim() == "1") {
+                self.remove_scsi_device(hctl);
+                continue;
+            }
+            if fs::read_to_string(dir.join("rescan")).is_ok_and(|v| v.trim() == "1") {
+                let _ = fs::write(dir.join("rescan"), "");
+                let wwid = fs::read_to_string(dir.join("wwid")).unwrap_or_default();
+                let size = self
+                    .state()
+                    .offered
+                    .values()
+                    .flatten()
+                    .find(|s| s.wwid == wwid.trim())
+                    .map(|s| s.size);
+                if let Some(size) = size {
+                    self.set_block_size(&name, size);
+                }
+            }
+        }
+    }
+}
+
+fn kernel_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        FakeHost { inner }.kernel_tick();
+        std::thread::sleep(FAKE_KERNEL_TICK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < end, "fake kernel did not react");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn disk_names_like_the_kernel() {
+        assert_eq!(disk_name(0), "sda");
+        assert_eq!(disk_name(25), "sdz");
+        assert_eq!(disk_name(26), "sdaa");
+        assert_eq!(disk_name(27), "sdab");
+    }
+
+    #[test]
+    fn kernel_answers_scan_delete_rescan() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        fake.add_iscsi_session(
+            1,
+            2,
+            0,
+            "iqn.2003-01.x:t",
+            &"127.0.0.1:3260".parse().unwrap(),
+        );
+        fake.offer_lun(
+            2,
+            LunSpec::new(0, 0, 1, "naa.6001405aa", 1 << 20).by_path("ip-x-lun-1"),
+        );
+        crate::scsi::scan_lun(&host, 2, Some(0), Some(0), 1).unwrap();
+        let h: Hctl = "2:0:0:1".parse().unwrap();
+        wait_until(|| fake.device_at(h).is_some());
+        let name = crate::scsi::block_name(&host, h).unwrap().unwrap();
+        assert_eq!(name, "sda");
+        assert_eq!(
+            crate::scsi::wwid(&host, h).unwrap().unwrap().as_str(),
+            "36001405aa"
+        );
+        assert!(fake.root().join("dev/disk/by-path/ip-x-lun-1").exists());
+        fake.resize_lun("naa.6001405aa", 2 << 20);
+        crate::scsi::rescan(&host, h).unwrap();
+        wait_until(|| crate::block::size_bytes(&host, "sda").unwrap() == 2 << 20);
+        crate::scsi::delete(&host, h).unwrap();
+        wait_until(|| fake.device_at(h).is_none());
+        assert!(!crate::block::exists(&host, "sda"));
+        assert!(!fake.root().join("dev/disk/by-path/ip-x-lun-1").exists());
+    }
+
+    #[test]
+    fn runner_rules_newest_first_and_unmatched_is_an_error() {
+        let r = FakeRunner::new();
+        r.on("iscsiadm", &["-m", "session"], |_| {
+            CommandOutput::exit(21, "iscsiadm: No active sessions.\n")
+        });
+        r.on("iscsiadm", &["-m", "session"], |_| {
+            CommandOutput::ok("tcp: [1] 127.0.0.1:3260,1 iqn.2003-01.x:t (non-flash)\n")
+        });
+        let out = r
+            .run(&Command::new("iscsiadm").args(["-m", "session"]))
+            .unwrap();
+        assert!(out.status.success());
+        assert!(matches!(
+            r.run(&Command::new("nvme")),
+            Err(Error::CommandNotFound { .. })
+        ));
+        assert_eq!(r.count("iscsiadm -m session"), 1);
+    }
+}

@@ -1,0 +1,184 @@
+//! Waiting for devices: udev events first, sysfs polling only where udev is absent.
+//!
+//! The order is always: open the watch, act (login, scan, connect, map, delete), then
+//! [`DeviceWatch::wait_for`] a condition with one deadline. The condition is checked at once
+//! (the device may already be there), then again after every udev event on the watched
+//! subsystems, so nothing that happens between the action and the wait is missed.
+
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+
+/// How often a condition is re-checked when udev cannot be used (fake trees, hosts
+/// without udevd).
+pub const SYSFS_POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// A subscription to device events, opened before the action it waits on.
+pub struct DeviceWatch {
+    monitor: Option<udev::MonitorSocket>,
+    poll_interval: Duration,
+}
+
+impl std::fmt::Debug for DeviceWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceWatch")
+            .field("udev", &self.monitor.is_some())
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl DeviceWatch {
+    /// Subscribes to udev events of `subsystems` when `host` runs udevd; otherwise the
+    /// watch polls. A udev monitor that cannot be opened degrades to polling with a warning.
+    pub fn open(host: &Host, subsystems: &[&str]) -> Self {
+        let monitor = if host.udev_active() {
+            match open_monitor(subsystems) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "udev monitor unavailable; polling sysfs");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        DeviceWatch {
+            monitor,
+            poll_interval: SYSFS_POLL_INTERVAL,
+        }
+    }
+
+    /// A watch that only polls, every `interval`.
+    pub fn polling(interval: Duration) -> Self {
+        DeviceWatch {
+            monitor: None,
+            poll_interval: interval,
+        }
+    }
+
+    /// True when driven by udev events.
+    pub fn is_event_driven(&self) -> bool {
+        self.monitor.is_some()
+    }
+
+    /// Waits until `check` returns `Some`, or `deadline` passes (a [`Error::Timeout`] naming
+    /// `what`). Errors from `check` end the wait.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut check: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = check()? {
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    what: what.to_string(),
+                    waited: now - started,
+                });
+            }
+            let left = deadline - now;
+            match &self.monitor {
+                Some(m) => wait_event(m, left)?,
+                None => std::thread::sleep(left.min(self.poll_interval)),
+            }
+        }
+    }
+}
+
+fn open_monitor(subsystems: &[&str]) -> Result<udev::MonitorSocket> {
+    let err = |source| Error::Udev {
+        action: "monitor",
+        source,
+    };
+    let mut b = udev::MonitorBuilder::new().map_err(err)?;
+    for s in subsystems {
+        b = b.match_subsystem(s).map_err(err)?;
+    }
+    b.listen().map_err(err)
+}
+
+/// Blocks until the monitor has events (draining them) or `left` passes.
+fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<()> {
+    let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(m), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::Error::EINTR) => {}
+        Err(e) => {
+            return Err(Error::Udev {
+                action: "poll",
+                source: std::io::Error::from(e),
+            })
+        }
+    }
+    for event in m.iter() {
+        tracing::trace!(
+            action = ?event.event_type(),
+            device = %event.sysname().to_string_lossy(),
+            "udev event"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn returns_at_once_when_already_true() {
+        let mut w = DeviceWatch::polling(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let v = w
+            .wait_for("x", Instant::now() + Duration::from_secs(5), || Ok(Some(7)))
+            .unwrap();
+        assert_eq!(v, 7);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn polls_until_true() {
+        let mut w = DeviceWatch::polling(Duration::from_millis(1));
+        let n = Cell::new(0);
+        let v = w
+            .wait_for(
+                "third check",
+                Instant::now() + Duration::from_secs(5),
+                || {
+                    n.set(n.get() + 1);
+                    Ok((n.get() == 3).then_some("ok"))
+                },
+            )
+            .unwrap();
+        assert_eq!((v, n.get()), ("ok", 3));
+    }
+
+    #[test]
+    fn timeout_names_what_was_awaited() {
+        let mut w = DeviceWatch::polling(Duration::from_millis(1));
+        let e = w
+            .wait_for::<()>(
+                "LUN 3 of session 1",
+                Instant::now() + Duration::from_millis(20),
+                || Ok(None),
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }));
+        assert!(e.to_string().contains("LUN 3 of session 1"));
+    }
+
+    #[test]
+    fn fake_hosts_poll() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!DeviceWatch::open(&Host::with_root(d.path()), &["block"]).is_event_driven());
+    }
+}
