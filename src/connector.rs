@@ -59,6 +59,10 @@ pub struct ConnectorOptions {
     /// The deadline of one whole operation (connect, disconnect, extend): logins, scans and
     /// every device wait share it.
     pub operation_timeout: Duration,
+    /// How long a LUN may take to appear after its targeted scan, within the operation
+    /// deadline. The kernel scans synchronously, so a LUN missing after this is not
+    /// offered by the target (wrong LUN, no ACL) and the path fails early.
+    pub scan_timeout: Duration,
     /// How long a multipath connect waits for the dm map once a path is up, within the
     /// operation deadline, before falling back to the single path.
     pub multipath_timeout: Duration,
@@ -87,6 +91,7 @@ impl ConnectorOptions {
             use_multipath: false,
             enforce_multipath: false,
             operation_timeout: Duration::from_secs(120),
+            scan_timeout: Duration::from_secs(5),
             multipath_timeout: Duration::from_secs(15),
             extra_path_grace: Duration::from_secs(5),
             iscsi_iface: None,
@@ -105,6 +110,12 @@ impl ConnectorOptions {
     /// Sets the operation deadline.
     pub fn operation_timeout(mut self, t: Duration) -> Self {
         self.operation_timeout = t;
+        self
+    }
+
+    /// Sets how long a scanned LUN may take to appear.
+    pub fn scan_timeout(mut self, t: Duration) -> Self {
+        self.scan_timeout = t;
         self
     }
 

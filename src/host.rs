@@ -7,18 +7,45 @@
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// Called after every attribute write through a [`Host`] with the path and value, so a
+/// fake tree can answer as the kernel does: synchronously, inside the write.
+pub type WriteHook = Arc<dyn Fn(&Path, &str) + Send + Sync>;
+
 /// Where the host's kernel and system files live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Host {
     sys: PathBuf,
     dev: PathBuf,
     etc: PathBuf,
     run: PathBuf,
     real: bool,
+    write_hook: Option<WriteHook>,
 }
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("sys", &self.sys)
+            .field("dev", &self.dev)
+            .field("etc", &self.etc)
+            .field("run", &self.run)
+            .field("write_hook", &self.write_hook.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for Host {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.sys, &self.dev, &self.etc, &self.run, self.real)
+            == (&other.sys, &other.dev, &other.etc, &other.run, other.real)
+    }
+}
+
+impl Eq for Host {}
 
 impl Default for Host {
     fn default() -> Self {
@@ -35,6 +62,7 @@ impl Host {
             etc: PathBuf::from("/etc"),
             run: PathBuf::from("/run"),
             real: true,
+            write_hook: None,
         }
     }
 
@@ -49,7 +77,14 @@ impl Host {
             etc: root.join("etc"),
             run: root.join("run"),
             real,
+            write_hook: None,
         }
+    }
+
+    /// Calls `hook` after every attribute write (for fake trees; see [`WriteHook`]).
+    pub fn with_write_hook(mut self, hook: WriteHook) -> Self {
+        self.write_hook = Some(hook);
+        self
     }
 
     /// Replaces the sysfs root.
@@ -148,7 +183,12 @@ impl Host {
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         f.write_all(value.as_bytes())
-            .map_err(|e| Error::io(path, e))
+            .map_err(|e| Error::io(path, e))?;
+        drop(f);
+        if let Some(hook) = &self.write_hook {
+            hook(path, value);
+        }
+        Ok(())
     }
 
     /// Names of the entries of a directory, sorted; empty when it does not exist.

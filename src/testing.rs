@@ -1,6 +1,6 @@
 //! Test doubles for code that links hostbrick (cargo feature `testing`): a scriptable
 //! command runner and a fake host tree with a small "kernel" that answers LUN scans,
-//! device deletes and rescans the way sysfs does.
+//! device deletes and rescans the way sysfs does: synchronously, inside the write.
 //!
 //! ```
 //! use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
@@ -18,8 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::cmd::{Command, CommandOutput, CommandRunner};
 use crate::error::{Error, Result};
@@ -186,12 +185,10 @@ struct Inner {
     state: Mutex<State>,
 }
 
-/// How often the fake kernel looks at the tree.
-const FAKE_KERNEL_TICK: Duration = Duration::from_millis(2);
-
 /// A fake host tree in a temporary directory (`sys`, `dev`, `etc`, `run`), laid out like
-/// the kernel's, with a background "kernel" that reacts to writes of `scan`, `delete` and
-/// `rescan` attributes. Cloning shares the tree; it is removed when the last clone goes.
+/// the kernel's, with a "kernel" that answers writes of `scan`, `delete` and `rescan`
+/// attributes made through [`FakeHost::host`]. Cloning shares the tree; it is removed when
+/// the last clone goes.
 #[derive(Clone)]
 pub struct FakeHost {
     inner: Arc<Inner>,
@@ -257,13 +254,12 @@ impl FakeHost {
         ] {
             fs::create_dir_all(dir.path().join(d)).expect("fake tree: create dir");
         }
-        let inner = Arc::new(Inner {
-            dir,
-            state: Mutex::new(State::default()),
-        });
-        let weak = Arc::downgrade(&inner);
-        std::thread::spawn(move || kernel_loop(weak));
-        FakeHost { inner }
+        FakeHost {
+            inner: Arc::new(Inner {
+                dir,
+                state: Mutex::new(State::default()),
+            }),
+        }
     }
 
     /// The tree's root directory.
@@ -271,9 +267,14 @@ impl FakeHost {
         self.inner.dir.path()
     }
 
-    /// A [`Host`] handle on the tree.
+    /// A [`Host`] handle on the tree; its attribute writes reach the fake kernel.
     pub fn host(&self) -> Host {
-        Host::with_root(self.root())
+        let weak = Arc::downgrade(&self.inner);
+        Host::with_root(self.root()).with_write_hook(Arc::new(move |path, value| {
+            if let Some(inner) = weak.upgrade() {
+                FakeHost { inner }.on_write(path, value);
+            }
+        }))
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -552,41 +553,50 @@ impl FakeHost {
         let _ = fs::remove_file(self.p(&format!("dev/{dm}")));
     }
 
-    /// One step of the fake kernel: answer pending scans, deletes and rescans.
-    fn kernel_tick(&self) {
-        let hosts: Vec<u32> = self.state().offered.keys().copied().collect();
-        for h in hosts {
-            let scan = self.p(&format!("sys/class/scsi_host/host{h}/scan"));
-            let Ok(req) = fs::read_to_string(&scan) else {
-                continue;
-            };
-            if req.trim().is_empty() {
-                continue;
+    /// The fake kernel: answers a write to a `scan`, `delete` or `rescan` attribute.
+    fn on_write(&self, path: &Path, value: &str) {
+        let Some(attr) = path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let Some(dir) = path.parent() else { return };
+        let dir_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match attr {
+            "scan" => {
+                let Some(h) = dir_name
+                    .strip_prefix("host")
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    return;
+                };
+                let _ = fs::write(path, "");
+                let parts: Vec<&str> = value.split_whitespace().collect();
+                let want = |i: usize, v: u64| {
+                    parts
+                        .get(i)
+                        .is_some_and(|p| *p == "-" || p.parse::<u64>().ok() == Some(v))
+                };
+                let specs: Vec<LunSpec> = self.state().offered.get(&h).cloned().unwrap_or_default();
+                for s in specs.iter().filter(|s| {
+                    want(0, s.channel.into()) && want(1, s.target.into()) && want(2, s.lun)
+                }) {
+                    self.add_scsi_disk(h, s);
+                }
             }
-            let _ = fs::write(&scan, "");
-            let parts: Vec<&str> = req.split_whitespace().collect();
-            let want = |i: usize, v: u64| {
-                parts
-                    .get(i)
-                    .is_some_and(|p| *p == "-" || p.parse::<u64>().ok() == Some(v))
-            };
-            let specs: Vec<LunSpec> = self.state().offered.get(&h).cloned().unwrap_or_default();
-            for s in specs
-                .iter()
-                .filter(|s| want(0, s.channel.into()) && want(1, s.target.into()) && want(2, s.lun))
-            {
-                self.add_scsi_disk(h, s);
-            }
-        }
-        let devices: Vec<(Hctl, String)> = self.devices();
-        for (hctl, name) in devices {
-            let dir = self.p(&format!("sys/bus/scsi/devices/{hctl}"));
-            if fs::read_to_string(dir.join("delete")).is_ok_and(|v| v.trim() == "1") {
-                self.remove_scsi_device(hctl);
-                continue;
-            }
-            if fs::read_to_string(dir.join("rescan")).is_ok_and(|v| v.trim() == "1") {
-                let _ = fs::write(dir.join("rescan"), "");
+            "delete" | "rescan" if value.trim() == "1" => {
+                let Ok(hctl) = dir_name.parse::<Hctl>() else {
+                    return;
+                };
+                let _ = fs::write(path, "");
+                if attr == "delete" {
+                    self.remove_scsi_device(hctl);
+                    return;
+                }
+                let Some(name) = self.device_at(hctl) else {
+                    return;
+                };
                 let wwid = fs::read_to_string(dir.join("wwid")).unwrap_or_default();
                 let size = self
                     .state()
@@ -599,30 +609,14 @@ impl FakeHost {
                     self.set_block_size(&name, size);
                 }
             }
+            _ => {}
         }
-    }
-}
-
-fn kernel_loop(weak: Weak<Inner>) {
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        FakeHost { inner }.kernel_tick();
-        std::thread::sleep(FAKE_KERNEL_TICK);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
-
-    fn wait_until(mut f: impl FnMut() -> bool) {
-        let end = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < end, "fake kernel did not react");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
 
     #[test]
     fn disk_names_like_the_kernel() {
@@ -649,7 +643,7 @@ mod tests {
         );
         crate::scsi::scan_lun(&host, 2, Some(0), Some(0), 1).unwrap();
         let h: Hctl = "2:0:0:1".parse().unwrap();
-        wait_until(|| fake.device_at(h).is_some());
+        assert!(fake.device_at(h).is_some());
         let name = crate::scsi::block_name(&host, h).unwrap().unwrap();
         assert_eq!(name, "sda");
         assert_eq!(
@@ -659,9 +653,9 @@ mod tests {
         assert!(fake.root().join("dev/disk/by-path/ip-x-lun-1").exists());
         fake.resize_lun("naa.6001405aa", 2 << 20);
         crate::scsi::rescan(&host, h).unwrap();
-        wait_until(|| crate::block::size_bytes(&host, "sda").unwrap() == 2 << 20);
+        assert_eq!(crate::block::size_bytes(&host, "sda").unwrap(), 2 << 20);
         crate::scsi::delete(&host, h).unwrap();
-        wait_until(|| fake.device_at(h).is_none());
+        assert!(fake.device_at(h).is_none());
         assert!(!crate::block::exists(&host, "sda"));
         assert!(!fake.root().join("dev/disk/by-path/ip-x-lun-1").exists());
     }

@@ -33,10 +33,6 @@ use crate::multipath::{self, MultipathMap};
 use crate::scsi;
 use crate::wait::DeviceWatch;
 
-/// How long a LUN may take to appear after its targeted scan returned. The kernel scans
-/// synchronously, so a LUN still missing after this is not on the target.
-pub const LUN_APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The iSCSI/iSER connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
 pub struct IscsiConnector {
@@ -549,7 +545,7 @@ impl IscsiConnector {
             )?;
         }
         let sid = session.sid;
-        let lun_deadline = deadline.min(Instant::now() + LUN_APPEAR_TIMEOUT);
+        let lun_deadline = deadline.min(Instant::now() + self.opts.scan_timeout);
         let hctl = watch.wait_for(
             &format!("LUN {} on session {sid} after scan", t.lun),
             lun_deadline,

@@ -1,0 +1,478 @@
+//! The iSCSI connector end to end on a fake host tree with a simulated iscsiadm,
+//! multipath and kernel.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hostbrick::{connector_for, Connector, DisconnectOptions, Error, Protocol};
+use serde_json::json;
+
+fn udev_wwid(sysfs: &str) -> String {
+    format!("3{}", &sysfs[4..])
+}
+
+fn connector(sim: &Sim, multipath: bool) -> Box<dyn Connector> {
+    let mut o = sim.options();
+    if multipath {
+        o = o.multipath(false);
+    }
+    connector_for(Protocol::Iscsi, o).unwrap()
+}
+
+#[test]
+fn single_path_attach_and_detach() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_2, MIB), (1, WWID_1, 64 * MIB)]);
+    let c = connector(&sim, false);
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
+    assert_eq!(v["type"], "block");
+    assert_eq!(
+        v["path"],
+        format!("/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-{IQN}-lun-1")
+    );
+    assert_eq!(v["scsi_wwn"], udev_wwid(WWID_1).as_str());
+    assert!(v.get("multipath_id").is_none());
+    assert_eq!(rec.paths.len(), 1);
+    assert_eq!(rec.paths[0].device.to_str(), Some("/dev/sda"));
+    // Manual scan: only LUN 1 was scanned, LUN 0 stays invisible.
+    assert_eq!(sim.fake.devices().len(), 1);
+    let calls = sim.runner.calls();
+    let order = [
+        "--interface default --op new",
+        "-n node.session.scan -v manual",
+        "--login",
+        "-n node.startup -v automatic",
+    ];
+    let pos: Vec<usize> = order
+        .iter()
+        .map(|o| {
+            calls
+                .iter()
+                .position(|c| c.contains(o))
+                .unwrap_or_else(|| panic!("{o} not run: {calls:#?}"))
+        })
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{calls:#?}");
+    assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
+    assert_eq!(
+        c.get_all_available_volumes().unwrap(),
+        vec![rec.path.clone()]
+    );
+    c.check_valid_device(&rec.path).unwrap();
+
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    assert!(c.check_valid_device(&rec.path).is_err());
+}
+
+#[test]
+fn connect_reuses_an_existing_attachment() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    let a = c.connect_volume(&ci).unwrap();
+    let b = c.connect_volume(&ci).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(sim.session_count(), 1);
+    assert_eq!(sim.runner.count("--login"), 1);
+    c.disconnect_volume(&ci, Some(&b), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn portal_failover_uses_the_next_target_and_cleans_the_failed_one() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.3:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.set_reachable("127.0.0.3:3260", false);
+    let c = connector(&sim, false);
+    let ci = multi(&["127.0.0.3:3260", "127.0.0.1:3260"], 1, "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.paths.len(), 1);
+    assert_eq!(rec.paths[0].portal.to_string(), "127.0.0.1:3260");
+    assert!(
+        !sim.has_node("127.0.0.3:3260"),
+        "the failed attempt's node record stays"
+    );
+    assert_eq!(sim.session_count(), 1);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn all_targets_failing_says_what_was_tried() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    // LUN 7 is not offered: the scan finds nothing and the attempt is undone.
+    let ci = multi(&["127.0.0.2:3260", "127.0.0.1:3260"], 7, "vol-x");
+    match c.connect_volume(&ci).unwrap_err() {
+        Error::VolumeDeviceNotFound { tried } => {
+            assert_eq!(tried.len(), 2);
+            assert!(tried[0].target.starts_with("127.0.0.2:3260"), "{tried:?}");
+            assert!(tried[0].reason.contains("exit code 8"), "{tried:?}");
+            assert!(tried[1].reason.contains("LUN 7"), "{tried:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.assert_clean();
+}
+
+#[test]
+fn chap_login_and_masked_password() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    sim.require_chap("alice", "s3cret-pw");
+    let c = connector(&sim, false);
+    let mut data = json!({"target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 0,
+        "auth_method": "CHAP", "auth_username": "alice", "auth_password": "s3cret-pw"});
+    let rec = c.connect_volume(&info(data.clone())).unwrap();
+    assert!(sim.runner.calls().iter().all(|c| !c.contains("s3cret-pw")));
+    assert!(sim
+        .runner
+        .calls()
+        .iter()
+        .any(|c| c.contains("node.session.auth.password -v ***")));
+    c.disconnect_volume(
+        &info(data.clone()),
+        Some(&rec),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    sim.assert_clean();
+
+    data["auth_password"] = json!("wrong-pw");
+    let e = c.connect_volume(&info(data)).unwrap_err();
+    assert!(matches!(e, Error::AuthenticationFailed { .. }), "{e:?}");
+    assert_eq!(e.kind(), "authentication_failed");
+    assert!(!e.chain().contains("wrong-pw") && !format!("{e:?}").contains("wrong-pw"));
+    sim.assert_clean();
+}
+
+#[test]
+fn discovery_with_chap_runs_before_login() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = info(
+        json!({"target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 0,
+        "target_discovered": true, "discovery_auth_method": "CHAP",
+        "discovery_auth_username": "disc", "discovery_auth_password": "d-pass"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    let calls = sim.runner.calls();
+    let disc = calls
+        .iter()
+        .position(|c| c.contains("--discover"))
+        .expect("discovery ran");
+    let login = calls.iter().position(|c| c.contains("--login")).unwrap();
+    assert!(disc < login);
+    assert!(calls
+        .iter()
+        .any(|c| c.contains("discovery.sendtargets.auth.password -v ***")));
+    assert!(calls.iter().all(|c| !c.contains("d-pass")));
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn multipath_two_paths_one_map() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, 8 * MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, 8 * MIB)]);
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/dm-0"));
+    assert_eq!(
+        rec.multipath_id.as_deref(),
+        Some(udev_wwid(WWID_1).as_str())
+    );
+    assert_eq!(rec.paths.len(), 2);
+    let slaves = std::fs::read_dir(sim.fake.root().join("sys/block/dm-0/slaves"))
+        .unwrap()
+        .count();
+    assert_eq!(slaves, 2);
+    assert_eq!(
+        sim.runner
+            .count(&format!("multipath -a {}", udev_wwid(WWID_1))),
+        1
+    );
+
+    sim.resize(WWID_1, 16 * MIB);
+    assert_eq!(c.extend_volume(&ci).unwrap(), 16 * MIB);
+
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn multipath_with_one_dead_path() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    sim.set_reachable("127.0.0.2:3260", false);
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/dm-0"));
+    assert_eq!(rec.paths.len(), 1);
+    assert!(!sim.has_node("127.0.0.2:3260"));
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn multipath_falls_back_to_single_path_unless_enforced() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    sim.set_multipathd(false);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-mp");
+
+    let c = connector(&sim, true);
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(rec.multipath_id.is_none());
+    assert!(
+        rec.path.to_string_lossy().starts_with("/dev/disk/by-path/"),
+        "{rec:?}"
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+
+    let enforced = connector_for(Protocol::Iscsi, sim.options().multipath(true)).unwrap();
+    let e = enforced.connect_volume(&ci).unwrap_err();
+    assert!(matches!(e, Error::MultipathAssembly { .. }), "{e:?}");
+    sim.assert_clean();
+}
+
+#[test]
+fn disconnect_keeps_a_session_with_another_lun_in_use() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
+    let c = connector(&sim, false);
+    let (ci1, ci2) = (
+        single("127.0.0.1:3260", 1, "vol-1"),
+        single("127.0.0.1:3260", 2, "vol-2"),
+    );
+    let r1 = c.connect_volume(&ci1).unwrap();
+    let r2 = c.connect_volume(&ci2).unwrap();
+    assert_eq!(sim.session_count(), 1);
+    assert_eq!(sim.fake.devices().len(), 2);
+
+    c.disconnect_volume(&ci1, Some(&r1), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("--logout"), 0);
+    assert_eq!(sim.session_count(), 1);
+    assert_eq!(sim.fake.devices().len(), 1);
+    c.check_valid_device(&r2.path).unwrap();
+
+    c.disconnect_volume(&ci2, Some(&r2), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("--logout"), 1);
+    sim.assert_clean();
+}
+
+#[test]
+fn disconnect_is_idempotent_and_works_without_a_record() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    let _rec = c.connect_volume(&ci).unwrap();
+    c.disconnect_volume(&ci, None, DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    c.disconnect_volume(&ci, None, DisconnectOptions::default())
+        .unwrap();
+    c.disconnect_volume(
+        &ci,
+        Some(&_rec),
+        DisconnectOptions {
+            force: true,
+            ignore_errors: true,
+        },
+    )
+    .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn disconnect_leaves_a_device_that_shows_another_volume() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    let mut rec = c.connect_volume(&ci).unwrap();
+    rec.scsi_wwn = Some("3600000000000000000000000000000ff".into());
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(
+        sim.fake.devices().len(),
+        1,
+        "a device with another WWID must stay"
+    );
+    assert_eq!(sim.session_count(), 1);
+}
+
+#[test]
+fn ignore_errors_reports_every_failure() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    sim.runner.on("blockdev", &["--flushbufs"], |_| {
+        hostbrick::CommandOutput::exit(1, "blockdev: Input/output error\n")
+    });
+    let e = c
+        .disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, Error::CommandFailed { .. }), "{e:?}");
+    assert_eq!(
+        sim.fake.devices().len(),
+        1,
+        "a failed flush stops a plain disconnect"
+    );
+
+    let e = c
+        .disconnect_volume(
+            &ci,
+            Some(&rec),
+            DisconnectOptions {
+                force: false,
+                ignore_errors: true,
+            },
+        )
+        .unwrap_err();
+    match e {
+        Error::DisconnectIncomplete { failures } => assert_eq!(failures.len(), 1, "{failures:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The session is kept: its LUN is still there.
+    assert_eq!(sim.session_count(), 1);
+    c.disconnect_volume(
+        &ci,
+        Some(&rec),
+        DisconnectOptions {
+            force: true,
+            ignore_errors: false,
+        },
+    )
+    .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn extend_single_path() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    assert!(matches!(
+        c.extend_volume(&ci),
+        Err(Error::VolumeDeviceNotFound { .. })
+    ));
+    let rec = c.connect_volume(&ci).unwrap();
+    sim.resize(WWID_1, 3 * MIB);
+    assert_eq!(c.extend_volume(&ci).unwrap(), 3 * MIB);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn concurrent_attaches_of_different_volumes() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
+    let c = connector(&sim, false);
+    let cis = [
+        single("127.0.0.1:3260", 1, "vol-1"),
+        single("127.0.0.1:3260", 2, "vol-2"),
+    ];
+    let recs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = cis
+            .iter()
+            .map(|ci| {
+                let c = &c;
+                s.spawn(move || c.connect_volume(ci).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(sim.session_count(), 1);
+    assert_ne!(recs[0].scsi_wwn, recs[1].scsi_wwn);
+    std::thread::scope(|s| {
+        for (ci, r) in cis.iter().zip(&recs) {
+            let c = &c;
+            s.spawn(move || {
+                c.disconnect_volume(ci, Some(r), DisconnectOptions::default())
+                    .unwrap()
+            });
+        }
+    });
+    sim.assert_clean();
+}
+
+#[test]
+fn wrong_protocol_and_unbuilt_connectors() {
+    let sim = Sim::new();
+    let c = connector_for(Protocol::Iser, sim.options()).unwrap();
+    assert_eq!(c.protocol(), Protocol::Iser);
+    assert_eq!(
+        c.get_search_path().unwrap().to_str(),
+        Some("/dev/disk/by-path")
+    );
+    for p in [Protocol::NvmeOf, Protocol::Rbd] {
+        assert!(matches!(
+            connector_for(p, sim.options()),
+            Err(Error::ProtocolNotBuilt { .. })
+        ));
+    }
+}
+
+#[test]
+fn iser_uses_the_iser_iface() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    let c = connector_for(Protocol::Iser, sim.options()).unwrap();
+    let ci = single("127.0.0.1:3260", 0, "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(sim
+        .runner
+        .calls()
+        .iter()
+        .any(|c| c.contains("--interface iser --op new")));
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn operation_deadline_bounds_a_missing_device() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let o = sim
+        .options()
+        .operation_timeout(Duration::from_millis(300))
+        .scan_timeout(Duration::from_secs(30));
+    let c = connector_for(Protocol::Iscsi, o).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = c
+        .connect_volume(&single("127.0.0.1:3260", 9, "v"))
+        .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(e.chain().contains("timed out"), "{}", e.chain());
+    sim.assert_clean();
+}
