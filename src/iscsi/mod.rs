@@ -399,13 +399,20 @@ impl IscsiConnector {
         let wwid = p.wwid.as_ref().ok_or("the path has no WWID")?;
         let deadline = deadline.min(started + self.opts.multipath_timeout);
         let mut watch = DeviceWatch::open(host, &["block"]);
+        // multipathd may be making the map on its own (find_multipaths off), and then
+        // answers `add path` with "fail": that is only an error if no map appears.
+        let mut asked = None;
         if multipath::holder_map(host, &p.name)
             .map_err(|e| e.chain())?
             .is_none()
         {
             multipath::add_wwid(runner, wwid, deadline).map_err(|e| e.chain())?;
             let dev = host.public_dev_path(&host.dev(&p.name));
-            multipath::add_path(runner, &dev, deadline).map_err(|e| e.chain())?;
+            match multipath::add_path(runner, &dev, deadline) {
+                Ok(()) => {}
+                Err(e @ Error::CommandFailed { status, .. }) if status.success() => asked = Some(e),
+                Err(e) => return Err(e.chain()),
+            }
         }
         let what = format!("dm-multipath map over {}", p.name);
         let map = watch
@@ -416,7 +423,10 @@ impl IscsiConnector {
                 let ready = block::is_ready(host, &m.dm)? && block::size_bytes(host, &m.dm)? > 0;
                 Ok(ready.then_some(m))
             })
-            .map_err(|e| e.chain())?;
+            .map_err(|e| match &asked {
+                Some(refused) => format!("{}; {}", refused.chain(), e.chain()),
+                None => e.chain(),
+            })?;
         tracing::info!(phase = "multipath_ready", elapsed_ms = ms(started.elapsed()), map = %map.name, dm = %map.dm, "multipath map ready");
         Ok(map)
     }
