@@ -85,7 +85,7 @@ pub use connection::{AccessMode, ConnectionInfo, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
 pub use device::{DeviceKind, DeviceRecord, PathRecord};
 pub use error::{AttemptFailure, Error, ExitStatus, Result};
-pub use host::Host;
+pub use host::{Host, WriteHook};
 pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
 pub use iscsi::{
     by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
