@@ -476,3 +476,23 @@ fn operation_deadline_bounds_a_missing_device() {
     assert!(e.chain().contains("timed out"), "{}", e.chain());
     sim.assert_clean();
 }
+
+#[test]
+fn multipath_without_lists_discovers_the_other_portals() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, true);
+    let ci = single("127.0.0.1:3260", 1, "vol-mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(
+        sim.runner
+            .count("-m discovery -t sendtargets -p 127.0.0.1:3260"),
+        1
+    );
+    assert_eq!(rec.paths.len(), 2);
+    assert!(rec.multipath_id.is_some());
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}

@@ -325,7 +325,15 @@ impl<'a> Iscsiadm<'a> {
             .secret_arg(&chap.password);
             self.runner.run_ok(&cmd, &[])?;
         }
-        let cmd = db(&["--discover"]);
+        // Without CHAP the plain discovery mode makes its own discovery record.
+        let cmd = match auth {
+            Some(_) => db(&["--discover"]),
+            None => self
+                .cmd()
+                .args(["-m", "discovery", "-t", "sendtargets", "-p"])
+                .arg(portal.to_string())
+                .args(["--interface", self.iface]),
+        };
         let (out, status) = self.run(&cmd)?;
         match status {
             IscsiadmStatus::Success => Ok(parse_nodes(&out.stdout)),

@@ -214,6 +214,9 @@ impl Sim {
             ["-m", "discoverydb", "-t", "sendtargets", "-p", portal, "--interface", _, rest @ ..] => {
                 self.discovery(portal, rest)
             }
+            ["-m", "discovery", "-t", "sendtargets", "-p", portal, "--interface", _] => {
+                self.discovery(portal, &["--discover"])
+            }
             _ => CommandOutput::exit(7, format!("iscsiadm: unsupported arguments {a:?}\n")),
         }
     }
