@@ -496,3 +496,32 @@ fn multipath_without_lists_discovers_the_other_portals() {
         .unwrap();
     sim.assert_clean();
 }
+
+#[test]
+fn bad_properties_are_typed_errors_naming_the_field() {
+    let cases = [
+        (json!({"target_iqn": IQN}), "data.target_portal"),
+        (
+            json!({"target_portal": "127.0.0.1:3260", "target_iqn": "not-an-iqn"}),
+            "data.target_iqn",
+        ),
+        (
+            json!({"target_portal": "127.0.0.1:3260:1", "target_iqn": IQN}),
+            "data.target_portal",
+        ),
+        (
+            json!({"target_portals": ["127.0.0.1:3260", "127.0.0.2:3260"], "target_iqns": [IQN, IQN], "target_luns": [1]}),
+            "data.target_luns",
+        ),
+    ];
+    for (data, field) in cases {
+        let text = json!({"driver_volume_type": "iscsi", "data": data}).to_string();
+        match hostbrick::ConnectionInfo::from_json(&text) {
+            Err(Error::InvalidConnectionInfo { field: f, .. }) => assert_eq!(f, field, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    let e = hostbrick::ConnectionInfo::from_json(r#"{"driver_volume_type": "fc", "data": {}}"#)
+        .unwrap_err();
+    assert_eq!(e.kind(), "invalid_connector_protocol");
+}
