@@ -212,6 +212,17 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| Error::invalid(self.name(key), "missing"))
     }
 
+    /// A required string field parsed as `T`.
+    pub(crate) fn parse_req<T>(&self, key: &str) -> Result<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        self.str_req(key)?
+            .parse()
+            .map_err(|e: T::Err| Error::invalid(self.name(key), e.to_string()))
+    }
+
     /// A non-negative integer given as a JSON number or a decimal string.
     pub(crate) fn u64_opt(&self, key: &str) -> Result<Option<u64>> {
         self.get(key)

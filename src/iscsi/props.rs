@@ -133,46 +133,32 @@ fn targets(f: &Fields<'_>) -> Result<Vec<IscsiTarget>> {
         }
         let mut out = Vec::with_capacity(portals.len());
         for (i, ((p, q), l)) in portals.iter().zip(iqns).zip(luns).enumerate() {
-            let portal = p
-                .as_str()
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("{}[{i}]", f.name("target_portals")),
-                        "expected a string",
-                    )
-                })?
-                .parse::<Portal>()
-                .map_err(|e| {
-                    Error::invalid(format!("{}[{i}]", f.name("target_portals")), e.to_string())
-                })?;
-            let iqn = q
-                .as_str()
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("{}[{i}]", f.name("target_iqns")),
-                        "expected a string",
-                    )
-                })?
-                .parse::<Iqn>()
-                .map_err(|e| {
-                    Error::invalid(format!("{}[{i}]", f.name("target_iqns")), e.to_string())
-                })?;
-            let lun = as_u64(l)
-                .map_err(|r| Error::invalid(format!("{}[{i}]", f.name("target_luns")), r))?;
+            let item = |key: &str| format!("{}[{i}]", f.name(key));
+            let portal = parse_str_item::<Portal>(p, item("target_portals"))?;
+            let iqn = parse_str_item::<Iqn>(q, item("target_iqns"))?;
+            let lun = as_u64(l).map_err(|r| Error::invalid(item("target_luns"), r))?;
             out.push(IscsiTarget { portal, iqn, lun });
         }
         return Ok(out);
     }
-    let portal = f
-        .str_req("target_portal")?
-        .parse::<Portal>()
-        .map_err(|e| Error::invalid(f.name("target_portal"), e.to_string()))?;
-    let iqn = f
-        .str_req("target_iqn")?
-        .parse::<Iqn>()
-        .map_err(|e| Error::invalid(f.name("target_iqn"), e.to_string()))?;
+    let portal = f.parse_req::<Portal>("target_portal")?;
+    let iqn = f.parse_req::<Iqn>("target_iqn")?;
     let lun = f.u64_opt("target_lun")?.unwrap_or(0);
     Ok(vec![IscsiTarget { portal, iqn, lun }])
+}
+
+/// A list item that must be a string parsing as `T`; errors name `field`.
+fn parse_str_item<T>(v: &serde_json::Value, field: String) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match v.as_str() {
+        Some(s) => s
+            .parse()
+            .map_err(|e: T::Err| Error::invalid(field, e.to_string())),
+        None => Err(Error::invalid(field, "expected a string")),
+    }
 }
 
 fn chap(f: &Fields<'_>, method: &str, user: &str, pass: &str) -> Result<Option<ChapCredentials>> {
