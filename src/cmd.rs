@@ -80,6 +80,12 @@ impl Command {
         self
     }
 
+    /// Adds an argument as given (plain or secret).
+    pub fn push_arg(mut self, a: Arg) -> Self {
+        self.args.push(a);
+        self
+    }
+
     /// Adds a secret argument, masked wherever the command is shown.
     pub fn secret_arg(mut self, s: &Secret) -> Self {
         self.args.push(Arg::Secret(s.clone()));

@@ -63,6 +63,13 @@ pub struct ConnectorOptions {
     /// deadline. The kernel scans synchronously, so a LUN missing after this is not
     /// offered by the target (wrong LUN, no ACL) and the path fails early.
     pub scan_timeout: Duration,
+    /// iSCSI login timeout per attempt (`node.conn[0].timeo.login_timeout`), written into
+    /// the node record before login.
+    pub login_timeout: Duration,
+    /// iSCSI login retries (`node.session.initial_login_retry_max`). With
+    /// [`ConnectorOptions::login_timeout`] it bounds how long a dead portal holds up a
+    /// connect before the next path is tried: about `login_timeout × (login_retries + 1)`.
+    pub login_retries: u32,
     /// How long a multipath connect waits for the dm map once a path is up, within the
     /// operation deadline, before falling back to the single path.
     pub multipath_timeout: Duration,
@@ -92,6 +99,8 @@ impl ConnectorOptions {
             enforce_multipath: false,
             operation_timeout: Duration::from_secs(120),
             scan_timeout: Duration::from_secs(5),
+            login_timeout: Duration::from_secs(10),
+            login_retries: 1,
             multipath_timeout: Duration::from_secs(15),
             extra_path_grace: Duration::from_secs(5),
             iscsi_iface: None,

@@ -45,7 +45,6 @@ fn single_path_attach_and_detach() {
         "--interface default --op new",
         "-n node.session.scan -v manual",
         "--login",
-        "-n node.startup -v automatic",
     ];
     let pos: Vec<usize> = order
         .iter()
@@ -57,6 +56,14 @@ fn single_path_attach_and_detach() {
         })
         .collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "{calls:#?}");
+    let update = &calls[pos[1]];
+    for setting in [
+        "node.startup -v automatic",
+        "node.session.initial_login_retry_max -v 1",
+        "node.conn[0].timeo.login_timeout -v 10",
+    ] {
+        assert!(update.contains(setting), "{setting} not in {update}");
+    }
     assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
     assert_eq!(
         c.get_all_available_volumes().unwrap(),

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::cmd::{Cancel, Command, CommandOutput, CommandRunner};
+use crate::cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner};
 use crate::error::{Error, Result};
 use crate::ids::{Iqn, Portal};
 use crate::iscsi::props::{ChapCredentials, IscsiTarget};
@@ -127,6 +127,40 @@ pub enum LoginOutcome {
     AlreadyLoggedIn,
 }
 
+/// One node-record parameter for [`Iscsiadm::node_update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeParam {
+    key: String,
+    value: Arg,
+}
+
+impl NodeParam {
+    /// A plain value.
+    pub fn new(key: &str, value: impl Into<String>) -> Self {
+        NodeParam {
+            key: key.to_string(),
+            value: Arg::Plain(value.into()),
+        }
+    }
+
+    /// A secret value, masked wherever the command is shown.
+    pub fn secret(key: &str, value: &Secret) -> Self {
+        NodeParam {
+            key: key.to_string(),
+            value: Arg::Secret(value.clone()),
+        }
+    }
+
+    /// The session CHAP parameters.
+    pub fn chap(chap: &ChapCredentials) -> [NodeParam; 3] {
+        [
+            NodeParam::new("node.session.auth.authmethod", "CHAP"),
+            NodeParam::new("node.session.auth.username", chap.username.as_str()),
+            NodeParam::secret("node.session.auth.password", &chap.password),
+        ]
+    }
+}
+
 /// Attempts for a command that exits with a retryable code.
 pub const RETRY_ATTEMPTS: u32 = 3;
 /// The pause before retrying a retryable iscsiadm failure.
@@ -218,11 +252,14 @@ impl<'a> Iscsiadm<'a> {
         }
     }
 
-    /// Sets one node parameter.
-    pub fn node_update(&self, t: &IscsiTarget, key: &str, value: &str) -> Result<()> {
-        let cmd = self
-            .node_cmd(t)
-            .args(["--op", "update", "-n", key, "-v", value]);
+    /// Sets node parameters, all in one iscsiadm call (`-n KEY -v VALUE` repeated).
+    pub fn node_update(&self, t: &IscsiTarget, params: &[NodeParam]) -> Result<()> {
+        let mut cmd = self.node_cmd(t).args(["--op", "update"]);
+        for p in params {
+            cmd = cmd
+                .args(["-n", p.key.as_str(), "-v"])
+                .push_arg(p.value.clone());
+        }
         let (out, status) = self.run(&cmd)?;
         match status {
             IscsiadmStatus::Success => Ok(()),
@@ -230,32 +267,14 @@ impl<'a> Iscsiadm<'a> {
         }
     }
 
-    /// Sets one node parameter to a secret value (masked in logs and errors).
-    pub fn node_update_secret(&self, t: &IscsiTarget, key: &str, value: &Secret) -> Result<()> {
+    /// Logs in, giving up (killing iscsiadm) after `limit`. Exit 15 (session exists) is
+    /// success; exit 24 is [`Error::AuthenticationFailed`].
+    pub fn login(&self, t: &IscsiTarget, limit: Duration) -> Result<LoginOutcome> {
         let cmd = self
             .node_cmd(t)
-            .args(["--op", "update", "-n", key, "-v"])
-            .secret_arg(value);
-        let (out, status) = self.run(&cmd)?;
-        match status {
-            IscsiadmStatus::Success => Ok(()),
-            _ => Err(cmd.failure(&out)),
-        }
-    }
-
-    /// Writes session CHAP credentials into the node record.
-    pub fn set_chap(&self, t: &IscsiTarget, chap: &ChapCredentials) -> Result<()> {
-        self.node_update(t, "node.session.auth.authmethod", "CHAP")?;
-        self.node_update(t, "node.session.auth.username", &chap.username)?;
-        self.node_update_secret(t, "node.session.auth.password", &chap.password)
-    }
-
-    /// Logs in. Exit 15 (session exists) is success; exit 24 is
-    /// [`Error::AuthenticationFailed`].
-    pub fn login(&self, t: &IscsiTarget) -> Result<LoginOutcome> {
-        let cmd = self
-            .node_cmd(t)
-            .args(["--interface", self.iface, "--login"]);
+            .args(["--interface", self.iface, "--login"])
+            .timeout(limit)
+            .deadline(self.deadline);
         let (out, status) = self.run(&cmd)?;
         match status {
             IscsiadmStatus::Success => Ok(LoginOutcome::LoggedIn),

@@ -15,7 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use iscsiadm::{
-    parse_nodes, parse_sessions, Iscsiadm, IscsiadmStatus, LoginOutcome, NodeEntry, SessionEntry,
+    parse_nodes, parse_sessions, Iscsiadm, IscsiadmStatus, LoginOutcome, NodeEntry, NodeParam,
+    SessionEntry,
 };
 pub use props::{ChapCredentials, IscsiProperties, IscsiTarget};
 pub use session::{find as find_session, luns as session_luns, Session};
@@ -511,12 +512,7 @@ impl IscsiConnector {
             adm.node_new(t)?;
             made.node = true;
         }
-        if let Err(e) = adm.node_update(t, "node.session.scan", "manual") {
-            tracing::debug!(error = %e.chain(), "iscsiadm has no manual scan setting; the kernel will scan all LUNs");
-        }
-        if let Some(chap) = &props.auth {
-            adm.set_chap(t, chap)?;
-        }
+        self.configure_node(props, t, adm)?;
         let session = match session::find(host, t)? {
             Some(s) => {
                 tracing::debug!(sid = s.sid, "reusing session");
@@ -524,7 +520,7 @@ impl IscsiConnector {
             }
             None => {
                 let started = Instant::now();
-                if adm.login(t)? == LoginOutcome::LoggedIn {
+                if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
                     made.session = true;
                 }
                 tracing::info!(
@@ -538,7 +534,6 @@ impl IscsiConnector {
                 })?
             }
         };
-        adm.node_update(t, "node.startup", "automatic")?;
 
         let started = Instant::now();
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
@@ -585,6 +580,45 @@ impl IscsiConnector {
             name,
             wwid,
         })
+    }
+
+    /// Writes the node settings in one iscsiadm call: manual scan, login timeout and
+    /// retries, start-up at boot, CHAP. An iscsiadm without the manual-scan setting gets the
+    /// rest without it (the kernel then scans every LUN at login).
+    fn configure_node(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+    ) -> Result<()> {
+        let mut params = vec![
+            NodeParam::new(
+                "node.conn[0].timeo.login_timeout",
+                self.opts.login_timeout.as_secs().max(1).to_string(),
+            ),
+            NodeParam::new(
+                "node.session.initial_login_retry_max",
+                self.opts.login_retries.to_string(),
+            ),
+            NodeParam::new("node.startup", "automatic"),
+        ];
+        if let Some(chap) = &props.auth {
+            params.extend(NodeParam::chap(chap));
+        }
+        let mut with_scan = vec![NodeParam::new("node.session.scan", "manual")];
+        with_scan.extend(params.iter().cloned());
+        match adm.node_update(t, &with_scan) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e.chain(), "iscsiadm refused the settings with manual scan; retrying without it");
+                adm.node_update(t, &params)
+            }
+        }
+    }
+
+    /// How long one login may take: iscsid's own attempts and timeouts, plus slack.
+    fn login_limit(&self) -> Duration {
+        self.opts.login_timeout * (self.opts.login_retries + 1) + Duration::from_secs(5)
     }
 
     /// Undoes one path attempt: its scanned device, its session, its node record.

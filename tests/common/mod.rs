@@ -249,13 +249,18 @@ impl Sim {
                 st.nodes.entry(key).or_default();
                 CommandOutput::ok(format!("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] {bracket},-1 {iqn}] added\n"))
             }
-            ["--op", "update", "-n", k, "-v", v] => match st.nodes.get_mut(&key) {
-                Some(params) => {
-                    params.insert(k.to_string(), v.to_string());
-                    CommandOutput::ok("")
+            ["--op", "update", pairs @ ..] => {
+                let Some(params) = st.nodes.get_mut(&key) else { return no_records() };
+                for kv in pairs.chunks(4) {
+                    match kv {
+                        ["-n", k, "-v", v] => {
+                            params.insert(k.to_string(), v.to_string());
+                        }
+                        _ => return CommandOutput::exit(7, "iscsiadm: invalid update arguments\n"),
+                    }
                 }
-                None => no_records(),
-            },
+                CommandOutput::ok("")
+            }
             ["--op", "delete"] => match st.nodes.remove(&key) {
                 Some(_) => CommandOutput::ok(""),
                 None => no_records(),
