@@ -99,7 +99,7 @@ impl ConnectorOptions {
             enforce_multipath: false,
             operation_timeout: Duration::from_secs(120),
             scan_timeout: Duration::from_secs(5),
-            login_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(5),
             login_retries: 1,
             multipath_timeout: Duration::from_secs(15),
             extra_path_grace: Duration::from_secs(5),

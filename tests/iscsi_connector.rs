@@ -60,7 +60,7 @@ fn single_path_attach_and_detach() {
     for setting in [
         "node.startup -v automatic",
         "node.session.initial_login_retry_max -v 1",
-        "node.conn[0].timeo.login_timeout -v 10",
+        "node.conn[0].timeo.login_timeout -v 5",
     ] {
         assert!(update.contains(setting), "{setting} not in {update}");
     }

@@ -1,0 +1,338 @@
+# Scenario library of the hostbrick VM suite: results, timing, the attach example, raw-tool
+# kernel floor, device and leftover assertions. Sourced by every scenario (after targets.sh).
+# shellcheck shell=bash
+
+GUEST_DIR=${GUEST_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+. "$GUEST_DIR/targets.sh"
+SHARE=${SHARE:-/mnt/host}
+RESULTS=${RESULTS:-$SHARE/results}
+ATTACH=${ATTACH:-$SHARE/bin/attach}
+WORK=${WORK:-/tmp/hostbrick-scenario}
+WAIT_SECS=${WAIT_SECS:-30}
+
+up() { cut -d' ' -f1 /proc/uptime; }
+log() { echo "[$(up)] ${SCENARIO:-suite}: $*"; }
+now_ns() { date +%s%N; }
+# secs_since START_NS -> seconds with millisecond precision
+secs_since() { local d=$(( $(now_ns) - $1 )); printf '%d.%03d' $((d / 1000000000)) $(( (d / 1000000) % 1000 )); }
+kmsg() { echo "hostbrick-vm: $*" > /dev/kmsg 2>/dev/null; }
+
+# ------------------------------------------------------------------ results -----
+# Each scenario writes $RESULTS/<name>.res (key=value); suite.sh turns it into one line of
+# results.tsv. A scenario ends with scenario_pass, or with fail (which exits).
+
+scenario_begin() {
+    SCENARIO=$1
+    RES=$RESULTS/$SCENARIO.res
+    CONNECT_S=- DISCONNECT_S=- FLOOR_S=- NOTES=""
+    rm -rf "$WORK"; mkdir -p "$WORK" "$RESULTS"
+    : > "$RES"; : > "$RESULTS/$SCENARIO.attach.log"
+    kmsg "scenario $SCENARIO begin"
+    log "begin"
+    trap '_scenario_exit $?' EXIT
+}
+
+_res_write() {
+    {
+        echo "status=$1"
+        echo "connect_s=$CONNECT_S"
+        echo "disconnect_s=$DISCONNECT_S"
+        echo "floor_s=$FLOOR_S"
+        echo "message=$(printf '%s' "$2" | tr '\t\n' '  ')"
+    } > "$RES"
+}
+
+note() { NOTES="${NOTES:+$NOTES; }$*"; log "note: $*"; }
+
+scenario_pass() {
+    _res_write pass "${1:-ok}${NOTES:+ ($NOTES)}"
+    kmsg "scenario $SCENARIO pass"
+    log "PASS"
+    trap - EXIT
+    exit 0
+}
+
+fail() {
+    log "FAIL: $*"
+    _res_write fail "$*"
+    kmsg "scenario $SCENARIO FAIL: $*"
+    trap - EXIT
+    exit 1
+}
+
+_scenario_exit() {
+    [ -s "$RES" ] || _res_write fail "scenario script exited (rc=$1) without a verdict"
+}
+
+# check DESCRIPTION COMMAND...: run it; on failure the scenario fails with DESCRIPTION.
+check() {
+    local desc=$1; shift
+    "$@" || fail "$desc"
+}
+
+# ------------------------------------------------------------------ waiting -----
+
+wait_until() {   # wait_until SECS COMMAND... (polls every 20 ms)
+    local secs=$1 start; shift; start=$(now_ns)
+    until "$@"; do
+        [ $(( $(now_ns) - start )) -gt $(( secs * 1000000000 )) ] && return 1
+        sleep 0.02
+    done
+}
+exists() { [ -e "$1" ] || [ -L "$1" ]; }
+absent() { ! exists "$1"; }
+wait_for() { wait_until "${2:-$WAIT_SECS}" exists "$1"; }
+wait_gone() { wait_until "${2:-$WAIT_SECS}" absent "$1"; }
+
+# ------------------------------------------------------------------ attach example -----
+
+# conn_iscsi FILE PORTAL IQN LUN VOLUME_ID [extra jq assignments...]
+# Writes Cinder's connection_info for one iSCSI volume. Extra args are jq filters applied to
+# .data, e.g. '.auth_method="CHAP"'.
+conn_iscsi() {
+    local file=$1 portal=$2 iqn=$3 lun=$4 vol=$5 f; shift 5
+    jq -n --arg p "$portal" --arg t "$iqn" --argjson l "$lun" --arg v "$vol" \
+        '{driver_volume_type: "iscsi",
+          data: {target_discovered: false, target_portal: $p, target_iqn: $t, target_lun: $l,
+                 volume_id: $v, encrypted: false, access_mode: "rw"}}' > "$file" || return 1
+    for f in "$@"; do
+        jq ".data |= ($f)" "$file" > "$file.tmp" && mv "$file.tmp" "$file" || return 1
+    done
+}
+
+new_uuid() { cat /proc/sys/kernel/random/uuid; }
+
+# attach_cmd NAME ARGS...: run the attach example; stdout -> $WORK/NAME.out, stderr ->
+# $WORK/NAME.err, wall time -> ATTACH_SECS, exit code -> ATTACH_RC. Always returns 0.
+attach_cmd() {
+    local name=$1 start; shift
+    [ -x "$ATTACH" ] || fail "attach example binary missing at $ATTACH"
+    log "attach $*"
+    start=$(now_ns)
+    RUST_BACKTRACE=1 timeout 300 "$ATTACH" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err"
+    ATTACH_RC=$?
+    ATTACH_SECS=$(secs_since "$start")
+    log "attach $1 -> rc=$ATTACH_RC in ${ATTACH_SECS}s"
+    if [ -s "$WORK/$name.err" ]; then sed 's/^/    stderr| /' "$WORK/$name.err" | tail -n 30; fi
+    {   # complete stdout/stderr of every call, for the post-mortem
+        echo "=== [$(up)] attach $* -> rc=$ATTACH_RC in ${ATTACH_SECS}s"
+        echo "--- stdout"; cat "$WORK/$name.out"
+        echo "--- stderr"; cat "$WORK/$name.err"
+    } >> "$RESULTS/$SCENARIO.attach.log"
+    return 0
+}
+
+attach_stderr_summary() { grep -m1 '^error\[' "$WORK/$1.err" || tail -n1 "$WORK/$1.err"; }
+
+# attach_ok NAME ARGS...: the command must succeed.
+attach_ok() {
+    local name=$1
+    attach_cmd "$@"
+    [ "$ATTACH_RC" = 0 ] || fail "attach $2 failed (rc=$ATTACH_RC): $(attach_stderr_summary "$name")"
+}
+
+# connect NAME CONN_JSON [--multipath]: connect, validate the device record, set CONNECT_S.
+# The record is left in $WORK/NAME.json.
+connect() {
+    local name=$1 conn=$2; shift 2
+    attach_ok "$name" connect "$@" "$conn"
+    jq -e -s 'length == 1 and (.[0] | type == "object")' "$WORK/$name.out" >/dev/null \
+        || fail "connect stdout is not exactly one JSON object: $(head -c 300 "$WORK/$name.out")"
+    cp "$WORK/$name.out" "$WORK/$name.json"
+    log "device record: $(jq -c . "$WORK/$name.json")"
+    CONNECT_S=$ATTACH_SECS
+    # not a failure, but worth seeing next to the kernel floor
+    [ "${ATTACH_SECS%%.*}" -ge 10 ] && note "connect $name took ${ATTACH_SECS}s"
+    return 0
+}
+
+record_field() { jq -r ".$2 // empty" "$WORK/$1.json"; }
+
+# disconnect NAME CONN_JSON [flags]: disconnect using the record of connect NAME; sets DISCONNECT_S.
+disconnect() {
+    local name=$1 conn=$2; shift 2
+    attach_ok "$name-disconnect" disconnect "$@" "$conn" "$WORK/$name.json"
+    DISCONNECT_S=$ATTACH_SECS
+}
+
+# expect_error NAME KIND: the last attach command NAME failed with stderr error[KIND].
+expect_error() {
+    local name=$1 kind=$2
+    [ "$ATTACH_RC" != 0 ] || fail "attach $name succeeded; expected error[$kind]"
+    grep -q "^error\[$kind\]: " "$WORK/$name.err" \
+        || fail "attach $name: expected a stderr line 'error[$kind]: ...', got: $(attach_stderr_summary "$name")"
+}
+
+# ------------------------------------------------------------------ device checks -----
+
+# check_block_device PATH SIZE_BYTES WWID
+check_block_device() {
+    local dev=$1 size=$2 wwid=$3 real got
+    [ -n "$dev" ] || fail "device record has no path"
+    [ -b "$dev" ] || fail "$dev is not a block device"
+    real=$(readlink -f "$dev")
+    got=$(blockdev --getsize64 "$real") || fail "blockdev --getsize64 $real failed"
+    [ "$got" = "$size" ] || fail "$dev: size $got, expected $size"
+    if [ -n "$wwid" ]; then
+        case ${real##*/} in
+            dm-*) got=$(dmsetup info -c --noheadings -o uuid "$real" 2>/dev/null); got=${got#mpath-} ;;
+            *)    got=$(/lib/udev/scsi_id -g -u "$real") ;;
+        esac
+        [ "$got" = "$wwid" ] || fail "$dev: WWID '$got', expected '$wwid'"
+    fi
+}
+
+# write_pattern DEV TAG: write 256 KiB of data derived from TAG at offset 1 MiB, O_DIRECT.
+pattern() { local i; for i in $(seq 1 64); do printf '%-4096s' "hostbrick $1 block $i"; done; }
+write_pattern() {
+    pattern "$2" > "$WORK/pattern-$2"
+    dd if="$WORK/pattern-$2" of="$1" bs=4096 seek=256 count=64 oflag=direct conv=notrunc,fsync status=none
+}
+read_pattern() {   # read_pattern DEV TAG: compare what's on DEV with TAG's pattern
+    dd if="$1" of="$WORK/readback-$2" bs=4096 skip=256 count=64 iflag=direct status=none && \
+        cmp -s "$WORK/pattern-$2" "$WORK/readback-$2"
+}
+check_io() {   # check_io DEV TAG
+    write_pattern "$1" "$2" || fail "write to $1 failed"
+    read_pattern "$1" "$2" || fail "data written to $1 did not read back"
+}
+
+# ------------------------------------------------------------------ iSCSI state -----
+
+iscsi_sessions() { iscsiadm -m session 2>/dev/null; }
+# session_present IQN [PORTAL_IP]
+session_present() { iscsi_sessions | grep -F " ${2:-}" | grep -qF "$1"; }
+node_records() { iscsiadm -m node 2>/dev/null; }
+
+# check_no_iscsi_leftovers IQN [IQN...]: no session at all (exit 21), no node record for the
+# targets.
+check_no_iscsi_leftovers() {
+    local rc out iqn
+    out=$(iscsiadm -m session 2>&1); rc=$?
+    [ "$rc" = 21 ] || fail "iSCSI sessions left behind (iscsiadm -m session rc=$rc): $(echo "$out" | tr '\n' ';')"
+    for iqn in "$@"; do
+        out=$(iscsiadm -m node -T "$iqn" 2>&1); rc=$?
+        [ "$rc" = 21 ] || fail "node records left for $iqn (rc=$rc): $(echo "$out" | tr '\n' ';')"
+    done
+}
+
+# check_gone DEVICE_PATH... : device nodes are gone (waits for udev a little).
+check_gone() {
+    local d
+    udevadm settle --timeout=10
+    for d in "$@"; do
+        [ -n "$d" ] || continue
+        wait_gone "$d" 5 || fail "$d still present after disconnect"
+    done
+}
+
+check_no_dm_map() {   # check_no_dm_map WWID
+    udevadm settle --timeout=10
+    wait_gone "/dev/mapper/$1" 5 || fail "multipath map /dev/mapper/$1 left behind"
+    dmsetup info "$1" >/dev/null 2>&1 && fail "device-mapper still has map $1"
+    return 0
+}
+
+scsi_disks() { ls /sys/class/scsi_disk 2>/dev/null | tr '\n' ' '; }
+check_no_scsi_disks() {
+    udevadm settle --timeout=10
+    wait_until 5 no_scsi_disks || fail "SCSI disks left behind: $(scsi_disks)"
+}
+
+# sd name (sdX) of the SCSI device H:C:T:L, if any
+scsi_block_of() { ls "/sys/class/scsi_device/$1/device/block" 2>/dev/null | head -n1; }
+has_scsi_block() { [ -n "$(scsi_block_of "$1")" ]; }
+no_scsi_disks() { [ -z "$(scsi_disks)" ]; }
+
+# ------------------------------------------------------------------ kernel floor -----
+# What the kernel and udev need for the same attach, driven with raw tools: node record with
+# manual scan, login, a targeted scan of the one LUN, wait for the block device node (and note
+# udev's by-path link). FLOOR_S = login start -> /dev/sdX present.
+
+# _floor_login PORTAL IQN [CHAP_USER CHAP_PASS] -> FLOOR_HOST (scsi host number)
+_floor_login() {
+    local portal=$1 iqn=$2 s
+    iscsiadm -m node -o new -T "$iqn" -p "$portal" >/dev/null || return 1
+    iscsiadm -m node -T "$iqn" -p "$portal" -o update -n node.session.scan -v manual || return 1
+    if [ -n "${3:-}" ]; then
+        iscsiadm -m node -T "$iqn" -p "$portal" -o update -n node.session.auth.authmethod -v CHAP
+        iscsiadm -m node -T "$iqn" -p "$portal" -o update -n node.session.auth.username -v "$3"
+        iscsiadm -m node -T "$iqn" -p "$portal" -o update -n node.session.auth.password -v "$4"
+    fi
+    iscsiadm -m node -T "$iqn" -p "$portal" --login >/dev/null || return 1
+    FLOOR_HOST=""
+    for s in /sys/class/iscsi_session/session*; do
+        [ "$(cat "$s/targetname")" = "$iqn" ] || continue
+        [ "$(cat "$s/device/connection"*/iscsi_connection/connection*/persistent_address 2>/dev/null)" = "${portal%:*}" ] || continue
+        FLOOR_HOST=$(basename "$(readlink -f "$s/device/..")"); FLOOR_HOST=${FLOOR_HOST#host}
+    done
+    [ -n "$FLOOR_HOST" ]
+}
+
+# kernel_floor_iscsi LUN PORTAL[,PORTAL2] IQN [CHAP_USER CHAP_PASS]
+# One portal: floor to /dev/sdX. Two portals: both paths, floor to /dev/mapper/<wwid>.
+kernel_floor_iscsi() {
+    local lun=$1 portals=$2 iqn=$3 user=${4:-} pass=${5:-} start p sd="" sds="" t_dev t_link wwid
+    start=$(now_ns)
+    for p in ${portals//,/ }; do
+        _floor_login "$p" "$iqn" $user $pass || { note "floor: login to $p failed"; _floor_cleanup "$iqn"; return 1; }
+        echo "0 0 $lun" > "/sys/class/scsi_host/host$FLOOR_HOST/scan"
+        wait_until 30 has_scsi_block "$FLOOR_HOST:0:0:$lun" || { note "floor: no block device on host$FLOOR_HOST"; _floor_cleanup "$iqn"; return 1; }
+        sd=$(scsi_block_of "$FLOOR_HOST:0:0:$lun"); sds="$sds $sd"
+        wait_for "/dev/$sd" 30
+        [ -z "${t_dev:-}" ] && t_dev=$(secs_since "$start")
+    done
+    if [ "$portals" = "${portals%,*}" ]; then
+        FLOOR_S=$t_dev
+        wait_for "/dev/disk/by-path/ip-$portals-iscsi-$iqn-lun-$lun" 30 && t_link=$(secs_since "$start")
+        log "kernel floor: login+scan -> /dev/$sd ${FLOOR_S}s, by-path link ${t_link:-never}s"
+        note "floor by-path link ${t_link:-never}s"
+    else
+        wwid=$(/lib/udev/scsi_id -g -u "/dev/$sd")
+        wait_for "/dev/mapper/$wwid" 30 && FLOOR_S=$(secs_since "$start")
+        log "kernel floor: 2 logins+scans -> first /dev/$sd ${t_dev}s, /dev/mapper/$wwid ${FLOOR_S}s"
+    fi
+    _floor_cleanup "$iqn" $sds
+}
+
+# Undo the floor measurement: flush the dm map multipathd may have built, log out, delete the
+# node records, wait for the disks to go.
+_floor_cleanup() {
+    local iqn=$1 sd wwid; shift
+    [ -n "${HOSTBRICK_VM_TRACE:-}" ] && { PS4='+[$(up)] '; set -x; }
+    udevadm settle --timeout=10
+    local flushed=" "
+    for sd in "$@"; do
+        wwid=$(/lib/udev/scsi_id -g -u "/dev/$sd" 2>/dev/null) || continue
+        [[ $flushed == *" $wwid "* ]] && continue
+        flushed="$flushed$wwid "
+        # with find_multipaths no, multipathd builds a map for every path: let it, then flush
+        if multipath -c "/dev/$sd" >/dev/null 2>&1; then
+            wait_for "/dev/mapper/$wwid" 10
+            udevadm settle --timeout=10
+            multipath -f "$wwid" >/dev/null 2>&1 || { sleep 0.5; multipath -f "$wwid" >/dev/null 2>&1; }
+        fi
+    done
+    iscsiadm -m node -T "$iqn" --logout >/dev/null 2>&1
+    iscsiadm -m node -T "$iqn" -o delete >/dev/null 2>&1
+    for sd in "$@"; do wait_gone "/dev/$sd" 30; done
+    udevadm settle --timeout=10
+    set +x
+}
+
+# ------------------------------------------------------------------ reset -----
+
+# Return the guest to a clean initiator + target state (between scenarios).
+guest_reset() {
+    multipath -F >/dev/null 2>&1
+    iscsiadm -m node --logoutall=all >/dev/null 2>&1
+    iscsiadm -m node -o delete >/dev/null 2>&1
+    iscsiadm -m discoverydb -o delete >/dev/null 2>&1
+    wait_until 30 no_scsi_disks
+    udevadm settle --timeout=10
+    multipath -F >/dev/null 2>&1
+    nvme disconnect-all >/dev/null 2>&1
+    lio_teardown_all
+    nvmet_teardown_all
+    rm -rf "$WORK"
+}
