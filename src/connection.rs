@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::iscsi::IscsiProperties;
+use crate::nvme::NvmeProperties;
 
 /// A volume transport, as named in `driver_volume_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +91,8 @@ pub enum AccessMode {
 pub enum VolumeProperties {
     /// iSCSI or iSER.
     Iscsi(IscsiProperties),
+    /// NVMe over fabrics.
+    Nvme(NvmeProperties),
 }
 
 /// A parsed `connection_info`: `{"driver_volume_type": ..., "data": {...}}`.
@@ -131,7 +134,8 @@ impl ConnectionInfo {
             Protocol::Iscsi | Protocol::Iser => {
                 VolumeProperties::Iscsi(IscsiProperties::from_fields(&fields)?)
             }
-            Protocol::NvmeOf | Protocol::Rbd => {
+            Protocol::NvmeOf => VolumeProperties::Nvme(NvmeProperties::from_fields(&fields)?),
+            Protocol::Rbd => {
                 return Err(Error::ProtocolNotBuilt {
                     protocol: protocol.to_string(),
                 })
@@ -157,6 +161,15 @@ impl ConnectionInfo {
     pub fn iscsi(&self) -> Option<&IscsiProperties> {
         match &self.properties {
             VolumeProperties::Iscsi(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The NVMe-oF properties, when this is an NVMe-oF volume.
+    pub fn nvme(&self) -> Option<&NvmeProperties> {
+        match &self.properties {
+            VolumeProperties::Nvme(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -164,6 +177,7 @@ impl ConnectionInfo {
     pub fn volume_id(&self) -> Option<&str> {
         match &self.properties {
             VolumeProperties::Iscsi(p) => p.volume_id.as_deref(),
+            VolumeProperties::Nvme(p) => p.volume_id.as_deref(),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::iscsi::IscsiConnector;
 use crate::lock::LockDir;
+use crate::nvme::NvmeConnector;
 
 /// The host a connector works on: its file roots and the runner for its commands.
 #[derive(Clone)]
@@ -204,12 +205,13 @@ pub trait Connector: Send + Sync + fmt::Debug {
 
 /// Makes the connector for `protocol`.
 ///
-/// `iser` gives the iSCSI connector with the `iser` iface. NVMe-oF and RBD are not part of
-/// this build yet and give [`Error::ProtocolNotBuilt`].
+/// `iser` gives the iSCSI connector with the `iser` iface. RBD is not part of this build yet
+/// and gives [`Error::ProtocolNotBuilt`].
 pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Box<dyn Connector>> {
     match protocol {
         Protocol::Iscsi | Protocol::Iser => Ok(Box::new(IscsiConnector::new(protocol, options)?)),
-        Protocol::NvmeOf | Protocol::Rbd => Err(Error::ProtocolNotBuilt {
+        Protocol::NvmeOf => Ok(Box::new(NvmeConnector::new(options))),
+        Protocol::Rbd => Err(Error::ProtocolNotBuilt {
             protocol: protocol.to_string(),
         }),
     }
@@ -225,10 +227,10 @@ mod tests {
         assert_eq!(c.protocol(), Protocol::Iscsi);
         let c = connector_for(Protocol::Iser, ConnectorOptions::new()).unwrap();
         assert_eq!(c.protocol(), Protocol::Iser);
-        for p in [Protocol::NvmeOf, Protocol::Rbd] {
-            let e = connector_for(p, ConnectorOptions::new()).unwrap_err();
-            assert!(matches!(e, Error::ProtocolNotBuilt { .. }), "{e}");
-        }
+        let c = connector_for(Protocol::NvmeOf, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::NvmeOf);
+        let e = connector_for(Protocol::Rbd, ConnectorOptions::new()).unwrap_err();
+        assert!(matches!(e, Error::ProtocolNotBuilt { .. }), "{e}");
     }
 
     #[test]

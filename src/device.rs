@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::connection::Protocol;
 use crate::error::{Error, Result};
 use crate::ids::{Hctl, Iqn, Portal};
+use crate::nvme::NvmePortal;
 
 /// What kind of device a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,22 @@ pub struct PathRecord {
     pub lun: u64,
 }
 
+/// One NVMe-oF path of an attached volume: a controller and the namespace it shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvmePathRecord {
+    /// The controller, `nvmeN`.
+    pub controller: String,
+    /// The subsystem NQN.
+    pub nqn: String,
+    /// The portal.
+    pub portal: NvmePortal,
+    /// The namespace's block device (the multipath head), e.g. `nvme0n1`.
+    pub namespace: String,
+    /// The namespace UUID, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
 /// The result of a connect, with os-brick's keys (`type`, `path`, `scsi_wwn`,
 /// `multipath_id`) and what a later disconnect needs. Persist it as JSON; unknown keys
 /// are ignored when it is read back.
@@ -53,9 +70,15 @@ pub struct DeviceRecord {
     /// The volume id from the connection_info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_id: Option<String>,
-    /// Every path attached.
-    #[serde(default)]
+    /// Every SCSI path attached (iSCSI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathRecord>,
+    /// Every NVMe-oF path attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvme_paths: Vec<NvmePathRecord>,
+    /// The MD RAID1 array (`/dev/md/<alias>`) over the replicas of a replicated volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md_alias: Option<String>,
 }
 
 impl DeviceRecord {
@@ -94,6 +117,8 @@ mod tests {
                 iqn: "iqn.2003-01.org.linux-iscsi.vm:t1".parse().unwrap(),
                 lun: 1,
             }],
+            nvme_paths: Vec::new(),
+            md_alias: None,
         };
         let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
         assert_eq!(v["type"], "block");

@@ -339,6 +339,45 @@ impl Error {
     }
 }
 
+/// Failures of a multi-step teardown: stop at the first, or (with `ignore_errors`) collect
+/// them all and report them together at the end.
+pub(crate) struct Failures {
+    collect: bool,
+    list: Vec<Error>,
+}
+
+impl Failures {
+    pub(crate) fn new(collect: bool) -> Self {
+        Failures {
+            collect,
+            list: Vec::new(),
+        }
+    }
+
+    /// Passes success through; a failure ends the teardown or is kept for the end.
+    pub(crate) fn step(&mut self, r: Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if self.collect => {
+                tracing::warn!(error = %e.chain(), "teardown step failed; continuing");
+                self.list.push(e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::DisconnectIncomplete {
+                failures: self.list,
+            })
+        }
+    }
+}
+
 fn summarize(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() {
         stdout

@@ -225,6 +225,28 @@ impl Host {
         }
     }
 
+    /// A fresh random (version 4) UUID from the kernel's random source.
+    pub fn random_uuid(&self) -> Result<String> {
+        let path = Path::new("/dev/urandom");
+        let mut b = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut fs::File::open(path).map_err(|e| Error::io(path, e))?,
+            &mut b,
+        )
+        .map_err(|e| Error::io(path, e))?;
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        Ok(format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        ))
+    }
+
     /// Maps a path the running system would show (e.g. `/dev/sdb` from a device record)
     /// into this handle's /dev root. Paths outside /dev are returned unchanged.
     pub fn map_dev_path(&self, path: &Path) -> PathBuf {

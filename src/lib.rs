@@ -71,8 +71,11 @@ mod host;
 mod ids;
 mod iscsi;
 mod lock;
+mod md;
 mod multipath;
+mod nvme;
 mod properties;
+mod registry;
 mod scsi;
 mod secret;
 mod wait;
@@ -83,7 +86,7 @@ pub mod testing;
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
 pub use connection::{AccessMode, ConnectionInfo, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
-pub use device::{DeviceKind, DeviceRecord, PathRecord};
+pub use device::{DeviceKind, DeviceRecord, NvmePathRecord, PathRecord};
 pub use error::{AttemptFailure, Error, ExitStatus, Result};
 pub use host::{Host, WriteHook};
 pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
@@ -93,6 +96,12 @@ pub use iscsi::{
 };
 pub use lock::{LockDir, LockGuard, LockMode};
 pub use multipath::MultipathMap;
+pub use nvme::{
+    head_name, host_identity, is_already_connected, native_multipath, parse_address, system_uuid,
+    Controller, IdentitySource, Namespace, NamespaceId, Nqn, NvmeConnector, NvmeHostIdentity,
+    NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
+};
 pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
+pub use registry::Registry;
 pub use secret::Secret;
 pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL};

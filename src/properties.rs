@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::connector::HostContext;
 use crate::error::{Error, Result};
 use crate::multipath;
+use crate::nvme::{host_identity, native_multipath, system_uuid};
 
 /// What a storage service is told about this host (`get_connector_properties`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,7 @@ pub fn get_connector_properties(
         .host
         .read_attr_opt(&initiator_path)?
         .and_then(|text| parse_initiator_name(&text));
+    let nvme = host_identity(&ctx.host)?;
     Ok(ConnectorProperties {
         platform: machine(),
         os_type: "linux".to_string(),
@@ -82,10 +84,10 @@ pub fn get_connector_properties(
         multipath: running,
         enforce_multipath,
         initiator,
-        nqn: None,
-        nvme_hostid: None,
-        uuid: None,
-        nvme_native_multipath: None,
+        nqn: Some(nvme.hostnqn),
+        nvme_hostid: Some(nvme.hostid),
+        uuid: system_uuid(&ctx.host)?,
+        nvme_native_multipath: Some(native_multipath(&ctx.host)?),
         do_local_attach: None,
     })
 }

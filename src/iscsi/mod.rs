@@ -26,7 +26,7 @@ use crate::cmd::Cancel;
 use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
 use crate::device::{DeviceKind, DeviceRecord, PathRecord};
-use crate::error::{AttemptFailure, Error, Result};
+use crate::error::{AttemptFailure, Error, Failures, Result};
 use crate::host::Host;
 use crate::ids::{Hctl, Portal, Wwid};
 use crate::lock::{LockDir, LockMode};
@@ -65,36 +65,6 @@ struct Made {
 struct VolumeDevice {
     hctl: Hctl,
     name: String,
-}
-
-/// Failures of a disconnect: stop at the first, or collect them all.
-struct Failures {
-    collect: bool,
-    list: Vec<Error>,
-}
-
-impl Failures {
-    fn step(&mut self, r: Result<()>) -> Result<()> {
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if self.collect => {
-                tracing::warn!(error = %e.chain(), "disconnect step failed; continuing");
-                self.list.push(e);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn finish(self) -> Result<()> {
-        if self.list.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::DisconnectIncomplete {
-                failures: self.list,
-            })
-        }
-    }
 }
 
 fn target_lock_key(t: &IscsiTarget) -> String {
@@ -472,6 +442,8 @@ impl IscsiConnector {
                     lun: p.target.lun,
                 })
                 .collect(),
+            nvme_paths: Vec::new(),
+            md_alias: None,
         })
     }
 
@@ -753,10 +725,7 @@ impl IscsiConnector {
                 }
             }
         }
-        let mut failures = Failures {
-            collect: opts.ignore_errors,
-            list: Vec::new(),
-        };
+        let mut failures = Failures::new(opts.ignore_errors);
         let devices = self.volume_devices(&targets, record)?;
 
         let mut maps: Vec<MultipathMap> = Vec::new();
@@ -771,7 +740,7 @@ impl IscsiConnector {
             if let Some(m) = multipath::map_by_name(host, id)? {
                 let matches = record
                     .and_then(|r| r.scsi_wwn.as_deref())
-                    .map_or(true, |w| w == m.wwid);
+                    .is_none_or(|w| w == m.wwid);
                 if matches && !maps.contains(&m) {
                     maps.push(m);
                 }

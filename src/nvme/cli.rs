@@ -1,0 +1,105 @@
+//! The `nvme` (nvme-cli) wrapper: fabrics connect and disconnect.
+
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Command, CommandRunner};
+use crate::error::Result;
+use crate::nvme::props::{Nqn, NvmePortal};
+
+/// The program.
+pub const NVME: &str = "nvme";
+
+/// `EALREADY`: nvme-cli's exit status when the controller already exists.
+const EXIT_ALREADY: i32 = 114;
+
+/// How a connect ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// A new controller was made.
+    Connected,
+    /// One already existed for this subsystem, portal and host ("already connected").
+    AlreadyConnected,
+}
+
+/// Arguments of a fabrics connect.
+#[derive(Debug, Clone)]
+pub struct ConnectArgs<'a> {
+    /// The subsystem.
+    pub nqn: &'a Nqn,
+    /// The portal.
+    pub portal: &'a NvmePortal,
+    /// The host NQN.
+    pub hostnqn: &'a str,
+    /// The host id.
+    pub hostid: &'a str,
+    /// How long the kernel keeps retrying a lost controller before giving it up.
+    pub ctrl_loss_tmo: Duration,
+}
+
+/// True when nvme-cli's answer means the controller is already there.
+pub fn is_already_connected(code: Option<i32>, stderr: &str) -> bool {
+    code == Some(EXIT_ALREADY)
+        || stderr.contains("already connected")
+        || stderr.contains("Operation already in progress")
+}
+
+/// `nvme connect -t T -a ADDR -s PORT -n NQN -q HOSTNQN -I HOSTID -l CTRL_LOSS_TMO`.
+pub fn connect(
+    runner: &dyn CommandRunner,
+    a: &ConnectArgs<'_>,
+    deadline: Instant,
+) -> Result<ConnectOutcome> {
+    let cmd = Command::new(NVME)
+        .args([
+            "connect",
+            "-t",
+            a.portal.transport.as_str(),
+            "-a",
+            a.portal.address.as_str(),
+            "-s",
+        ])
+        .arg(a.portal.port.to_string())
+        .args(["-n", a.nqn.as_str(), "-q", a.hostnqn, "-I", a.hostid, "-l"])
+        .arg(a.ctrl_loss_tmo.as_secs().to_string())
+        .deadline(deadline);
+    let out = runner.run(&cmd)?;
+    if out.status.success() {
+        return Ok(ConnectOutcome::Connected);
+    }
+    if is_already_connected(out.status.code(), &out.stderr) {
+        return Ok(ConnectOutcome::AlreadyConnected);
+    }
+    Err(cmd.failure(&out))
+}
+
+/// `nvme disconnect -d nvmeN`; a controller already gone is fine.
+pub fn disconnect(runner: &dyn CommandRunner, controller: &str, deadline: Instant) -> Result<()> {
+    let cmd = Command::new(NVME)
+        .args(["disconnect", "-d", controller])
+        .deadline(deadline);
+    let out = runner.run(&cmd)?;
+    let gone = out.stderr.contains("No such device") || out.stderr.contains("No such file");
+    if out.status.success() || gone {
+        return Ok(());
+    }
+    Err(cmd.failure(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn already_connected_forms() {
+        assert!(is_already_connected(Some(114), ""));
+        assert!(is_already_connected(
+            Some(1),
+            "Failed to write to /dev/nvme-fabrics: Operation already in progress\n"
+        ));
+        assert!(is_already_connected(Some(1), "already connected\n"));
+        assert!(!is_already_connected(
+            Some(1),
+            "Failed to write to /dev/nvme-fabrics: Connection refused\n"
+        ));
+    }
+}

@@ -1,0 +1,536 @@
+//! NVMe-oF connection properties: Cinder's `data` for `driver_volume_type: nvmeof`, in the
+//! current shape (`target_nqn`, `portals` triples, `vol_uuid`, ...) and the older one
+//! (`nqn`, `transport_type`, `target_portal`, `target_port`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::connection::{as_u64, AccessMode, Fields};
+use crate::error::{Error, Result};
+use crate::ids::ParseIdError;
+
+/// An NVMe qualified name (`nqn.YYYY-MM.reverse.domain:...`, at most 223 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nqn(String);
+
+static NQN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^nqn\.[0-9]{4}-[0-9]{2}\.[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[^\s]+)?$")
+        .expect("static regex")
+});
+
+impl Nqn {
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Nqn {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> std::result::Result<Self, ParseIdError> {
+        if s.len() > 223 {
+            return Err(ParseIdError(format!(
+                "NQN is {} bytes long, the limit is 223",
+                s.len()
+            )));
+        }
+        if NQN_RE.is_match(s) {
+            Ok(Nqn(s.to_string()))
+        } else {
+            Err(ParseIdError(format!(
+                "{s:?} is not an NVMe qualified name (nqn.YYYY-MM.domain[:id])"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for Nqn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Nqn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Nqn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An NVMe-oF transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NvmeTransport {
+    /// NVMe/TCP.
+    Tcp,
+    /// NVMe/RDMA (also RoCEv2).
+    Rdma,
+}
+
+impl NvmeTransport {
+    /// The kernel's name (`tcp`, `rdma`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NvmeTransport::Tcp => "tcp",
+            NvmeTransport::Rdma => "rdma",
+        }
+    }
+}
+
+impl FromStr for NvmeTransport {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> std::result::Result<Self, ParseIdError> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(NvmeTransport::Tcp),
+            "rdma" | "roce" | "rocev2" => Ok(NvmeTransport::Rdma),
+            _ => Err(ParseIdError(format!(
+                "{s:?} is not an NVMe-oF transport (tcp, rdma, RoCEv2)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for NvmeTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One NVMe-oF portal: address, service id (port) and transport.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NvmePortal {
+    /// The transport address (IP).
+    pub address: String,
+    /// The transport service id (TCP port).
+    pub port: u16,
+    /// The transport.
+    pub transport: NvmeTransport,
+}
+
+impl fmt::Display for NvmePortal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.transport, self.address, self.port)
+    }
+}
+
+/// How the namespace of the volume is identified, most specific first.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NamespaceId {
+    /// `vol_uuid`: the namespace UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// `volume_nguid`: the namespace globally unique id (32 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nguid: Option<String>,
+    /// `ns_id`: the namespace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsid: Option<u32>,
+}
+
+impl NamespaceId {
+    /// True when nothing identifies the namespace (then the subsystem must have one).
+    pub fn is_empty(&self) -> bool {
+        self.uuid.is_none() && self.nguid.is_none() && self.nsid.is_none()
+    }
+}
+
+impl fmt::Display for NamespaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.uuid, &self.nguid, self.nsid) {
+            (Some(u), _, _) => write!(f, "uuid {u}"),
+            (None, Some(g), _) => write!(f, "nguid {g}"),
+            (None, None, Some(n)) => write!(f, "nsid {n}"),
+            (None, None, None) => f.write_str("the only namespace"),
+        }
+    }
+}
+
+/// One copy of the volume: a subsystem, its portals and the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvmeTarget {
+    /// The subsystem NQN.
+    pub nqn: Nqn,
+    /// Its portals.
+    pub portals: Vec<NvmePortal>,
+    /// The namespace.
+    pub namespace: NamespaceId,
+}
+
+/// The validated properties of an NVMe-oF volume.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NvmeProperties {
+    /// The volume (or, for a replicated volume, its first replica).
+    pub target: NvmeTarget,
+    /// `volume_replicas`: every replica, when the volume is replicated (RAID1 over them).
+    pub replicas: Vec<NvmeTarget>,
+    /// `alias`: the MD array name for a replicated volume (`/dev/md/<alias>`).
+    pub alias: Option<String>,
+    /// `host_nqn`: the host NQN the storage exported to, when given.
+    pub host_nqn: Option<Nqn>,
+    /// `volume_id`.
+    pub volume_id: Option<String>,
+    /// `access_mode`.
+    pub access_mode: AccessMode,
+    /// `discard`.
+    pub discard: bool,
+    /// `enforce_multipath`: fail unless every portal connects.
+    pub enforce_multipath: bool,
+    /// `qos_specs`, kept as sent.
+    pub qos_specs: Option<Value>,
+}
+
+impl NvmeProperties {
+    pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
+        let replicas = match f.list_opt("volume_replicas")? {
+            None => Vec::new(),
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, r) in list.iter().enumerate() {
+                    let name = format!("{}[{i}]", f.name("volume_replicas"));
+                    let map = r
+                        .as_object()
+                        .ok_or_else(|| Error::invalid(&name, "expected an object"))?;
+                    out.push(target(&Fields::new(&name, map))?);
+                }
+                out
+            }
+        };
+        if let Some(n) = f.u64_opt("replica_count")? {
+            if !replicas.is_empty() && n as usize != replicas.len() {
+                return Err(Error::invalid(
+                    f.name("replica_count"),
+                    format!(
+                        "is {n} but {} has {} entries",
+                        f.name("volume_replicas"),
+                        replicas.len()
+                    ),
+                ));
+            }
+        }
+        let alias = f.str_opt("alias")?.map(str::to_string);
+        if let Some(a) = &alias {
+            if a.is_empty()
+                || a.contains('/')
+                || a.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(Error::invalid(
+                    f.name("alias"),
+                    format!("{a:?} is not a device name"),
+                ));
+            }
+        }
+        let target = match replicas.first() {
+            Some(first) if !has_target(f) => first.clone(),
+            _ => target(f)?,
+        };
+        if replicas.len() > 1 && alias.is_none() {
+            return Err(Error::invalid(
+                f.name("alias"),
+                "missing (needed to name the RAID1 of the replicas)",
+            ));
+        }
+        let host_nqn = match f.str_opt("host_nqn")? {
+            Some(s) => Some(
+                s.parse::<Nqn>()
+                    .map_err(|e| Error::invalid(f.name("host_nqn"), e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(NvmeProperties {
+            target,
+            replicas,
+            alias,
+            host_nqn,
+            volume_id: f.str_opt("volume_id")?.map(str::to_string),
+            access_mode: f.access_mode()?.unwrap_or_default(),
+            discard: f.bool_opt("discard")?.unwrap_or(false),
+            enforce_multipath: f.bool_opt("enforce_multipath")?.unwrap_or(false),
+            qos_specs: f.get("qos_specs").cloned(),
+        })
+    }
+
+    /// Every copy to connect: the replicas of a replicated volume, else the one target.
+    pub fn copies(&self) -> Vec<&NvmeTarget> {
+        if self.replicas.len() > 1 {
+            self.replicas.iter().collect()
+        } else {
+            vec![&self.target]
+        }
+    }
+
+    /// The key of this volume's connect/disconnect lock and registry entry.
+    pub fn volume_key(&self) -> String {
+        match &self.volume_id {
+            Some(id) => format!("volume-{id}"),
+            None => format!("volume-{}-{}", self.target.nqn, self.target.namespace),
+        }
+    }
+}
+
+fn has_target(f: &Fields<'_>) -> bool {
+    f.get("target_nqn").is_some() || f.get("nqn").is_some()
+}
+
+/// A target in either shape.
+fn target(f: &Fields<'_>) -> Result<NvmeTarget> {
+    let (nqn_key, portals) = if f.get("target_nqn").is_some() || f.get("portals").is_some() {
+        ("target_nqn", current_portals(f)?)
+    } else {
+        ("nqn", vec![legacy_portal(f)?])
+    };
+    let nqn = f.parse_req::<Nqn>(nqn_key)?;
+    let uuid =
+        match f.str_opt("vol_uuid")? {
+            Some(u) => Some(normalize_uuid(u).ok_or_else(|| {
+                Error::invalid(f.name("vol_uuid"), format!("{u:?} is not a UUID"))
+            })?),
+            None => None,
+        };
+    let nguid = match f.str_opt("volume_nguid")? {
+        Some(g) => Some(normalize_nguid(g).ok_or_else(|| {
+            Error::invalid(
+                f.name("volume_nguid"),
+                format!("{g:?} is not a 32-hex-digit NGUID"),
+            )
+        })?),
+        None => None,
+    };
+    let nsid = match f.u64_opt("ns_id")? {
+        Some(n) if n >= 1 && n < u64::from(u32::MAX) => Some(n as u32),
+        Some(n) => {
+            return Err(Error::invalid(
+                f.name("ns_id"),
+                format!("{n} is not a namespace id"),
+            ))
+        }
+        None => None,
+    };
+    Ok(NvmeTarget {
+        nqn,
+        portals,
+        namespace: NamespaceId { uuid, nguid, nsid },
+    })
+}
+
+fn current_portals(f: &Fields<'_>) -> Result<Vec<NvmePortal>> {
+    let list = f
+        .list_opt("portals")?
+        .ok_or_else(|| Error::invalid(f.name("portals"), "missing"))?;
+    if list.is_empty() {
+        return Err(Error::invalid(f.name("portals"), "empty list"));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let name = format!("{}[{i}]", f.name("portals"));
+        let triple = p
+            .as_array()
+            .filter(|a| a.len() == 3)
+            .ok_or_else(|| Error::invalid(&name, "expected [address, port, transport]"))?;
+        let address = triple[0]
+            .as_str()
+            .ok_or_else(|| Error::invalid(&name, "address is not a string"))?;
+        let port = as_u64(&triple[1]).map_err(|r| Error::invalid(&name, format!("port: {r}")))?;
+        let transport = triple[2]
+            .as_str()
+            .ok_or_else(|| Error::invalid(&name, "transport is not a string"))?;
+        out.push(portal(&name, address, port, transport)?);
+    }
+    Ok(out)
+}
+
+fn legacy_portal(f: &Fields<'_>) -> Result<NvmePortal> {
+    let address = f.str_req("target_portal")?;
+    let port = f
+        .u64_opt("target_port")?
+        .ok_or_else(|| Error::invalid(f.name("target_port"), "missing"))?;
+    let transport = f.str_opt("transport_type")?.unwrap_or("tcp");
+    portal(&f.name("target_portal"), address, port, transport)
+}
+
+fn portal(field: &str, address: &str, port: u64, transport: &str) -> Result<NvmePortal> {
+    let address = address.trim().trim_start_matches('[').trim_end_matches(']');
+    let valid =
+        address.parse::<std::net::IpAddr>().is_ok() || crate::ids::Portal::new(address, 1).is_ok();
+    if !valid {
+        return Err(Error::invalid(
+            field,
+            format!("{address:?} is not an address"),
+        ));
+    }
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Error::invalid(field, format!("port {port} is not 1-65535")))?;
+    let transport = transport
+        .parse::<NvmeTransport>()
+        .map_err(|e| Error::invalid(field, e.to_string()))?;
+    Ok(NvmePortal {
+        address: address.to_string(),
+        port,
+        transport,
+    })
+}
+
+/// Lower-case 8-4-4-4-12 form, or `None` when `s` is no UUID.
+pub(crate) fn normalize_uuid(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let h = hex.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+/// 32 lower-case hex digits, or `None`.
+pub(crate) fn normalize_nguid(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    (hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::connection::ConnectionInfo;
+    use crate::error::Error;
+    use serde_json::json;
+
+    const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";
+
+    fn parse(data: serde_json::Value) -> crate::Result<ConnectionInfo> {
+        ConnectionInfo::from_value(&json!({"driver_volume_type": "NVMEOF", "data": data}))
+    }
+
+    fn field_of(e: Error) -> String {
+        match e {
+            Error::InvalidConnectionInfo { field, .. } => field,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn current_shape() {
+        let ci = parse(json!({
+            "target_nqn": NQN,
+            "portals": [["127.0.0.1", "4420", "tcp"], ["10.0.0.2", 4420, "RoCEv2"]],
+            "vol_uuid": "3FA85F64-5717-4562-B3FC-2C963F66AFA6",
+            "volume_nguid": "3fa85f6457174562b3fc2c963f66afa6",
+            "ns_id": 2, "host_nqn": "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            "volume_id": "v1", "discard": true, "access_mode": "ro", "unknown": 1
+        }))
+        .unwrap();
+        let p = ci.nvme().unwrap();
+        assert_eq!(p.target.portals.len(), 2);
+        assert_eq!(p.target.portals[1].transport, super::NvmeTransport::Rdma);
+        assert_eq!(
+            p.target.namespace.uuid.as_deref(),
+            Some("3fa85f64-5717-4562-b3fc-2c963f66afa6")
+        );
+        assert_eq!(p.target.namespace.nsid, Some(2));
+        assert!(p.discard);
+        assert_eq!(p.volume_key(), "volume-v1");
+    }
+
+    #[test]
+    fn legacy_shape() {
+        let ci = parse(json!({"nqn": NQN, "transport_type": "tcp", "target_portal": "127.0.0.1", "target_port": 4420})).unwrap();
+        let p = ci.nvme().unwrap();
+        assert_eq!(p.target.nqn.as_str(), NQN);
+        assert_eq!(p.target.portals[0].port, 4420);
+        assert!(p.target.namespace.is_empty());
+    }
+
+    #[test]
+    fn replicas() {
+        let r = |u: &str| json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "vol_uuid": u});
+        let ci = parse(json!({
+            "volume_replicas": [r("11111111-1111-1111-1111-111111111111"), r("22222222-2222-2222-2222-222222222222")],
+            "replica_count": 2, "alias": "raid-v1"
+        }))
+        .unwrap();
+        let p = ci.nvme().unwrap();
+        assert_eq!(p.copies().len(), 2);
+        assert_eq!(p.alias.as_deref(), Some("raid-v1"));
+    }
+
+    #[test]
+    fn bad_properties_name_the_field() {
+        let ok_portals = json!([["127.0.0.1", 4420, "tcp"]]);
+        let cases = [
+            (json!({"portals": ok_portals}), "data.target_nqn"),
+            (
+                json!({"target_nqn": "iqn.2010-10.x:y", "portals": ok_portals}),
+                "data.target_nqn",
+            ),
+            (json!({"target_nqn": NQN}), "data.portals"),
+            (json!({"target_nqn": NQN, "portals": []}), "data.portals"),
+            (
+                json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420]]}),
+                "data.portals[0]",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "fc"]]}),
+                "data.portals[0]",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": [["127.0.0.1", 0, "tcp"]]}),
+                "data.portals[0]",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": [["not an address!", 1, "tcp"]]}),
+                "data.portals[0]",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": ok_portals, "vol_uuid": "xyz"}),
+                "data.vol_uuid",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": ok_portals, "volume_nguid": "12"}),
+                "data.volume_nguid",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": ok_portals, "ns_id": 0}),
+                "data.ns_id",
+            ),
+            (
+                json!({"nqn": NQN, "target_portal": "127.0.0.1"}),
+                "data.target_port",
+            ),
+            (
+                json!({"volume_replicas": [{"target_nqn": NQN, "portals": ok_portals}, {"target_nqn": NQN, "portals": ok_portals}]}),
+                "data.alias",
+            ),
+            (
+                json!({"volume_replicas": [{"target_nqn": NQN}], "alias": "a"}),
+                "data.volume_replicas[0].portals",
+            ),
+            (
+                json!({"volume_replicas": [{"target_nqn": NQN, "portals": ok_portals}], "replica_count": 3}),
+                "data.replica_count",
+            ),
+        ];
+        for (data, want) in cases {
+            let text = data.to_string();
+            assert_eq!(field_of(parse(data).unwrap_err()), want, "{text}");
+        }
+    }
+}
