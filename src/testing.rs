@@ -174,6 +174,7 @@ impl LunSpec {
 
 #[derive(Default)]
 struct State {
+    nvme_pending_sizes: HashMap<String, u64>,
     offered: HashMap<u32, Vec<LunSpec>>,
     devices: HashMap<Hctl, String>,
     next_disk: u32,
@@ -243,6 +244,7 @@ impl FakeHost {
             .expect("fake tree: temp dir");
         for d in [
             "sys/block",
+            "sys/class/nvme",
             "sys/bus/scsi/devices",
             "sys/class/scsi_host",
             "sys/class/iscsi_session",
@@ -553,6 +555,104 @@ impl FakeHost {
         let _ = fs::remove_file(self.p(&format!("dev/{dm}")));
     }
 
+    /// Adds an NVMe-oF controller `nvme{ctrl}` (state `live`) of the subsystem `nqn`.
+    pub fn add_nvme_controller(
+        &self,
+        ctrl: u32,
+        nqn: &str,
+        transport: &str,
+        traddr: &str,
+        trsvcid: u16,
+        hostnqn: &str,
+    ) -> String {
+        let name = format!("nvme{ctrl}");
+        let dir = self.p(&format!("sys/devices/virtual/nvme-fabrics/ctl/{name}"));
+        write(&dir.join("subsysnqn"), &format!("{nqn}\n"));
+        write(&dir.join("transport"), &format!("{transport}\n"));
+        write(
+            &dir.join("address"),
+            &format!("traddr={traddr},trsvcid={trsvcid},src_addr={traddr}\n"),
+        );
+        write(&dir.join("hostnqn"), &format!("{hostnqn}\n"));
+        write(&dir.join("state"), "live\n");
+        write(&dir.join("rescan_controller"), "");
+        write(&dir.join("delete_controller"), "");
+        link(&dir, &self.p(&format!("sys/class/nvme/{name}")));
+        name
+    }
+
+    /// Adds namespace `nsid` to controller `nvme{ctrl}` the way native multipath shows it:
+    /// a path entry `nvme{subsys}c{ctrl}n{nsid}` under the controller and the head block
+    /// device `nvme{subsys}n{nsid}` (created once, shared by every controller). Returns the
+    /// head's name.
+    pub fn add_nvme_namespace(
+        &self,
+        ctrl: u32,
+        subsys: u32,
+        nsid: u32,
+        uuid: &str,
+        nguid: &str,
+        size: u64,
+    ) -> String {
+        let head = format!("nvme{subsys}n{nsid}");
+        let entry = self.p(&format!(
+            "sys/class/nvme/nvme{ctrl}/nvme{subsys}c{ctrl}n{nsid}"
+        ));
+        write(&entry.join("uuid"), &format!("{uuid}\n"));
+        write(&entry.join("nguid"), &format!("{nguid}\n"));
+        write(&entry.join("nsid"), &format!("{nsid}\n"));
+        if !self.p(&format!("sys/block/{head}")).exists() {
+            self.add_block(&head, size, &format!("259:{}", subsys * 64 + nsid));
+            for (a, v) in [("uuid", uuid), ("nguid", nguid)] {
+                write(&self.p(&format!("sys/block/{head}/{a}")), &format!("{v}\n"));
+            }
+        }
+        head
+    }
+
+    /// Removes controller `name` with its path entries; a head no controller shows any
+    /// more goes too (as when the last path of a namespace is gone).
+    pub fn remove_nvme_controller(&self, name: &str) {
+        let dir = self.p(&format!("sys/class/nvme/{name}"));
+        let heads: Vec<String> = fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| crate::nvme::head_name(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(real) = fs::canonicalize(&dir) {
+            let _ = fs::remove_dir_all(real);
+        }
+        let _ = fs::remove_file(&dir);
+        let remaining: Vec<String> = fs::read_dir(self.p("sys/class/nvme"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|c| {
+                fs::read_dir(c)
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .filter_map(|e| crate::nvme::head_name(&e))
+            .collect();
+        for h in heads.iter().filter(|h| !remaining.contains(h)) {
+            let _ = fs::remove_dir_all(self.p(&format!("sys/block/{h}")));
+            let _ = fs::remove_file(self.p(&format!("dev/{h}")));
+        }
+    }
+
+    /// Makes the namespace head `head` show `size` after its controller's next rescan.
+    pub fn resize_nvme_namespace(&self, head: &str, size: u64) {
+        self.state()
+            .nvme_pending_sizes
+            .insert(head.to_string(), size);
+    }
+
     /// The fake kernel: answers a write to a `scan`, `delete` or `rescan` attribute.
     fn on_write(&self, path: &Path, value: &str) {
         let Some(attr) = path.file_name().and_then(|n| n.to_str()) else {
@@ -583,6 +683,14 @@ impl FakeHost {
                     want(0, s.channel.into()) && want(1, s.target.into()) && want(2, s.lun)
                 }) {
                     self.add_scsi_disk(h, s);
+                }
+            }
+            "delete_controller" if value.trim() == "1" => self.remove_nvme_controller(&dir_name),
+            "rescan_controller" if value.trim() == "1" => {
+                let _ = fs::write(path, "");
+                let pending: Vec<(String, u64)> = self.state().nvme_pending_sizes.drain().collect();
+                for (head, size) in pending {
+                    self.set_block_size(&head, size);
                 }
             }
             "delete" | "rescan" if value.trim() == "1" => {

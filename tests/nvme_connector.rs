@@ -1,0 +1,279 @@
+//! The NVMe-oF connector end to end on a fake host tree with simulated nvme-cli and mdadm.
+
+#[path = "common/nvme.rs"]
+mod nvme;
+
+use hostbrick::{
+    connector_for, get_connector_properties, Connector, DisconnectOptions, Error, Protocol,
+};
+use nvme::*;
+use serde_json::json;
+
+fn connector(sim: &NvmeSim) -> Box<dyn Connector> {
+    connector_for(Protocol::NvmeOf, sim.options()).unwrap()
+}
+
+#[test]
+fn attach_and_detach_one_namespace() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, 64 * MIB)]);
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
+    assert_eq!(v["type"], "block");
+    assert_eq!(v["path"], "/dev/nvme0n1");
+    assert_eq!(v["nvme_paths"][0]["controller"], "nvme0");
+    assert_eq!(v["nvme_paths"][0]["uuid"], UUID_1);
+    let connect = sim
+        .runner
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("nvme connect"))
+        .unwrap();
+    assert!(
+        connect.contains(&format!("-q {HOSTNQN} -I {HOSTID}")),
+        "{connect}"
+    );
+    assert_eq!(sim.registry_entries(), 1);
+    assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
+    c.check_valid_device(&rec.path).unwrap();
+
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    c.disconnect_volume(&ci, None, DisconnectOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn two_namespaces_share_a_controller_and_detach_independently() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, 64 * MIB), (2, UUID_2, 32 * MIB)],
+    );
+    let c = connector(&sim);
+    let (a, b) = (
+        volume(UUID_1, &["127.0.0.1:4420"], "a"),
+        volume(UUID_2, &["127.0.0.1:4420"], "b"),
+    );
+    let ra = c.connect_volume(&a).unwrap();
+    let rb = c.connect_volume(&b).unwrap();
+    assert_eq!(
+        (ra.path.to_str(), rb.path.to_str()),
+        (Some("/dev/nvme0n1"), Some("/dev/nvme0n2"))
+    );
+    assert_eq!(
+        sim.runner.count("nvme connect"),
+        1,
+        "the second volume reuses the controller"
+    );
+    c.disconnect_volume(&a, Some(&ra), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(
+        sim.controllers(),
+        vec!["nvme0"],
+        "b still needs the controller"
+    );
+    c.check_valid_device(&rb.path).unwrap();
+    c.disconnect_volume(&b, Some(&rb), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn legacy_shape_uses_the_only_namespace() {
+    let sim = NvmeSim::new(false);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"nqn": NQN, "transport_type": "tcp", "target_portal": "127.0.0.1", "target_port": 4420}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn an_ambiguous_namespace_is_an_error_and_nothing_is_left() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, MIB)],
+    );
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"nqn": NQN, "transport_type": "tcp", "target_portal": "127.0.0.1", "target_port": 4420}),
+    );
+    match c.connect_volume(&ci).unwrap_err() {
+        Error::VolumeDeviceNotFound { tried } => {
+            assert!(tried[0].reason.contains("2 namespaces"), "{tried:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.assert_clean();
+}
+
+#[test]
+fn namespace_by_nsid_and_nguid() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, 2 * MIB)],
+    );
+    let c = connector(&sim);
+    let by_nsid =
+        nvme_info(json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "ns_id": 2}));
+    assert_eq!(
+        c.connect_volume(&by_nsid).unwrap().path.to_str(),
+        Some("/dev/nvme0n2")
+    );
+    let by_nguid = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "volume_nguid": UUID_1.replace('-', "")}),
+    );
+    assert_eq!(
+        c.connect_volume(&by_nguid).unwrap().path.to_str(),
+        Some("/dev/nvme0n1")
+    );
+    c.disconnect_volume(&by_nsid, None, DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.controllers().len(), 1);
+    c.disconnect_volume(&by_nguid, None, DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn native_multipath_connects_every_portal() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420", "127.0.0.2:4420"],
+        &[(1, UUID_1, MIB)],
+    );
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420", "127.0.0.2:4420"], "mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.nvme_paths.len(), 2);
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    assert_eq!(sim.controllers().len(), 2);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+
+    sim.set_reachable("127.0.0.1", false);
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.nvme_paths.len(), 1, "a dead portal is skipped");
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+
+    let enforced = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"], ["127.0.0.2", 4420, "tcp"]], "vol_uuid": UUID_1, "enforce_multipath": true}),
+    );
+    assert!(matches!(
+        c.connect_volume(&enforced),
+        Err(Error::VolumeDeviceNotFound { .. })
+    ));
+    sim.assert_clean();
+}
+
+#[test]
+fn without_native_multipath_the_first_working_portal_is_enough() {
+    let sim = NvmeSim::new(false);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420", "127.0.0.2:4420"],
+        &[(1, UUID_1, MIB)],
+    );
+    sim.set_reachable("127.0.0.1", false);
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420", "127.0.0.2:4420"], "sp");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.nvme_paths.len(), 1);
+    assert_eq!(rec.nvme_paths[0].portal.address, "127.0.0.2");
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn replicas_make_an_md_raid1() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let r = |nqn: &str, u: &str| json!({"target_nqn": nqn, "portals": [["127.0.0.1", 4420, "tcp"]], "vol_uuid": u});
+    let ci = nvme_info(
+        json!({"volume_replicas": [r(NQN, UUID_1), r(nqn2, UUID_2)], "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/md/vol-r"));
+    assert_eq!(rec.md_alias.as_deref(), Some("vol-r"));
+    let create = sim
+        .runner
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("mdadm --create"))
+        .unwrap();
+    assert!(
+        create.contains("--level=1")
+            && create.contains("/dev/nvme0n1")
+            && create.contains("/dev/nvme1n1"),
+        "{create}"
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("mdadm --stop /dev/md/vol-r"), 1);
+    sim.assert_clean();
+}
+
+#[test]
+fn extend_reports_the_new_size() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "x");
+    let rec = c.connect_volume(&ci).unwrap();
+    sim.fake.resize_nvme_namespace("nvme0n1", 4 * MIB);
+    assert_eq!(c.extend_volume(&ci).unwrap(), 4 * MIB);
+    // Nothing changed: the current size after the scan budget.
+    assert_eq!(c.extend_volume(&ci).unwrap(), 4 * MIB);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn unreachable_target_is_a_typed_error() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.set_reachable("127.0.0.1", false);
+    let c = connector(&sim);
+    let e = c
+        .connect_volume(&volume(UUID_1, &["127.0.0.1:4420"], "x"))
+        .unwrap_err();
+    assert_eq!(e.kind(), "volume_device_not_found");
+    assert!(e.chain().contains("Connection refused"), "{}", e.chain());
+    sim.assert_clean();
+}
+
+#[test]
+fn connector_properties_carry_the_nvme_identity() {
+    let sim = NvmeSim::new(true);
+    let ctx = hostbrick::HostContext::new(sim.fake.host(), sim.runner.clone());
+    let p = get_connector_properties(&ctx, "192.0.2.1", false, false, "h").unwrap();
+    let v = serde_json::to_value(&p).unwrap();
+    assert_eq!(v["nqn"], HOSTNQN);
+    assert_eq!(v["nvme_hostid"], HOSTID);
+    assert_eq!(v["uuid"], HOSTID);
+    assert_eq!(v["nvme_native_multipath"], true);
+}
