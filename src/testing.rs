@@ -574,6 +574,9 @@ impl FakeHost {
             &format!("traddr={traddr},trsvcid={trsvcid},src_addr={traddr}\n"),
         );
         write(&dir.join("hostnqn"), &format!("{hostnqn}\n"));
+        if let Some(id) = hostnqn.rsplit(':').next().filter(|u| u.len() == 36) {
+            write(&dir.join("hostid"), &format!("{id}\n"));
+        }
         write(&dir.join("state"), "live\n");
         write(&dir.join("rescan_controller"), "");
         write(&dir.join("delete_controller"), "");

@@ -277,3 +277,31 @@ fn connector_properties_carry_the_nvme_identity() {
     assert_eq!(v["uuid"], HOSTID);
     assert_eq!(v["nvme_native_multipath"], true);
 }
+
+#[test]
+fn a_host_nqn_that_clashes_with_the_host_id_is_refused_before_connecting() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(
+        "nqn.2014-08.org.hostbrick:other",
+        &["127.0.0.1:4420"],
+        &[(1, UUID_2, MIB)],
+    );
+    let c = connector(&sim);
+    let mine = volume(UUID_1, &["127.0.0.1:4420"], "mine");
+    let rec = c.connect_volume(&mine).unwrap();
+    let clash = nvme_info(
+        json!({"target_nqn": "nqn.2014-08.org.hostbrick:other", "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_2, "host_nqn": "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-0000-4000-8000-000000000000"}),
+    );
+    match c.connect_volume(&clash).unwrap_err() {
+        Error::VolumeDeviceNotFound { tried } => {
+            assert!(tried[0].reason.contains("host id"), "{tried:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.runner.count("nvme connect"), 1);
+    c.disconnect_volume(&mine, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}

@@ -9,7 +9,8 @@ use crate::nvme::props::{Nqn, NvmePortal};
 /// The program.
 pub const NVME: &str = "nvme";
 
-/// `EALREADY`: nvme-cli's exit status when the controller already exists.
+/// `EALREADY`: the exit status of nvme-cli versions that pass the kernel's answer through
+/// (nvme-cli 2.3 says "already connected" and exits 1).
 const EXIT_ALREADY: i32 = 114;
 
 /// How a connect ended.
@@ -78,7 +79,11 @@ pub fn disconnect(runner: &dyn CommandRunner, controller: &str, deadline: Instan
         .args(["disconnect", "-d", controller])
         .deadline(deadline);
     let out = runner.run(&cmd)?;
-    let gone = out.stderr.contains("No such device") || out.stderr.contains("No such file");
+    // nvme-cli 2.3 says "Did not find device nvmeN" and exits 0 for a controller that is
+    // gone; older ones fail with ENODEV.
+    let gone = out.stderr.contains("Did not find device")
+        || out.stderr.contains("No such device")
+        || out.stderr.contains("No such file");
     if out.status.success() || gone {
         return Ok(());
     }

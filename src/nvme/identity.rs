@@ -30,8 +30,8 @@ pub struct NvmeHostIdentity {
     pub hostid: String,
     /// Where they came from.
     pub source: IdentitySource,
-    /// True when the host NQN is UUID-based and names a UUID other than the host id: the
-    /// kernel rejects a second host NQN with the same host id, so this needs fixing.
+    /// True when a controller on this host already uses this host id with another host
+    /// NQN: the kernel refuses a connect with the same host id and a different host NQN.
     pub mismatch: bool,
 }
 
@@ -90,20 +90,41 @@ pub fn host_identity(host: &Host) -> Result<NvmeHostIdentity> {
             (hostnqn, hostid, source)
         }
     };
-    let mismatch = hostnqn
-        .strip_prefix(NQN_UUID_PREFIX)
-        .and_then(normalize_uuid)
-        .zip(normalize_uuid(&hostid))
-        .is_some_and(|(a, b)| a != b);
-    if mismatch {
-        tracing::warn!(%hostnqn, %hostid, "host NQN and host id name different UUIDs; the kernel rejects a host id reused with another host NQN");
-    }
+    let mismatch = match conflicting_controller(host, &hostnqn, &hostid)? {
+        Some((ctrl, other)) => {
+            tracing::warn!(%hostnqn, %hostid, controller = %ctrl, other_hostnqn = %other, "host id already in use with another host NQN; the kernel will refuse new connects");
+            true
+        }
+        None => false,
+    };
     Ok(NvmeHostIdentity {
         hostnqn,
         hostid,
         source,
         mismatch,
     })
+}
+
+/// A controller that uses `hostid` with a host NQN other than `hostnqn`, with that NQN.
+pub fn conflicting_controller(
+    host: &Host,
+    hostnqn: &str,
+    hostid: &str,
+) -> Result<Option<(String, String)>> {
+    let want = normalize_uuid(hostid);
+    for name in host.list_dir(&host.sys("class/nvme"))? {
+        let dir = host.sys(format!("class/nvme/{name}"));
+        let (Some(id), Some(nqn)) = (
+            host.read_attr_opt(&dir.join("hostid"))?,
+            host.read_attr_opt(&dir.join("hostnqn"))?,
+        ) else {
+            continue;
+        };
+        if normalize_uuid(&id) == want && nqn != hostnqn {
+            return Ok(Some((name, nqn)));
+        }
+    }
+    Ok(None)
 }
 
 /// Saves a derived value. A generated one must persist (or it would change on the next
@@ -162,11 +183,15 @@ mod tests {
         let id = host_identity(&h).unwrap();
         assert_eq!(id.source, IdentitySource::Files);
         assert!(!id.mismatch);
-        fs::write(
-            d.path().join("etc/nvme/hostid"),
-            "99999999-2222-3333-4444-555555555555\n",
-        )
-        .unwrap();
+        // Debian generates the two independently: a host id that is not the NQN's UUID is fine.
+        let other_id = "99999999-2222-3333-4444-555555555555\n";
+        fs::write(d.path().join("etc/nvme/hostid"), other_id).unwrap();
+        assert!(!host_identity(&h).unwrap().mismatch);
+        // A controller using this host id with another host NQN is the conflict.
+        let c = d.path().join("sys/class/nvme/nvme0");
+        fs::create_dir_all(&c).unwrap();
+        fs::write(c.join("hostid"), other_id).unwrap();
+        fs::write(c.join("hostnqn"), "nqn.2014-08.org.nvmexpress:uuid:other\n").unwrap();
         assert!(host_identity(&h).unwrap().mismatch);
     }
 

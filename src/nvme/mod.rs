@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use cli::{is_already_connected, ConnectOutcome};
-pub use identity::{host_identity, system_uuid, IdentitySource, NvmeHostIdentity};
+pub use identity::{
+    conflicting_controller, host_identity, system_uuid, IdentitySource, NvmeHostIdentity,
+};
 pub use props::{NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport};
 pub use sysfs::{head_name, native_multipath, parse_address, Controller, Namespace};
 
@@ -253,6 +255,14 @@ impl NvmeConnector {
                 c.name
             }
             None => {
+                if let Some((other, other_nqn)) =
+                    identity::conflicting_controller(host, hostnqn, hostid)?
+                {
+                    return Err(Error::InvalidArgument {
+                        name: "host_nqn".into(),
+                        reason: format!("controller {other} already uses host id {hostid} with host NQN {other_nqn}; the kernel refuses {hostnqn} with the same host id"),
+                    });
+                }
                 let args = cli::ConnectArgs {
                     nqn: &copy.nqn,
                     portal,

@@ -188,7 +188,7 @@ impl NvmeSim {
                     .iter()
                     .any(|x| x.1 == *nqn && x.2 == *addr && x.3 == port && x.4 == *hostnqn)
                 {
-                    return CommandOutput::exit(114, "Failed to write to /dev/nvme-fabrics: Operation already in progress\nalready connected\n");
+                    return CommandOutput::exit(1, "already connected\n");
                 }
                 let ctrl = st.next_ctrl;
                 st.next_ctrl += 1;
@@ -218,12 +218,13 @@ impl NvmeSim {
                 let n: u32 = name.trim_start_matches("nvme").parse().unwrap();
                 let mut st = self.st();
                 let Some(pos) = st.controllers.iter().position(|x| x.0 == n) else {
-                    return CommandOutput::exit(1, format!("Failed to open /sys/class/nvme/{name}/delete_controller: No such file or directory\n"));
+                    return CommandOutput::exit(0, format!("Did not find device {name}\n"));
                 };
                 let nqn = st.controllers.remove(pos).1;
                 drop(st);
                 self.fake.remove_nvme_controller(name);
-                CommandOutput::ok(format!("NQN:{nqn} disconnected 1 controller(s)\n"))
+                let _ = nqn;
+                CommandOutput::ok("")
             }
             _ => CommandOutput::exit(1, format!("nvme: unsupported {a:?}\n")),
         }
