@@ -320,6 +320,120 @@ _floor_cleanup() {
     set +x
 }
 
+# ------------------------------------------------------------------ NVMe-oF -----
+
+# conn_nvme FILE NQN IP PORT VOL_UUID NSID NGUID VOLUME_ID [jq filters on .data...]
+# Cinder's current nvmeof connection_info: portals list, namespace identified by vol_uuid.
+conn_nvme() {
+    local file=$1 nqn=$2 ip=$3 port=$4 uuid=$5 nsid=$6 nguid=$7 vol=$8 f; shift 8
+    jq -n --arg n "$nqn" --arg ip "$ip" --arg port "$port" --arg u "$uuid" --argjson ns "$nsid" \
+        --arg g "$nguid" --arg v "$vol" \
+        '{driver_volume_type: "nvmeof",
+          data: {target_nqn: $n, portals: [[$ip, $port, "tcp"]], vol_uuid: $u, ns_id: $ns,
+                 volume_nguid: $g, volume_id: $v, encrypted: false, access_mode: "rw"}}' > "$file" || return 1
+    for f in "$@"; do
+        jq ".data |= ($f)" "$file" > "$file.tmp" && mv "$file.tmp" "$file" || return 1
+    done
+}
+
+# conn_nvme_legacy FILE NQN IP PORT VOLUME_ID: the older shape (nqn, transport_type,
+# target_portal, target_port), no namespace identity: the subsystem's namespace is the volume.
+conn_nvme_legacy() {
+    jq -n --arg n "$2" --arg ip "$3" --argjson port "$4" --arg v "$5" \
+        '{driver_volume_type: "nvmeof",
+          data: {nqn: $n, transport_type: "tcp", target_portal: $ip, target_port: $port,
+                 volume_id: $v, encrypted: false, access_mode: "rw"}}' > "$1"
+}
+
+hostnqn() { tr -d '[:space:]' < /etc/nvme/hostnqn; }
+hostid() { tr -d '[:space:]' < /etc/nvme/hostid; }
+
+# controllers (nvmeN) whose subsysnqn is NQN
+nvme_ctrls_for() {
+    local c
+    for c in /sys/class/nvme/nvme*; do
+        [ -e "$c/subsysnqn" ] && [ "$(cat "$c/subsysnqn")" = "$1" ] && echo "${c##*/}"
+    done
+}
+no_nvme_ctrls_for() { [ -z "$(nvme_ctrls_for "$1")" ]; }
+nvme_ctrls() { ls /sys/class/nvme 2>/dev/null | tr '\n' ' '; }
+no_nvme_ctrls() { [ -z "$(nvme_ctrls)" ]; }
+# block devices of namespace heads and lone namespaces (no hidden nvmeXcYnZ path disks)
+nvme_disks() {
+    local b
+    for b in /sys/block/nvme*; do
+        [ -e "$b/dev" ] && [ "$(cat "$b/hidden" 2>/dev/null)" != 1 ] && echo "${b##*/}"
+    done
+}
+# the visible block device (nvmeXnY) whose uuid is UUID
+nvme_disk_by_uuid() {
+    local b
+    for b in $(nvme_disks); do [ "$(cat "/sys/block/$b/uuid" 2>/dev/null)" = "$1" ] && echo "$b"; done
+}
+has_nvme_disk() { local b; b=$(nvme_disk_by_uuid "$1"); [ -n "$b" ] && [ -b "/dev/$b" ]; }
+
+# check_nvme_device PATH SIZE_BYTES UUID: a block device of that size; its sysfs entry is a
+# visible namespace (not a hidden path) whose uuid is UUID.
+check_nvme_device() {
+    local dev=$1 size=$2 uuid=$3 real name got
+    [ -n "$dev" ] || fail "device record has no path"
+    [ -b "$dev" ] || fail "$dev is not a block device"
+    real=$(readlink -f "$dev"); name=${real##*/}
+    [ -d "/sys/block/$name" ] || fail "$dev ($real) has no /sys/block/$name"
+    [ "$(cat "/sys/block/$name/hidden" 2>/dev/null)" != 1 ] || fail "$dev is a hidden multipath path disk"
+    got=$(blockdev --getsize64 "$real") || fail "blockdev --getsize64 $real failed"
+    [ "$got" = "$size" ] || fail "$dev: size $got, expected $size"
+    got=$(cat "/sys/block/$name/uuid" 2>/dev/null)
+    [ "$got" = "$uuid" ] || fail "$dev: /sys/block/$name/uuid '$got', expected '$uuid'"
+}
+
+# check_record_nvme NAME: the connect record is {"type":"block","path":"/dev/..."}.
+check_record_nvme() {
+    local t p
+    t=$(record_field "$1" type); p=$(record_field "$1" path)
+    [ "$t" = block ] || fail "record $1: type '$t', expected 'block': $(jq -c . "$WORK/$1.json")"
+    case $p in /dev/*) ;; *) fail "record $1: path '$p' is not under /dev" ;; esac
+}
+
+# check_no_nvme_leftovers: no controller at all, no namespace block device, no /dev/nvme*n* node.
+check_no_nvme_leftovers() {
+    local nodes
+    udevadm settle --timeout=10
+    wait_until 10 no_nvme_ctrls || fail "NVMe controllers left behind: $(nvme_ctrls)($(nvme list-subsys 2>&1 | tr '\n' ' '))"
+    [ -z "$(ls /sys/class/nvme-subsystem 2>/dev/null)" ] || fail "NVMe subsystems left behind: $(ls /sys/class/nvme-subsystem | tr '\n' ' ')"
+    nodes=$(ls /dev/nvme*n* 2>/dev/null | tr '\n' ' ')
+    [ -z "$nodes" ] || fail "NVMe device nodes left behind: $nodes"
+}
+
+nvme_state() {   # for the logs
+    echo "controllers: $(for c in /sys/class/nvme/nvme*; do [ -e "$c" ] && printf '%s(%s %s %s) ' "${c##*/}" "$(cat "$c/subsysnqn")" "$(cat "$c/address")" "$(cat "$c/state")"; done)"
+    echo "disks: $(for b in /sys/block/nvme*; do [ -e "$b" ] && printf '%s(uuid=%s hidden=%s) ' "${b##*/}" "$(cat "$b/uuid" 2>/dev/null)" "$(cat "$b/hidden" 2>/dev/null)"; done)"
+}
+
+# kernel_floor_nvme IP PORT NQN UUID: the same attach with raw nvme-cli: `nvme connect` (with
+# the host's hostnqn/hostid) until the namespace's block device node exists; FLOOR_S = connect
+# start -> /dev/nvmeXnY; the udev by-id link time is noted. Disconnects afterwards.
+kernel_floor_nvme() {
+    local ip=$1 port=$2 nqn=$3 uuid=$4 start t_cli dev t_link out
+    [ -n "${HOSTBRICK_VM_TRACE:-}" ] && { PS4='+[$(up)] '; set -x; }
+    start=$(now_ns)
+    out=$(nvme connect -t tcp -a "$ip" -s "$port" -n "$nqn" -q "$(hostnqn)" -I "$(hostid)" 2>&1) \
+        || { set +x; note "floor: nvme connect failed: $out"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
+    t_cli=$(secs_since "$start")
+    wait_until 30 has_nvme_disk "$uuid" || { set +x; note "floor: no block device with uuid $uuid"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
+    dev=$(nvme_disk_by_uuid "$uuid")
+    FLOOR_S=$(secs_since "$start")
+    wait_for "/dev/disk/by-id/nvme-uuid.$uuid" 30 && t_link=$(secs_since "$start")
+    set +x
+    log "kernel floor: nvme connect ${t_cli}s, -> /dev/$dev ${FLOOR_S}s, by-id link ${t_link:-never}s"
+    note "floor: nvme connect returns ${t_cli}s, by-id link ${t_link:-never}s"
+    udevadm settle --timeout=10
+    nvme disconnect -n "$nqn" >/dev/null 2>&1
+    wait_gone "/dev/$dev" 30
+    wait_until 10 no_nvme_ctrls_for "$nqn"
+    udevadm settle --timeout=10
+}
+
 # ------------------------------------------------------------------ reset -----
 
 # Return the guest to a clean initiator + target state (between scenarios).

@@ -56,6 +56,8 @@ for script in "$GUEST_DIR"/scenarios/*.sh; do
         echo "--- iscsiadm -m node"; iscsiadm -m node 2>&1
         echo "--- multipath -ll"; multipath -ll 2>&1
         echo "--- lsscsi"; lsscsi 2>&1
+        echo "--- nvme list-subsys"; nvme list-subsys 2>&1
+        echo "--- /sys/class/nvme, /sys/block"; ls /sys/class/nvme /sys/block 2>&1 | tr '\n' ' '; echo
     } >> "$RESULTS/$name.log"
 done
 guest_reset

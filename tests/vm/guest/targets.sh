@@ -145,6 +145,42 @@ nvmet_tcp_subsystem() {
     ln -s "$sub" "$NVMET/ports/$port/subsystems/$nqn"
 }
 
+# nvmet_namespace NQN NSID SIZE_BYTES [UUID [NGUID]] -> creates the subsystem (any host) if
+# needed and a namespace on a sparse file with the given device_uuid / device_nguid, enabled.
+nvmet_namespace() {
+    local nqn=$1 nsid=$2 size=$3 uuid=${4:-} nguid=${5:-} sub=$NVMET/subsystems/$1 file d
+    mkdir -p "$TARGET_STATE"; file=$(nvmet_namespace_file "$nqn" "$nsid")
+    rm -f "$file"; truncate -s "$size" "$file" || return 1
+    mkdir -p "$sub" && echo 1 > "$sub/attr_allow_any_host" || return 1
+    d=$sub/namespaces/$nsid
+    mkdir -p "$d" && echo -n "$file" > "$d/device_path" || return 1
+    if [ -n "$uuid" ]; then echo "$uuid" > "$d/device_uuid" || return 1; fi
+    if [ -n "$nguid" ]; then echo "$nguid" > "$d/device_nguid" || return 1; fi
+    echo 1 > "$d/enable"
+}
+
+nvmet_namespace_file() { echo "$TARGET_STATE/nvme-$2-${1##*:}.img"; }
+
+# nvmet_port PORT_ID IP [SVCID]: a TCP port (ipv4); no-op if it exists.
+nvmet_port() {
+    local p=$NVMET/ports/$1
+    [ -d "$p" ] && return 0
+    mkdir "$p" || return 1
+    echo ipv4 > "$p/addr_adrfam" && echo tcp > "$p/addr_trtype" \
+        && echo "$2" > "$p/addr_traddr" && echo "${3:-4420}" > "$p/addr_trsvcid"
+}
+
+# nvmet_export NQN PORT_ID: the subsystem becomes reachable through the port.
+nvmet_export() { ln -s "$NVMET/subsystems/$1" "$NVMET/ports/$2/subsystems/$1"; }
+
+# nvmet_namespace_resize NQN NSID NEW_SIZE_BYTES: grow the file, then revalidate_size (6.1:
+# works for file-backed namespaces; nvmet sends a namespace-changed AEN and the host picks up
+# the new capacity by itself).
+nvmet_namespace_resize() {
+    truncate -s "$3" "$(nvmet_namespace_file "$1" "$2")" || return 1
+    echo 1 > "$NVMET/subsystems/$1/namespaces/$2/revalidate_size"
+}
+
 nvmet_teardown_all() {
     local x
     for x in "$NVMET"/ports/*/subsystems/*; do [ -L "$x" ] && rm -f "$x"; done
