@@ -1,8 +1,8 @@
 //! `attach`: a small command line over hostbrick, for operators and test suites.
 //!
 //! ```text
-//! attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath]
-//! attach connect [--multipath] [--enforce-multipath] CONNECTION_INFO.json|-
+//! attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--no-local-attach]
+//! attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] CONNECTION_INFO.json|-
 //! attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
 //! attach extend [--multipath] CONNECTION_INFO.json|-
 //! ```
@@ -25,11 +25,12 @@ use hostbrick::{
 };
 
 const USAGE: &str = "usage:
-  attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath]
-  attach connect [--multipath] [--enforce-multipath] CONNECTION_INFO.json|-
+  attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--no-local-attach]
+  attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] CONNECTION_INFO.json|-
   attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
   attach extend [--multipath] CONNECTION_INFO.json|-
-common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD";
+common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD,
+  --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)";
 
 /// A command-line mistake.
 struct Usage(String);
@@ -55,6 +56,8 @@ struct Args {
     lock_dir: Option<String>,
     iface: Option<String>,
     root_helper: Option<String>,
+    rbd_nbd: bool,
+    no_local_attach: bool,
 }
 
 fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
@@ -81,6 +84,8 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         lock_dir: None,
         iface: None,
         root_helper: None,
+        rbd_nbd: false,
+        no_local_attach: false,
     };
     let value = |flag: &str, it: &mut std::vec::IntoIter<String>| {
         it.next()
@@ -96,6 +101,8 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
                 a.enforce_multipath = true;
             }
             "--force" => a.force = true,
+            "--rbd-nbd" => a.rbd_nbd = true,
+            "--no-local-attach" => a.no_local_attach = true,
             "--ignore-errors" => a.ignore_errors = true,
             "--timeout" => {
                 let v = value("--timeout", &mut it)?;
@@ -167,6 +174,10 @@ fn options(a: &Args) -> ConnectorOptions {
     if let Some(i) = &a.iface {
         o = o.iscsi_iface(i);
     }
+    if a.rbd_nbd {
+        o.rbd_mapper = hostbrick::RbdMapper::Nbd;
+    }
+    o.rbd_local_attach = !a.no_local_attach;
     o
 }
 
@@ -181,13 +192,14 @@ fn run(a: &Args) -> hostbrick::Result<String> {
         Cmd::Properties => {
             let ip = a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
             let host = a.host.clone().unwrap_or_else(hostname);
-            let props = get_connector_properties(
+            let mut props = get_connector_properties(
                 &context(a),
                 &ip,
                 a.multipath,
                 a.enforce_multipath,
                 &host,
             )?;
+            props.do_local_attach = Some(!a.no_local_attach);
             serde_json::to_string_pretty(&props).map_err(|e| hostbrick::Error::Parse {
                 program: "attach".into(),
                 reason: e.to_string(),

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::iscsi::IscsiProperties;
 use crate::nvme::NvmeProperties;
+use crate::rbd::RbdProperties;
 
 /// A volume transport, as named in `driver_volume_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +94,8 @@ pub enum VolumeProperties {
     Iscsi(IscsiProperties),
     /// NVMe over fabrics.
     Nvme(NvmeProperties),
+    /// Ceph RBD.
+    Rbd(RbdProperties),
 }
 
 /// A parsed `connection_info`: `{"driver_volume_type": ..., "data": {...}}`.
@@ -135,11 +138,7 @@ impl ConnectionInfo {
                 VolumeProperties::Iscsi(IscsiProperties::from_fields(&fields)?)
             }
             Protocol::NvmeOf => VolumeProperties::Nvme(NvmeProperties::from_fields(&fields)?),
-            Protocol::Rbd => {
-                return Err(Error::ProtocolNotBuilt {
-                    protocol: protocol.to_string(),
-                })
-            }
+            Protocol::Rbd => VolumeProperties::Rbd(RbdProperties::from_fields(&fields)?),
         };
         Ok(ConnectionInfo {
             protocol,
@@ -173,11 +172,20 @@ impl ConnectionInfo {
         }
     }
 
+    /// The RBD properties, when this is an RBD volume.
+    pub fn rbd(&self) -> Option<&RbdProperties> {
+        match &self.properties {
+            VolumeProperties::Rbd(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The volume id, when the storage service sent one.
     pub fn volume_id(&self) -> Option<&str> {
         match &self.properties {
             VolumeProperties::Iscsi(p) => p.volume_id.as_deref(),
             VolumeProperties::Nvme(p) => p.volume_id.as_deref(),
+            VolumeProperties::Rbd(p) => p.volume_id.as_deref(),
         }
     }
 }
@@ -362,10 +370,15 @@ mod tests {
     }
 
     #[test]
-    fn later_protocols_are_not_built_yet() {
+    fn every_protocol_parses_its_own_shape() {
         let e =
             ConnectionInfo::from_json(r#"{"driver_volume_type": "rbd", "data": {}}"#).unwrap_err();
-        assert!(matches!(e, Error::ProtocolNotBuilt { .. }), "{e}");
+        assert!(matches!(e, Error::InvalidConnectionInfo { .. }), "{e}");
+        let ci =
+            ConnectionInfo::from_json(r#"{"driver_volume_type": "RBD", "data": {"name": "p/i"}}"#)
+                .unwrap();
+        assert_eq!(ci.protocol(), Protocol::Rbd);
+        assert!(ci.rbd().is_some() && ci.iscsi().is_none() && ci.nvme().is_none());
     }
 
     #[test]

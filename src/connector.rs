@@ -8,11 +8,12 @@ use std::time::Duration;
 use crate::cmd::{CommandRunner, SystemRunner};
 use crate::connection::{ConnectionInfo, Protocol};
 use crate::device::DeviceRecord;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::host::Host;
 use crate::iscsi::IscsiConnector;
 use crate::lock::LockDir;
 use crate::nvme::NvmeConnector;
+use crate::rbd::{RbdConnector, RbdMapper};
 
 /// The host a connector works on: its file roots and the runner for its commands.
 #[derive(Clone)]
@@ -81,6 +82,11 @@ pub struct ConnectorOptions {
     pub iscsi_iface: Option<String>,
     /// Where lock files go; default `/run/lock/hostbrick` under the host's /run.
     pub lock_dir: Option<PathBuf>,
+    /// How RBD images are mapped: kernel rbd (default) or rbd-nbd.
+    pub rbd_mapper: RbdMapper,
+    /// Map RBD images on this host (default). When false, an RBD connect maps nothing and
+    /// returns a network record for the hypervisor to open the image itself.
+    pub rbd_local_attach: bool,
     /// How long cleanup after a failure may take, counted from when it starts (the
     /// operation's own deadline may already have passed).
     pub cleanup_timeout: Duration,
@@ -107,6 +113,8 @@ impl ConnectorOptions {
             iscsi_iface: None,
             lock_dir: None,
             cleanup_timeout: Duration::from_secs(60),
+            rbd_mapper: RbdMapper::Krbd,
+            rbd_local_attach: true,
         }
     }
 
@@ -205,15 +213,12 @@ pub trait Connector: Send + Sync + fmt::Debug {
 
 /// Makes the connector for `protocol`.
 ///
-/// `iser` gives the iSCSI connector with the `iser` iface. RBD is not part of this build yet
-/// and gives [`Error::ProtocolNotBuilt`].
+/// `iser` gives the iSCSI connector with the `iser` iface.
 pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Box<dyn Connector>> {
     match protocol {
         Protocol::Iscsi | Protocol::Iser => Ok(Box::new(IscsiConnector::new(protocol, options)?)),
         Protocol::NvmeOf => Ok(Box::new(NvmeConnector::new(options))),
-        Protocol::Rbd => Err(Error::ProtocolNotBuilt {
-            protocol: protocol.to_string(),
-        }),
+        Protocol::Rbd => Ok(Box::new(RbdConnector::new(options))),
     }
 }
 
@@ -229,8 +234,8 @@ mod tests {
         assert_eq!(c.protocol(), Protocol::Iser);
         let c = connector_for(Protocol::NvmeOf, ConnectorOptions::new()).unwrap();
         assert_eq!(c.protocol(), Protocol::NvmeOf);
-        let e = connector_for(Protocol::Rbd, ConnectorOptions::new()).unwrap_err();
-        assert!(matches!(e, Error::ProtocolNotBuilt { .. }), "{e}");
+        let c = connector_for(Protocol::Rbd, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::Rbd);
     }
 
     #[test]

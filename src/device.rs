@@ -15,6 +15,9 @@ use crate::nvme::NvmePortal;
 pub enum DeviceKind {
     /// A block device on this host.
     Block,
+    /// Nothing on this host: the hypervisor opens the volume over the network (see
+    /// [`DeviceRecord::network`]).
+    Network,
 }
 
 /// One path of an attached volume: a SCSI device and the target it came through.
@@ -48,6 +51,42 @@ pub struct NvmePathRecord {
     pub uuid: Option<String>,
 }
 
+/// A volume the hypervisor opens over the network (libvirt `<disk type='network'>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSource {
+    /// The protocol, e.g. `rbd`.
+    pub protocol: String,
+    /// The source name, e.g. `pool/image`.
+    pub name: String,
+    /// Monitor (server) hosts.
+    pub hosts: Vec<String>,
+    /// Their ports, one per host.
+    pub ports: Vec<String>,
+    /// The user to authenticate as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_username: Option<String>,
+    /// The libvirt secret type (e.g. `ceph`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_type: Option<String>,
+    /// The libvirt secret UUID holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_uuid: Option<String>,
+    /// The Ceph cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+}
+
+/// How an RBD image is mapped on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RbdRecord {
+    /// Kernel rbd or rbd-nbd.
+    pub mapper: crate::rbd::RbdMapper,
+    /// The image spec.
+    pub image: String,
+    /// The mapped device, e.g. `/dev/rbd0`.
+    pub device: String,
+}
+
 /// The result of a connect, with os-brick's keys (`type`, `path`, `scsi_wwn`,
 /// `multipath_id`) and what a later disconnect needs. Persist it as JSON; unknown keys
 /// are ignored when it is read back.
@@ -57,7 +96,7 @@ pub struct DeviceRecord {
     #[serde(rename = "type")]
     pub kind: DeviceKind,
     /// The device to hand to a guest: the dm-multipath device, else the by-path link (or
-    /// the block device when udev made no link).
+    /// the block device when udev made no link); for a network record, `rbd:pool/image`.
     pub path: PathBuf,
     /// The volume's WWID in udev's form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +118,12 @@ pub struct DeviceRecord {
     /// The MD RAID1 array (`/dev/md/<alias>`) over the replicas of a replicated volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub md_alias: Option<String>,
+    /// For a network record: what the hypervisor opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSource>,
+    /// For a mapped RBD image: how it is mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<RbdRecord>,
 }
 
 impl DeviceRecord {
@@ -119,6 +164,8 @@ mod tests {
             }],
             nvme_paths: Vec::new(),
             md_alias: None,
+            network: None,
+            rbd: None,
         };
         let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
         assert_eq!(v["type"], "block");

@@ -65,13 +65,6 @@ pub enum Error {
         accepted: &'static str,
     },
 
-    /// The protocol is known but its connector is not part of this build yet.
-    #[error("the {protocol} connector is not built yet")]
-    ProtocolNotBuilt {
-        /// The protocol's name.
-        protocol: String,
-    },
-
     /// A connection_info (or one of its fields) is malformed.
     #[error("invalid connection_info field `{field}`: {reason}")]
     InvalidConnectionInfo {
@@ -273,7 +266,6 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidConnectorProtocol { .. } => "invalid_connector_protocol",
-            Error::ProtocolNotBuilt { .. } => "protocol_not_built",
             Error::InvalidConnectionInfo { .. } => "invalid_connection_info",
             Error::ProtocolMismatch { .. } => "protocol_mismatch",
             Error::InvalidDeviceRecord { .. } => "invalid_device_record",

@@ -75,6 +75,7 @@ mod md;
 mod multipath;
 mod nvme;
 mod properties;
+mod rbd;
 mod registry;
 mod scsi;
 mod secret;
@@ -86,7 +87,7 @@ pub mod testing;
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
 pub use connection::{AccessMode, ConnectionInfo, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
-pub use device::{DeviceKind, DeviceRecord, NvmePathRecord, PathRecord};
+pub use device::{DeviceKind, DeviceRecord, NetworkSource, NvmePathRecord, PathRecord, RbdRecord};
 pub use error::{AttemptFailure, Error, ExitStatus, Result};
 pub use host::{Host, WriteHook};
 pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
@@ -102,6 +103,10 @@ pub use nvme::{
     NvmeConnector, NvmeHostIdentity, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
 pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
+pub use rbd::{
+    is_auth_failure, network_source, parse_mappings, CephFiles, ImageSpec, Mapping, Monitor,
+    RbdConnector, RbdMapper, RbdProperties,
+};
 pub use registry::Registry;
 pub use secret::Secret;
 pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL};

@@ -444,6 +444,8 @@ impl IscsiConnector {
                 .collect(),
             nvme_paths: Vec::new(),
             md_alias: None,
+            network: None,
+            rbd: None,
         })
     }
 

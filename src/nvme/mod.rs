@@ -172,6 +172,8 @@ impl NvmeConnector {
             paths: Vec::new(),
             nvme_paths: ups.iter().map(|u| u.record.clone()).collect(),
             md_alias: props.alias.clone().filter(|_| heads.len() > 1),
+            network: None,
+            rbd: None,
         };
         drop(ups);
         tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");

@@ -1,0 +1,310 @@
+//! The `rbd` and `rbd-nbd` wrappers: map, unmap, list mappings, image size; the private
+//! keyring and ceph.conf files a command needs.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use crate::cmd::{Command, CommandOutput, CommandRunner};
+use crate::error::{Error, Result};
+use crate::rbd::props::{ImageSpec, RbdProperties};
+
+/// Which kernel path maps the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RbdMapper {
+    /// The kernel RBD client (`rbd map`, `/dev/rbdN`).
+    #[default]
+    Krbd,
+    /// The userspace client behind an NBD device (`rbd-nbd map`, `/dev/nbdN`).
+    Nbd,
+}
+
+impl RbdMapper {
+    /// The program that maps and unmaps.
+    pub fn program(self) -> &'static str {
+        match self {
+            RbdMapper::Krbd => "rbd",
+            RbdMapper::Nbd => "rbd-nbd",
+        }
+    }
+}
+
+/// One mapped image, from `rbd showmapped --format json` or `rbd-nbd list-mapped --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Mapping {
+    /// The pool.
+    pub pool: String,
+    /// The RADOS namespace (empty for none).
+    #[serde(default)]
+    pub namespace: String,
+    /// The image (`name` for krbd, `image` for rbd-nbd).
+    #[serde(alias = "image")]
+    pub name: String,
+    /// The snapshot (`-` for none).
+    #[serde(default)]
+    pub snap: String,
+    /// The device, e.g. `/dev/rbd0`.
+    pub device: String,
+}
+
+impl Mapping {
+    /// True when this maps `spec`'s head (not a snapshot).
+    pub fn maps(&self, spec: &ImageSpec) -> bool {
+        self.pool == spec.pool
+            && self.namespace == spec.namespace.clone().unwrap_or_default()
+            && self.name == spec.image
+            && (self.snap.is_empty() || self.snap == "-")
+    }
+}
+
+/// Parses a mapping list (both tools' JSON shapes); empty output is no mappings.
+pub fn parse_mappings(text: &str) -> std::result::Result<Vec<Mapping>, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(t).map_err(|e| e.to_string())
+}
+
+/// Files a command needs: a private directory (mode 0700) with the keyring (0600) and a
+/// minimal ceph.conf naming the monitors. Removed on drop; never logged.
+#[derive(Debug)]
+pub struct CephFiles {
+    dir: tempfile::TempDir,
+    conf: Option<PathBuf>,
+    keyring: Option<PathBuf>,
+}
+
+impl CephFiles {
+    /// Writes what `props` carries: a keyring when it has one, a ceph.conf when it names
+    /// monitors.
+    pub fn write(props: &RbdProperties) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hostbrick-rbd-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let private = |name: &str, content: &[u8]| -> Result<PathBuf> {
+            let path = dir.path().join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(&path, e))?;
+            f.write_all(content).map_err(|e| Error::io(&path, e))?;
+            Ok(path)
+        };
+        let keyring = match &props.keyring {
+            Some(k) => {
+                let mut text = k.expose().to_string();
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                Some(private("keyring", text.as_bytes())?)
+            }
+            None => None,
+        };
+        let conf = if props.monitors.is_empty() {
+            None
+        } else {
+            let mons: Vec<String> = props.monitors.iter().map(|m| m.address()).collect();
+            let mut text = format!("[global]\nmon_host = {}\n", mons.join(","));
+            if let Some(k) = &keyring {
+                text.push_str(&format!("keyring = {}\n", k.display()));
+            }
+            Some(private("ceph.conf", text.as_bytes())?)
+        };
+        Ok(CephFiles { dir, conf, keyring })
+    }
+
+    /// The arguments naming the cluster, user, monitors, config and keyring.
+    pub fn args(&self, props: &RbdProperties) -> Vec<String> {
+        let mut a = vec![
+            "--cluster".to_string(),
+            props.cluster_name.clone(),
+            "--id".into(),
+            props.user().to_string(),
+        ];
+        if let Some(c) = &self.conf {
+            a.push("--conf".into());
+            a.push(c.display().to_string());
+        }
+        if !props.monitors.is_empty() {
+            a.push("-m".into());
+            a.push(
+                props
+                    .monitors
+                    .iter()
+                    .map(|m| m.address())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        if let Some(k) = &self.keyring {
+            a.push("--keyring".into());
+            a.push(k.display().to_string());
+        }
+        a
+    }
+
+    /// The private directory (for tests).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// True when a failed map or info says the credentials were refused.
+pub fn is_auth_failure(out: &CommandOutput) -> bool {
+    let e = out.stderr.to_ascii_lowercase();
+    e.contains("permission denied")
+        || e.contains("operation not permitted")
+        || e.contains("authentication")
+        || e.contains("(13)") && e.contains("failed")
+}
+
+fn classify(cmd: &Command, out: &CommandOutput, what: &str) -> Error {
+    if is_auth_failure(out) {
+        Error::AuthenticationFailed {
+            target: what.to_string(),
+            source: Box::new(cmd.failure(out)),
+        }
+    } else {
+        cmd.failure(out)
+    }
+}
+
+/// Maps `props.image`; returns the device the tool printed.
+pub fn map(
+    runner: &dyn CommandRunner,
+    mapper: RbdMapper,
+    props: &RbdProperties,
+    files: &CephFiles,
+    read_only: bool,
+    deadline: Instant,
+) -> Result<String> {
+    let mut cmd = Command::new(mapper.program())
+        .arg("map")
+        .arg(props.image.to_string())
+        .args(files.args(props));
+    if read_only {
+        cmd = cmd.arg("--read-only");
+    }
+    let cmd = cmd.deadline(deadline);
+    let out = runner.run(&cmd)?;
+    if !out.status.success() {
+        return Err(classify(
+            &cmd,
+            &out,
+            &format!("{} {}", props.image, props.user()),
+        ));
+    }
+    let dev = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with("/dev/"))
+        .map(str::to_string);
+    dev.ok_or_else(|| Error::Parse {
+        program: mapper.program().into(),
+        reason: format!("no device in {:?}", out.stdout),
+    })
+}
+
+/// The images mapped through `mapper`.
+pub fn mappings(
+    runner: &dyn CommandRunner,
+    mapper: RbdMapper,
+    deadline: Instant,
+) -> Result<Vec<Mapping>> {
+    let cmd = match mapper {
+        RbdMapper::Krbd => Command::new("rbd").args(["showmapped", "--format", "json"]),
+        RbdMapper::Nbd => Command::new("rbd-nbd").args(["list-mapped", "--format", "json"]),
+    }
+    .deadline(deadline);
+    let out = runner.run_ok(&cmd, &[])?;
+    parse_mappings(&out.stdout).map_err(|reason| Error::Parse {
+        program: mapper.program().into(),
+        reason,
+    })
+}
+
+/// Unmaps `device`; one no longer mapped is fine.
+pub fn unmap(
+    runner: &dyn CommandRunner,
+    mapper: RbdMapper,
+    device: &str,
+    force: bool,
+    deadline: Instant,
+) -> Result<()> {
+    let mut cmd = Command::new(mapper.program()).arg("unmap");
+    if force && mapper == RbdMapper::Krbd {
+        cmd = cmd.args(["-o", "force"]);
+    }
+    let cmd = cmd.arg(device).deadline(deadline);
+    let out = runner.run(&cmd)?;
+    let gone = out.stderr.contains("not a mapped image")
+        || out.stderr.contains("not mapped")
+        || out.stderr.contains("No such file");
+    if out.status.success() || gone {
+        return Ok(());
+    }
+    Err(cmd.failure(&out))
+}
+
+#[derive(Deserialize)]
+struct ImageInfo {
+    size: u64,
+}
+
+/// The image's size in bytes (`rbd info --format json`).
+pub fn image_size(
+    runner: &dyn CommandRunner,
+    props: &RbdProperties,
+    files: &CephFiles,
+    deadline: Instant,
+) -> Result<u64> {
+    let cmd = Command::new("rbd")
+        .args(["info", "--format", "json"])
+        .arg(props.image.to_string())
+        .args(files.args(props))
+        .deadline(deadline);
+    let out = runner.run(&cmd)?;
+    if !out.status.success() {
+        return Err(classify(
+            &cmd,
+            &out,
+            &format!("{} {}", props.image, props.user()),
+        ));
+    }
+    serde_json::from_str::<ImageInfo>(out.stdout.trim())
+        .map(|i| i.size)
+        .map_err(|e| Error::Parse {
+            program: "rbd".into(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_mapping_shapes() {
+        let krbd = r#"[{"id":"0","pool":"volumes","namespace":"","name":"vol1","snap":"-","device":"/dev/rbd0"},
+                       {"id":"1","pool":"volumes","namespace":"ns1","name":"vol2","snap":"-","device":"/dev/rbd1"}]"#;
+        let m = parse_mappings(krbd).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(m[1].maps(&"volumes/ns1/vol2".parse().unwrap()));
+        assert!(!m[0].maps(&"volumes/ns1/vol1".parse().unwrap()));
+        let nbd = r#"[{"id":"4242","pool":"volumes","namespace":"","image":"vol1","snap":"-","device":"/dev/nbd0"}]"#;
+        assert_eq!(parse_mappings(nbd).unwrap()[0].name, "vol1");
+        assert!(parse_mappings("").unwrap().is_empty());
+        assert!(parse_mappings("[]\n").unwrap().is_empty());
+        assert!(parse_mappings("{").is_err());
+    }
+}
