@@ -1,0 +1,213 @@
+//! A simulated Ceph client: `rbd map/showmapped/unmap/info` and `rbd-nbd map/list-mapped/unmap`
+//! over a fake host tree, answering as the real tools do.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hostbrick::testing::{FakeHost, FakeRunner};
+use hostbrick::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
+
+pub const KEY: &str = "AQBx0AhmAAAAABAAsQ5cNn1zZXR0aW5nLWtleQ==";
+pub const MIB: u64 = 1 << 20;
+
+#[derive(Default)]
+struct State {
+    /// (spec, size)
+    images: Vec<(String, u64)>,
+    /// (mapper program, spec, device)
+    mapped: Vec<(String, String, String)>,
+    /// keyring paths seen, with their mode and whether they held the key
+    keyrings: Vec<(String, u32, bool)>,
+}
+
+#[derive(Clone)]
+pub struct RbdSim {
+    pub fake: FakeHost,
+    pub runner: Arc<FakeRunner>,
+    state: Arc<Mutex<State>>,
+}
+
+fn args(c: &Command) -> Vec<String> {
+    c.arg_list()
+        .iter()
+        .map(|a| format!("{a:?}").trim_matches('"').to_string())
+        .collect()
+}
+
+fn value_after(a: &[String], flag: &str) -> Option<String> {
+    a.iter()
+        .position(|x| x == flag)
+        .and_then(|i| a.get(i + 1).cloned())
+}
+
+impl RbdSim {
+    pub fn new() -> Self {
+        let sim = RbdSim {
+            fake: FakeHost::new(),
+            runner: Arc::new(FakeRunner::new()),
+            state: Arc::new(Mutex::new(State::default())),
+        };
+        let s = sim.clone();
+        sim.runner.on("rbd", &[], move |c| s.rbd(c, "rbd"));
+        let s = sim.clone();
+        sim.runner.on("rbd-nbd", &[], move |c| s.rbd(c, "rbd-nbd"));
+        sim
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_image(&self, spec: &str, size: u64) {
+        self.st().images.push((spec.into(), size));
+    }
+
+    pub fn resize(&self, spec: &str, size: u64) {
+        for i in self.st().images.iter_mut().filter(|i| i.0 == spec) {
+            i.1 = size;
+        }
+        let devs: Vec<String> = self
+            .st()
+            .mapped
+            .iter()
+            .filter(|m| m.1 == spec)
+            .map(|m| m.2.clone())
+            .collect();
+        for d in devs {
+            self.fake
+                .set_block_size(d.trim_start_matches("/dev/"), size);
+        }
+    }
+
+    pub fn mapped(&self) -> Vec<(String, String, String)> {
+        self.st().mapped.clone()
+    }
+
+    pub fn keyrings(&self) -> Vec<(String, u32, bool)> {
+        self.st().keyrings.clone()
+    }
+
+    pub fn options(&self) -> ConnectorOptions {
+        ConnectorOptions::with_context(HostContext::new(self.fake.host(), self.runner.clone()))
+            .operation_timeout(Duration::from_secs(5))
+            .scan_timeout(Duration::from_millis(300))
+            .lock_dir(self.fake.root().join("run/lock/hostbrick"))
+    }
+
+    fn check_auth(&self, a: &[String]) -> bool {
+        let Some(k) = value_after(a, "--keyring") else {
+            return false;
+        };
+        let meta = std::fs::metadata(&k);
+        let mode = meta.map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        let text = std::fs::read_to_string(&k).unwrap_or_default();
+        let ok = text.contains(&format!("key = {KEY}"))
+            && value_after(a, "--id").as_deref() == Some("cinder");
+        self.st().keyrings.push((k, mode, ok));
+        ok
+    }
+
+    fn rbd(&self, c: &Command, prog: &str) -> CommandOutput {
+        let a = args(c);
+        match a.first().map(String::as_str) {
+            Some("map") => {
+                let spec = a[1].clone();
+                if !self.check_auth(&a) {
+                    return if prog == "rbd" {
+                        CommandOutput::exit(1, "rbd: sysfs write failed\nrbd: couldn't connect to the cluster!\nrbd: map failed: (1) Operation not permitted\n")
+                    } else {
+                        CommandOutput::exit(
+                            1,
+                            "rbd-nbd: failed to connect to the cluster: (13) Permission denied\n",
+                        )
+                    };
+                }
+                let Some((_, size)) = self.st().images.iter().find(|i| i.0 == spec).cloned() else {
+                    return CommandOutput::exit(2, format!("rbd: sysfs write failed\nrbd: map failed: (2) No such file or directory\n"));
+                };
+                let n = self.st().mapped.iter().filter(|m| m.0 == prog).count();
+                let name = if prog == "rbd" {
+                    format!("rbd{n}")
+                } else {
+                    format!("nbd{n}")
+                };
+                let dev = format!("/dev/{name}");
+                let root = self.fake.root().to_path_buf();
+                for (p, v) in [
+                    (
+                        format!("sys/block/{name}/size"),
+                        format!("{}\n", size / 512),
+                    ),
+                    (format!("sys/block/{name}/dev"), "252:0\n".into()),
+                ] {
+                    std::fs::create_dir_all(root.join(&p).parent().unwrap()).unwrap();
+                    std::fs::write(root.join(&p), v).unwrap();
+                }
+                std::fs::write(root.join(format!("dev/{name}")), vec![0u8; 8192]).unwrap();
+                if prog == "rbd" {
+                    let link = root.join(format!("dev/rbd/{spec}"));
+                    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+                    let depth = spec.matches('/').count() + 1;
+                    std::os::unix::fs::symlink(format!("{}{name}", "../".repeat(depth)), &link)
+                        .unwrap();
+                }
+                self.st().mapped.push((prog.into(), spec, dev.clone()));
+                CommandOutput::ok(format!("{dev}\n"))
+            }
+            Some("showmapped") | Some("list-mapped") => {
+                let key = if prog == "rbd" { "name" } else { "image" };
+                let list: Vec<serde_json::Value> = self
+                    .st()
+                    .mapped
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.0 == prog)
+                    .map(|(i, m)| {
+                        let parts: Vec<&str> = m.1.split('/').collect();
+                        let (pool, ns, image) = match parts[..] { [p, i] => (p, "", i), [p, n, i] => (p, n, i), _ => unreachable!() };
+                        serde_json::json!({"id": i.to_string(), "pool": pool, "namespace": ns, key: image, "snap": "-", "device": m.2})
+                    })
+                    .collect();
+                CommandOutput::ok(serde_json::to_string(&list).unwrap())
+            }
+            Some("unmap") => {
+                let dev = a.last().cloned().unwrap();
+                let mut st = self.st();
+                let Some(pos) = st.mapped.iter().position(|m| m.2 == dev && m.0 == prog) else {
+                    return CommandOutput::exit(22, format!("rbd: {dev}: not a mapped image or snapshot\nrbd: unmap failed: (22) Invalid argument\n"));
+                };
+                let (_, spec, _) = st.mapped.remove(pos);
+                drop(st);
+                let name = dev.trim_start_matches("/dev/");
+                let root = self.fake.root();
+                let _ = std::fs::remove_dir_all(root.join(format!("sys/block/{name}")));
+                let _ = std::fs::remove_file(root.join(format!("dev/{name}")));
+                let _ = std::fs::remove_file(root.join(format!("dev/rbd/{spec}")));
+                CommandOutput::ok("")
+            }
+            Some("info") => {
+                let spec = a[3].clone();
+                if !self.check_auth(&a) {
+                    return CommandOutput::exit(1, "rbd: couldn't connect to the cluster!\n");
+                }
+                match self.st().images.iter().find(|i| i.0 == spec) {
+                    Some((name, size)) => CommandOutput::ok(format!("{{\"name\":\"{name}\",\"id\":\"1\",\"size\":{size},\"objects\":16,\"order\":22}}\n")),
+                    None => CommandOutput::exit(2, "rbd: error opening image: (2) No such file or directory\n"),
+                }
+            }
+            _ => CommandOutput::exit(1, format!("{prog}: unsupported {a:?}\n")),
+        }
+    }
+}
+
+pub fn rbd_info(name: &str, key: &str) -> ConnectionInfo {
+    ConnectionInfo::from_value(&serde_json::json!({"driver_volume_type": "rbd", "data": {
+        "name": name, "hosts": ["127.0.0.1"], "ports": ["6789"], "cluster_name": "ceph",
+        "auth_enabled": true, "auth_username": "cinder", "secret_type": "ceph",
+        "secret_uuid": "457eb676-33da-42ec-9a8c-9293d545c337",
+        "keyring": format!("[client.cinder]\n\tkey = {key}\n"), "volume_id": name.replace('/', "-"),
+        "discard": true, "access_mode": "rw"
+    }}))
+    .unwrap()
+}
