@@ -124,7 +124,10 @@ impl RbdSim {
                     };
                 }
                 let Some((_, size)) = self.st().images.iter().find(|i| i.0 == spec).cloned() else {
-                    return CommandOutput::exit(2, format!("rbd: sysfs write failed\nrbd: map failed: (2) No such file or directory\n"));
+                    return CommandOutput::exit(
+                        2,
+                        "rbd: sysfs write failed\nrbd: map failed: (2) No such file or directory\n",
+                    );
                 };
                 let n = self.st().mapped.iter().filter(|m| m.0 == prog).count();
                 let name = if prog == "rbd" {
