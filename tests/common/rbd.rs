@@ -169,7 +169,11 @@ impl RbdSim {
                     .map(|(i, m)| {
                         let parts: Vec<&str> = m.1.split('/').collect();
                         let (pool, ns, image) = match parts[..] { [p, i] => (p, "", i), [p, n, i] => (p, n, i), _ => unreachable!() };
-                        serde_json::json!({"id": i.to_string(), "pool": pool, "namespace": ns, key: image, "snap": "-", "device": m.2})
+                        if prog == "rbd" {
+                            serde_json::json!({"id": i.to_string(), "pool": pool, "namespace": ns, key: image, "snap": "-", "device": m.2})
+                        } else {
+                            serde_json::json!({"id": 3000 + i, "pool": pool, "namespace": ns, key: image, "snap": "", "device": m.2, "cookie": ""})
+                        }
                     })
                     .collect();
                 CommandOutput::ok(serde_json::to_string(&list).unwrap())
@@ -178,7 +182,7 @@ impl RbdSim {
                 let dev = a.last().cloned().unwrap();
                 let mut st = self.st();
                 let Some(pos) = st.mapped.iter().position(|m| m.2 == dev && m.0 == prog) else {
-                    return CommandOutput::exit(22, format!("rbd: {dev}: not a mapped image or snapshot\nrbd: unmap failed: (22) Invalid argument\n"));
+                    return CommandOutput::exit(22, format!("rbd: '{dev}' is not a block device\nrbd: unmap failed: (22) Invalid argument\n"));
                 };
                 let (_, spec, _) = st.mapped.remove(pos);
                 drop(st);
