@@ -127,6 +127,23 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// A block-device record with no protocol details yet.
+    pub fn block(protocol: Protocol, path: impl Into<PathBuf>, volume_id: Option<String>) -> Self {
+        DeviceRecord {
+            kind: DeviceKind::Block,
+            path: path.into(),
+            scsi_wwn: None,
+            multipath_id: None,
+            protocol,
+            volume_id,
+            paths: Vec::new(),
+            nvme_paths: Vec::new(),
+            md_alias: None,
+            network: None,
+            rbd: None,
+        }
+    }
+
     /// Parses a record saved as JSON.
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| Error::InvalidDeviceRecord {

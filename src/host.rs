@@ -237,14 +237,7 @@ impl Host {
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
         let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        Ok(format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        ))
+        Ok(crate::ids::uuid_from_hex(&h))
     }
 
     /// Maps a path the running system would show (e.g. `/dev/sdb` from a device record)

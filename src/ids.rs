@@ -35,6 +35,19 @@ macro_rules! serde_via_str {
     };
 }
 
+/// Formats 32 hex digits as a lower-case 8-4-4-4-12 UUID.
+pub(crate) fn uuid_from_hex(hex: &str) -> String {
+    let h = hex.to_ascii_lowercase();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// An iSCSI qualified name: `iqn.YYYY-MM.reversed.domain[:id]`, `eui.` + 16 hex digits,
 /// or `naa.` + 16 or 32 hex digits (RFC 3720 §3.2.6.3).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

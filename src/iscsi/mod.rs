@@ -25,7 +25,7 @@ use crate::block;
 use crate::cmd::Cancel;
 use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::{DeviceKind, DeviceRecord, PathRecord};
+use crate::device::{DeviceRecord, PathRecord};
 use crate::error::{AttemptFailure, Error, Failures, Result};
 use crate::host::Host;
 use crate::ids::{Hctl, Portal, Wwid};
@@ -426,12 +426,8 @@ impl IscsiConnector {
             }
         };
         Ok(DeviceRecord {
-            kind: DeviceKind::Block,
-            path,
             scsi_wwn: first.wwid.as_ref().map(|w| w.to_string()),
             multipath_id: map.map(|m| m.name.clone()),
-            protocol: self.protocol,
-            volume_id: props.volume_id.clone(),
             paths: paths
                 .iter()
                 .map(|p| PathRecord {
@@ -442,10 +438,7 @@ impl IscsiConnector {
                     lun: p.target.lun,
                 })
                 .collect(),
-            nvme_paths: Vec::new(),
-            md_alias: None,
-            network: None,
-            rbd: None,
+            ..DeviceRecord::block(self.protocol, path, props.volume_id.clone())
         })
     }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::block;
 use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::{DeviceKind, DeviceRecord, NvmePathRecord};
+use crate::device::{DeviceRecord, NvmePathRecord};
 use crate::error::{AttemptFailure, Error, Failures, Result};
 use crate::host::Host;
 use crate::lock::{LockDir, LockGuard, LockMode};
@@ -163,17 +163,9 @@ impl NvmeConnector {
             return Err(e);
         }
         let record = DeviceRecord {
-            kind: DeviceKind::Block,
-            path,
-            scsi_wwn: None,
-            multipath_id: None,
-            protocol: Protocol::NvmeOf,
-            volume_id: props.volume_id.clone(),
-            paths: Vec::new(),
             nvme_paths: ups.iter().map(|u| u.record.clone()).collect(),
             md_alias: props.alias.clone().filter(|_| heads.len() > 1),
-            network: None,
-            rbd: None,
+            ..DeviceRecord::block(Protocol::NvmeOf, path, props.volume_id.clone())
         };
         drop(ups);
         tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");

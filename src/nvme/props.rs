@@ -390,15 +390,7 @@ pub(crate) fn normalize_uuid(s: &str) -> Option<String> {
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let h = hex.to_ascii_lowercase();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
+    Some(crate::ids::uuid_from_hex(&hex))
 }
 
 /// 32 lower-case hex digits, or `None`.

@@ -100,21 +100,12 @@ impl RbdConnector {
 
     fn record(&self, props: &RbdProperties, mapper: RbdMapper, device: &str) -> DeviceRecord {
         DeviceRecord {
-            kind: DeviceKind::Block,
-            path: PathBuf::from(device),
-            scsi_wwn: None,
-            multipath_id: None,
-            protocol: Protocol::Rbd,
-            volume_id: props.volume_id.clone(),
-            paths: Vec::new(),
-            nvme_paths: Vec::new(),
-            md_alias: None,
-            network: None,
             rbd: Some(RbdRecord {
                 mapper,
                 image: props.image.to_string(),
                 device: device.to_string(),
             }),
+            ..DeviceRecord::block(Protocol::Rbd, device, props.volume_id.clone())
         }
     }
 
@@ -122,16 +113,12 @@ impl RbdConnector {
         if !self.opts.rbd_local_attach {
             return Ok(DeviceRecord {
                 kind: DeviceKind::Network,
-                path: PathBuf::from(format!("rbd:{}", props.image)),
-                scsi_wwn: None,
-                multipath_id: None,
-                protocol: Protocol::Rbd,
-                volume_id: props.volume_id.clone(),
-                paths: Vec::new(),
-                nvme_paths: Vec::new(),
-                md_alias: None,
                 network: Some(network_source(props)),
-                rbd: None,
+                ..DeviceRecord::block(
+                    Protocol::Rbd,
+                    format!("rbd:{}", props.image),
+                    props.volume_id.clone(),
+                )
             });
         }
         let started = Instant::now();
