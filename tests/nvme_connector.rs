@@ -244,7 +244,7 @@ fn extend_reports_the_new_size() {
     let c = connector(&sim);
     let ci = volume(UUID_1, &["127.0.0.1:4420"], "x");
     let rec = c.connect_volume(&ci).unwrap();
-    sim.fake.resize_nvme_namespace("nvme0n1", 4 * MIB);
+    sim.resize(UUID_1, "nvme0n1", 4 * MIB);
     assert_eq!(c.extend_volume(&ci).unwrap(), 4 * MIB);
     // Nothing changed: the current size after the scan budget.
     assert_eq!(c.extend_volume(&ci).unwrap(), 4 * MIB);

@@ -464,7 +464,6 @@ impl NvmeConnector {
                 }],
             });
         };
-        let before = block::size_bytes(host, head)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
         for copy in props.copies() {
             for portal in &copy.portals {
@@ -477,17 +476,15 @@ impl NvmeConnector {
                 }
             }
         }
-        // The rescan runs in the background; an unchanged size after the scan budget means
-        // the volume did not grow.
+        // The controller's answer is the size; the rescan brings the block device to it in
+        // the background.
+        let dev = PathBuf::from("/dev").join(head);
+        let want = cli::namespace_size(self.runner(), &dev, deadline)?;
         let settle = deadline.min(Instant::now() + self.opts.scan_timeout);
-        let size = match watch.wait_for(&format!("{head} to change size"), settle, || {
+        let size = watch.wait_for(&format!("{head} to reach {want} bytes"), settle, || {
             let now = block::size_bytes(host, head)?;
-            Ok((now != before).then_some(now))
-        }) {
-            Ok(s) => s,
-            Err(Error::Timeout { .. }) => block::size_bytes(host, head)?,
-            Err(e) => return Err(e),
-        };
+            Ok((now == want).then_some(now))
+        })?;
         tracing::info!(size, device = %head, "volume extended");
         Ok(size)
     }

@@ -226,8 +226,36 @@ impl NvmeSim {
                 let _ = nqn;
                 CommandOutput::ok("")
             }
+            ["id-ns", dev, "-o", "json"] => {
+                let head = dev.trim_start_matches("/dev/");
+                let uuid = std::fs::read_to_string(
+                    self.fake.root().join(format!("sys/block/{head}/uuid")),
+                )
+                .unwrap_or_default();
+                let st = self.st();
+                let Some(size) = st
+                    .subsystems
+                    .iter()
+                    .flat_map(|s| &s.namespaces)
+                    .find(|n| n.1 == uuid.trim())
+                    .map(|n| n.2)
+                else {
+                    return CommandOutput::exit(1, format!("{dev}: No such file or directory\n"));
+                };
+                CommandOutput::ok(format!("{{\n  \"nsze\":{},\n  \"ncap\":{},\n  \"flbas\":0,\n  \"lbafs\":[\n    {{\n      \"ms\":0,\n      \"ds\":12,\n      \"rp\":0\n    }}\n  ]\n}}\n", size >> 12, size >> 12))
+            }
             _ => CommandOutput::exit(1, format!("nvme: unsupported {a:?}\n")),
         }
+    }
+
+    /// Grows the namespace `uuid` on the target; `head` shows it after a rescan.
+    pub fn resize(&self, uuid: &str, head: &str, size: u64) {
+        for s in self.st().subsystems.iter_mut() {
+            for n in s.namespaces.iter_mut().filter(|n| n.1 == uuid) {
+                n.2 = size;
+            }
+        }
+        self.fake.resize_nvme_namespace(head, size);
     }
 
     fn mdadm(&self, c: &Command) -> CommandOutput {

@@ -434,6 +434,158 @@ kernel_floor_nvme() {
     udevadm settle --timeout=10
 }
 
+# ------------------------------------------------------------------ Ceph RBD -----
+# Facts behind these helpers: tests/fixtures/rbd/SUMMARY.md.
+
+CEPH_MON=${CEPH_MON:-127.0.0.1:6789}
+
+# ceph_user_key USER POOL: create client.USER with rbd caps on POOL (if needed); print its key.
+ceph_user_key() {
+    timeout 60 ceph auth get-or-create "client.$1" mon 'profile rbd' osd "profile rbd pool=$2" >/dev/null || return 1
+    timeout 60 ceph auth print-key "client.$1"
+}
+
+# keyring_text USER KEY: the keyring file content Cinder passes inline.
+keyring_text() { printf '[client.%s]\n\tkey = %s\n' "$1" "$2"; }
+
+# conn_rbd FILE POOL/IMAGE USER KEY VOLUME_ID [jq filters on .data...]: Cinder's rbd
+# connection_info with the keyring inline.
+conn_rbd() {
+    local file=$1 name=$2 user=$3 key=$4 vol=$5 f; shift 5
+    jq -n --arg n "$name" --arg u "$user" --arg k "$(keyring_text "$user" "$key")" --arg v "$vol" \
+        --arg s "$(new_uuid)" --arg mh "${CEPH_MON%:*}" --arg mp "${CEPH_MON##*:}" \
+        '{driver_volume_type: "rbd",
+          data: {name: $n, hosts: [$mh], ports: [$mp], cluster_name: "ceph", auth_enabled: true,
+                 auth_username: $u, secret_type: "ceph", secret_uuid: $s, keyring: $k,
+                 volume_id: $v, discard: true, access_mode: "rw"}}' > "$file" || return 1
+    for f in "$@"; do
+        jq ".data |= ($f)" "$file" > "$file.tmp" && mv "$file.tmp" "$file" || return 1
+    done
+}
+
+# krbd mappings: `rbd showmapped --format json` (krbd only) as compact JSON; count; devices
+rbd_krbd_mapped() { rbd showmapped --format json --conf /dev/null 2>/dev/null || echo '"showmapped failed"'; }
+rbd_krbd_count() { rbd_krbd_mapped | jq 'length'; }
+rbd_krbd_devs_of() { rbd_krbd_mapped | jq -r --arg p "${1%%/*}" --arg n "${1#*/}" '.[] | select(.pool == $p and .name == $n) | .device'; }
+# rbd-nbd mappings (no trailing newline in its output: echo adds one)
+rbd_nbd_mapped() { { rbd-nbd list-mapped --format json --conf /dev/null 2>/dev/null || printf '"list-mapped failed"'; }; echo; }
+rbd_nbd_count() { rbd_nbd_mapped | jq 'length'; }
+rbd_nbd_devs_of() { rbd_nbd_mapped | jq -r --arg p "${1%%/*}" --arg n "${1#*/}" '.[] | select(.pool == $p and .image == $n) | .device'; }
+rbd_nothing_mapped() {
+    [ -z "$(ls /sys/bus/rbd/devices 2>/dev/null)" ] && [ "$(rbd_nbd_count)" = 0 ] && ! pgrep -x rbd-nbd >/dev/null
+}
+rbd_state() {   # for the logs
+    echo "krbd: $(rbd_krbd_mapped | jq -c .) sysfs: $(ls /sys/bus/rbd/devices 2>/dev/null | tr '\n' ' ')"
+    echo "nbd: $(rbd_nbd_mapped | jq -c .) daemons: $(pgrep -a rbd-nbd | tr '\n' ';')"
+}
+
+# check_rbd_device PATH SIZE_BYTES POOL/IMAGE: krbd block device of that size mapping the image
+check_rbd_device() {
+    local dev=$1 size=$2 spec=$3 real name id got
+    [ -n "$dev" ] || fail "device record has no path"
+    [ -b "$dev" ] || fail "$dev is not a block device"
+    real=$(readlink -f "$dev"); name=${real##*/}
+    case $name in rbd[0-9]*) ;; *) fail "$dev ($real) is not an rbd device" ;; esac
+    id=${name#rbd}
+    got=$(blockdev --getsize64 "$real") || fail "blockdev --getsize64 $real failed"
+    [ "$got" = "$size" ] || fail "$dev: size $got, expected $size"
+    got="$(cat "/sys/bus/rbd/devices/$id/pool")/$(cat "/sys/bus/rbd/devices/$id/name")"
+    [ "$got" = "$spec" ] || fail "$dev maps '$got', expected '$spec'"
+    [ "$(cat "/sys/bus/rbd/devices/$id/current_snap")" = "-" ] || fail "$dev maps a snapshot"
+}
+
+# check_nbd_device PATH SIZE_BYTES POOL/IMAGE: nbd device of that size served by an rbd-nbd
+# daemon mapping the image
+check_nbd_device() {
+    local dev=$1 size=$2 spec=$3 real got
+    [ -n "$dev" ] || fail "device record has no path"
+    [ -b "$dev" ] || fail "$dev is not a block device"
+    real=$(readlink -f "$dev")
+    case ${real##*/} in nbd[0-9]*) ;; *) fail "$dev ($real) is not an nbd device" ;; esac
+    got=$(blockdev --getsize64 "$real") || fail "blockdev --getsize64 $real failed"
+    [ "$got" = "$size" ] || fail "$dev: size $got, expected $size"
+    rbd_nbd_devs_of "$spec" | grep -qx "$real" || fail "rbd-nbd list-mapped does not show $real for $spec: $(rbd_nbd_mapped)"
+}
+
+# check_no_rbd_leftovers: no krbd mapping, no /dev/rbdN, no /dev/rbd/ links, no nbd mapping,
+# no rbd-nbd daemon.
+check_no_rbd_leftovers() {
+    local nodes
+    udevadm settle --timeout=10
+    wait_until 10 rbd_nothing_mapped || fail "RBD mappings left behind: $(rbd_state | tr '\n' ' ')"
+    [ "$(rbd_krbd_count)" = 0 ] || fail "rbd showmapped not empty: $(rbd_krbd_mapped)"
+    nodes=$(ls -d /dev/rbd[0-9]* 2>/dev/null | tr '\n' ' ')
+    [ -z "$nodes" ] || fail "rbd device nodes left behind: $nodes"
+    nodes=$(find /dev/rbd -type l 2>/dev/null | tr '\n' ' ')
+    [ -z "$nodes" ] || fail "/dev/rbd links left behind: $nodes"
+}
+
+# check_secret_not_left KEY: no file under /tmp, /run, /var/tmp, /dev/shm (but our $WORK and
+# the cluster's own state) holds the key.
+check_secret_not_left() {
+    local hits
+    hits=$(grep -rlsF -- "$1" /tmp /run /var/tmp /dev/shm 2>/dev/null | grep -v "^$WORK/" | grep -v '^/run/ceph/' | tr '\n' ' ')
+    [ -z "$hits" ] || fail "the cephx key was left in: $hits"
+}
+
+# kernel_floor_rbd POOL/IMAGE USER KEYRING_FILE: raw `rbd map` (as the connector would run it)
+# until the /dev/rbdN node exists; FLOOR_S = map start -> node; the udev /dev/rbd/POOL/IMAGE link
+# time is noted. Unmaps afterwards.
+kernel_floor_rbd() {
+    local spec=$1 user=$2 keyring=$3 start t_cli dev out t_link
+    [ -n "${HOSTBRICK_VM_TRACE:-}" ] && { PS4='+[$(up)] '; set -x; }
+    start=$(now_ns)
+    out=$(rbd map "$spec" --id "$user" --keyring "$keyring" -m "$CEPH_MON" --conf /dev/null 2>&1) \
+        || { set +x; note "floor: rbd map failed: $out"; return 1; }
+    t_cli=$(secs_since "$start")
+    dev=$(echo "$out" | grep -m1 '^/dev/rbd')
+    [ -n "$dev" ] || { set +x; note "floor: rbd map printed no device: $out"; return 1; }
+    wait_for "$dev" 30 || { set +x; note "floor: $dev never appeared"; return 1; }
+    FLOOR_S=$(secs_since "$start")
+    wait_for "/dev/rbd/$spec" 30 && t_link=$(secs_since "$start")
+    set +x
+    log "kernel floor: rbd map returns ${t_cli}s, -> $dev ${FLOOR_S}s, /dev/rbd/$spec link ${t_link:-never}s"
+    note "floor: rbd map returns ${t_cli}s, udev link ${t_link:-never}s"
+    udevadm settle --timeout=10
+    rbd unmap "$dev" --conf /dev/null >/dev/null 2>&1 || note "floor: rbd unmap $dev failed"
+    wait_gone "$dev" 30
+}
+
+# kernel_floor_nbd POOL/IMAGE USER KEYRING_FILE: raw `rbd-nbd map` until the nbd device has a
+# size; prints the seconds. Unmaps afterwards.
+kernel_floor_nbd() {
+    local spec=$1 user=$2 keyring=$3 start out dev t
+    start=$(now_ns)
+    out=$(rbd-nbd map "$spec" --id "$user" --keyring "$keyring" -m "$CEPH_MON" --conf /dev/null 2>&1) \
+        || { note "floor: rbd-nbd map failed: $out"; return 1; }
+    dev=$(echo "$out" | grep -m1 '^/dev/nbd'); dev=${dev##*/}
+    wait_until 30 nbd_has_size "$dev" || { note "floor: $dev has no size"; return 1; }
+    t=$(secs_since "$start")
+    rbd-nbd unmap "/dev/$dev" --conf /dev/null >/dev/null 2>&1
+    wait_until 10 rbd_nothing_mapped
+    echo "$t"
+}
+nbd_has_size() { local s; s=$(cat "/sys/block/$1/size" 2>/dev/null); [ -n "$s" ] && [ "$s" != 0 ]; }
+
+# rbd_reset: unmap every krbd/nbd mapping and stop the one-node cluster (between scenarios).
+# A no-op when no Ceph/rbd state exists.
+rbd_reset() {
+    local d
+    for d in /sys/bus/rbd/devices/*; do
+        [ -e "$d" ] && echo "${d##*/}" > /sys/bus/rbd/remove_single_major 2>/dev/null
+    done
+    if pgrep -x rbd-nbd >/dev/null; then
+        for d in /sys/block/nbd*; do
+            [ -e "$d/pid" ] && rbd-nbd unmap "/dev/${d##*/}" --conf /dev/null >/dev/null 2>&1
+        done
+        pkill -x rbd-nbd 2>/dev/null
+    fi
+    if [ -f /run/ceph/ceph-mon.a.pid ] || [ -f /run/ceph/ceph-osd.0.pid ] || [ -f /etc/ceph/ceph.conf ]; then
+        ceph_teardown
+    fi
+    return 0
+}
+
 # ------------------------------------------------------------------ reset -----
 
 # Return the guest to a clean initiator + target state (between scenarios).
@@ -448,5 +600,6 @@ guest_reset() {
     nvme disconnect-all >/dev/null 2>&1
     lio_teardown_all
     nvmet_teardown_all
+    rbd_reset
     rm -rf "$WORK"
 }
