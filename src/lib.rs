@@ -109,4 +109,4 @@ pub use rbd::{
 };
 pub use registry::Registry;
 pub use secret::Secret;
-pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL};
+pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL};

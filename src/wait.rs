@@ -16,6 +16,11 @@ use crate::host::Host;
 /// without udevd).
 pub const SYSFS_POLL_INTERVAL: Duration = Duration::from_millis(25);
 
+/// The longest a udev-driven wait goes without re-checking its condition. Events drive the
+/// wait; this only guards against sysfs changes the kernel announces with no uevent (hidden
+/// NVMe path disks, for one), which would otherwise hold a wait until its deadline.
+pub const UDEV_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A subscription to device events, opened before the action it waits on.
 pub struct DeviceWatch {
     monitor: Option<udev::MonitorSocket>,
@@ -87,7 +92,7 @@ impl DeviceWatch {
             }
             let left = deadline - now;
             match &self.monitor {
-                Some(m) => wait_event(m, left)?,
+                Some(m) => wait_event(m, left.min(UDEV_RECHECK_INTERVAL))?,
                 None => std::thread::sleep(left.min(self.poll_interval)),
             }
         }

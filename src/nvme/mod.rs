@@ -192,7 +192,16 @@ impl NvmeConnector {
             if Instant::now() >= deadline {
                 break;
             }
-            match self.connect_portal(copy, portal, hostnqn, hostid, deadline, made) {
+            let known = ups.first().map(|u| u.record.namespace.clone());
+            match self.connect_portal(
+                copy,
+                portal,
+                hostnqn,
+                hostid,
+                known.as_deref(),
+                deadline,
+                made,
+            ) {
                 Ok(up) => {
                     ups.push(up);
                     if !native {
@@ -221,12 +230,18 @@ impl NvmeConnector {
         Ok((head, ups))
     }
 
+    /// Brings up one portal. `known_head` is the namespace's head device when an earlier
+    /// portal of the same copy found it: a further path of a multipath namespace appears
+    /// as a hidden path disk the kernel announces with no uevent, while the head is already
+    /// usable.
+    #[allow(clippy::too_many_arguments)]
     fn connect_portal(
         &self,
         copy: &NvmeTarget,
         portal: &NvmePortal,
         hostnqn: &str,
         hostid: &str,
+        known_head: Option<&str>,
         deadline: Instant,
         made: &mut Made,
     ) -> Result<PortalUp> {
@@ -295,7 +310,16 @@ impl NvmeConnector {
                     return Ok(Some(ns));
                 }
             }
-            Ok(None)
+            match known_head {
+                Some(h) if block::is_ready(host, h)? => Ok(Some(Namespace {
+                    head: h.to_string(),
+                    entry: h.to_string(),
+                    nsid: None,
+                    uuid: copy.namespace.uuid.clone(),
+                    nguid: copy.namespace.nguid.clone(),
+                })),
+                _ => Ok(None),
+            }
         })?;
         tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), device = %ns.head, "namespace ready");
         Ok(PortalUp {

@@ -522,9 +522,11 @@ check_no_rbd_leftovers() {
 
 # check_secret_not_left KEY: no file under /tmp, /run, /var/tmp, /dev/shm (but our $WORK and
 # the cluster's own state) holds the key.
+secret_files() {
+    grep -rlsF -- "$1" /tmp /run /var/tmp /dev/shm 2>/dev/null | grep -v "^$WORK/" | grep -v '^/run/ceph/' | tr '\n' ' '
+}
 check_secret_not_left() {
-    local hits
-    hits=$(grep -rlsF -- "$1" /tmp /run /var/tmp /dev/shm 2>/dev/null | grep -v "^$WORK/" | grep -v '^/run/ceph/' | tr '\n' ' ')
+    local hits; hits=$(secret_files "$1")
     [ -z "$hits" ] || fail "the cephx key was left in: $hits"
 }
 
