@@ -103,7 +103,7 @@ while IFS=$'\t' read -r name status connect disconnect floor message; do
     printf '%-26s %-5s %9s %12s %9s  %s\n' "$name" "${status^^}" "$connect" "$disconnect" "$floor" "$message"
     [ "$status" = pass ] || failed+=("$name")
 done < "$TSV"
-echo "(floor: raw iscsiadm manual-scan login + targeted LUN scan -> device node; logs: $SHARE/results/<name>.{log,attach.log,dmesg}, dmesg: $VM_WORK_DIR/dmesg.txt)"
+echo "(floor: the same attach with raw tools -> device node: iscsiadm manual-scan login + targeted LUN scan, nvme connect, rbd map; logs: $SHARE/results/<name>.{log,attach.log,dmesg}, dmesg: $VM_WORK_DIR/dmesg.txt)"
 # Per-scenario slices of the guest's dmesg (the guest marks each scenario's start in the log).
 if [ -f "$VM_WORK_DIR/dmesg.txt" ]; then
     awk -v dir="$SHARE/results" '
