@@ -82,6 +82,9 @@ pub struct ConnectorOptions {
     pub iscsi_iface: Option<String>,
     /// Where lock files go; default `/run/lock/hostbrick` under the host's /run.
     pub lock_dir: Option<PathBuf>,
+    /// NVMe-oF: how long the kernel keeps reconnecting a lost controller before giving it
+    /// up (`nvme connect --ctrl-loss-tmo`).
+    pub nvme_ctrl_loss_timeout: Duration,
     /// How RBD images are mapped: kernel rbd (default) or rbd-nbd.
     pub rbd_mapper: RbdMapper,
     /// Map RBD images on this host (default). When false, an RBD connect maps nothing and
@@ -113,6 +116,7 @@ impl ConnectorOptions {
             iscsi_iface: None,
             lock_dir: None,
             cleanup_timeout: Duration::from_secs(60),
+            nvme_ctrl_loss_timeout: Duration::from_secs(600),
             rbd_mapper: RbdMapper::Krbd,
             rbd_local_attach: true,
         }

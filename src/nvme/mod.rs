@@ -36,9 +36,6 @@ use crate::md;
 use crate::registry::Registry;
 use crate::wait::DeviceWatch;
 
-/// How long the kernel retries a lost controller before giving up (`nvme connect -l`).
-pub const CTRL_LOSS_TMO: Duration = Duration::from_secs(600);
-
 /// The NVMe-oF connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
 pub struct NvmeConnector {
@@ -277,7 +274,7 @@ impl NvmeConnector {
                     portal,
                     hostnqn,
                     hostid,
-                    ctrl_loss_tmo: CTRL_LOSS_TMO,
+                    ctrl_loss_tmo: self.opts.nvme_ctrl_loss_timeout,
                 };
                 if cli::connect(self.runner(), &args, deadline)? == ConnectOutcome::Connected {
                     made.controllers.push((copy.nqn.clone(), portal.clone()));
