@@ -47,6 +47,23 @@ pub fn flush(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Resul
     runner.run_ok(&cmd, &[]).map(|_| ())
 }
 
+/// Flushes before a device is removed. With `force` a failed flush is only a warning (the
+/// removal goes on and unwritten data may be lost); without it the failure stops the removal.
+pub fn flush_before_removal(
+    runner: &dyn CommandRunner,
+    dev: &Path,
+    force: bool,
+    deadline: Instant,
+) -> Result<()> {
+    match flush(runner, dev, deadline) {
+        Err(e) if force => {
+            tracing::warn!(device = %dev.display(), error = %e.chain(), "flush failed; removing anyway (force)");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Reads the first block of `path`: the device answers I/O.
 pub fn check_readable(path: &Path) -> Result<()> {
     let invalid = |source| Error::InvalidDevice {

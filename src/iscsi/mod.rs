@@ -764,12 +764,7 @@ impl IscsiConnector {
         let host = self.host();
         let runner = &*self.opts.context.runner;
         let dev = host.public_dev_path(&host.dev(&m.dm));
-        if let Err(e) = block::flush(runner, &dev, deadline) {
-            if !force {
-                return Err(e);
-            }
-            tracing::warn!(map = %m.name, error = %e.chain(), "flush failed; removing anyway (force)");
-        }
+        block::flush_before_removal(runner, &dev, force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
         if let Err(e) = multipath::flush_map(runner, &m.name, deadline) {
             if !force {
@@ -791,12 +786,7 @@ impl IscsiConnector {
             return Ok(());
         }
         let dev = host.public_dev_path(&host.dev(&d.name));
-        if let Err(e) = block::flush(&*self.opts.context.runner, &dev, deadline) {
-            if !force {
-                return Err(e);
-            }
-            tracing::warn!(device = %d.name, error = %e.chain(), "flush failed; removing anyway (force)");
-        }
+        block::flush_before_removal(&*self.opts.context.runner, &dev, force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
         scsi::delete(host, d.hctl)?;
         watch.wait_for(

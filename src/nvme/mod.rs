@@ -460,13 +460,7 @@ impl NvmeConnector {
         if !self.host().map_dev_path(dev).exists() {
             return Ok(());
         }
-        match block::flush(self.runner(), dev, deadline) {
-            Err(e) if force => {
-                tracing::warn!(device = %dev.display(), error = %e.chain(), "flush failed; going on (force)");
-                Ok(())
-            }
-            other => other,
-        }
+        block::flush_before_removal(self.runner(), dev, force, deadline)
     }
 
     // ---------------------------------------------------------------- extend

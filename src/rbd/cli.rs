@@ -170,15 +170,24 @@ pub fn is_auth_failure(out: &CommandOutput) -> bool {
         || e.contains("operation not permitted")
 }
 
-fn classify(cmd: &Command, out: &CommandOutput, what: &str) -> Error {
-    if is_auth_failure(out) {
-        Error::AuthenticationFailed {
-            target: what.to_string(),
-            source: Box::new(cmd.failure(out)),
-        }
-    } else {
-        cmd.failure(out)
+/// Runs a command that talks to the cluster as the volume's user; a refusal of the
+/// credentials is [`Error::AuthenticationFailed`], any other failure the command's error.
+fn run_as_client(
+    runner: &dyn CommandRunner,
+    cmd: &Command,
+    props: &RbdProperties,
+) -> Result<CommandOutput> {
+    let out = runner.run(cmd)?;
+    if out.status.success() {
+        return Ok(out);
     }
+    if is_auth_failure(&out) {
+        return Err(Error::AuthenticationFailed {
+            target: format!("{} {}", props.image, props.user()),
+            source: Box::new(cmd.failure(&out)),
+        });
+    }
+    Err(cmd.failure(&out))
 }
 
 /// Maps `props.image`; returns the device the tool printed.
@@ -198,14 +207,7 @@ pub fn map(
         cmd = cmd.arg("--read-only");
     }
     let cmd = cmd.deadline(deadline);
-    let out = runner.run(&cmd)?;
-    if !out.status.success() {
-        return Err(classify(
-            &cmd,
-            &out,
-            &format!("{} {}", props.image, props.user()),
-        ));
-    }
+    let out = run_as_client(runner, &cmd, props)?;
     let dev = out
         .stdout
         .lines()
@@ -276,14 +278,7 @@ pub fn image_size(
         .arg(props.image.to_string())
         .args(files.args(props))
         .deadline(deadline);
-    let out = runner.run(&cmd)?;
-    if !out.status.success() {
-        return Err(classify(
-            &cmd,
-            &out,
-            &format!("{} {}", props.image, props.user()),
-        ));
-    }
+    let out = run_as_client(runner, &cmd, props)?;
     serde_json::from_str::<ImageInfo>(out.stdout.trim())
         .map(|i| i.size)
         .map_err(|e| Error::Parse {
