@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::iscsi::IscsiProperties;
+use crate::local::LocalProperties;
 use crate::nvme::NvmeProperties;
 use crate::rbd::RbdProperties;
 
@@ -23,11 +24,13 @@ pub enum Protocol {
     NvmeOf,
     /// Ceph RADOS block device.
     Rbd,
+    /// A block device already on this host (`device_path`).
+    Local,
 }
 
 impl Protocol {
     /// The names accepted by [`Protocol::from_str`] (case-insensitive).
-    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof, rbd";
+    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof, rbd, local";
 
     /// The lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Protocol {
             Protocol::Iser => "iser",
             Protocol::NvmeOf => "nvmeof",
             Protocol::Rbd => "rbd",
+            Protocol::Local => "local",
         }
     }
 }
@@ -48,6 +52,7 @@ impl FromStr for Protocol {
             "iser" => Ok(Protocol::Iser),
             "nvmeof" => Ok(Protocol::NvmeOf),
             "rbd" => Ok(Protocol::Rbd),
+            "local" => Ok(Protocol::Local),
             _ => Err(Error::InvalidConnectorProtocol {
                 value: s.to_string(),
                 accepted: Protocol::ACCEPTED,
@@ -96,6 +101,8 @@ pub enum VolumeProperties {
     Nvme(NvmeProperties),
     /// Ceph RBD.
     Rbd(RbdProperties),
+    /// A local block device.
+    Local(LocalProperties),
 }
 
 /// A parsed `connection_info`: `{"driver_volume_type": ..., "data": {...}}`.
@@ -106,6 +113,65 @@ pub enum VolumeProperties {
 pub struct ConnectionInfo {
     protocol: Protocol,
     properties: VolumeProperties,
+    disk: DiskProperties,
+}
+
+/// What a `connection_info` says about the disk a guest should see, whatever the protocol:
+/// the keys Nova reads when it builds the libvirt disk.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DiskProperties {
+    /// `data.access_mode`: `ro` makes a read-only disk.
+    pub access_mode: AccessMode,
+    /// `data.discard`: pass discard (unmap) requests through.
+    pub discard: bool,
+    /// `data.qos_specs`: front-end limits, as sent (keys such as `total_bytes_sec`).
+    pub qos_specs: Option<Map<String, Value>>,
+    /// `data.logical_block_size` in bytes.
+    pub logical_block_size: Option<u32>,
+    /// `data.physical_block_size` in bytes.
+    pub physical_block_size: Option<u32>,
+    /// Top-level `serial` (Nova stores the volume id there); else `data.volume_id`.
+    pub serial: Option<String>,
+    /// Top-level `multiattach`: the volume may be attached to several guests at once.
+    pub multiattach: bool,
+}
+
+impl DiskProperties {
+    fn from_fields(top: &Fields<'_>, data: &Fields<'_>) -> Result<Self> {
+        let qos_specs = match data.get("qos_specs") {
+            None => None,
+            Some(Value::Object(m)) => Some(m.clone()),
+            Some(other) => {
+                return Err(Error::invalid(
+                    data.name("qos_specs"),
+                    format!("expected an object, got {}", kind(other)),
+                ))
+            }
+        };
+        let block_size = |key: &str| -> Result<Option<u32>> {
+            match data.u64_opt(key)? {
+                None => Ok(None),
+                Some(n) if (512..=65536).contains(&n) && n.is_power_of_two() => Ok(Some(n as u32)),
+                Some(n) => Err(Error::invalid(
+                    data.name(key),
+                    format!("{n} is not a power of two between 512 and 65536"),
+                )),
+            }
+        };
+        let serial = match top.str_opt("serial")? {
+            Some(s) => Some(s.to_string()),
+            None => data.str_opt("volume_id")?.map(str::to_string),
+        };
+        Ok(DiskProperties {
+            access_mode: data.access_mode()?.unwrap_or_default(),
+            discard: data.bool_opt("discard")?.unwrap_or(false),
+            qos_specs,
+            logical_block_size: block_size("logical_block_size")?,
+            physical_block_size: block_size("physical_block_size")?,
+            serial,
+            multiattach: top.bool_opt("multiattach")?.unwrap_or(false),
+        })
+    }
 }
 
 impl ConnectionInfo {
@@ -139,16 +205,24 @@ impl ConnectionInfo {
             }
             Protocol::NvmeOf => VolumeProperties::Nvme(NvmeProperties::from_fields(&fields)?),
             Protocol::Rbd => VolumeProperties::Rbd(RbdProperties::from_fields(&fields)?),
+            Protocol::Local => VolumeProperties::Local(LocalProperties::from_fields(&fields)?),
         };
+        let disk = DiskProperties::from_fields(&Fields::new("connection_info", obj), &fields)?;
         Ok(ConnectionInfo {
             protocol,
             properties,
+            disk,
         })
     }
 
     /// The protocol named by `driver_volume_type`.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// What the connection_info says about the guest's disk.
+    pub fn disk(&self) -> &DiskProperties {
+        &self.disk
     }
 
     /// The typed properties.
@@ -180,12 +254,21 @@ impl ConnectionInfo {
         }
     }
 
+    /// The local-device properties, when this is a `local` volume.
+    pub fn local(&self) -> Option<&LocalProperties> {
+        match &self.properties {
+            VolumeProperties::Local(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The volume id, when the storage service sent one.
     pub fn volume_id(&self) -> Option<&str> {
         match &self.properties {
             VolumeProperties::Iscsi(p) => p.volume_id.as_deref(),
             VolumeProperties::Nvme(p) => p.volume_id.as_deref(),
             VolumeProperties::Rbd(p) => p.volume_id.as_deref(),
+            VolumeProperties::Local(p) => p.volume_id.as_deref(),
         }
     }
 }
@@ -341,7 +424,7 @@ mod tests {
         assert!(matches!(e, Error::InvalidConnectorProtocol { .. }));
         let msg = e.to_string();
         assert!(
-            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof, rbd"),
+            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof, rbd, local"),
             "{msg}"
         );
     }

@@ -11,6 +11,7 @@ use crate::device::DeviceRecord;
 use crate::error::Result;
 use crate::host::Host;
 use crate::iscsi::IscsiConnector;
+use crate::local::LocalConnector;
 use crate::lock::LockDir;
 use crate::nvme::NvmeConnector;
 use crate::rbd::{RbdConnector, RbdMapper};
@@ -223,6 +224,7 @@ pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Bo
         Protocol::Iscsi | Protocol::Iser => Ok(Box::new(IscsiConnector::new(protocol, options)?)),
         Protocol::NvmeOf => Ok(Box::new(NvmeConnector::new(options))),
         Protocol::Rbd => Ok(Box::new(RbdConnector::new(options))),
+        Protocol::Local => Ok(Box::new(LocalConnector::new(options))),
     }
 }
 
@@ -240,6 +242,8 @@ mod tests {
         assert_eq!(c.protocol(), Protocol::NvmeOf);
         let c = connector_for(Protocol::Rbd, ConnectorOptions::new()).unwrap();
         assert_eq!(c.protocol(), Protocol::Rbd);
+        let c = connector_for(Protocol::Local, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::Local);
     }
 
     #[test]

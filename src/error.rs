@@ -259,6 +259,56 @@ pub enum Error {
         /// Every failure, in order.
         failures: Vec<Error>,
     },
+
+    /// A libvirt disk config libvirt would refuse, or disk XML that does not describe one.
+    #[error("invalid disk config: {field}: {reason}")]
+    InvalidDiskConfig {
+        /// The element or attribute (`target.dev`, `serial`, `xml`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A step of attaching a volume to a guest (or detaching it) failed. The steps done
+    /// before it were undone in reverse order; `rollback` lists the undo steps that failed
+    /// in turn (empty when everything was undone).
+    #[error("{operation} of volume {volume} {preposition} domain {domain} failed at step {step}{}", list_rollback(rollback), preposition = if *operation == "attach" { "to" } else { "from" })]
+    Orchestration {
+        /// `attach` or `detach`.
+        operation: &'static str,
+        /// The step that failed.
+        step: &'static str,
+        /// The volume id.
+        volume: String,
+        /// The guest.
+        domain: String,
+        /// Why the step failed.
+        #[source]
+        cause: Box<Error>,
+        /// Undo steps that failed, in the order they ran.
+        rollback: Vec<RollbackFailure>,
+    },
+}
+
+/// An undo step that failed while rolling back a failed attach or detach.
+#[derive(Debug)]
+pub struct RollbackFailure {
+    /// The step being undone.
+    pub step: &'static str,
+    /// Why undoing it failed.
+    pub error: Error,
+}
+
+fn list_rollback(rollback: &[RollbackFailure]) -> String {
+    if rollback.is_empty() {
+        return "; rolled back".to_string();
+    }
+    let steps = rollback
+        .iter()
+        .map(|r| format!("[undo {}: {}]", r.step, r.error.chain()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("; rollback incomplete: {steps}")
 }
 
 impl Error {
@@ -287,6 +337,8 @@ impl Error {
             Error::MultipathAssembly { .. } => "multipath_assembly",
             Error::InvalidDevice { .. } => "invalid_device",
             Error::DisconnectIncomplete { .. } => "disconnect_incomplete",
+            Error::InvalidDiskConfig { .. } => "invalid_disk_config",
+            Error::Orchestration { .. } => "orchestration",
         }
     }
 

@@ -70,6 +70,8 @@ mod error;
 mod host;
 mod ids;
 mod iscsi;
+mod libvirt;
+mod local;
 mod lock;
 mod md;
 mod multipath;
@@ -85,16 +87,22 @@ mod wait;
 pub mod testing;
 
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
-pub use connection::{AccessMode, ConnectionInfo, Protocol, VolumeProperties};
+pub use connection::{AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
 pub use device::{DeviceKind, DeviceRecord, NetworkSource, NvmePathRecord, PathRecord, RbdRecord};
-pub use error::{AttemptFailure, Error, ExitStatus, Result};
+pub use error::{AttemptFailure, Error, ExitStatus, Result, RollbackFailure};
 pub use host::{Host, WriteHook};
 pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
 pub use iscsi::{
     by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
     IscsiConnector, IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry,
 };
+pub use libvirt::{
+    BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,
+    DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost, NetworkProtocol,
+    SecretType,
+};
+pub use local::{LocalConnector, LocalProperties};
 pub use lock::{LockDir, LockGuard, LockMode};
 pub use multipath::MultipathMap;
 pub use nvme::{

@@ -1,0 +1,141 @@
+//! The `local` protocol: a block device that is already on this host (a loop device, a
+//! local LV, a disk a controller outside hostbrick attached). Connect validates it and
+//! returns its record; disconnect leaves the device alone, as it was there before.
+
+use std::path::{Path, PathBuf};
+
+use crate::block;
+use crate::connection::{AccessMode, ConnectionInfo, Fields, Protocol};
+use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
+use crate::device::DeviceRecord;
+use crate::error::{AttemptFailure, Error, Result};
+
+/// The `data` of a `local` connection_info.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalProperties {
+    /// `device_path`: the block device, an absolute path under /dev.
+    pub device_path: PathBuf,
+    /// `volume_id`.
+    pub volume_id: Option<String>,
+    /// `access_mode`.
+    pub access_mode: AccessMode,
+}
+
+impl LocalProperties {
+    pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
+        let path = f.str_req("device_path")?;
+        let device_path = PathBuf::from(path);
+        if !device_path.is_absolute() || !device_path.starts_with("/dev") {
+            return Err(Error::invalid(
+                f.name("device_path"),
+                format!("{path:?} is not an absolute path under /dev"),
+            ));
+        }
+        Ok(LocalProperties {
+            device_path,
+            volume_id: f.str_opt("volume_id")?.map(str::to_string),
+            access_mode: f.access_mode()?.unwrap_or_default(),
+        })
+    }
+}
+
+/// Hands an existing local block device through, for the same flow as remote volumes.
+#[derive(Debug)]
+pub struct LocalConnector {
+    opts: ConnectorOptions,
+}
+
+impl LocalConnector {
+    /// A connector with these options (only the host handle is used).
+    pub fn new(opts: ConnectorOptions) -> Self {
+        LocalConnector { opts }
+    }
+
+    fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a LocalProperties> {
+        info.local().ok_or_else(|| Error::ProtocolMismatch {
+            expected: Protocol::Local.to_string(),
+            found: info.protocol().to_string(),
+        })
+    }
+
+    /// The device's name under /sys/class/block, when the path is a block device there.
+    fn block_name(&self, props: &LocalProperties) -> Result<Option<String>> {
+        let host = &self.opts.context.host;
+        let Some(real) = host.canonical(&host.map_dev_path(&props.device_path))? else {
+            return Ok(None);
+        };
+        let name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| block::exists(host, n));
+        Ok(name)
+    }
+}
+
+fn not_a_block_device(props: &LocalProperties) -> Error {
+    Error::VolumeDeviceNotFound {
+        tried: vec![AttemptFailure {
+            target: props.device_path.display().to_string(),
+            reason: "not a block device on this host".into(),
+        }],
+    }
+}
+
+impl Connector for LocalConnector {
+    fn protocol(&self) -> Protocol {
+        Protocol::Local
+    }
+
+    fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
+        let props = self.props(info)?;
+        let span = tracing::info_span!("connect_volume", protocol = "local", volume = ?props.volume_id, device = %props.device_path.display());
+        let _e = span.enter();
+        if self.block_name(props)?.is_none() {
+            return Err(not_a_block_device(props));
+        }
+        Ok(DeviceRecord::block(
+            Protocol::Local,
+            props.device_path.clone(),
+            props.volume_id.clone(),
+        ))
+    }
+
+    fn disconnect_volume(
+        &self,
+        info: &ConnectionInfo,
+        _device: Option<&DeviceRecord>,
+        _options: DisconnectOptions,
+    ) -> Result<()> {
+        // The device was on the host before connect and stays after it.
+        self.props(info).map(|_| ())
+    }
+
+    fn extend_volume(&self, info: &ConnectionInfo) -> Result<u64> {
+        let props = self.props(info)?;
+        match self.block_name(props)? {
+            Some(name) => block::size_bytes(&self.opts.context.host, &name),
+            None => Err(not_a_block_device(props)),
+        }
+    }
+
+    fn get_volume_paths(&self, info: &ConnectionInfo) -> Result<Vec<PathBuf>> {
+        let props = self.props(info)?;
+        Ok(self
+            .block_name(props)?
+            .map(|_| props.device_path.clone())
+            .into_iter()
+            .collect())
+    }
+
+    fn get_search_path(&self) -> Option<PathBuf> {
+        None
+    }
+
+    fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+
+    fn check_valid_device(&self, path: &Path) -> Result<()> {
+        block::check_readable(&self.opts.context.host.map_dev_path(path))
+    }
+}
