@@ -154,7 +154,8 @@ impl ConnectorOptions {
         self
     }
 
-    pub(crate) fn locks(&self) -> LockDir {
+    /// The lock directory connectors (and the attach orchestrator) use.
+    pub fn locks(&self) -> LockDir {
         LockDir::new(
             self.lock_dir
                 .clone()

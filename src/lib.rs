@@ -61,6 +61,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attach;
 mod block;
 mod cmd;
 mod connection;
@@ -86,6 +87,11 @@ mod wait;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use attach::{
+    next_device_name, parse_domblklist, AttachRequest, Attachment, AttachmentRecord,
+    ConnectorFactory, Domain, DomainDisk, DomainFlags, JsonFileStorage, Orchestrator,
+    StorageService, StoredConnectionInfo, VirshDomain,
+};
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
 pub use connection::{AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
