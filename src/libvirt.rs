@@ -528,10 +528,19 @@ impl DiskConfig {
                 if !p.is_absolute() {
                     return bad("source", format!("{} is not an absolute path", p.display()));
                 }
+                if p.to_string_lossy().chars().any(char::is_control) {
+                    return bad("source", format!("{p:?} has control characters"));
+                }
             }
             DiskSource::Network(net) => {
                 if net.name.is_empty() {
                     return bad("source.name", "empty".into());
+                }
+                if net.name.chars().any(char::is_control) {
+                    return bad(
+                        "source.name",
+                        format!("{:?} has control characters", net.name),
+                    );
                 }
                 if net.hosts.is_empty() {
                     return bad(

@@ -326,6 +326,20 @@ fn refuses_what_libvirt_would_refuse() {
         invalid_field(DiskConfig::block("dev/sdb", target()).to_xml()),
         "source"
     );
+    // XML would turn a tab or newline in an attribute into a space, and cannot carry most
+    // other control characters at all.
+    for path in ["/a\tb", "/a\nb", "/a\u{1}b"] {
+        assert_eq!(
+            invalid_field(DiskConfig::file(path, target()).to_xml()),
+            "source"
+        );
+    }
+    assert_eq!(
+        invalid_field(DiskConfig::from_xml(
+            "<disk type='file' device='disk'><source file='/a&#10;b'/><target dev='vdb' bus='virtio'/></disk>"
+        )),
+        "source"
+    );
 
     // Malformed XML and shapes that are not a disk: typed errors.
     for (xml, field) in [
