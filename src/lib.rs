@@ -102,6 +102,7 @@ pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
 pub use iscsi::{
     by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
     IscsiConnector, IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry,
+    SessionFinder,
 };
 pub use libvirt::{
     BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,

@@ -19,7 +19,7 @@ pub use iscsiadm::{
     SessionEntry,
 };
 pub use props::{ChapCredentials, IscsiProperties, IscsiTarget};
-pub use session::{find as find_session, luns as session_luns, Session};
+pub use session::{find as find_session, luns as session_luns, Session, SessionFinder};
 
 use crate::block;
 use crate::cmd::Cancel;
@@ -458,10 +458,11 @@ impl IscsiConnector {
             Some(c) => self.adm(deadline).with_cancel(c),
             None => self.adm(deadline),
         };
-        let result = self.attach_path_steps(props, t, &adm, &mut made, deadline);
+        let mut sessions = SessionFinder::new(self.host());
+        let result = self.attach_path_steps(props, t, &adm, &mut made, &mut sessions, deadline);
         drop(shared);
         if result.is_err() {
-            self.undo(t, &made);
+            self.undo(t, &made, &mut sessions);
         }
         result
     }
@@ -472,6 +473,7 @@ impl IscsiConnector {
         t: &IscsiTarget,
         adm: &Iscsiadm<'_>,
         made: &mut Made,
+        sessions: &mut SessionFinder<'_>,
         deadline: Instant,
     ) -> Result<AttachedPath> {
         let host = self.host();
@@ -480,7 +482,9 @@ impl IscsiConnector {
             made.node = true;
         }
         self.configure_node(props, t, adm)?;
-        let session = match session::find(host, t)? {
+        // The one read of the host's sessions this path needs: after the login only the
+        // sessions that appeared since are read.
+        let session = match sessions.find(t)? {
             Some(s) => {
                 tracing::debug!(sid = s.sid, "reusing session");
                 s
@@ -495,7 +499,7 @@ impl IscsiConnector {
                     elapsed_ms = ms(started.elapsed()),
                     "logged in"
                 );
-                session::find(host, t)?.ok_or_else(|| Error::UnexpectedContent {
+                sessions.find(t)?.ok_or_else(|| Error::UnexpectedContent {
                     path: host.sys("class/iscsi_session"),
                     reason: format!("no session for {t} after a successful login"),
                 })?
@@ -589,7 +593,7 @@ impl IscsiConnector {
     }
 
     /// Undoes one path attempt: its scanned device, its session, its node record.
-    fn undo(&self, t: &IscsiTarget, made: &Made) {
+    fn undo(&self, t: &IscsiTarget, made: &Made, sessions: &mut SessionFinder<'_>) {
         let deadline = self.cleanup_deadline();
         if let Some((hctl, name)) = &made.device {
             if let Err(e) = self.remove_scsi_device(
@@ -604,7 +608,7 @@ impl IscsiConnector {
             }
         }
         if made.session || made.node {
-            if let Err(e) = self.release_target(t, made.node, deadline) {
+            if let Err(e) = self.release_target(t, made.node, sessions, deadline) {
                 tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
             }
         }
@@ -613,6 +617,7 @@ impl IscsiConnector {
     /// Undoes paths that came up (a multipath connect that must not keep them).
     fn undo_paths(&self, paths: &[AttachedPath]) {
         let deadline = self.cleanup_deadline();
+        let mut sessions = SessionFinder::new(self.host());
         for p in paths {
             let dev = VolumeDevice {
                 hctl: p.hctl,
@@ -621,7 +626,7 @@ impl IscsiConnector {
             if let Err(e) = self.remove_scsi_device(&dev, true, deadline) {
                 tracing::warn!(error = %e.chain(), "undo: removing the device failed");
             }
-            if let Err(e) = self.release_target(&p.target, true, deadline) {
+            if let Err(e) = self.release_target(&p.target, true, &mut sessions, deadline) {
                 tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
             }
         }
@@ -632,10 +637,16 @@ impl IscsiConnector {
     /// Logs out of `t` when its session carries no LUNs, then (when asked) deletes the node
     /// record if no session remains. Holds the target lock exclusively, so no connect of
     /// the same target is between login and device.
-    fn release_target(&self, t: &IscsiTarget, delete_node: bool, deadline: Instant) -> Result<()> {
+    fn release_target(
+        &self,
+        t: &IscsiTarget,
+        delete_node: bool,
+        sessions: &mut SessionFinder<'_>,
+        deadline: Instant,
+    ) -> Result<()> {
         let _x = self.locks.lock(&target_lock_key(t), LockMode::Exclusive)?;
         let adm = self.adm(deadline);
-        if let Some(s) = session::find(self.host(), t)? {
+        if let Some(s) = sessions.find(t)? {
             let luns = session::luns(self.host(), s.sid)?;
             if !luns.is_empty() {
                 tracing::debug!(target = %t, sid = s.sid, luns = luns.len(), "session still carries LUNs; keeping it");
@@ -652,11 +663,13 @@ impl IscsiConnector {
     }
 
     /// The volume's SCSI devices on the host: each target's LUN on its session, plus the
-    /// recorded paths that still show the recorded WWID.
+    /// recorded paths that still show the recorded WWID. The recorded paths also tell
+    /// `sessions` where to look first.
     fn volume_devices(
         &self,
         targets: &[IscsiTarget],
         record: Option<&DeviceRecord>,
+        sessions: &mut SessionFinder<'_>,
     ) -> Result<Vec<VolumeDevice>> {
         let host = self.host();
         let expected = record.and_then(|r| r.scsi_wwn.as_deref());
@@ -677,8 +690,11 @@ impl IscsiConnector {
             out.push(VolumeDevice { hctl, name });
             Ok(())
         };
+        for p in record.map_or(&[][..], |r| &r.paths[..]) {
+            sessions.hint(p.hctl)?;
+        }
         for t in targets {
-            if let Some(h) = session::find(host, t)?.and_then(|s| s.hctl(t.lun)) {
+            if let Some(h) = sessions.find(t)?.and_then(|s| s.hctl(t.lun)) {
                 consider(h, &mut out)?;
             }
         }
@@ -721,7 +737,8 @@ impl IscsiConnector {
             }
         }
         let mut failures = Failures::new(opts.ignore_errors);
-        let devices = self.volume_devices(&targets, record)?;
+        let mut sessions = SessionFinder::new(host);
+        let devices = self.volume_devices(&targets, record, &mut sessions)?;
 
         let mut maps: Vec<MultipathMap> = Vec::new();
         for d in &devices {
@@ -748,7 +765,7 @@ impl IscsiConnector {
             failures.step(self.remove_scsi_device(d, opts.force, deadline))?;
         }
         for t in &targets {
-            failures.step(self.release_target(t, true, deadline))?;
+            failures.step(self.release_target(t, true, &mut sessions, deadline))?;
         }
         tracing::info!(
             phase = "disconnected",
@@ -807,7 +824,7 @@ impl IscsiConnector {
         let deadline = Instant::now() + self.opts.operation_timeout;
         let host = self.host();
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
-        let devices = self.volume_devices(&props.targets, None)?;
+        let devices = self.volume_devices(&props.targets, None, &mut SessionFinder::new(host))?;
         if devices.is_empty() {
             return Err(Error::VolumeDeviceNotFound {
                 tried: props

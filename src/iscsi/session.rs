@@ -1,13 +1,16 @@
 //! iSCSI sessions in sysfs (`class/iscsi_session`, `class/iscsi_connection`): which
 //! session serves a target, its SCSI host and target id, and the LUNs it carries.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::net::Ipv6Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::ids::Hctl;
+use crate::iscsi::by_path_name;
 use crate::iscsi::props::IscsiTarget;
+use crate::scsi;
 
 /// A logged-in session as sysfs shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,33 +46,169 @@ fn session_device_dir(host: &Host, sid: u32) -> Result<Option<PathBuf>> {
     host.canonical(&session_class_dir(host, sid).join("device"))
 }
 
-/// Finds the session logged in to `target` (same IQN and portal), if any.
+/// Finds the session logged in to `target` (same IQN and portal), if any: directly when the
+/// target's LUN is on the host, else by reading the sessions (see [`SessionFinder`]).
 pub fn find(host: &Host, target: &IscsiTarget) -> Result<Option<Session>> {
-    for name in host.list_dir(&host.sys("class/iscsi_session"))? {
-        let Some(sid) = name
-            .strip_prefix("session")
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = session_class_dir(host, sid);
-        // A session can vanish between the listing and the reads: skip it then.
-        let Some(iqn) = host.read_attr_opt(&dir.join("targetname"))? else {
-            continue;
-        };
-        if iqn != target.iqn.as_str() {
-            continue;
+    SessionFinder::new(host).find(target)
+}
+
+/// What one session showed of its target and portal. A session's target name and portal
+/// never change, and the kernel never reuses a session id before a reboot, so an operation
+/// reads them once per session.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// The target name; `None` once the session was found gone.
+    iqn: Option<String>,
+    /// The portal address and port, read only for sessions of a wanted target.
+    portal: Option<(String, u16)>,
+}
+
+/// Finds the sessions of iSCSI targets for one operation (a connect, a disconnect, ...).
+///
+/// The kernel keeps no index of sessions by target, so telling that no session serves a
+/// target means reading every session's target name. The finder goes directly wherever the
+/// host already points at the session and reads each session at most once per operation:
+///
+/// 1. sessions it already matched, and those behind SCSI addresses it was given
+///    ([`SessionFinder::hint`], e.g. a device record's paths);
+/// 2. the target's LUN when it is on the host: udev's `/dev/disk/by-path` link names the
+///    block device, and the device's sysfs path runs through its session;
+/// 3. only then the session list, reading sessions this finder has not read yet.
+///
+/// So a lookup whose LUN is attached costs the same on a host with 16 sessions as on one
+/// with thousands, and a connect's second lookup (after its login) reads only the sessions
+/// that appeared since its first. Whatever route finds it, a session is returned only after
+/// its own target name and portal were checked.
+#[derive(Debug)]
+pub struct SessionFinder<'h> {
+    host: &'h Host,
+    seen: HashMap<u32, Seen>,
+    candidates: Vec<u32>,
+}
+
+impl<'h> SessionFinder<'h> {
+    /// A finder that has read nothing yet.
+    pub fn new(host: &'h Host) -> Self {
+        SessionFinder {
+            host,
+            seen: HashMap::new(),
+            candidates: Vec::new(),
         }
-        let Some((addr, port)) = connection_address(host, sid)? else {
-            continue;
-        };
-        if port == target.portal.port() && same_host(&addr, target.portal.host()) {
-            if let Some(s) = describe(host, sid)? {
+    }
+
+    /// Names a SCSI device that may sit on a wanted session (a recorded path): its session
+    /// is checked first, directly. An address no longer present is ignored.
+    pub fn hint(&mut self, hctl: Hctl) -> Result<()> {
+        let dev = self.host.canonical(&scsi::device_dir(self.host, hctl))?;
+        if let Some(sid) = dev.as_deref().and_then(sid_in_path) {
+            self.candidate(sid);
+        }
+        Ok(())
+    }
+
+    fn candidate(&mut self, sid: u32) {
+        if !self.candidates.contains(&sid) {
+            self.candidates.push(sid);
+        }
+    }
+
+    /// The session logged in to `target` (same IQN and portal), if any.
+    pub fn find(&mut self, target: &IscsiTarget) -> Result<Option<Session>> {
+        for i in 0..self.candidates.len() {
+            let sid = self.candidates[i];
+            if let Some(s) = self.check(sid, target)? {
                 return Ok(Some(s));
             }
         }
+        if let Some(sid) = sid_of_lun(self.host, target)? {
+            if let Some(s) = self.check(sid, target)? {
+                self.candidate(sid);
+                return Ok(Some(s));
+            }
+        }
+        for name in self.host.list_dir(&self.host.sys("class/iscsi_session"))? {
+            let Some(sid) = name
+                .strip_prefix("session")
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(s) = self.check(sid, target)? {
+                self.candidate(sid);
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
     }
-    Ok(None)
+
+    /// Session `sid` when it exists and serves `target`.
+    fn check(&mut self, sid: u32, target: &IscsiTarget) -> Result<Option<Session>> {
+        if !self.serves(sid, target)? {
+            return Ok(None);
+        }
+        describe(self.host, sid)
+    }
+
+    fn serves(&mut self, sid: u32, target: &IscsiTarget) -> Result<bool> {
+        let host = self.host;
+        let seen = match self.seen.entry(sid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                // A session can vanish between the listing and the reads: it is gone then.
+                // One still being set up shows no target name yet: not remembered.
+                let iqn = host.read_attr_opt(&session_class_dir(host, sid).join("targetname"))?;
+                if iqn
+                    .as_deref()
+                    .is_some_and(|n| n.is_empty() || n == "(null)")
+                {
+                    return Ok(false);
+                }
+                v.insert(Seen { iqn, portal: None })
+            }
+        };
+        if seen.iqn.as_deref() != Some(target.iqn.as_str()) {
+            return Ok(false);
+        }
+        if seen.portal.is_none() {
+            // Not remembered while the connection is not there yet.
+            seen.portal = connection_address(host, sid)?;
+        }
+        Ok(seen.portal.as_ref().is_some_and(|(addr, port)| {
+            *port == target.portal.port() && same_host(addr, target.portal.host())
+        }))
+    }
+}
+
+/// The session id in a sysfs device path (`.../hostH/sessionN/targetH:C:T/H:C:T:L`).
+fn sid_in_path(path: &Path) -> Option<u32> {
+    path.components().rev().find_map(|c| {
+        c.as_os_str()
+            .to_str()?
+            .strip_prefix("session")?
+            .parse()
+            .ok()
+    })
+}
+
+/// The session carrying `target`'s LUN, from udev's by-path link of the LUN: the link
+/// names the block device, whose sysfs device path runs through the session.
+fn sid_of_lun(host: &Host, target: &IscsiTarget) -> Result<Option<u32>> {
+    let link = host.dev("disk/by-path").join(by_path_name(
+        &target.portal,
+        target.iqn.as_str(),
+        target.lun,
+    ));
+    let Some(dev) = host.canonical(&link)? else {
+        return Ok(None);
+    };
+    let Some(name) = dev.file_name().and_then(|n| n.to_str()) else {
+        return Ok(None);
+    };
+    if name.is_empty() || name.contains('/') {
+        return Ok(None);
+    }
+    let sysdev = host.canonical(&host.sys(format!("block/{name}/device")))?;
+    Ok(sysdev.as_deref().and_then(sid_in_path))
 }
 
 /// The portal address and port the session logged in to (its first connection's
@@ -181,11 +320,180 @@ pub fn luns(host: &Host, sid: u32) -> Result<Vec<Hctl>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{FakeHost, LunSpec};
+
+    const IQN: &str = "iqn.2003-01.org.linux-iscsi.vm:t1";
+
+    fn target(portal: &str, lun: u64) -> IscsiTarget {
+        IscsiTarget {
+            portal: portal.parse().unwrap(),
+            iqn: IQN.parse().unwrap(),
+            lun,
+        }
+    }
+
+    /// Session `sid` on host `sid + 1` logged in to `t`, with `t`'s LUN when `lun` (and
+    /// udev's by-path link for it).
+    fn session(fake: &FakeHost, sid: u32, t: &IscsiTarget, lun: bool) {
+        fake.add_iscsi_session(sid, sid + 1, 0, t.iqn.as_str(), &t.portal);
+        if lun {
+            let spec = LunSpec::new(0, 0, t.lun, &format!("naa.6001405{sid:08x}"), 1 << 20)
+                .by_path(by_path_name(&t.portal, t.iqn.as_str(), t.lun));
+            fake.add_scsi_disk(sid + 1, &spec);
+        }
+    }
+
+    fn sid_of(found: Option<Session>) -> Option<u32> {
+        found.map(|s| s.sid)
+    }
 
     #[test]
     fn ipv6_hosts_compare_by_value() {
         assert!(same_host("fe80:0:0:0:0:0:0:1", "fe80::1"));
         assert!(same_host("127.0.0.1", "127.0.0.1"));
         assert!(!same_host("127.0.0.2", "127.0.0.1"));
+    }
+
+    #[test]
+    fn session_ids_in_device_paths() {
+        let p = Path::new("/sys/devices/platform/host3/session12/target3:0:0/3:0:0:1");
+        assert_eq!(sid_in_path(p), Some(12));
+        assert_eq!(
+            sid_in_path(Path::new(
+                "/sys/devices/pci0000:00/host0/target0:0:0/0:0:0:0"
+            )),
+            None
+        );
+        assert_eq!(
+            sid_in_path(Path::new("/sys/devices/platform/host3/sessionx")),
+            None
+        );
+    }
+
+    #[test]
+    fn scan_finds_the_session_of_portal_and_iqn() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let a = target("10.0.0.1:3260", 1);
+        let b = target("10.0.0.2:3260", 1);
+        session(&fake, 1, &a, false);
+        session(&fake, 2, &b, false);
+        assert_eq!(sid_of(find(&host, &b).unwrap()), Some(2));
+        assert_eq!(sid_of(find(&host, &a).unwrap()), Some(1));
+        assert_eq!(find(&host, &target("10.0.0.3:3260", 1)).unwrap(), None);
+        assert_eq!(find(&host, &target("10.0.0.1:3261", 1)).unwrap(), None);
+        let other_iqn = IscsiTarget {
+            iqn: "iqn.2003-01.org.linux-iscsi.vm:t2".parse().unwrap(),
+            ..a.clone()
+        };
+        assert_eq!(find(&host, &other_iqn).unwrap(), None);
+    }
+
+    #[test]
+    fn the_luns_by_path_link_leads_to_its_session() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        // Two sessions to the same target (two ifaces); the LUN sits on the second. The
+        // session list would answer session 1; the LUN's link answers session 2.
+        session(&fake, 1, &t, false);
+        session(&fake, 2, &t, true);
+        assert_eq!(sid_of(find(&host, &t).unwrap()), Some(2));
+        // Another LUN of the target has no link: the list answers.
+        assert_eq!(
+            sid_of(find(&host, &target("10.0.0.1:3260", 2)).unwrap()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_stale_by_path_link_is_checked_and_ignored() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        let other = target("10.0.0.9:3260", 1);
+        session(&fake, 1, &other, true);
+        session(&fake, 2, &t, false);
+        // The link of t's LUN points at the device on the other target's session.
+        let by_path = fake.root().join("dev/disk/by-path");
+        std::os::unix::fs::symlink(
+            "../../sda",
+            by_path.join(by_path_name(&t.portal, t.iqn.as_str(), t.lun)),
+        )
+        .unwrap();
+        assert_eq!(sid_of(find(&host, &t).unwrap()), Some(2));
+    }
+
+    #[test]
+    fn hints_name_the_session_of_a_recorded_path() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        let other = target("10.0.0.9:3260", 1);
+        session(&fake, 1, &t, false);
+        session(&fake, 2, &other, true);
+        session(&fake, 3, &t, false);
+        // Session 3 sits on SCSI host 4.
+        fake.add_scsi_disk(4, &LunSpec::new(0, 0, 5, "naa.60014050000000f", 1 << 20));
+        let mut finder = SessionFinder::new(&host);
+        // A path on session 3 (no by-path link), one on another target's session, one
+        // gone. The session list would answer session 1; the hint answers session 3.
+        finder.hint("4:0:0:5".parse().unwrap()).unwrap();
+        finder.hint("3:0:0:1".parse().unwrap()).unwrap();
+        finder.hint("9:0:0:1".parse().unwrap()).unwrap();
+        assert_eq!(sid_of(finder.find(&t).unwrap()), Some(3));
+        assert_eq!(sid_of(finder.find(&other).unwrap()), Some(2));
+    }
+
+    #[test]
+    fn one_finder_reads_each_session_once() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        session(&fake, 1, &target("10.0.0.9:3260", 1), false);
+        let mut finder = SessionFinder::new(&host);
+        assert_eq!(finder.find(&t).unwrap(), None);
+        // A login makes session 2: the next look reads it (and only it).
+        session(&fake, 2, &t, false);
+        // Session 1's portal cannot change; were it read again it would match now.
+        let c = fake.root().join("sys/class/iscsi_connection/connection1:0");
+        std::fs::write(c.join("persistent_address"), "10.0.0.1\n").unwrap();
+        assert_eq!(sid_of(finder.find(&t).unwrap()), Some(2));
+        // A fresh finder reads everything again.
+        fake.remove_iscsi_session(2);
+        assert_eq!(sid_of(find(&host, &t).unwrap()), Some(1));
+    }
+
+    #[test]
+    fn a_found_session_that_ends_is_looked_for_again() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        session(&fake, 1, &t, false);
+        let mut finder = SessionFinder::new(&host);
+        assert_eq!(sid_of(finder.find(&t).unwrap()), Some(1));
+        fake.remove_iscsi_session(1);
+        assert_eq!(finder.find(&t).unwrap(), None);
+        session(&fake, 2, &t, false);
+        assert_eq!(sid_of(finder.find(&t).unwrap()), Some(2));
+    }
+
+    #[test]
+    fn a_session_still_being_set_up_is_read_again() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        session(&fake, 1, &t, false);
+        let class = fake.root().join("sys/class/iscsi_session/session1");
+        let conn = fake.root().join("sys/class/iscsi_connection/connection1:0");
+        let parked = fake.root().join("parked-connection");
+        std::fs::write(class.join("targetname"), "(null)\n").unwrap();
+        std::fs::rename(&conn, &parked).unwrap();
+        let mut finder = SessionFinder::new(&host);
+        assert_eq!(finder.find(&t).unwrap(), None);
+        std::fs::write(class.join("targetname"), format!("{IQN}\n")).unwrap();
+        assert_eq!(finder.find(&t).unwrap(), None, "no connection yet");
+        std::fs::rename(&parked, &conn).unwrap();
+        assert_eq!(sid_of(finder.find(&t).unwrap()), Some(1));
     }
 }
