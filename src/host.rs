@@ -207,6 +207,27 @@ impl Host {
         Ok(names)
     }
 
+    /// The entries of a directory with their inode numbers, in directory order; empty
+    /// when it does not exist. The inode tells a re-created entry from the one seen
+    /// before under the same name (sysfs gives a new object a new inode).
+    pub fn list_dir_inodes(&self, path: &Path) -> Result<Vec<(String, u64)>> {
+        use std::os::unix::fs::DirEntryExt;
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(path, e))?;
+            out.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.ino(),
+            ));
+        }
+        Ok(out)
+    }
+
     /// The final component of a symlink's target (e.g. `host2` for a `device` link).
     pub fn link_target(&self, path: &Path) -> Result<Option<PathBuf>> {
         match fs::read_link(path) {

@@ -113,9 +113,10 @@ pub use local::{LocalConnector, LocalProperties};
 pub use lock::{LockDir, LockGuard, LockMode};
 pub use multipath::MultipathMap;
 pub use nvme::{
-    conflicting_controller, head_name, host_identity, is_already_connected, native_multipath,
-    parse_address, system_uuid, Controller, IdentitySource, Namespace, NamespaceId, Nqn,
-    NvmeConnector, NvmeHostIdentity, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
+    conflicting_controller, find_controller, find_namespace, head_name, host_identity,
+    is_already_connected, native_multipath, parse_address, system_uuid, Controller,
+    ControllerFinder, IdentitySource, Namespace, NamespaceId, Nqn, NvmeConnector, NvmeHostIdentity,
+    NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
 pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
 pub use rbd::{

@@ -245,11 +245,13 @@ impl FakeHost {
         for d in [
             "sys/block",
             "sys/class/nvme",
+            "sys/class/nvme-subsystem",
             "sys/bus/scsi/devices",
             "sys/class/scsi_host",
             "sys/class/iscsi_session",
             "sys/class/iscsi_connection",
             "dev/disk/by-path",
+            "dev/disk/by-id",
             "dev/mapper",
             "etc",
             "run",
@@ -457,7 +459,20 @@ impl FakeHost {
     }
 
     fn add_block(&self, name: &str, size: u64, devnum: &str) {
-        let b = self.p(&format!("sys/block/{name}"));
+        self.add_block_at(name, None, size, devnum);
+    }
+
+    /// Adds block device `name`; with `dir` its sysfs directory lives there and
+    /// `sys/block/<name>` links to it, as for the kernel's devices under a parent.
+    fn add_block_at(&self, name: &str, dir: Option<&Path>, size: u64, devnum: &str) {
+        let b = match dir {
+            Some(d) => {
+                fs::create_dir_all(d).expect("fake tree: create dir");
+                link(d, &self.p(&format!("sys/block/{name}")));
+                d.to_path_buf()
+            }
+            None => self.p(&format!("sys/block/{name}")),
+        };
         write(&b.join("size"), &format!("{}\n", size / 512));
         write(&b.join("dev"), &format!("{devnum}\n"));
         fs::create_dir_all(b.join("holders")).expect("fake tree: create dir");
@@ -586,8 +601,10 @@ impl FakeHost {
 
     /// Adds namespace `nsid` to controller `nvme{ctrl}` the way native multipath shows it:
     /// a path entry `nvme{subsys}c{ctrl}n{nsid}` under the controller and the head block
-    /// device `nvme{subsys}n{nsid}` (created once, shared by every controller). Returns the
-    /// head's name.
+    /// device `nvme{subsys}n{nsid}` (created once, shared by every controller) under the
+    /// subsystem `nvme-subsys{subsys}`, which lists its controllers; and, as udev makes it,
+    /// the head's `/dev/disk/by-id/nvme-<wwid>` link (`uuid.<uuid>`, else `eui.<nguid>`).
+    /// Returns the head's name.
     pub fn add_nvme_namespace(
         &self,
         ctrl: u32,
@@ -604,11 +621,42 @@ impl FakeHost {
         write(&entry.join("uuid"), &format!("{uuid}\n"));
         write(&entry.join("nguid"), &format!("{nguid}\n"));
         write(&entry.join("nsid"), &format!("{nsid}\n"));
+        let sdir = self.p(&format!(
+            "sys/devices/virtual/nvme-subsystem/nvme-subsys{subsys}"
+        ));
+        if !sdir.join("subsysnqn").exists() {
+            let nqn = fs::read_to_string(self.p(&format!("sys/class/nvme/nvme{ctrl}/subsysnqn")))
+                .unwrap_or_default();
+            write(&sdir.join("subsysnqn"), &nqn);
+            link(
+                &sdir,
+                &self.p(&format!("sys/class/nvme-subsystem/nvme-subsys{subsys}")),
+            );
+        }
+        if let Ok(c) = fs::canonicalize(self.p(&format!("sys/class/nvme/nvme{ctrl}"))) {
+            link(&c, &sdir.join(format!("nvme{ctrl}")));
+        }
         if !self.p(&format!("sys/block/{head}")).exists() {
-            self.add_block(&head, size, &format!("259:{}", subsys * 64 + nsid));
+            let hdir = sdir.join(&head);
+            self.add_block_at(
+                &head,
+                Some(&hdir),
+                size,
+                &format!("259:{}", subsys * 64 + nsid),
+            );
             for (a, v) in [("uuid", uuid), ("nguid", nguid)] {
-                write(&self.p(&format!("sys/block/{head}/{a}")), &format!("{v}\n"));
+                write(&hdir.join(a), &format!("{v}\n"));
             }
+            let wwid = if uuid.chars().any(|c| c.is_ascii_hexdigit() && c != '0') {
+                format!("uuid.{}", uuid.to_ascii_lowercase())
+            } else {
+                format!("eui.{}", nguid.replace('-', "").to_ascii_lowercase())
+            };
+            write(&hdir.join("wwid"), &format!("{wwid}\n"));
+            link(
+                Path::new(&format!("../../{head}")),
+                &self.p(&format!("dev/disk/by-id/nvme-{wwid}")),
+            );
         }
         head
     }
@@ -628,6 +676,11 @@ impl FakeHost {
             let _ = fs::remove_dir_all(real);
         }
         let _ = fs::remove_file(&dir);
+        if let Ok(rd) = fs::read_dir(self.p("sys/class/nvme-subsystem")) {
+            for s in rd.flatten() {
+                let _ = fs::remove_file(s.path().join(name));
+            }
+        }
         let remaining: Vec<String> = fs::read_dir(self.p("sys/class/nvme"))
             .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
             .unwrap_or_default()
@@ -644,7 +697,15 @@ impl FakeHost {
             .filter_map(|e| crate::nvme::head_name(&e))
             .collect();
         for h in heads.iter().filter(|h| !remaining.contains(h)) {
-            let _ = fs::remove_dir_all(self.p(&format!("sys/block/{h}")));
+            let block = self.p(&format!("sys/block/{h}"));
+            if let Ok(wwid) = fs::read_to_string(block.join("wwid")) {
+                let _ = fs::remove_file(self.p(&format!("dev/disk/by-id/nvme-{}", wwid.trim())));
+            }
+            if let Ok(real) = fs::canonicalize(&block) {
+                let _ = fs::remove_dir_all(real);
+            }
+            let _ = fs::remove_file(&block);
+            let _ = fs::remove_dir_all(&block);
             let _ = fs::remove_file(self.p(&format!("dev/{h}")));
         }
     }

@@ -63,6 +63,25 @@ pub fn system_uuid(host: &Host) -> Result<Option<String>> {
 /// DMI product UUID (else a generated UUID) and saved there, so every later call (and
 /// nvme-cli) sees the same values.
 pub fn host_identity(host: &Host) -> Result<NvmeHostIdentity> {
+    let (hostnqn, hostid, source) = saved_identity(host)?;
+    let mismatch = match conflicting_controller(host, &hostnqn, &hostid)? {
+        Some((ctrl, other)) => {
+            tracing::warn!(%hostnqn, %hostid, controller = %ctrl, other_hostnqn = %other, "host id already in use with another host NQN; the kernel will refuse new connects");
+            true
+        }
+        None => false,
+    };
+    Ok(NvmeHostIdentity {
+        hostnqn,
+        hostid,
+        source,
+        mismatch,
+    })
+}
+
+/// The host NQN and host id as [`host_identity`] finds (or makes and saves) them, without
+/// looking at the controllers for a conflict: what a connector needs on every call.
+pub(crate) fn saved_identity(host: &Host) -> Result<(String, String, IdentitySource)> {
     let nqn_path = host.etc("nvme/hostnqn");
     let id_path = host.etc("nvme/hostid");
     let hostnqn = host.read_attr_opt(&nqn_path)?.filter(|s| !s.is_empty());
@@ -90,19 +109,7 @@ pub fn host_identity(host: &Host) -> Result<NvmeHostIdentity> {
             (hostnqn, hostid, source)
         }
     };
-    let mismatch = match conflicting_controller(host, &hostnqn, &hostid)? {
-        Some((ctrl, other)) => {
-            tracing::warn!(%hostnqn, %hostid, controller = %ctrl, other_hostnqn = %other, "host id already in use with another host NQN; the kernel will refuse new connects");
-            true
-        }
-        None => false,
-    };
-    Ok(NvmeHostIdentity {
-        hostnqn,
-        hostid,
-        source,
-        mismatch,
-    })
+    Ok((hostnqn, hostid, source))
 }
 
 /// A controller that uses `hostid` with a host NQN other than `hostnqn`, with that NQN.

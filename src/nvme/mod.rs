@@ -21,7 +21,10 @@ pub use identity::{
     conflicting_controller, host_identity, system_uuid, IdentitySource, NvmeHostIdentity,
 };
 pub use props::{NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport};
-pub use sysfs::{head_name, native_multipath, parse_address, Controller, Namespace};
+pub use sysfs::{
+    find_controller, find_namespace, head_name, native_multipath, parse_address, Controller,
+    ControllerFinder, Namespace,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,12 +109,9 @@ impl NvmeConnector {
     /// The host NQN and host id to connect with: the storage's `host_nqn` when it named
     /// one, else this host's own.
     fn identity(&self, props: &NvmeProperties) -> Result<(String, String)> {
-        let id = host_identity(self.host())?;
-        let hostnqn = props
-            .host_nqn
-            .as_ref()
-            .map_or(id.hostnqn, |n| n.to_string());
-        Ok((hostnqn, id.hostid))
+        let (own_nqn, hostid, _) = identity::saved_identity(self.host())?;
+        let hostnqn = props.host_nqn.as_ref().map_or(own_nqn, |n| n.to_string());
+        Ok((hostnqn, hostid))
     }
 
     // ---------------------------------------------------------------- connect
@@ -125,10 +125,12 @@ impl NvmeConnector {
         let mut made = Made::default();
         let mut ups: Vec<PortalUp> = Vec::new();
         let mut heads: Vec<String> = Vec::new();
+        let mut ctrls = ControllerFinder::new(self.host());
         let mut attempt = || -> Result<PathBuf> {
             for copy in props.copies() {
-                let (head, copy_ups) =
-                    self.connect_copy(props, copy, &hostnqn, &hostid, native, deadline, &mut made)?;
+                let (head, copy_ups) = self.connect_copy(
+                    props, copy, &hostnqn, &hostid, native, deadline, &mut made, &mut ctrls,
+                )?;
                 heads.push(head);
                 ups.extend(copy_ups);
             }
@@ -182,9 +184,12 @@ impl NvmeConnector {
         native: bool,
         deadline: Instant,
         made: &mut Made,
+        ctrls: &mut ControllerFinder<'_>,
     ) -> Result<(String, Vec<PortalUp>)> {
         let mut ups: Vec<PortalUp> = Vec::new();
         let mut tried = Vec::new();
+        // An attached namespace shows which controllers reach it: those are checked first.
+        ctrls.hint_namespace(&copy.namespace)?;
         for portal in &copy.portals {
             if Instant::now() >= deadline {
                 break;
@@ -198,6 +203,7 @@ impl NvmeConnector {
                 known.as_deref(),
                 deadline,
                 made,
+                ctrls,
             ) {
                 Ok(up) => {
                     ups.push(up);
@@ -241,6 +247,7 @@ impl NvmeConnector {
         known_head: Option<&str>,
         deadline: Instant,
         made: &mut Made,
+        ctrls: &mut ControllerFinder<'_>,
     ) -> Result<PortalUp> {
         let host = self.host();
         let started = Instant::now();
@@ -248,7 +255,7 @@ impl NvmeConnector {
             .locks
             .lock(&controller_lock_key(&copy.nqn, portal), LockMode::Shared)?;
         let mut watch = DeviceWatch::open(host, &["nvme", "block"]);
-        let ctrl = match sysfs::find_controller(host, copy.nqn.as_str(), portal, hostnqn)? {
+        let ctrl = match ctrls.find(copy.nqn.as_str(), portal, hostnqn)? {
             Some(c) => {
                 tracing::debug!(controller = %c.name, "reusing controller; rescanning namespaces");
                 match host.write_attr(
@@ -279,30 +286,35 @@ impl NvmeConnector {
                 if cli::connect(self.runner(), &args, deadline)? == ConnectOutcome::Connected {
                     made.controllers.push((copy.nqn.clone(), portal.clone()));
                 }
+                // Each check reads only the controllers that appeared since the last.
                 let what = format!("controller for {} at {portal}", copy.nqn);
                 watch.wait_for(&what, deadline, || {
-                    Ok(
-                        sysfs::find_controller(host, copy.nqn.as_str(), portal, hostnqn)?
-                            .map(|c| c.name),
-                    )
+                    Ok(ctrls
+                        .find(copy.nqn.as_str(), portal, hostnqn)?
+                        .map(|c| c.name))
                 })?
             }
         };
         tracing::info!(phase = "connect", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "controller ready");
         let what = format!("namespace ({}) of {} on {ctrl}", copy.namespace, copy.nqn);
         let ns = watch.wait_for(&what, deadline, || {
-            let all = sysfs::namespaces(host, &ctrl)?;
-            if copy.namespace.is_empty() && all.len() > 1 {
-                return Err(Error::InvalidConnectionInfo {
-                    field: "data.vol_uuid".into(),
-                    reason: format!(
-                        "{} has {} namespaces and the volume names none of them",
-                        copy.nqn,
-                        all.len()
-                    ),
-                });
-            }
-            for ns in all.into_iter().filter(|n| n.matches(&copy.namespace)) {
+            let found = if copy.namespace.is_empty() {
+                let all = sysfs::namespaces(host, &ctrl)?;
+                if all.len() > 1 {
+                    return Err(Error::InvalidConnectionInfo {
+                        field: "data.vol_uuid".into(),
+                        reason: format!(
+                            "{} has {} namespaces and the volume names none of them",
+                            copy.nqn,
+                            all.len()
+                        ),
+                    });
+                }
+                all.into_iter().next()
+            } else {
+                sysfs::find_namespace(host, &ctrl, &copy.namespace)?
+            };
+            if let Some(ns) = found {
                 if block::is_ready(host, &ns.head)? {
                     return Ok(Some(ns));
                 }
@@ -333,8 +345,11 @@ impl NvmeConnector {
 
     fn undo(&self, made: &Made, hostnqn: &str) {
         let deadline = Instant::now() + self.opts.cleanup_timeout;
+        let mut ctrls = ControllerFinder::new(self.host());
         for (nqn, portal) in &made.controllers {
-            if let Err(e) = self.release_controller(nqn, portal, hostnqn, None, deadline) {
+            if let Err(e) =
+                self.release_controller(nqn, portal, hostnqn, None, &mut ctrls, deadline)
+            {
                 tracing::warn!(error = %e.chain(), "undo: dropping the controller failed");
             }
         }
@@ -350,13 +365,14 @@ impl NvmeConnector {
         portal: &NvmePortal,
         hostnqn: &str,
         ours: Option<&str>,
+        ctrls: &mut ControllerFinder<'_>,
         deadline: Instant,
     ) -> Result<()> {
         let host = self.host();
         let _x = self
             .locks
             .lock(&controller_lock_key(nqn, portal), LockMode::Exclusive)?;
-        let Some(ctrl) = sysfs::find_controller(host, nqn.as_str(), portal, hostnqn)? else {
+        let Some(ctrl) = ctrls.find(nqn.as_str(), portal, hostnqn)? else {
             return Ok(());
         };
         let users: Vec<String> = self
@@ -390,20 +406,30 @@ impl NvmeConnector {
 
     /// The volume's head devices now, from the host (and the record's when it still names
     /// the same namespace).
-    fn heads(&self, props: &NvmeProperties, hostnqn: &str) -> Result<Vec<String>> {
+    fn heads(
+        &self,
+        props: &NvmeProperties,
+        hostnqn: &str,
+        ctrls: &mut ControllerFinder<'_>,
+    ) -> Result<Vec<String>> {
         let host = self.host();
         let mut out: Vec<String> = Vec::new();
         for copy in props.copies() {
+            ctrls.hint_namespace(&copy.namespace)?;
             for portal in &copy.portals {
-                let Some(c) = sysfs::find_controller(host, copy.nqn.as_str(), portal, hostnqn)?
-                else {
+                let Some(c) = ctrls.find(copy.nqn.as_str(), portal, hostnqn)? else {
                     continue;
                 };
-                let all = sysfs::namespaces(host, &c.name)?;
-                if copy.namespace.is_empty() && all.len() > 1 {
-                    continue;
-                }
-                if let Some(ns) = all.into_iter().find(|n| n.matches(&copy.namespace)) {
+                let found = if copy.namespace.is_empty() {
+                    let all = sysfs::namespaces(host, &c.name)?;
+                    if all.len() > 1 {
+                        continue;
+                    }
+                    all.into_iter().next()
+                } else {
+                    sysfs::find_namespace(host, &c.name, &copy.namespace)?
+                };
+                if let Some(ns) = found {
                     if !out.contains(&ns.head) {
                         out.push(ns.head);
                     }
@@ -425,7 +451,11 @@ impl NvmeConnector {
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
         let (hostnqn, _) = self.identity(props)?;
         let mut failures = Failures::new(opts.ignore_errors);
-        let heads = self.heads(props, &hostnqn)?;
+        let mut ctrls = ControllerFinder::new(self.host());
+        for p in record.map_or(&[][..], |r| &r.nvme_paths[..]) {
+            ctrls.hint(&p.controller);
+        }
+        let heads = self.heads(props, &hostnqn, &mut ctrls)?;
         let alias = props
             .alias
             .as_deref()
@@ -444,8 +474,11 @@ impl NvmeConnector {
         for copy in props.copies() {
             for portal in &copy.portals {
                 let ours = heads.first().map(String::as_str);
-                failures
-                    .step(self.release_controller(&copy.nqn, portal, &hostnqn, ours, deadline))?;
+                failures.step(
+                    self.release_controller(
+                        &copy.nqn, portal, &hostnqn, ours, &mut ctrls, deadline,
+                    ),
+                )?;
             }
         }
         tracing::info!(
@@ -470,7 +503,8 @@ impl NvmeConnector {
         let host = self.host();
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
         let (hostnqn, _) = self.identity(props)?;
-        let heads = self.heads(props, &hostnqn)?;
+        let mut ctrls = ControllerFinder::new(host);
+        let heads = self.heads(props, &hostnqn, &mut ctrls)?;
         let Some(head) = heads.first() else {
             return Err(Error::VolumeDeviceNotFound {
                 tried: vec![AttemptFailure {
@@ -482,8 +516,7 @@ impl NvmeConnector {
         let mut watch = DeviceWatch::open(host, &["block"]);
         for copy in props.copies() {
             for portal in &copy.portals {
-                if let Some(c) = sysfs::find_controller(host, copy.nqn.as_str(), portal, &hostnqn)?
-                {
+                if let Some(c) = ctrls.find(copy.nqn.as_str(), portal, &hostnqn)? {
                     host.write_attr(
                         &host.sys(format!("class/nvme/{}/rescan_controller", c.name)),
                         "1",
@@ -540,7 +573,7 @@ impl Connector for NvmeConnector {
         let props = self.props(info)?;
         let (hostnqn, _) = self.identity(props)?;
         Ok(self
-            .heads(props, &hostnqn)?
+            .heads(props, &hostnqn, &mut ControllerFinder::new(self.host()))?
             .into_iter()
             .map(|h| PathBuf::from("/dev").join(h))
             .collect())

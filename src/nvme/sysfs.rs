@@ -1,6 +1,6 @@
 //! NVMe-oF controllers and namespaces in sysfs (`class/nvme`, `block/nvmeXnY`).
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -85,21 +85,213 @@ pub fn controller(host: &Host, name: &str) -> Result<Option<Controller>> {
     }))
 }
 
-/// The usable controller serving `nqn` through `portal` for `hostnqn`, if any.
+/// The usable controller serving `nqn` through `portal` for `hostnqn`, if any (see
+/// [`ControllerFinder`]).
 pub fn find_controller(
     host: &Host,
     nqn: &str,
     portal: &NvmePortal,
     hostnqn: &str,
 ) -> Result<Option<Controller>> {
-    for name in host.list_dir(&host.sys("class/nvme"))? {
-        if let Some(c) = controller(host, &name)? {
-            if c.is_usable() && c.serves(nqn, portal, hostnqn) {
+    ControllerFinder::new(host).find(nqn, portal, hostnqn)
+}
+
+/// What a controller's fixed attributes showed. They never change while the controller
+/// exists; its name can be reused by a later controller, which has a new sysfs inode.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    subsysnqn: String,
+    /// Read only for controllers of a wanted subsystem.
+    rest: Option<Fixed>,
+}
+
+#[derive(Debug, Clone)]
+struct Fixed {
+    transport: String,
+    address: HashMap<String, String>,
+    hostnqn: Option<String>,
+}
+
+/// Finds the controllers of NVMe-oF subsystems for one operation (a connect, a disconnect,
+/// ...).
+///
+/// The kernel keeps no index of controllers by subsystem and portal, so telling that none
+/// serves a portal means reading every controller's subsystem NQN. The finder goes directly
+/// wherever the host already points at the controller and reads each controller's fixed
+/// attributes at most once per operation:
+///
+/// 1. controllers it already matched, and those it was pointed at
+///    ([`ControllerFinder::hint`]: a device record's paths; [`ControllerFinder::hint_namespace`]:
+///    the controllers of a namespace udev links by UUID or NGUID);
+/// 2. only then the controller list, reading controllers this finder has not read yet.
+///
+/// So a lookup of an attached namespace costs the same beside 1 controller as beside
+/// hundreds, and a wait for a new controller reads only the controllers that appeared since
+/// the wait began. The state, which does change, is read afresh for every match.
+#[derive(Debug)]
+pub struct ControllerFinder<'h> {
+    host: &'h Host,
+    seen: HashMap<(String, u64), Seen>,
+    candidates: Vec<String>,
+}
+
+impl<'h> ControllerFinder<'h> {
+    /// A finder that has read nothing yet.
+    pub fn new(host: &'h Host) -> Self {
+        ControllerFinder {
+            host,
+            seen: HashMap::new(),
+            candidates: Vec::new(),
+        }
+    }
+
+    /// Names a controller that may be a wanted one (e.g. from a device record): it is
+    /// checked first, directly.
+    pub fn hint(&mut self, name: &str) {
+        if is_controller_name(name) && !self.candidates.iter().any(|c| c == name) {
+            self.candidates.push(name.to_string());
+        }
+    }
+
+    /// Hints the controllers through which the namespace `id` is reached, when udev's
+    /// by-id link for its UUID (or NGUID) shows where it is.
+    pub fn hint_namespace(&mut self, id: &NamespaceId) -> Result<()> {
+        let Some(head) = head_by_id(self.host, id)? else {
+            return Ok(());
+        };
+        for c in controllers_of_head(self.host, &head)? {
+            self.hint(&c);
+        }
+        Ok(())
+    }
+
+    /// The usable controller serving `nqn` through `portal` for `hostnqn`, if any.
+    pub fn find(
+        &mut self,
+        nqn: &str,
+        portal: &NvmePortal,
+        hostnqn: &str,
+    ) -> Result<Option<Controller>> {
+        for i in 0..self.candidates.len() {
+            let name = self.candidates[i].clone();
+            if let Some(c) = controller(self.host, &name)? {
+                if c.is_usable() && c.serves(nqn, portal, hostnqn) {
+                    return Ok(Some(c));
+                }
+            }
+        }
+        let mut list = self.host.list_dir_inodes(&self.host.sys("class/nvme"))?;
+        list.sort();
+        for (name, ino) in list {
+            let Some(fixed) = self.fixed(&name, ino, nqn)? else {
+                continue;
+            };
+            let c = Controller {
+                name: name.clone(),
+                transport: fixed.transport,
+                address: fixed.address,
+                subsysnqn: nqn.to_string(),
+                hostnqn: fixed.hostnqn,
+                state: String::new(),
+            };
+            if !c.serves(nqn, portal, hostnqn) {
+                continue;
+            }
+            let dir = self.host.sys(format!("class/nvme/{name}"));
+            let Some(state) = self.host.read_attr_opt(&dir.join("state"))? else {
+                continue;
+            };
+            let c = Controller { state, ..c };
+            if c.is_usable() {
+                self.hint(&name);
                 return Ok(Some(c));
             }
         }
+        Ok(None)
     }
-    Ok(None)
+
+    /// The fixed attributes of controller `name` (sysfs inode `ino`), read at most once;
+    /// `None` when it is gone or of another subsystem. A controller still being set up
+    /// (attributes missing) is not remembered.
+    fn fixed(&mut self, name: &str, ino: u64, nqn: &str) -> Result<Option<Fixed>> {
+        let host = self.host;
+        let dir = host.sys(format!("class/nvme/{name}"));
+        let seen = match self.seen.entry((name.to_string(), ino)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => match host.read_attr_opt(&dir.join("subsysnqn"))? {
+                Some(subsysnqn) if !subsysnqn.is_empty() => v.insert(Seen {
+                    subsysnqn,
+                    rest: None,
+                }),
+                _ => return Ok(None),
+            },
+        };
+        if seen.subsysnqn != nqn {
+            return Ok(None);
+        }
+        if seen.rest.is_none() {
+            let (Some(transport), Some(address)) = (
+                host.read_attr_opt(&dir.join("transport"))?,
+                host.read_attr_opt(&dir.join("address"))?,
+            ) else {
+                return Ok(None);
+            };
+            seen.rest = Some(Fixed {
+                transport,
+                address: parse_address(&address),
+                hostnqn: host.read_attr_opt(&dir.join("hostnqn"))?,
+            });
+        }
+        Ok(seen.rest.clone())
+    }
+}
+
+fn is_controller_name(name: &str) -> bool {
+    name.strip_prefix("nvme")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The head block device of the namespace `id` from udev's by-id link
+/// (`/dev/disk/by-id/nvme-uuid.<uuid>`, or `nvme-eui.<nguid>` for a namespace without a
+/// UUID: the namespace's `wwid`), if the link is there.
+pub fn head_by_id(host: &Host, id: &NamespaceId) -> Result<Option<String>> {
+    let wwid = match (&id.uuid, &id.nguid) {
+        (Some(u), _) => format!("uuid.{u}"),
+        (None, Some(g)) => format!("eui.{g}"),
+        (None, None) => return Ok(None),
+    };
+    let Some(dev) = host.canonical(&host.dev(format!("disk/by-id/nvme-{wwid}")))? else {
+        return Ok(None);
+    };
+    Ok(dev
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| head_name(n).as_deref() == Some(*n))
+        .map(str::to_string))
+}
+
+/// The controllers through which the head `head` is reached: every controller of its
+/// subsystem with native multipath (the head sits under `nvme-subsysN`), else the one
+/// controller it sits under.
+fn controllers_of_head(host: &Host, head: &str) -> Result<Vec<String>> {
+    let Some(dev) = host.canonical(&host.sys(format!("block/{head}")))? else {
+        return Ok(Vec::new());
+    };
+    let Some(parent) = dev.parent() else {
+        return Ok(Vec::new());
+    };
+    let pname = parent.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if pname.starts_with("nvme-subsys") {
+        return Ok(host
+            .list_dir(parent)?
+            .into_iter()
+            .filter(|n| is_controller_name(n))
+            .collect());
+    }
+    if is_controller_name(pname) {
+        return Ok(vec![pname.to_string()]);
+    }
+    Ok(Vec::new())
 }
 
 /// A namespace reached through a controller.
@@ -149,26 +341,57 @@ pub fn namespaces(host: &Host, name: &str) -> Result<Vec<Namespace>> {
     let dir = host.sys(format!("class/nvme/{name}"));
     let mut out = Vec::new();
     for entry in host.list_dir(&dir)? {
-        let Some(head) = head_name(&entry) else {
-            continue;
-        };
-        let edir = dir.join(&entry);
-        let attr = |a: &str| host.read_attr_opt(&edir.join(a));
-        out.push(Namespace {
-            head,
-            nsid: attr("nsid")?.and_then(|v| v.parse().ok()),
-            uuid: attr("uuid")?
-                .as_deref()
-                .and_then(normalize_uuid)
-                .filter(|u| u != "00000000-0000-0000-0000-000000000000"),
-            nguid: attr("nguid")?
-                .as_deref()
-                .and_then(normalize_nguid)
-                .filter(|g| g.chars().any(|c| c != '0')),
-            entry,
-        });
+        if let Some(ns) = namespace_entry(host, name, &entry)? {
+            out.push(ns);
+        }
     }
     Ok(out)
+}
+
+/// The namespace entry `entry` under controller `ctrl`, if the name is one (an entry that
+/// does not exist shows no attributes, so it matches no namespace id).
+fn namespace_entry(host: &Host, ctrl: &str, entry: &str) -> Result<Option<Namespace>> {
+    let Some(head) = head_name(entry) else {
+        return Ok(None);
+    };
+    let edir = host.sys(format!("class/nvme/{ctrl}/{entry}"));
+    let attr = |a: &str| host.read_attr_opt(&edir.join(a));
+    Ok(Some(Namespace {
+        head,
+        nsid: attr("nsid")?.and_then(|v| v.parse().ok()),
+        uuid: attr("uuid")?
+            .as_deref()
+            .and_then(normalize_uuid)
+            .filter(|u| u != "00000000-0000-0000-0000-000000000000"),
+        nguid: attr("nguid")?
+            .as_deref()
+            .and_then(normalize_nguid)
+            .filter(|g| g.chars().any(|c| c != '0')),
+        entry: entry.to_string(),
+    }))
+}
+
+/// The namespace `id` names under controller `ctrl`: directly when udev's by-id link shows
+/// its head (the entry is then `nvme{S}c{C}n{N}` under native multipath, else the head
+/// itself), otherwise from the controller's own entries.
+pub fn find_namespace(host: &Host, ctrl: &str, id: &NamespaceId) -> Result<Option<Namespace>> {
+    if let Some(head) = head_by_id(host, id)? {
+        let c = NS_ENTRY.captures(&head);
+        let n = ctrl.trim_start_matches("nvme");
+        let entries = c
+            .map(|c| vec![format!("nvme{}c{n}n{}", &c[1], &c[3]), head.clone()])
+            .unwrap_or_default();
+        for entry in entries {
+            if let Some(ns) = namespace_entry(host, ctrl, &entry)? {
+                if ns.matches(id) {
+                    return Ok(Some(ns));
+                }
+            }
+        }
+    }
+    Ok(namespaces(host, ctrl)?
+        .into_iter()
+        .find(|ns| ns.matches(id)))
 }
 
 /// Whether the kernel's native NVMe multipath is on.
@@ -182,6 +405,224 @@ pub fn native_multipath(host: &Host) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::nvme::props::NvmeTransport;
+    use crate::testing::FakeHost;
+
+    const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";
+    const OTHER_NQN: &str = "nqn.2014-08.org.hostbrick:other";
+    const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e";
+    const UUID: &str = "11111111-1111-4111-8111-111111111111";
+
+    fn portal(addr: &str) -> NvmePortal {
+        NvmePortal {
+            address: addr.into(),
+            port: 4420,
+            transport: NvmeTransport::Tcp,
+        }
+    }
+
+    fn by_uuid(uuid: &str) -> NamespaceId {
+        NamespaceId {
+            uuid: Some(uuid.into()),
+            ..NamespaceId::default()
+        }
+    }
+
+    /// Controllers `nvme0..n` of other subsystems (each its own), then `nvme{n}` serving
+    /// NQN at 10.0.0.1 with namespace 1 (UUID).
+    fn host_with(n: u32) -> FakeHost {
+        let fake = FakeHost::new();
+        for c in 0..n {
+            fake.add_nvme_controller(
+                c,
+                &format!("{OTHER_NQN}{c}"),
+                "tcp",
+                "10.0.0.1",
+                4420,
+                HOSTNQN,
+            );
+            fake.add_nvme_namespace(
+                c,
+                c,
+                1,
+                &format!("22222222-2222-4222-8222-{c:012}"),
+                "",
+                1 << 20,
+            );
+        }
+        fake.add_nvme_controller(n, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        fake.add_nvme_namespace(n, n, 1, UUID, "", 1 << 20);
+        fake
+    }
+
+    #[test]
+    fn finds_the_controller_of_subsystem_portal_and_host() {
+        let fake = host_with(3);
+        let host = fake.host();
+        let c = find_controller(&host, NQN, &portal("10.0.0.1"), HOSTNQN)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.name.as_str(), c.state.as_str()), ("nvme3", "live"));
+        assert_eq!(
+            find_controller(&host, NQN, &portal("10.0.0.2"), HOSTNQN).unwrap(),
+            None
+        );
+        assert_eq!(
+            find_controller(&host, NQN, &portal("10.0.0.1"), "nqn.x:other-host").unwrap(),
+            None
+        );
+        // A controller going away is not one to use.
+        std::fs::write(fake.root().join("sys/class/nvme/nvme3/state"), "deleting\n").unwrap();
+        assert_eq!(
+            find_controller(&host, NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
+            None
+        );
+        let mut finder = ControllerFinder::new(&host);
+        finder.hint("nvme3");
+        assert_eq!(
+            finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_namespace_link_leads_to_its_controllers() {
+        let fake = host_with(2);
+        let host = fake.host();
+        // nvme7 serves the same subsystem and portal as nvme2 (a duplicate connect) and
+        // is the one that reaches namespace 33333333-....
+        fake.add_nvme_controller(7, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        fake.add_nvme_namespace(7, 9, 1, "33333333-3333-4333-8333-333333333333", "", 1 << 20);
+        // Listing order (nvme2, nvme7) would answer nvme2, whose namespace is UUID. Asked
+        // for the other namespace's UUID, the link answers nvme7.
+        let id = by_uuid("33333333-3333-4333-8333-333333333333");
+        assert_eq!(head_by_id(&host, &id).unwrap().as_deref(), Some("nvme9n1"));
+        let mut finder = ControllerFinder::new(&host);
+        finder.hint_namespace(&id).unwrap();
+        let c = finder
+            .find(NQN, &portal("10.0.0.1"), HOSTNQN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.name, "nvme7");
+        let ns = find_namespace(&host, &c.name, &id).unwrap().unwrap();
+        assert_eq!(
+            (ns.head.as_str(), ns.entry.as_str()),
+            ("nvme9n1", "nvme9c7n1")
+        );
+        // Without a hint the list answers the first.
+        let c = find_controller(&host, NQN, &portal("10.0.0.1"), HOSTNQN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.name, "nvme2");
+    }
+
+    #[test]
+    fn namespaces_without_or_with_a_stale_link_are_found_in_the_controller() {
+        let fake = host_with(1);
+        let host = fake.host();
+        let id = by_uuid(UUID);
+        let link = fake.root().join(format!("dev/disk/by-id/nvme-uuid.{UUID}"));
+        assert!(link.exists());
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!(head_by_id(&host, &id).unwrap(), None);
+        let ns = find_namespace(&host, "nvme1", &id).unwrap().unwrap();
+        assert_eq!(ns.head, "nvme1n1");
+        // A link left pointing at another namespace is checked against the UUID.
+        std::os::unix::fs::symlink("../../nvme0n1", &link).unwrap();
+        assert_eq!(head_by_id(&host, &id).unwrap().as_deref(), Some("nvme0n1"));
+        let ns = find_namespace(&host, "nvme1", &id).unwrap().unwrap();
+        assert_eq!(ns.head, "nvme1n1");
+        let mut finder = ControllerFinder::new(&host);
+        finder.hint_namespace(&id).unwrap();
+        let c = finder
+            .find(NQN, &portal("10.0.0.1"), HOSTNQN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.name, "nvme1");
+        assert_eq!(
+            find_namespace(
+                &host,
+                "nvme1",
+                &by_uuid("44444444-4444-4444-8444-444444444444")
+            )
+            .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn namespaces_without_a_uuid_are_linked_by_nguid() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        fake.add_nvme_controller(0, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        let nguid = "aaaaaaaa-bbbb-cccc-dddd-000000000001";
+        fake.add_nvme_namespace(
+            0,
+            0,
+            1,
+            "00000000-0000-0000-0000-000000000000",
+            nguid,
+            1 << 20,
+        );
+        let id = NamespaceId {
+            nguid: normalize_nguid(nguid),
+            ..NamespaceId::default()
+        };
+        assert_eq!(head_by_id(&host, &id).unwrap().as_deref(), Some("nvme0n1"));
+        assert_eq!(
+            find_namespace(&host, "nvme0", &id).unwrap().unwrap().entry,
+            "nvme0c0n1"
+        );
+        assert_eq!(head_by_id(&host, &NamespaceId::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn one_finder_reads_each_controller_once_and_sees_new_ones() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        fake.add_nvme_controller(0, OTHER_NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        fake.add_nvme_controller(1, NQN, "tcp", "10.0.0.2", 4420, HOSTNQN);
+        let mut finder = ControllerFinder::new(&host);
+        assert_eq!(
+            finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
+            None
+        );
+        // Fixed attributes are read once: nvme1's address, were it read again, would match.
+        let a = fake.root().join("sys/class/nvme/nvme1/address");
+        std::fs::write(&a, "traddr=10.0.0.1,trsvcid=4420\n").unwrap();
+        assert_eq!(
+            finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
+            None
+        );
+        // A connect makes nvme2: the next look reads it.
+        fake.add_nvme_controller(2, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        assert_eq!(
+            finder
+                .find(NQN, &portal("10.0.0.1"), HOSTNQN)
+                .unwrap()
+                .unwrap()
+                .name,
+            "nvme2"
+        );
+        // A controller name reused by a new controller is read again. (The old entry's
+        // inode is kept in use, so the fake tree cannot hand it to the new entry: sysfs
+        // never does.)
+        std::fs::hard_link(
+            fake.root().join("sys/class/nvme/nvme0"),
+            fake.root().join("old-nvme0"),
+        )
+        .unwrap();
+        fake.remove_nvme_controller("nvme0");
+        fake.remove_nvme_controller("nvme2");
+        fake.add_nvme_controller(0, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        assert_eq!(
+            finder
+                .find(NQN, &portal("10.0.0.1"), HOSTNQN)
+                .unwrap()
+                .unwrap()
+                .name,
+            "nvme0"
+        );
+    }
 
     #[test]
     fn address_and_head_names() {
