@@ -236,11 +236,17 @@ fn disk_name(n: u32) -> String {
 }
 
 impl FakeHost {
-    /// An empty tree with its fake kernel running.
+    /// An empty tree with its fake kernel running, in the system's temporary directory.
     pub fn new() -> Self {
+        Self::new_in(std::env::temp_dir())
+    }
+
+    /// An empty tree in a new directory under `parent` (e.g. `/dev/shm`, so that building
+    /// a host with thousands of devices never waits on a disk).
+    pub fn new_in(parent: impl AsRef<Path>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hostbrick-fake-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("fake tree: temp dir");
         for d in [
             "sys/block",
@@ -444,10 +450,11 @@ impl FakeHost {
         for a in ["delete", "rescan"] {
             write(&ddir.join(a), "");
         }
-        fs::create_dir_all(ddir.join(format!("block/{name}"))).expect("fake tree: create dir");
         link(&ddir, &self.p(&format!("sys/bus/scsi/devices/{hctl}")));
         let minor = 16 * self.state().next_disk;
-        self.add_block(&name, spec.size, &format!("8:{minor}"));
+        // As the kernel shows it: `sys/block/sdX` links into the SCSI device's directory.
+        let bdir = ddir.join(format!("block/{name}"));
+        self.add_block_at(&name, Some(&bdir), spec.size, &format!("8:{minor}"));
         link(&ddir, &self.p(&format!("sys/block/{name}/device")));
         if let Some(bp) = &spec.by_path {
             link(

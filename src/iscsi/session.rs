@@ -99,8 +99,7 @@ impl<'h> SessionFinder<'h> {
     /// Names a SCSI device that may sit on a wanted session (a recorded path): its session
     /// is checked first, directly. An address no longer present is ignored.
     pub fn hint(&mut self, hctl: Hctl) -> Result<()> {
-        let dev = self.host.canonical(&scsi::device_dir(self.host, hctl))?;
-        if let Some(sid) = dev.as_deref().and_then(sid_in_path) {
+        if let Some(sid) = sid_of_sysfs_link(self.host, &scsi::device_dir(self.host, hctl))? {
             self.candidate(sid);
         }
         Ok(())
@@ -190,42 +189,61 @@ fn sid_in_path(path: &Path) -> Option<u32> {
     })
 }
 
+/// The session a sysfs link into the device tree runs through (`bus/scsi/devices/H:C:T:L`
+/// and `block/sdX` are such links): read from the link itself, else from where it resolves.
+fn sid_of_sysfs_link(host: &Host, path: &Path) -> Result<Option<u32>> {
+    // Not a link (or unreadable as one): resolving the path below says what it is.
+    if let Ok(Some(t)) = host.link_target(path) {
+        if let Some(sid) = sid_in_path(&t) {
+            return Ok(Some(sid));
+        }
+    }
+    Ok(host.canonical(path)?.as_deref().and_then(sid_in_path))
+}
+
 /// The session carrying `target`'s LUN, from udev's by-path link of the LUN: the link
-/// names the block device, whose sysfs device path runs through the session.
+/// names the block device, whose sysfs path runs through the session.
 fn sid_of_lun(host: &Host, target: &IscsiTarget) -> Result<Option<u32>> {
     let link = host.dev("disk/by-path").join(by_path_name(
         &target.portal,
         target.iqn.as_str(),
         target.lun,
     ));
-    let Some(dev) = host.canonical(&link)? else {
-        return Ok(None);
+    let dev = match host.link_target(&link) {
+        Ok(Some(t)) => t,
+        // No link, or not a link (udev makes links): nothing to go by.
+        Ok(None) | Err(_) => return Ok(None),
     };
     let Some(name) = dev.file_name().and_then(|n| n.to_str()) else {
         return Ok(None);
     };
-    if name.is_empty() || name.contains('/') {
+    if name.is_empty() || name.starts_with('.') {
         return Ok(None);
     }
-    let sysdev = host.canonical(&host.sys(format!("block/{name}/device")))?;
-    Ok(sysdev.as_deref().and_then(sid_in_path))
+    sid_of_sysfs_link(host, &host.sys(format!("block/{name}")))
 }
 
 /// The portal address and port the session logged in to (its first connection's
 /// `persistent_address`/`persistent_port`, falling back to `address`/`port`).
 fn connection_address(host: &Host, sid: u32) -> Result<Option<(String, u16)>> {
-    let Some(dev) = session_device_dir(host, sid)? else {
-        return Ok(None);
+    // open-iscsi makes one connection per session, number 0; others are looked up.
+    let first = host.sys(format!("class/iscsi_connection/connection{sid}:0"));
+    let cdir = if first.exists() {
+        first
+    } else {
+        let Some(dev) = session_device_dir(host, sid)? else {
+            return Ok(None);
+        };
+        let prefix = format!("connection{sid}:");
+        let Some(conn) = host
+            .list_dir(&dev)?
+            .into_iter()
+            .find(|n| n.starts_with(&prefix))
+        else {
+            return Ok(None);
+        };
+        host.sys(format!("class/iscsi_connection/{conn}"))
     };
-    let prefix = format!("connection{sid}:");
-    let Some(conn) = host
-        .list_dir(&dev)?
-        .into_iter()
-        .find(|n| n.starts_with(&prefix))
-    else {
-        return Ok(None);
-    };
-    let cdir = host.sys(format!("class/iscsi_connection/{conn}"));
     let addr = match host.read_attr_opt(&cdir.join("persistent_address"))? {
         Some(a) if !a.is_empty() => Some(a),
         _ => host.read_attr_opt(&cdir.join("address"))?,
