@@ -111,7 +111,7 @@ pub use libvirt::{
 };
 pub use local::{LocalConnector, LocalProperties};
 pub use lock::{LockDir, LockGuard, LockMode};
-pub use multipath::MultipathMap;
+pub use multipath::{holder_map, MultipathMap};
 pub use nvme::{
     conflicting_controller, find_controller, find_namespace, head_name, host_identity,
     is_already_connected, native_multipath, parse_address, system_uuid, Controller,
@@ -124,5 +124,6 @@ pub use rbd::{
     RbdConnector, RbdMapper, RbdProperties,
 };
 pub use registry::Registry;
+pub use scsi::{block_name as scsi_block_name, wwid as scsi_wwid};
 pub use secret::Secret;
 pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL};
