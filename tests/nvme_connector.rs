@@ -305,3 +305,41 @@ fn a_host_nqn_that_clashes_with_the_host_id_is_refused_before_connecting() {
         .unwrap();
     sim.assert_clean();
 }
+
+#[test]
+fn namespaces_are_found_without_udev_links_among_unrelated_controllers() {
+    let sim = NvmeSim::new(true);
+    // Other subsystems the host is connected to, before and after ours in every listing.
+    for i in 0..3 {
+        let nqn = format!("nqn.2014-08.org.hostbrick:other{i}");
+        let uuid = format!("33333333-3333-4333-8333-{i:012}");
+        sim.add_subsystem(&nqn, &["127.0.0.1:4420"], &[(1, uuid.as_str(), MIB)]);
+    }
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, 64 * MIB)]);
+    let c = connector(&sim);
+    for i in 0..3 {
+        let ci = nvme_info(json!({
+            "target_nqn": format!("nqn.2014-08.org.hostbrick:other{i}"),
+            "portals": [["127.0.0.1", "4420", "tcp"]],
+            "vol_uuid": format!("33333333-3333-4333-8333-{i:012}"),
+            "volume_id": format!("other-{i}")
+        }));
+        c.connect_volume(&ci).unwrap();
+    }
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme3n1"));
+    assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
+    // A host without udev's by-id links: the controllers are read instead.
+    let by_id = sim.fake.root().join("dev/disk/by-id");
+    std::fs::remove_dir_all(&by_id).unwrap();
+    std::fs::create_dir(&by_id).unwrap();
+    assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
+    c.disconnect_volume(&ci, None, DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(
+        c.get_volume_paths(&ci).unwrap(),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(sim.controllers(), vec!["nvme0", "nvme1", "nvme2"]);
+}
