@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs, once, what building hostbrick needs on a Debian host: libudev-dev and
-# pkg-config (for the udev crate). Sourced by scripts/attach and scripts/test, or run alone.
+# Installs, once, what building and testing hostbrick needs on a Debian host.
+#   hb_ensure_build_deps   libudev-dev and pkg-config (for the udev crate)      scripts/attach
+#   hb_ensure_test_deps    the above + libvirt-clients and libxml2-utils        scripts/test
+#                          (`virt-xml-validate`: the libvirt XML golden tests run it in `cargo test`)
+# Sourced by scripts/attach and scripts/test, or run alone (then: hb_ensure_test_deps).
 # Packages already present are left alone; installing needs root (or passwordless sudo).
 set -euo pipefail
 
@@ -35,6 +38,11 @@ hb_ensure_build_deps() {
     hb_ensure_packages libudev-dev pkg-config
 }
 
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+hb_ensure_test_deps() {
     hb_ensure_build_deps
+    hb_ensure_packages libvirt-clients libxml2-utils
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    hb_ensure_test_deps
 fi
