@@ -1,0 +1,395 @@
+//! Real libvirt: a running TCG guest under a private `libvirtd` (QEMU driver), started by
+//! `tests/libvirt/run.sh`, which runs these `#[ignore]`d tests against it and passes
+//!
+//! - `HOSTBRICK_LIBVIRT_URI`: the connection URI (`qemu:///system?socket=...`);
+//! - `HOSTBRICK_LIBVIRT_DOMAIN`: the running domain;
+//! - `HOSTBRICK_LIBVIRT_CONSOLE`: the guest's serial log, where its init logs every disk it
+//!   sees appear (`block add vdX serial=... sectors=...`) and go (`block remove vdX`);
+//! - `HOSTBRICK_LIBVIRT_SCRATCH`: a directory for disk images (the harness detaches the loop
+//!   devices backed there and removes it);
+//! - `HOSTBRICK_LIBVIRT_ATTACH_TO_GUEST`: the built `attach_to_guest` example.
+//!
+//! Run outside the harness they fail, saying so: a missing variable is never a skip.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use hostbrick::testing::validate_disk_xml;
+use hostbrick::{
+    next_device_name, DiskBus, DiskConfig, DiskSource, DiskTarget, Domain, DomainFlags,
+    HostContext, VirshDomain,
+};
+
+/// How long the guest may take to report a disk coming or going.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the harness passes.
+struct Harness {
+    uri: String,
+    domain: String,
+    console: PathBuf,
+    scratch: PathBuf,
+}
+
+fn var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: these tests run inside tests/libvirt/run.sh (as root), which \
+             starts libvirtd and the guest and passes them in HOSTBRICK_LIBVIRT_*"
+        ),
+    }
+}
+
+fn harness() -> Harness {
+    let h = Harness {
+        uri: var("HOSTBRICK_LIBVIRT_URI"),
+        domain: var("HOSTBRICK_LIBVIRT_DOMAIN"),
+        console: var("HOSTBRICK_LIBVIRT_CONSOLE").into(),
+        scratch: var("HOSTBRICK_LIBVIRT_SCRATCH").into(),
+    };
+    assert!(
+        h.console.is_file(),
+        "guest console {} missing",
+        h.console.display()
+    );
+    assert!(
+        h.scratch.is_dir(),
+        "scratch dir {} missing",
+        h.scratch.display()
+    );
+    h
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `virsh domblklist --details` as (type, device, target, source) rows, read here without
+/// hostbrick's own parser.
+fn raw_domblklist(h: &Harness) -> Vec<[String; 4]> {
+    let out =
+        run(Command::new("virsh").args(["-q", "-c", &h.uri, "domblklist", &h.domain, "--details"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 4).then(|| [w[0], w[1], w[2], w[3]].map(str::to_string))
+        })
+        .collect()
+}
+
+/// The `<disk>` element of `target` in the live domain XML (`virsh dumpxml`).
+fn live_disk_xml(h: &Harness, target: &str) -> Option<String> {
+    let out = run(Command::new("virsh").args(["-c", &h.uri, "dumpxml", &h.domain]));
+    let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+    let needle = format!("<target dev='{target}'");
+    xml.split("<disk ")
+        .skip(1)
+        .filter_map(|rest| rest.find("</disk>").map(|end| &rest[..end]))
+        .find(|body| body.contains(&needle))
+        .map(|body| format!("<disk {body}</disk>"))
+}
+
+fn console_lines(h: &Harness) -> Vec<String> {
+    fs::read(&h.console)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits for a console line after the first `skip` lines containing every one of `words`;
+/// returns it and when it was seen.
+fn wait_console(h: &Harness, skip: usize, words: &[&str]) -> (String, Instant) {
+    let deadline = Instant::now() + GUEST_TIMEOUT;
+    loop {
+        if let Some(line) = console_lines(h)
+            .into_iter()
+            .skip(skip)
+            .find(|l| words.iter().all(|w| l.contains(w)))
+        {
+            return (line, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not log a line with {words:?} within {GUEST_TIMEOUT:?}; console \
+             since the step:\n{}",
+            console_lines(h)
+                .into_iter()
+                .skip(skip)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The guest's name for the disk in a `block add vdX ...` console line.
+fn guest_dev(add_line: &str) -> String {
+    let mut words = add_line.split_whitespace();
+    words
+        .find(|w| *w == "add")
+        .and_then(|_| words.next())
+        .unwrap_or_else(|| panic!("not a block add line: {add_line:?}"))
+        .to_string()
+}
+
+fn sparse_file(path: &Path, bytes: u64) {
+    let f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.set_len(bytes)
+        .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()));
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn new(backing: &Path) -> Loop {
+        let out = run(Command::new("losetup").arg("-f").arg("--show").arg(backing));
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+#[test]
+#[ignore = "needs the real-libvirt harness: tests/libvirt/run.sh"]
+fn virsh_domain_attaches_and_detaches_a_file_disk_live() {
+    let h = harness();
+    let dom = VirshDomain::new(&h.domain, HostContext::system()).with_uri(&h.uri);
+    assert_eq!(dom.name(), h.domain);
+
+    let before = dom.disk_targets().expect("disk_targets");
+    assert!(
+        before.iter().any(|t| t == "vda"),
+        "the guest's root disk vda is not among {before:?}"
+    );
+    let target = next_device_name(DiskBus::Virtio, &before).expect("a free virtio name");
+    assert!(!before.contains(&target));
+
+    let image = h.scratch.join("file-disk.img");
+    sparse_file(&image, 32 << 20);
+    let mut disk = DiskConfig::file(&image, DiskTarget::new(&target, DiskBus::Virtio));
+    disk.serial = Some("hostbrick-file-disk".into());
+    let xml = disk.to_xml().expect("to_xml");
+    validate_disk_xml(&xml).expect("libvirt's schema");
+    println!("disk XML:\n{xml}");
+
+    // attach
+    let mark = console_lines(&h).len();
+    let t0 = Instant::now();
+    dom.attach_device(&xml, DomainFlags::LIVE)
+        .expect("attach_device");
+    let attach_time = t0.elapsed();
+    let targets = dom.disk_targets().expect("disk_targets");
+    assert!(
+        targets.contains(&target),
+        "{target} not in disk_targets() after attach: {targets:?}"
+    );
+    let image_str = image.to_string_lossy().into_owned();
+    let rows = raw_domblklist(&h);
+    assert!(
+        rows.contains(&[
+            "file".into(),
+            "disk".into(),
+            target.clone(),
+            image_str.clone()
+        ]),
+        "virsh domblklist does not show file disk {target} -> {image_str}: {rows:?}"
+    );
+    // libvirt's own view of the disk reads back to what was attached
+    let live = live_disk_xml(&h, &target).expect("the disk in virsh dumpxml");
+    let back = DiskConfig::from_xml(&live)
+        .unwrap_or_else(|e| panic!("from_xml of libvirt's disk XML failed: {e}\n{live}"));
+    assert_eq!(back.source, DiskSource::File(image.clone()), "{live}");
+    assert_eq!(back.target, disk.target, "{live}");
+    assert_eq!(back.serial, disk.serial, "{live}");
+    // the guest sees a disk of that serial and size (32 MiB = 65536 sectors)
+    let (add, seen) = wait_console(
+        &h,
+        mark,
+        &["block add", "serial=hostbrick-file-disk", "sectors=65536"],
+    );
+    let guest_seen = seen - t0;
+    let gdev = guest_dev(&add);
+
+    // detach
+    let mark = console_lines(&h).len();
+    let t0 = Instant::now();
+    dom.detach_device(&xml, DomainFlags::LIVE)
+        .expect("detach_device");
+    let detach_time = t0.elapsed();
+    let targets = dom.disk_targets().expect("disk_targets");
+    assert!(
+        !targets.contains(&target),
+        "{target} still in disk_targets() after detach: {targets:?}"
+    );
+    let rows = raw_domblklist(&h);
+    assert!(
+        !rows.iter().any(|r| r[2] == target),
+        "virsh domblklist still shows {target}: {rows:?}"
+    );
+    assert_eq!(
+        rows.len(),
+        before.len(),
+        "disks after detach differ from before: {rows:?} vs {before:?}"
+    );
+    wait_console(&h, mark, &[&format!("block remove {gdev}")]);
+
+    println!(
+        "file disk {target} (guest {gdev}): attach_device {}, guest saw it after {}, \
+         detach_device (guest acknowledged) {}",
+        secs(attach_time),
+        secs(guest_seen),
+        secs(detach_time)
+    );
+}
+
+#[test]
+#[ignore = "needs the real-libvirt harness: tests/libvirt/run.sh"]
+fn attach_to_guest_example_attaches_a_local_loop_device_and_detaches_it() {
+    let h = harness();
+    let exe = PathBuf::from(var("HOSTBRICK_LIBVIRT_ATTACH_TO_GUEST"));
+    assert!(
+        exe.is_file(),
+        "attach_to_guest example {} missing",
+        exe.display()
+    );
+
+    let backing = h.scratch.join("loop-volume.img");
+    sparse_file(&backing, 48 << 20);
+    let lo = Loop::new(&backing);
+    let volumes = h.scratch.join("volumes");
+    fs::create_dir_all(&volumes).expect("volumes dir");
+    let info = volumes.join("vol-loop-1.json");
+    fs::write(
+        &info,
+        format!(
+            r#"{{"driver_volume_type":"local","data":{{"device_path":"{}"}}}}"#,
+            lo.0
+        ),
+    )
+    .expect("write connection_info");
+    let record = h.scratch.join("vol-loop-1.record.json");
+    let locks = h.scratch.join("locks");
+    let before = raw_domblklist(&h);
+
+    // attach
+    let mark = console_lines(&h).len();
+    let t0 = Instant::now();
+    let out = run(Command::new(&exe)
+        .args(["--domain", &h.domain, "--uri", &h.uri, "--live"])
+        .arg("--connection-info")
+        .arg(&info)
+        .arg("--record")
+        .arg(&record)
+        .arg("--lock-dir")
+        .arg(&locks));
+    let attach_time = t0.elapsed();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("attach_to_guest printed:\n{printed}");
+    let disk = DiskConfig::from_xml(printed.trim())
+        .unwrap_or_else(|e| panic!("the printed XML does not read back: {e}\n{printed}"));
+    validate_disk_xml(printed.trim()).expect("libvirt's schema");
+    assert_eq!(disk.source, DiskSource::Block(PathBuf::from(&lo.0)));
+    // Nova's mapping: the volume id (here the file name) is the disk's serial
+    assert_eq!(disk.serial.as_deref(), Some("vol-loop-1"), "{printed}");
+    let target = disk.target.dev.clone();
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&record).expect("the record was written"))
+            .expect("the record is JSON");
+    assert_eq!(
+        saved["attachment"]["target_dev"],
+        target.as_str(),
+        "{saved}"
+    );
+    assert_eq!(saved["attachment"]["domain"], h.domain.as_str(), "{saved}");
+    let rows = raw_domblklist(&h);
+    assert!(
+        rows.contains(&["block".into(), "disk".into(), target.clone(), lo.0.clone()]),
+        "virsh domblklist does not show block disk {target} -> {}: {rows:?}",
+        lo.0
+    );
+    // the guest sees a disk of that serial and size (48 MiB = 98304 sectors)
+    let (add, seen) = wait_console(
+        &h,
+        mark,
+        &["block add", "serial=vol-loop-1", "sectors=98304"],
+    );
+    let guest_seen = seen - t0;
+    let gdev = guest_dev(&add);
+
+    // detach
+    let mark = console_lines(&h).len();
+    let t0 = Instant::now();
+    let out = run(Command::new(&exe)
+        .arg("--detach")
+        .arg("--record")
+        .arg(&record)
+        .arg("--lock-dir")
+        .arg(&locks));
+    let detach_time = t0.elapsed();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("dev=\"{target}\""))
+            || printed.contains(&format!("dev='{target}'")),
+        "detach did not print the disk it detached:\n{printed}"
+    );
+    assert!(!record.exists(), "the record was not removed");
+    let rows = raw_domblklist(&h);
+    assert!(
+        !rows.iter().any(|r| r[2] == target),
+        "virsh domblklist still shows {target}: {rows:?}"
+    );
+    assert_eq!(
+        rows, before,
+        "the guest's disks differ from before the attach"
+    );
+    wait_console(&h, mark, &[&format!("block remove {gdev}")]);
+    let leftover: Vec<_> = fs::read_dir(volumes.join("attachments"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftover.is_empty(),
+        "attachment files left after detach: {leftover:?}"
+    );
+    // the local protocol leaves the device as it found it
+    assert!(
+        Path::new(&lo.0).exists(),
+        "{} is gone after detach: the local protocol must not remove it",
+        lo.0
+    );
+
+    println!(
+        "attach_to_guest over {} as {target} (guest {gdev}): attach {}, guest saw it after \
+         {}, detach {}",
+        lo.0,
+        secs(attach_time),
+        secs(guest_seen),
+        secs(detach_time)
+    );
+}
