@@ -24,6 +24,17 @@ use hostbrick::{
 
 /// How long the guest may take to report a disk coming or going.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// virtio-blk carries at most 20 bytes of serial (`VIRTIO_BLK_ID_BYTES`): the guest sees a
+/// longer `<serial>` (a volume UUID, say) cut to its first 20.
+const VIRTIO_SERIAL_BYTES: usize = 20;
+
+/// The `serial=` the guest logs for a virtio disk with this `<serial>`.
+fn guest_serial(serial: &str) -> String {
+    format!(
+        "serial={}",
+        &serial[..serial.len().min(VIRTIO_SERIAL_BYTES)]
+    )
+}
 
 /// What the harness passes.
 struct Harness {
@@ -93,7 +104,17 @@ fn raw_domblklist(h: &Harness) -> Vec<[String; 4]> {
 
 /// The `<disk>` element of `target` in the live domain XML (`virsh dumpxml`).
 fn live_disk_xml(h: &Harness, target: &str) -> Option<String> {
-    let out = run(Command::new("virsh").args(["-c", &h.uri, "dumpxml", &h.domain]));
+    domain_disk_xml(h, target, false)
+}
+
+/// The `<disk>` element of `target` in the live (or the persistent, `--inactive`) domain XML.
+fn domain_disk_xml(h: &Harness, target: &str, inactive: bool) -> Option<String> {
+    let mut cmd = Command::new("virsh");
+    cmd.args(["-c", &h.uri, "dumpxml", &h.domain]);
+    if inactive {
+        cmd.arg("--inactive");
+    }
+    let out = run(&mut cmd);
     let xml = String::from_utf8_lossy(&out.stdout).into_owned();
     let needle = format!("<target dev='{target}'");
     xml.split("<disk ")
@@ -232,7 +253,11 @@ fn virsh_domain_attaches_and_detaches_a_file_disk_live() {
     let (add, seen) = wait_console(
         &h,
         mark,
-        &["block add", "serial=hostbrick-file-disk", "sectors=65536"],
+        &[
+            "block add",
+            &guest_serial("hostbrick-file-disk"),
+            "sectors=65536",
+        ],
     );
     let guest_seen = seen - t0;
     let gdev = guest_dev(&add);
@@ -338,7 +363,7 @@ fn attach_to_guest_example_attaches_a_local_loop_device_and_detaches_it() {
     let (add, seen) = wait_console(
         &h,
         mark,
-        &["block add", "serial=vol-loop-1", "sectors=98304"],
+        &["block add", &guest_serial("vol-loop-1"), "sectors=98304"],
     );
     let guest_seen = seen - t0;
     let gdev = guest_dev(&add);
@@ -392,4 +417,56 @@ fn attach_to_guest_example_attaches_a_local_loop_device_and_detaches_it() {
         secs(guest_seen),
         secs(detach_time)
     );
+}
+
+#[test]
+#[ignore = "needs the real-libvirt harness: tests/libvirt/run.sh"]
+fn virsh_domain_live_and_config_flags_change_the_persistent_definition_too() {
+    let h = harness();
+    let dom = VirshDomain::new(&h.domain, HostContext::system()).with_uri(&h.uri);
+    let before = dom.disk_targets().expect("disk_targets");
+    let target = next_device_name(DiskBus::Virtio, &before).expect("a free virtio name");
+    assert!(
+        domain_disk_xml(&h, &target, true).is_none(),
+        "{target} already in the persistent definition"
+    );
+
+    let image = h.scratch.join("config-disk.img");
+    sparse_file(&image, 16 << 20);
+    let mut disk = DiskConfig::file(&image, DiskTarget::new(&target, DiskBus::Virtio));
+    disk.serial = Some("hostbrick-config-disk".into());
+    let xml = disk.to_xml().expect("to_xml");
+
+    let mark = console_lines(&h).len();
+    dom.attach_device(&xml, DomainFlags::LIVE_AND_CONFIG)
+        .expect("attach_device --live --config");
+    assert!(dom.disk_targets().expect("disk_targets").contains(&target));
+    let persistent = domain_disk_xml(&h, &target, true)
+        .unwrap_or_else(|| panic!("--config: {target} not in the persistent definition"));
+    let back = DiskConfig::from_xml(&persistent)
+        .unwrap_or_else(|e| panic!("from_xml of the persistent disk failed: {e}\n{persistent}"));
+    assert_eq!(back.source, DiskSource::File(image.clone()), "{persistent}");
+    assert_eq!(back.serial, disk.serial, "{persistent}");
+    // 16 MiB = 32768 sectors; the 21-byte serial reaches the guest as its first 20 bytes
+    let (add, _) = wait_console(
+        &h,
+        mark,
+        &[
+            "block add",
+            &guest_serial("hostbrick-config-disk"),
+            "sectors=32768",
+        ],
+    );
+    assert!(add.contains("serial=hostbrick-config-dis "), "{add}");
+    let gdev = guest_dev(&add);
+
+    let mark = console_lines(&h).len();
+    dom.detach_device(&xml, DomainFlags::LIVE_AND_CONFIG)
+        .expect("detach_device --live --config");
+    assert!(!dom.disk_targets().expect("disk_targets").contains(&target));
+    assert!(
+        domain_disk_xml(&h, &target, true).is_none(),
+        "--config: {target} still in the persistent definition after detach"
+    );
+    wait_console(&h, mark, &[&format!("block remove {gdev}")]);
 }
