@@ -276,7 +276,9 @@ pub struct Wwid(String);
 impl Wwid {
     /// Maps the kernel's `device/wwid` attribute (`naa.`, `eui.`, `t10.` designators) to
     /// udev's form, the way udev's SCSI rules and os-brick do: `t10.` → `1`, `eui.` → `2`,
-    /// `naa.` → `3`, any other 4-character designator → `8`.
+    /// `naa.` → `3`, any other 4-character designator → `8`. A `/` or control character
+    /// (which a vendor's T10 id may hold, and a map name cannot) becomes `_`, as udev
+    /// writes it, so the result is always a valid [`Wwid`].
     pub fn from_sysfs(raw: &str) -> Result<Self, ParseIdError> {
         let raw = raw.trim_matches(|c: char| c.is_whitespace() || c == '\0');
         if raw.len() <= 4 || !raw.is_char_boundary(4) {
@@ -289,6 +291,10 @@ impl Wwid {
             "naa." => '3',
             _ => '8',
         };
+        let rest: String = rest
+            .chars()
+            .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+            .collect();
         Ok(Wwid(format!("{prefix}{rest}")))
     }
 
@@ -406,5 +412,20 @@ mod tests {
         }
         assert!(Wwid::from_sysfs("naa.").is_err());
         assert!(Wwid::from_sysfs("").is_err());
+    }
+
+    #[test]
+    fn wwid_from_sysfs_is_always_a_valid_wwid() {
+        // Found by the `identifiers` fuzz target: a `/` went through into a WWID that
+        // names a dm-multipath map and that `Wwid::from_str` rejects.
+        let cases = [
+            ("volumes/ns1/vol2", "8mes_ns1_vol2"),
+            ("t10.HP/COMPAQ disk\u{1}9", "1HP_COMPAQ disk_9"),
+        ];
+        for (raw, want) in cases {
+            let w = Wwid::from_sysfs(raw).unwrap();
+            assert_eq!(w.as_str(), want);
+            assert_eq!(w.as_str().parse::<Wwid>(), Ok(w));
+        }
     }
 }
