@@ -1,14 +1,18 @@
 //! connection_info JSON for every protocol: parsing never panics; a parsed value answers
 //! its protocol's typed accessor (and only that one) with properties that hold what the
-//! connectors rely on; neither a parsed value nor a parse error ever shows a secret.
+//! connectors rely on; the disk a volume makes writes as libvirt XML that reads back the
+//! same; neither a parsed value nor a parse error ever shows a secret.
 //!
-//! One target covers the three protocols deliberately: the input is parsed as it is, and
-//! then its `data` object (or the input itself, when it has no envelope) is parsed again
-//! under each of `iscsi`, `iser`, `nvmeof` and `rbd`, with secrets planted, so every
+//! One target covers the protocols deliberately: the input is parsed as it is, and then its
+//! `data` object (or the input itself, when it has no envelope) is parsed again under each
+//! of `iscsi`, `iser`, `nvmeof`, `rbd` and `local`, with secrets planted, so every
 //! protocol's parser sees every input whatever `driver_volume_type` it names.
 #![no_main]
 
-use hostbrick::{ConnectionInfo, ImageSpec, Iqn, Nqn, Portal, Protocol};
+use hostbrick::{
+    ConnectionInfo, DeviceRecord, DiskBus, DiskConfig, DiskTarget, ImageSpec, Iqn, Nqn, Portal,
+    Protocol,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
@@ -37,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     for key in SECRET_KEYS {
         planted.insert(key.into(), Value::String(SENTINEL.into()));
     }
-    for name in ["iscsi", "iser", "nvmeof", "rbd"] {
+    for name in ["iscsi", "iser", "nvmeof", "rbd", "local"] {
         let protocol: Protocol = name.parse().expect("a protocol name");
         for body in [body, &planted] {
             let doc = json!({"driver_volume_type": name, "data": body});
@@ -56,13 +60,25 @@ fuzz_target!(|data: &[u8]| {
 
 /// What a parsed connection_info promises, through its protocol's accessor.
 fn check(info: &ConnectionInfo) {
-    let (iscsi, nvme, rbd) = (info.iscsi(), info.nvme(), info.rbd());
+    let (iscsi, nvme, rbd, local) = (info.iscsi(), info.nvme(), info.rbd(), info.local());
     let expected = match info.protocol() {
-        Protocol::Iscsi | Protocol::Iser => (true, false, false),
-        Protocol::NvmeOf => (false, true, false),
-        Protocol::Rbd => (false, false, true),
+        Protocol::Iscsi | Protocol::Iser => (true, false, false, false),
+        Protocol::NvmeOf => (false, true, false, false),
+        Protocol::Rbd => (false, false, true, false),
+        Protocol::Local => (false, false, false, true),
     };
-    assert_eq!((iscsi.is_some(), nvme.is_some(), rbd.is_some()), expected);
+    let found = (
+        iscsi.is_some(),
+        nvme.is_some(),
+        rbd.is_some(),
+        local.is_some(),
+    );
+    assert_eq!(found, expected);
+    check_disk(info);
+    if let Some(p) = local {
+        assert!(p.device_path.is_absolute() && p.device_path.starts_with("/dev"));
+        assert_eq!(info.volume_id(), p.volume_id.as_deref());
+    }
     if let Some(p) = iscsi {
         assert!(!p.targets.is_empty());
         for t in &p.targets {
@@ -124,4 +140,21 @@ fn check(info: &ConnectionInfo) {
         let _ = p.volume_key();
         assert_eq!(info.volume_id(), p.volume_id.as_deref());
     }
+}
+
+/// The disk Nova would make of the volume, attached at a block device: when it can be made,
+/// its XML reads back as the same disk.
+fn check_disk(info: &ConnectionInfo) {
+    let record = DeviceRecord::block(
+        info.protocol(),
+        "/dev/sdb",
+        info.volume_id().map(str::to_string),
+    );
+    let Ok(disk) = DiskConfig::for_volume(info, &record, DiskTarget::new("vdb", DiskBus::Virtio))
+    else {
+        return;
+    };
+    let xml = disk.to_xml().expect("a checked disk writes as XML");
+    let back = DiskConfig::from_xml(&xml).expect("written XML reads back");
+    assert_eq!(back, disk, "{xml}");
 }
