@@ -179,13 +179,20 @@ fn validate_host(host: &str) -> Result<(), ParseIdError> {
         return Err(ParseIdError("empty host in portal".into()));
     }
     if host.contains(':') {
-        return host
-            .split('%')
-            .next()
-            .unwrap_or(host)
-            .parse::<std::net::Ipv6Addr>()
-            .map(|_| ())
-            .map_err(|_| ParseIdError(format!("{host:?} is not an IPv6 address")));
+        // A link-local address may carry its zone: `fe80::1%eth0` (an interface name or index).
+        let (addr, zone) = match host.split_once('%') {
+            Some((a, z)) => (a, Some(z)),
+            None => (host, None),
+        };
+        let zone_ok = zone.is_none_or(|z| {
+            !z.is_empty()
+                && z.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        });
+        if addr.parse::<std::net::Ipv6Addr>().is_err() || !zone_ok {
+            return Err(ParseIdError(format!("{host:?} is not an IPv6 address")));
+        }
+        return Ok(());
     }
     if host.parse::<std::net::Ipv4Addr>().is_ok() || HOST_RE.is_match(host) {
         // Reject things like "999.1.1.1" that look numeric but are no address.
@@ -381,6 +388,24 @@ mod tests {
             "999.1.1.1",
             "a b:1",
             "[::1]x",
+        ] {
+            assert!(bad.parse::<Portal>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_zone_is_an_interface_name() {
+        let p: Portal = "[fe80::1%eth0]:3260".parse().unwrap();
+        assert_eq!(p.host(), "fe80::1%eth0");
+        assert_eq!(p.to_string().parse::<Portal>(), Ok(p));
+        // Found by the `iscsiadm_output` fuzz target: anything after `%` was taken as the
+        // zone, so this parsed to a host "0::%]:3260" whose portal does not parse back.
+        for bad in [
+            "0::%]:3260",
+            "fe80::1%",
+            "[fe80::1%]:3260",
+            "fe80::1%a b",
+            "fe80::1%a%b",
         ] {
             assert!(bad.parse::<Portal>().is_err(), "{bad}");
         }
