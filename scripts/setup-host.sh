@@ -3,8 +3,9 @@
 #   hb_ensure_build_deps   libudev-dev and pkg-config (for the udev crate)      scripts/attach
 #   hb_ensure_test_deps    the above + libvirt-clients and libxml2-utils        scripts/test
 #                          (`virt-xml-validate`: the libvirt XML golden tests run it in `cargo test`)
-# Sourced by scripts/attach and scripts/test, or run alone (then: hb_ensure_test_deps).
-# Packages already present are left alone; installing needs root (or passwordless sudo).
+#   hb_ensure_cargo_fuzz   cargo-fuzz, for building the fuzz targets             scripts/test
+# Sourced by scripts/attach and scripts/test, or run alone (then: all of it).
+# What is already present is left alone; installing packages needs root (or passwordless sudo).
 set -euo pipefail
 
 hb_log() { printf '[setup %s] %s\n' "$(date -u +%T)" "$*" >&2; }
@@ -43,6 +44,21 @@ hb_ensure_test_deps() {
     hb_ensure_packages libvirt-clients libxml2-utils
 }
 
+# The cargo-fuzz release the fuzz targets are built with (scripts/test, README "Fuzzing").
+HB_CARGO_FUZZ_VERSION=0.13.2
+
+# The fuzz targets build on the stable toolchain: cargo-fuzz's sanitizer and coverage flags are
+# unstable rustc options, which RUSTC_BOOTSTRAP=1 allows (scripts/test sets it for that step).
+hb_ensure_cargo_fuzz() {
+    command -v cargo >/dev/null || { hb_log "cargo not found: install a Rust toolchain (rustup) first"; return 1; }
+    if [ "$(cargo fuzz --version 2>/dev/null)" = "cargo-fuzz $HB_CARGO_FUZZ_VERSION" ]; then
+        return 0
+    fi
+    hb_log "installing cargo-fuzz $HB_CARGO_FUZZ_VERSION (cargo install, about a minute and a half)"
+    cargo install --locked --quiet "cargo-fuzz@$HB_CARGO_FUZZ_VERSION"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     hb_ensure_test_deps
+    hb_ensure_cargo_fuzz
 fi

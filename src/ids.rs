@@ -179,13 +179,20 @@ fn validate_host(host: &str) -> Result<(), ParseIdError> {
         return Err(ParseIdError("empty host in portal".into()));
     }
     if host.contains(':') {
-        return host
-            .split('%')
-            .next()
-            .unwrap_or(host)
-            .parse::<std::net::Ipv6Addr>()
-            .map(|_| ())
-            .map_err(|_| ParseIdError(format!("{host:?} is not an IPv6 address")));
+        // A link-local address may carry its zone: `fe80::1%eth0` (an interface name or index).
+        let (addr, zone) = match host.split_once('%') {
+            Some((a, z)) => (a, Some(z)),
+            None => (host, None),
+        };
+        let zone_ok = zone.is_none_or(|z| {
+            !z.is_empty()
+                && z.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        });
+        if addr.parse::<std::net::Ipv6Addr>().is_err() || !zone_ok {
+            return Err(ParseIdError(format!("{host:?} is not an IPv6 address")));
+        }
+        return Ok(());
     }
     if host.parse::<std::net::Ipv4Addr>().is_ok() || HOST_RE.is_match(host) {
         // Reject things like "999.1.1.1" that look numeric but are no address.
@@ -276,7 +283,9 @@ pub struct Wwid(String);
 impl Wwid {
     /// Maps the kernel's `device/wwid` attribute (`naa.`, `eui.`, `t10.` designators) to
     /// udev's form, the way udev's SCSI rules and os-brick do: `t10.` → `1`, `eui.` → `2`,
-    /// `naa.` → `3`, any other 4-character designator → `8`.
+    /// `naa.` → `3`, any other 4-character designator → `8`. A `/` or control character
+    /// (which a vendor's T10 id may hold, and a map name cannot) becomes `_`, as udev
+    /// writes it, so the result is always a valid [`Wwid`].
     pub fn from_sysfs(raw: &str) -> Result<Self, ParseIdError> {
         let raw = raw.trim_matches(|c: char| c.is_whitespace() || c == '\0');
         if raw.len() <= 4 || !raw.is_char_boundary(4) {
@@ -289,6 +298,10 @@ impl Wwid {
             "naa." => '3',
             _ => '8',
         };
+        let rest: String = rest
+            .chars()
+            .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+            .collect();
         Ok(Wwid(format!("{prefix}{rest}")))
     }
 
@@ -381,6 +394,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_zone_is_an_interface_name() {
+        let p: Portal = "[fe80::1%eth0]:3260".parse().unwrap();
+        assert_eq!(p.host(), "fe80::1%eth0");
+        assert_eq!(p.to_string().parse::<Portal>(), Ok(p));
+        // Found by the `iscsiadm_output` fuzz target: anything after `%` was taken as the
+        // zone, so this parsed to a host "0::%]:3260" whose portal does not parse back.
+        for bad in [
+            "0::%]:3260",
+            "fe80::1%",
+            "[fe80::1%]:3260",
+            "fe80::1%a b",
+            "fe80::1%a%b",
+        ] {
+            assert!(bad.parse::<Portal>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn hctl_round_trip() {
         let h: Hctl = "2:0:1:5".parse().unwrap();
         assert_eq!((h.host, h.channel, h.target, h.lun), (2, 0, 1, 5));
@@ -406,5 +437,20 @@ mod tests {
         }
         assert!(Wwid::from_sysfs("naa.").is_err());
         assert!(Wwid::from_sysfs("").is_err());
+    }
+
+    #[test]
+    fn wwid_from_sysfs_is_always_a_valid_wwid() {
+        // Found by the `identifiers` fuzz target: a `/` went through into a WWID that
+        // names a dm-multipath map and that `Wwid::from_str` rejects.
+        let cases = [
+            ("volumes/ns1/vol2", "8mes_ns1_vol2"),
+            ("t10.HP/COMPAQ disk\u{1}9", "1HP_COMPAQ disk_9"),
+        ];
+        for (raw, want) in cases {
+            let w = Wwid::from_sysfs(raw).unwrap();
+            assert_eq!(w.as_str(), want);
+            assert_eq!(w.as_str().parse::<Wwid>(), Ok(w));
+        }
     }
 }

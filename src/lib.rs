@@ -114,14 +114,14 @@ pub use lock::{LockDir, LockGuard, LockMode};
 pub use multipath::{holder_map, MultipathMap};
 pub use nvme::{
     conflicting_controller, find_controller, find_namespace, head_name, host_identity,
-    is_already_connected, native_multipath, parse_address, system_uuid, Controller,
-    ControllerFinder, IdentitySource, Namespace, NamespaceId, Nqn, NvmeConnector, NvmeHostIdentity,
-    NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
+    is_already_connected, native_multipath, parse_address, parse_id_ns_size, system_uuid,
+    Controller, ControllerFinder, IdentitySource, Namespace, NamespaceId, Nqn, NvmeConnector,
+    NvmeHostIdentity, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
 pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
 pub use rbd::{
-    is_auth_failure, network_source, parse_mappings, CephFiles, ImageSpec, Mapping, Monitor,
-    RbdConnector, RbdMapper, RbdProperties,
+    is_auth_failure, network_source, parse_image_size, parse_mapped_device, parse_mappings,
+    CephFiles, ImageSpec, Mapping, Monitor, RbdConnector, RbdMapper, RbdProperties,
 };
 pub use registry::Registry;
 pub use scsi::{block_name as scsi_block_name, wwid as scsi_wwid};

@@ -23,23 +23,34 @@ pub struct MultipathMap {
     pub wwid: String,
 }
 
+impl MultipathMap {
+    /// The map device-mapper device `dm` is, from its `dm/uuid` and `dm/name` attribute
+    /// values (`name` absent when the file is missing); `None` unless the uuid is a
+    /// multipath one (`mpath-<wwid>`) with a WWID. A map without a name is known by its WWID.
+    pub fn from_dm_attrs(dm: &str, uuid: &str, name: Option<&str>) -> Option<MultipathMap> {
+        let wwid = uuid.trim().strip_prefix(MPATH_UUID_PREFIX)?;
+        if wwid.is_empty() {
+            return None;
+        }
+        let name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(wwid);
+        Some(MultipathMap {
+            dm: dm.to_string(),
+            name: name.to_string(),
+            wwid: wwid.to_string(),
+        })
+    }
+}
+
 /// The multipath map `dm` (`dm-N`), if it is one.
 pub fn map_info(host: &Host, dm: &str) -> Result<Option<MultipathMap>> {
-    let uuid = host.read_attr_opt(&host.sys(format!("block/{dm}/dm/uuid")))?;
-    let Some(wwid) = uuid
-        .as_deref()
-        .and_then(|u| u.strip_prefix(MPATH_UUID_PREFIX))
-    else {
+    let Some(uuid) = host.read_attr_opt(&host.sys(format!("block/{dm}/dm/uuid")))? else {
         return Ok(None);
     };
-    let name = host
-        .read_attr_opt(&host.sys(format!("block/{dm}/dm/name")))?
-        .unwrap_or_else(|| wwid.to_string());
-    Ok(Some(MultipathMap {
-        dm: dm.to_string(),
-        name,
-        wwid: wwid.to_string(),
-    }))
+    let name = host.read_attr_opt(&host.sys(format!("block/{dm}/dm/name")))?;
+    Ok(MultipathMap::from_dm_attrs(dm, &uuid, name.as_deref()))
 }
 
 /// The multipath map holding path device `name`, if any.
@@ -131,6 +142,26 @@ pub fn resize_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> 
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn map_from_dm_attributes() {
+        let m = MultipathMap::from_dm_attrs("dm-3", "mpath-3600a\n", Some("mpatha")).unwrap();
+        assert_eq!(
+            (m.dm.as_str(), m.name.as_str(), m.wwid.as_str()),
+            ("dm-3", "mpatha", "3600a")
+        );
+        let unnamed = MultipathMap::from_dm_attrs("dm-3", "mpath-3600a", None).unwrap();
+        assert_eq!(unnamed.name, "3600a");
+        let empty_name = MultipathMap::from_dm_attrs("dm-3", "mpath-3600a", Some(" ")).unwrap();
+        assert_eq!(empty_name.name, "3600a");
+        assert_eq!(MultipathMap::from_dm_attrs("dm-1", "LVM-xyz", None), None);
+        assert_eq!(MultipathMap::from_dm_attrs("dm-1", "", Some("x")), None);
+        // A multipath uuid without a WWID names no map.
+        assert_eq!(
+            MultipathMap::from_dm_attrs("dm-1", "mpath-", Some("x")),
+            None
+        );
+    }
 
     #[test]
     fn finds_map_through_holders_and_mapper_link() {

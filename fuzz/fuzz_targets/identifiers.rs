@@ -3,17 +3,29 @@
 
 use libfuzzer_sys::fuzz_target;
 
+fn round_trip<T>(s: &str)
+where
+    T: std::str::FromStr + std::fmt::Display + PartialEq + std::fmt::Debug,
+{
+    if let Ok(v) = s.parse::<T>() {
+        assert_eq!(v.to_string().parse::<T>().ok(), Some(v));
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
-    if let Ok(p) = s.parse::<hostbrick::Portal>() {
-        assert_eq!(p.to_string().parse::<hostbrick::Portal>().ok(), Some(p));
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    round_trip::<hostbrick::Portal>(s);
+    round_trip::<hostbrick::Iqn>(s);
+    round_trip::<hostbrick::Hctl>(s);
+    round_trip::<hostbrick::Nqn>(s);
+    round_trip::<hostbrick::ImageSpec>(s);
+    round_trip::<hostbrick::NvmeTransport>(s);
+    round_trip::<hostbrick::Protocol>(s);
+    round_trip::<hostbrick::Wwid>(s);
+    if let Ok(w) = hostbrick::Wwid::from_sysfs(s) {
+        // udev's form of the kernel's wwid is itself a valid WWID (it names the map).
+        assert_eq!(w.as_str().parse::<hostbrick::Wwid>().ok(), Some(w));
     }
-    if let Ok(i) = s.parse::<hostbrick::Iqn>() {
-        assert_eq!(i.to_string().parse::<hostbrick::Iqn>().ok(), Some(i));
-    }
-    if let Ok(h) = s.parse::<hostbrick::Hctl>() {
-        assert_eq!(h.to_string().parse::<hostbrick::Hctl>().ok(), Some(h));
-    }
-    let _ = hostbrick::Wwid::from_sysfs(s);
-    let _ = s.parse::<hostbrick::Protocol>();
 });

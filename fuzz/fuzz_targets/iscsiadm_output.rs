@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     for s in hostbrick::parse_sessions(&text) {
-        let again = hostbrick::parse_sessions(&format!("{}: [{}] {},{} {}\n", s.transport, s.sid, s.portal, s.tpgt, s.iqn));
+        let again = hostbrick::parse_sessions(&format!(
+            "{}: [{}] {},{} {}\n",
+            s.transport, s.sid, s.portal, s.tpgt, s.iqn
+        ));
         assert_eq!(again, vec![s]);
     }
     for n in hostbrick::parse_nodes(&text) {

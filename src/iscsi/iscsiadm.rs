@@ -416,5 +416,10 @@ mod tests {
         assert_eq!(n.len(), 3);
         assert_eq!(n[1].portal.host(), "127.0.0.2");
         assert_eq!(n[2].portal.host(), "::1");
+        // Found by the `iscsiadm_output` fuzz target: a zone id that swallowed the rest of
+        // the portal.
+        assert!(parse_nodes("0::%]:3260,2 iqn.2003-01.org.linux-iscsi.v:27\n").is_empty());
+        let zoned = parse_nodes("[fe80::1%eth0]:3260,1 iqn.2003-01.org.linux-iscsi.vm:t1\n");
+        assert_eq!(zoned[0].portal.host(), "fe80::1%eth0");
     }
 }

@@ -16,7 +16,7 @@ mod sysfs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use cli::{is_already_connected, ConnectOutcome};
+pub use cli::{is_already_connected, parse_id_ns_size, ConnectOutcome};
 pub use identity::{
     conflicting_controller, host_identity, system_uuid, IdentitySource, NvmeHostIdentity,
 };

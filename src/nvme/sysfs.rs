@@ -336,6 +336,33 @@ pub fn head_name(entry: &str) -> Option<String> {
     Some(format!("nvme{}n{}", &c[1], &c[3]))
 }
 
+impl Namespace {
+    /// The namespace a controller shows as directory `entry` with the attribute values
+    /// `nsid`, `uuid` and `nguid` (as read, absent when the file is missing); `None` when
+    /// `entry` is no namespace. Values that are not ids, and the all-zero UUID and NGUID
+    /// a namespace without one reports, count as absent.
+    pub fn from_attrs(
+        entry: &str,
+        nsid: Option<&str>,
+        uuid: Option<&str>,
+        nguid: Option<&str>,
+    ) -> Option<Namespace> {
+        Some(Namespace {
+            head: head_name(entry)?,
+            entry: entry.to_string(),
+            nsid: nsid.and_then(|v| v.trim().parse().ok()),
+            uuid: uuid
+                .map(str::trim)
+                .and_then(normalize_uuid)
+                .filter(|u| u != "00000000-0000-0000-0000-000000000000"),
+            nguid: nguid
+                .map(str::trim)
+                .and_then(normalize_nguid)
+                .filter(|g| g.chars().any(|c| c != '0')),
+        })
+    }
+}
+
 /// The namespaces the controller `name` carries.
 pub fn namespaces(host: &Host, name: &str) -> Result<Vec<Namespace>> {
     let dir = host.sys(format!("class/nvme/{name}"));
@@ -351,24 +378,18 @@ pub fn namespaces(host: &Host, name: &str) -> Result<Vec<Namespace>> {
 /// The namespace entry `entry` under controller `ctrl`, if the name is one (an entry that
 /// does not exist shows no attributes, so it matches no namespace id).
 fn namespace_entry(host: &Host, ctrl: &str, entry: &str) -> Result<Option<Namespace>> {
-    let Some(head) = head_name(entry) else {
+    if head_name(entry).is_none() {
         return Ok(None);
-    };
+    }
     let edir = host.sys(format!("class/nvme/{ctrl}/{entry}"));
     let attr = |a: &str| host.read_attr_opt(&edir.join(a));
-    Ok(Some(Namespace {
-        head,
-        nsid: attr("nsid")?.and_then(|v| v.parse().ok()),
-        uuid: attr("uuid")?
-            .as_deref()
-            .and_then(normalize_uuid)
-            .filter(|u| u != "00000000-0000-0000-0000-000000000000"),
-        nguid: attr("nguid")?
-            .as_deref()
-            .and_then(normalize_nguid)
-            .filter(|g| g.chars().any(|c| c != '0')),
-        entry: entry.to_string(),
-    }))
+    let (nsid, uuid, nguid) = (attr("nsid")?, attr("uuid")?, attr("nguid")?);
+    Ok(Namespace::from_attrs(
+        entry,
+        nsid.as_deref(),
+        uuid.as_deref(),
+        nguid.as_deref(),
+    ))
 }
 
 /// The namespace `id` names under controller `ctrl`: directly when udev's by-id link shows
@@ -633,6 +654,41 @@ mod tests {
         assert_eq!(head_name("nvme3n1").as_deref(), Some("nvme3n1"));
         assert_eq!(head_name("nvme0"), None);
         assert_eq!(head_name("ng0n1"), None);
+    }
+
+    #[test]
+    fn namespace_from_attributes() {
+        let ns = Namespace::from_attrs(
+            "nvme0c1n2",
+            Some("2\n"),
+            Some("9F0C1A7E-6C3B-4C8E-9A55-2B4F3C1D0E11"),
+            Some("9f0c1a7e6c3b4c8e9a552b4f3c1d0e11"),
+        )
+        .unwrap();
+        assert_eq!(
+            (ns.head.as_str(), ns.entry.as_str()),
+            ("nvme0n2", "nvme0c1n2")
+        );
+        assert_eq!(ns.nsid, Some(2));
+        assert_eq!(
+            ns.uuid.as_deref(),
+            Some("9f0c1a7e-6c3b-4c8e-9a55-2b4f3c1d0e11")
+        );
+        assert_eq!(
+            ns.nguid.as_deref(),
+            Some("9f0c1a7e6c3b4c8e9a552b4f3c1d0e11")
+        );
+        // No ids: absent files, all-zero values, junk.
+        let bare = Namespace::from_attrs(
+            "nvme1n1",
+            Some("x"),
+            Some("00000000-0000-0000-0000-000000000000"),
+            Some("00000000000000000000000000000000"),
+        )
+        .unwrap();
+        assert_eq!((bare.nsid, bare.uuid, bare.nguid), (None, None, None));
+        assert_eq!(Namespace::from_attrs("nvme1", Some("1"), None, None), None);
+        assert_eq!(Namespace::from_attrs("ng0n1", None, None, None), None);
     }
 
     #[test]

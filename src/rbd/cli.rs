@@ -208,16 +208,19 @@ pub fn map(
     }
     let cmd = cmd.deadline(deadline);
     let out = run_as_client(runner, &cmd, props)?;
-    let dev = out
-        .stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| l.starts_with("/dev/"))
-        .map(str::to_string);
-    dev.ok_or_else(|| Error::Parse {
+    parse_mapped_device(&out.stdout).ok_or_else(|| Error::Parse {
         program: mapper.program().into(),
         reason: format!("no device in {:?}", out.stdout),
     })
+}
+
+/// The device a map printed: its last line that names one (`/dev/rbd0`, `/dev/nbd0`).
+pub fn parse_mapped_device(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with("/dev/"))
+        .map(str::to_string)
 }
 
 /// The images mapped through `mapper`.
@@ -261,11 +264,6 @@ pub fn unmap(
     Err(cmd.failure(&out))
 }
 
-#[derive(Deserialize)]
-struct ImageInfo {
-    size: u64,
-}
-
 /// The image's size in bytes (`rbd info --format json`).
 pub fn image_size(
     runner: &dyn CommandRunner,
@@ -279,12 +277,18 @@ pub fn image_size(
         .args(files.args(props))
         .deadline(deadline);
     let out = run_as_client(runner, &cmd, props)?;
-    serde_json::from_str::<ImageInfo>(out.stdout.trim())
-        .map(|i| i.size)
-        .map_err(|e| Error::Parse {
-            program: "rbd".into(),
-            reason: e.to_string(),
-        })
+    parse_image_size(&out.stdout).map_err(|reason| Error::Parse {
+        program: "rbd".into(),
+        reason,
+    })
+}
+
+/// The image size in bytes from `rbd info --format json` output.
+pub fn parse_image_size(json: &str) -> std::result::Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).map_err(|e| e.to_string())?;
+    v.get("size")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| "no size".to_string())
 }
 
 #[cfg(test)]
@@ -305,5 +309,24 @@ mod tests {
         assert!(parse_mappings("").unwrap().is_empty());
         assert!(parse_mappings("[]\n").unwrap().is_empty());
         assert!(parse_mappings("{").is_err());
+    }
+
+    #[test]
+    fn info_size_and_mapped_device() {
+        // Ceph 16, as captured in tests/fixtures/rbd/environment.txt.
+        let info = r#"{"name":"vol1","id":"101fbab781f7","size":67108864,"objects":16,"order":22,"object_size":4194304,"format":2}"#;
+        assert_eq!(parse_image_size(&format!("{info}\n")), Ok(64 << 20));
+        assert!(parse_image_size(r#"{"size":-1}"#).is_err());
+        assert!(parse_image_size("").is_err());
+        assert!(parse_image_size("[67108864]").is_err());
+        assert_eq!(
+            parse_mapped_device("/dev/rbd0\n").as_deref(),
+            Some("/dev/rbd0")
+        );
+        assert_eq!(
+            parse_mapped_device("rbd: warning: something\n  /dev/nbd1  \n\n").as_deref(),
+            Some("/dev/nbd1")
+        );
+        assert_eq!(parse_mapped_device("mapped\n"), None);
     }
 }

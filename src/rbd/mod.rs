@@ -7,7 +7,10 @@ mod props;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use cli::{is_auth_failure, parse_mappings, CephFiles, Mapping, RbdMapper};
+pub use cli::{
+    is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
+    RbdMapper,
+};
 pub use props::{ImageSpec, Monitor, RbdProperties};
 
 use crate::block;
