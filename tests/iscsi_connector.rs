@@ -505,6 +505,70 @@ fn multipath_without_lists_discovers_the_other_portals() {
 }
 
 #[test]
+fn a_failed_connect_deletes_the_node_records_its_discovery_made() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    // A record someone made before the connect is not the connect's to delete.
+    let pre = hostbrick::Command::new("iscsiadm").args([
+        "-m",
+        "node",
+        "-T",
+        IQN,
+        "-p",
+        "127.0.0.2:3260",
+        "--interface",
+        "default",
+        "--op",
+        "new",
+    ]);
+    assert!(hostbrick::CommandRunner::run(&*sim.runner, &pre)
+        .unwrap()
+        .status
+        .success());
+    let c = connector(&sim, false);
+    // LUN 7 is not offered: login works, the LUN never appears.
+    let ci = info(json!({
+        "target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 7,
+        "volume_id": "vol-d", "target_discovered": true
+    }));
+    let e = c.connect_volume(&ci).unwrap_err();
+    assert!(matches!(e, Error::VolumeDeviceNotFound { .. }), "{e:?}");
+    assert_eq!(sim.runner.count("-m discovery -t sendtargets"), 1);
+    assert_eq!(sim.session_count(), 0);
+    assert!(
+        !sim.has_node("127.0.0.1:3260"),
+        "the discovered record stayed"
+    );
+    assert!(
+        sim.has_node("127.0.0.2:3260"),
+        "a record made before was deleted"
+    );
+    assert_eq!(sim.node_count(), 1);
+}
+
+#[test]
+fn a_discovered_record_the_volume_does_not_use_goes_after_connect() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = info(json!({
+        "target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 1,
+        "volume_id": "vol-d", "target_discovered": true
+    }));
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(sim.has_node("127.0.0.1:3260"));
+    assert!(
+        !sim.has_node("127.0.0.2:3260"),
+        "an unused discovered record stayed"
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
 fn bad_properties_are_typed_errors_naming_the_field() {
     let cases = [
         (json!({"target_iqn": IQN}), "data.target_portal"),

@@ -8,7 +8,7 @@
 
 mod iscsiadm;
 mod props;
-mod session;
+pub(crate) mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -31,8 +31,13 @@ use crate::host::Host;
 use crate::ids::{Hctl, Portal, Wwid};
 use crate::lock::{LockDir, LockMode};
 use crate::multipath::{self, MultipathMap};
+use crate::registry::Registry;
 use crate::scsi;
 use crate::wait::DeviceWatch;
+
+/// The attachment registry's name for iSCSI (and iSER) volumes: one [`DeviceRecord`] per
+/// attached volume, so an audit can tell sessions in use from orphans.
+pub(crate) const REGISTRY: &str = "iscsi";
 
 /// The iSCSI/iSER connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
@@ -41,6 +46,7 @@ pub struct IscsiConnector {
     opts: ConnectorOptions,
     iface: String,
     locks: LockDir,
+    registry: Registry,
 }
 
 /// One path that came up during a connect.
@@ -116,11 +122,13 @@ impl IscsiConnector {
             });
         }
         let locks = opts.locks();
+        let registry = Registry::new(&opts.context.host, REGISTRY);
         Ok(IscsiConnector {
             protocol,
             opts,
             iface,
             locks,
+            registry,
         })
     }
 
@@ -149,34 +157,60 @@ impl IscsiConnector {
         let started = Instant::now();
         let deadline = started + self.opts.operation_timeout;
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
-        let targets = self.targets_for_connect(props, deadline)?;
-        let record = if self.opts.use_multipath {
-            self.connect_multipath(props, &targets, deadline)
-        } else {
-            self.connect_single(props, &targets, deadline)
-        }?;
+        let mut discovered = Vec::new();
+        let result = self
+            .targets_for_connect(props, deadline, &mut discovered)
+            .and_then(|targets| {
+                if self.opts.use_multipath {
+                    self.connect_multipath(props, &targets, deadline)
+                } else {
+                    self.connect_single(props, &targets, deadline)
+                }
+            });
+        self.forget_unused_nodes(&discovered);
+        let record = result?;
+        if let Err(e) = self.registry.put(&props.volume_key(), &record) {
+            tracing::warn!(error = %e.chain(), "cannot note the attachment in the registry; an audit will list its session as unused");
+        }
         tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");
         Ok(record)
     }
 
     /// The targets to log in to: the given ones, plus (for multipath without target
-    /// lists) the portals sendtargets discovery reports for the same IQN.
+    /// lists) the portals sendtargets discovery reports for the same IQN. The node records
+    /// discovery created (not there before it) are added to `discovered`.
     fn targets_for_connect(
         &self,
         props: &IscsiProperties,
         deadline: Instant,
+        discovered: &mut Vec<IscsiTarget>,
     ) -> Result<Vec<IscsiTarget>> {
         let discover_for_paths = self.opts.use_multipath && props.targets.len() == 1;
         if !props.wants_discovery() && !discover_for_paths {
             return Ok(props.targets.clone());
         }
         let adm = self.adm(deadline);
+        let before = adm.nodes()?;
         let mut last_err = None;
         let mut portals: Vec<&Portal> = props.targets.iter().map(|t| &t.portal).collect();
         portals.dedup();
         for portal in portals {
             match adm.discover(portal, props.discovery_auth.as_ref()) {
                 Ok(found) => {
+                    discovered.extend(
+                        found
+                            .iter()
+                            .filter(|n| {
+                                !before
+                                    .iter()
+                                    .any(|b| b.portal == n.portal && b.iqn == n.iqn)
+                            })
+                            .map(|n| IscsiTarget {
+                                portal: n.portal.clone(),
+                                iqn: n.iqn.clone(),
+                                lun: 0,
+                            }),
+                    );
                     let mut targets = props.targets.clone();
                     if discover_for_paths {
                         let base = props.primary();
@@ -614,6 +648,33 @@ impl IscsiConnector {
         }
     }
 
+    /// Deletes the node records discovery created for this connect that no session uses
+    /// now (targets that failed, or that discovery reported but the volume does not use).
+    /// A target's lock is taken exclusively first, so no connect of that target is
+    /// between its node record and its device.
+    fn forget_unused_nodes(&self, discovered: &[IscsiTarget]) {
+        if discovered.is_empty() {
+            return;
+        }
+        let deadline = self.cleanup_deadline();
+        let adm = self.adm(deadline);
+        for t in discovered {
+            let r = self
+                .locks
+                .lock(&target_lock_key(t), LockMode::Exclusive)
+                .and_then(|_x| match session::find(self.host(), t)? {
+                    Some(_) => Ok(()),
+                    None => {
+                        tracing::debug!(target = %t, "deleting the node record discovery made");
+                        adm.node_delete(t)
+                    }
+                });
+            if let Err(e) = r {
+                tracing::warn!(target = %t, error = %e.chain(), "cannot delete a node record discovery made");
+            }
+        }
+    }
+
     /// Undoes paths that came up (a multipath connect that must not keep them).
     fn undo_paths(&self, paths: &[AttachedPath]) {
         let deadline = self.cleanup_deadline();
@@ -767,6 +828,7 @@ impl IscsiConnector {
         for t in &targets {
             failures.step(self.release_target(t, true, &mut sessions, deadline))?;
         }
+        failures.step(self.registry.remove(&props.volume_key()))?;
         tracing::info!(
             phase = "disconnected",
             elapsed_ms = ms(started.elapsed()),

@@ -210,6 +210,7 @@ impl Sim {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
             ["-m", "session"] => self.session_list(),
+            ["-m", "node"] => self.node_list(),
             ["-m", "node", "-T", iqn, "-p", portal, rest @ ..] => self.node_op(iqn, portal, rest),
             ["-m", "discoverydb", "-t", "sendtargets", "-p", portal, "--interface", _, rest @ ..] => {
                 self.discovery(portal, rest)
@@ -232,6 +233,20 @@ impl Sim {
                 .map(|s| format!("tcp: [{}] {},1 {} (non-flash)\n", s.sid, s.portal, s.iqn))
                 .collect::<String>(),
         )
+    }
+
+    fn node_list(&self) -> CommandOutput {
+        let st = lock(&self.state);
+        if st.nodes.is_empty() {
+            return CommandOutput::exit(21, "iscsiadm: No records found\n");
+        }
+        let mut lines: Vec<String> = st
+            .nodes
+            .keys()
+            .map(|(iqn, portal)| format!("{portal},1 {iqn}\n"))
+            .collect();
+        lines.sort();
+        CommandOutput::ok(lines.concat())
     }
 
     fn node_op(&self, iqn: &str, portal: &str, rest: &[&str]) -> CommandOutput {
