@@ -605,3 +605,114 @@ guest_reset() {
     rbd_reset
     rm -rf "$WORK"
 }
+
+# ------------------------------------------------------------------ faults -----
+# Deterministic fault injection: a wrapper for one program, first on the PATH of the attach
+# call, runs the real program and then, once its arguments contain every marker word and it
+# succeeded, runs a hook (the first time only): e.g. tear the target down right after the
+# login, or SIGKILL the attach process ($FAULT_PARENT) in the middle of its connect.
+FAULT_BIN=${FAULT_BIN:-$WORK/fault-bin}
+
+# fault_wrap PROGRAM 'MARKER WORDS' HOOK...: the hook is a command line run by bash with
+# lib.sh sourced (and $FAULT_PARENT set); its output goes to $WORK/fault-hook.log.
+fault_wrap() {
+    local prog=$1 marker=$2 real w test=""; shift 2
+    for w in $marker; do test="$test && [[ \" \$* \" == *\" $w \"* ]]"; done
+    real=$(command -v "$prog") || { log "fault_wrap: no $prog"; return 1; }
+    mkdir -p "$FAULT_BIN"
+    printf '%s\n' "$*" > "$FAULT_BIN/$prog.hook"
+    rm -rf "$FAULT_BIN/$prog.fired"
+    cat > "$FAULT_BIN/$prog" <<WRAP
+#!/bin/bash
+"$real" "\$@"; rc=\$?
+if [ \$rc = 0 ] $test && mkdir "$FAULT_BIN/$prog.fired" 2>/dev/null; then
+    FAULT_PARENT=\$PPID GUEST_DIR="$GUEST_DIR" WORK="$WORK" RESULTS="$RESULTS" SCENARIO="${SCENARIO:-}-hook" \
+        bash -c '. "\$GUEST_DIR/lib.sh"; . "\$0"' "$FAULT_BIN/$prog.hook" >> "$WORK/fault-hook.log" 2>&1
+fi
+exit \$rc
+WRAP
+    chmod +x "$FAULT_BIN/$prog"
+}
+fault_fired() { [ -d "$FAULT_BIN/$1.fired" ]; }
+fault_clear() { rm -rf "$FAULT_BIN"; }
+# attach_faulty NAME ARGS...: attach_cmd with the fault wrappers first on PATH.
+attach_faulty() { PATH="$FAULT_BIN:$PATH" attach_cmd "$@"; }
+
+# iSCSI session states (LOGGED_IN, FAILED, FREE) of the sessions to IQN
+iscsi_session_states() {
+    local s
+    for s in /sys/class/iscsi_session/session*; do
+        [ -e "$s/targetname" ] && [ "$(cat "$s/targetname")" = "$1" ] && cat "$s/state"
+    done
+}
+iscsi_not_logged_in() { ! iscsi_session_states "$1" | grep -qx LOGGED_IN; }
+# has_scsi_disk_of WWID: a SCSI disk with that WWID (udev's form) exists
+has_scsi_disk_of() {
+    local d
+    for d in /sys/class/scsi_disk/*/device; do
+        [ -e "$d/wwid" ] || continue
+        [ "$(/lib/udev/scsi_id -g -u "/dev/$(ls "$d/block" 2>/dev/null | head -n1)" 2>/dev/null)" = "$1" ] && return 0
+    done
+    return 1
+}
+
+# lio_target_down IQN: the target goes away under its initiators: TPG disabled (LIO drops
+# its sessions) and portals removed (re-logins are refused). Waits until the initiator has
+# noticed (no session of IQN still LOGGED_IN).
+lio_target_down() {
+    local tpg np; tpg=$(lio_tpg "$1")
+    echo 0 > "$tpg/enable" || return 1
+    for np in "$tpg"/np/*; do [ -d "$np" ] && rmdir "$np"; done
+    wait_until 15 iscsi_not_logged_in "$1" || { log "sessions of $1 still logged in: $(iscsi_session_states "$1" | tr '\n' ' ')"; return 1; }
+    log "target $1 down; sessions: $(iscsi_session_states "$1" | tr '\n' ' ')"
+}
+
+nvme_ctrl_states() { local c; for c in $(nvme_ctrls_for "$1"); do cat "/sys/class/nvme/$c/state"; done; }
+nvme_not_live() { ! nvme_ctrl_states "$1" | grep -qx live; }
+
+# nvmet_port_down PORT_ID NQN: the port goes away (connections drop, reconnects are refused);
+# waits until no controller of NQN is live.
+nvmet_port_down() {
+    local p=$NVMET/ports/$1 x
+    for x in "$p"/subsystems/*; do [ -L "$x" ] && rm -f "$x"; done
+    rmdir "$p" || return 1
+    wait_until 15 nvme_not_live "$2" || { log "controllers of $2 still live: $(nvme_ctrl_states "$2" | tr '\n' ' ')"; return 1; }
+    log "port $1 down; controllers of $2: $(nvme_ctrl_states "$2" | tr '\n' ' ')"
+}
+
+# ------------------------------------------------------------------ audit -----
+
+# audit_run NAME: `attach audit` -> $WORK/NAME.out (must succeed and be one JSON object)
+audit_run() {
+    attach_ok "$1" audit
+    jq -e 'type == "object" and has("iscsi_sessions") and has("multipath_maps") and has("nvme_controllers") and has("rbd_mappings")' \
+        "$WORK/$1.out" >/dev/null || fail "audit output is not a report: $(head -c 300 "$WORK/$1.out")"
+    log "audit: $(jq -c . "$WORK/$1.out")"
+}
+# audit_count NAME KIND: entries of KIND (iscsi_sessions, ...) in audit NAME
+audit_count() { jq -r --arg k "$2" '.[$k] | length' "$WORK/$1.out"; }
+# check_audit_empty NAME: audit lists nothing
+check_audit_empty() {
+    audit_run "$1"
+    jq -e '[.[] | length] | add == 0' "$WORK/$1.out" >/dev/null \
+        || fail "audit lists orphans where none should be: $(jq -c . "$WORK/$1.out")"
+}
+
+# ------------------------------------------------------------------ statistics -----
+
+# median VALUE...: the median (mean of the middle two for an even count), 3 decimals
+median() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -n \
+        | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+# ratio A B: A / B with 2 decimals
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f\n", a / b; else print "-"}'; }
+# lt A B: A < B (decimals)
+lt() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a < b)}'; }
+
+# bench_line SECTION LABEL RUNS CONNECT_S DISCONNECT_S FLOOR_S NOTE: one line of the suite's
+# benchmark report ($RESULTS/bench.tsv; run-suite.sh prints it as a table).
+bench_line() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$(printf '%s' "$7" | tr '\t\n' '  ')" >> "$RESULTS/bench.tsv"
+    log "bench: $*"
+}

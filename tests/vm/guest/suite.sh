@@ -4,6 +4,8 @@
 # after the other, resetting initiator and targets in between, and writes
 #   results/results.tsv   name <TAB> pass|fail <TAB> connect_s <TAB> disconnect_s <TAB> floor_s <TAB> message
 #   results/<name>.log    the scenario's output
+#   results/bench.tsv     section <TAB> label <TAB> runs <TAB> connect_s <TAB> disconnect_s <TAB> floor_s <TAB> note
+#                         (benchmark lines the scenarios add with bench_line)
 set -u
 GUEST_DIR=$(cd "$(dirname "$0")" && pwd)
 SHARE=$(cd "$GUEST_DIR/.." && pwd)
@@ -14,7 +16,7 @@ export GUEST_DIR SHARE RESULTS=$SHARE/results ATTACH=$SHARE/bin/attach
 FILTER=${HOSTBRICK_VM_SCENARIOS:-}
 SCENARIO_TIMEOUT=${HOSTBRICK_VM_SCENARIO_TIMEOUT:-300}
 TSV=$RESULTS/results.tsv
-mkdir -p "$RESULTS"; : > "$TSV"
+mkdir -p "$RESULTS"; : > "$TSV"; : > "$RESULTS/bench.tsv"
 
 log "modules"
 targets_modules || log "some target modules failed to load"
