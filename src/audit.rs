@@ -12,7 +12,8 @@
 //! - RBD mappings (kernel rbd and rbd-nbd) without a hostbrick record.
 //!
 //! It reads sysfs and the registry and runs only the read-only listing commands of `rbd`
-//! and `rbd-nbd` (a missing program means nothing is mapped that way). It takes no lock:
+//! and `rbd-nbd`, and those only when sysfs shows a kernel rbd device or a connected nbd
+//! device (a missing program means nothing is mapped that way). It takes no lock:
 //! a connect in progress shows as orphaned until it returns. It does not see mounts or
 //! open file handles, so a disk used directly (a file system on a bare path) is listed;
 //! each entry carries what is needed to look closer or to clean up.
@@ -443,9 +444,21 @@ fn rbd_mappings(ctx: &HostContext) -> Result<Vec<OrphanMapping>> {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
+    let host = &ctx.host;
     let deadline = Instant::now() + AUDIT_COMMAND_TIMEOUT;
     let mut out = Vec::new();
     for mapper in [RbdMapper::Krbd, RbdMapper::Nbd] {
+        // Nothing mapped that way: no need to run the tool (they are slow to start).
+        let any = match mapper {
+            RbdMapper::Krbd => !host.list_dir(&host.sys("bus/rbd/devices"))?.is_empty(),
+            RbdMapper::Nbd => host
+                .list_dir(&host.sys("block"))?
+                .iter()
+                .any(|n| n.starts_with("nbd") && host.sys(format!("block/{n}/pid")).exists()),
+        };
+        if !any {
+            continue;
+        }
         let mappings = match rbd::mappings(&*ctx.runner, mapper, deadline) {
             Ok(m) => m,
             Err(Error::CommandNotFound { .. }) => {

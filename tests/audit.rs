@@ -407,6 +407,9 @@ fn audit_changes_nothing_and_runs_only_listings() {
     fake.add_scsi_disk(2, &LunSpec::new(0, 0, 1, WWID_1, MIB));
     fake.add_multipath_map("3600c0", "3600c0", &[]);
     fake.add_nvme_controller(0, "nqn.2014-08.org.example:x", "tcp", "127.0.0.1", 4420, "");
+    // What sysfs shows of a krbd mapping; no nbd device is connected (no pid).
+    std::fs::create_dir_all(fake.root().join("sys/bus/rbd/devices/0")).unwrap();
+    std::fs::create_dir_all(fake.root().join("sys/block/nbd0")).unwrap();
     let ctx = HostContext::new(fake.host(), runner.clone());
     let before = tree(fake.root());
     let r: AuditReport = audit(&ctx).unwrap();
@@ -422,6 +425,14 @@ fn audit_changes_nothing_and_runs_only_listings() {
     );
     assert_eq!(r.rbd_mappings[0].snap.as_deref(), Some("snap1"));
     assert_eq!(r.rbd_mappings[0].mapper, RbdMapper::Krbd);
+    assert_eq!(
+        runner.calls(),
+        vec!["rbd showmapped --format json".to_string()]
+    );
+    // A connected nbd device makes it ask rbd-nbd too.
+    std::fs::write(fake.root().join("sys/block/nbd0/pid"), "3322\n").unwrap();
+    runner.clear_calls();
+    assert_eq!(audit(&ctx).unwrap(), r);
     assert_eq!(
         runner.calls(),
         vec![
@@ -442,6 +453,7 @@ fn audit_changes_nothing_and_runs_only_listings() {
 #[test]
 fn a_failing_listing_is_an_error() {
     let fake = FakeHost::new();
+    std::fs::create_dir_all(fake.root().join("sys/bus/rbd/devices/0")).unwrap();
     let runner = Arc::new(FakeRunner::new());
     runner.on("rbd", &["showmapped"], |_| {
         CommandOutput::exit(1, "rbd: failed to enumerate\n")

@@ -569,6 +569,41 @@ fn a_discovered_record_the_volume_does_not_use_goes_after_connect() {
 }
 
 #[test]
+fn a_map_briefly_in_use_is_flushed_again() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-busy");
+    let rec = c.connect_volume(&ci).unwrap();
+    let name = rec.multipath_id.clone().unwrap();
+    // udev holds the map open for the first two attempts.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(2));
+    let (s, b) = (sim.clone(), busy.clone());
+    sim.runner.on("multipath", &["-f"], move |_| {
+        if b.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok()
+        {
+            let msg = format!("{} | {name}: map in use\n", "1234.5");
+            return hostbrick::CommandOutput::exit(1, msg);
+        }
+        let root = s.fake.root().join(format!("dev/mapper/{name}"));
+        let dm = std::fs::canonicalize(root).unwrap();
+        s.fake
+            .remove_multipath_map(&dm.file_name().unwrap().to_string_lossy());
+        hostbrick::CommandOutput::ok("")
+    });
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("multipath -f"), 3);
+    sim.assert_clean();
+}
+
+#[test]
 fn bad_properties_are_typed_errors_naming_the_field() {
     let cases = [
         (json!({"target_iqn": IQN}), "data.target_portal"),

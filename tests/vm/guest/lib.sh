@@ -295,6 +295,27 @@ kernel_floor_iscsi() {
     _floor_cleanup "$iqn" $sds
 }
 
+# kernel_floor_iscsi_luns PORTAL IQN COUNT: the floor of COUNT LUNs (0..COUNT-1) of one target
+# at once: one manual-scan login, a targeted scan of each LUN, until every block device node
+# exists; FLOOR_S = login start -> last node (the by-path links are noted). Cleans up after.
+kernel_floor_iscsi_luns() {
+    local portal=$1 iqn=$2 count=$3 start l sd sds="" t_link
+    start=$(now_ns)
+    _floor_login "$portal" "$iqn" || { note "floor: login to $portal failed"; _floor_cleanup "$iqn"; return 1; }
+    for l in $(seq 0 $((count - 1))); do echo "0 0 $l" > "/sys/class/scsi_host/host$FLOOR_HOST/scan"; done
+    for l in $(seq 0 $((count - 1))); do
+        wait_until 60 has_scsi_block "$FLOOR_HOST:0:0:$l" || { note "floor: no block device for LUN $l"; _floor_cleanup "$iqn"; return 1; }
+        sd=$(scsi_block_of "$FLOOR_HOST:0:0:$l"); sds="$sds $sd"
+        wait_for "/dev/$sd" 60
+    done
+    FLOOR_S=$(secs_since "$start")
+    for l in $(seq 0 $((count - 1))); do wait_for "/dev/disk/by-path/ip-$portal-iscsi-$iqn-lun-$l" 60; done
+    t_link=$(secs_since "$start")
+    log "kernel floor: login + $count targeted scans -> $count device nodes ${FLOOR_S}s, by-path links ${t_link}s"
+    FLOOR_LINKS_S=$t_link
+    _floor_cleanup "$iqn" $sds
+}
+
 # Undo the floor measurement: flush the dm map multipathd may have built, log out, delete the
 # node records, wait for the disks to go.
 _floor_cleanup() {
@@ -410,17 +431,22 @@ nvme_state() {   # for the logs
     echo "disks: $(for b in /sys/block/nvme*; do [ -e "$b" ] && printf '%s(uuid=%s hidden=%s) ' "${b##*/}" "$(cat "$b/uuid" 2>/dev/null)" "$(cat "$b/hidden" 2>/dev/null)"; done)"
 }
 
-# kernel_floor_nvme IP PORT NQN UUID: the same attach with raw nvme-cli: `nvme connect` (with
-# the host's hostnqn/hostid) until the namespace's block device node exists; FLOOR_S = connect
-# start -> /dev/nvmeXnY; the udev by-id link time is noted. Disconnects afterwards.
+# kernel_floor_nvme IP PORT NQN UUID [UUID...]: the same attach with raw nvme-cli: `nvme connect`
+# (with the host's hostnqn/hostid) until the namespace's block device node exists (every
+# namespace's, with more UUIDs); FLOOR_S = connect start -> /dev/nvmeXnY; the udev by-id link
+# time (of the first) is noted. Disconnects afterwards.
 kernel_floor_nvme() {
-    local ip=$1 port=$2 nqn=$3 uuid=$4 start t_cli dev t_link out
+    local ip=$1 port=$2 nqn=$3 uuid=$4 start t_cli dev t_link out u
     [ -n "${HOSTBRICK_VM_TRACE:-}" ] && { PS4='+[$(up)] '; set -x; }
     start=$(now_ns)
     out=$(nvme connect -t tcp -a "$ip" -s "$port" -n "$nqn" -q "$(hostnqn)" -I "$(hostid)" 2>&1) \
         || { set +x; note "floor: nvme connect failed: $out"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
     t_cli=$(secs_since "$start")
-    wait_until 30 has_nvme_disk "$uuid" || { set +x; note "floor: no block device with uuid $uuid"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
+    for u in "${@:4}"; do
+        wait_until 30 has_nvme_disk "$u" || { set +x; note "floor: no block device with uuid $u"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
+        dev=$(nvme_disk_by_uuid "$u")
+        wait_for "/dev/$dev" 30
+    done
     dev=$(nvme_disk_by_uuid "$uuid")
     FLOOR_S=$(secs_since "$start")
     wait_for "/dev/disk/by-id/nvme-uuid.$uuid" 30 && t_link=$(secs_since "$start")

@@ -72,14 +72,23 @@ check_no_scsi_disks
 check_audit_empty audit-mp-after
 
 # ---------------------------------------------------------------- a map without paths -----
+# multipathd flushes a map that loses its last path unless the map is open, and drops a pathless
+# map it is told about; a map is left without paths when multipathd is not running (or the map
+# was open). Made here with multipathd stopped, then multipathd is started again.
 ORPHAN_WWID=36001405000000000000000000000dead
-check "dmsetup create a pathless multipath map" \
-    dmsetup create $ORPHAN_WWID --uuid mpath-$ORPHAN_WWID --table "0 2048 multipath 0 0 0 0"
+multipathd_up() { multipathd show status >/dev/null 2>&1; }
+multipathd_down() { ! multipathd_up; }
+multipathd shutdown >/dev/null 2>&1
+wait_until 10 multipathd_down || fail "multipathd did not stop"
+dmsetup create $ORPHAN_WWID --uuid mpath-$ORPHAN_WWID --table "0 2048 multipath 0 0 0 0" \
+    || { multipathd -s; fail "dmsetup create of a pathless multipath map failed"; }
 udevadm settle --timeout=10
 audit_run audit-map
+dmsetup remove $ORPHAN_WWID || note "dmsetup remove $ORPHAN_WWID failed"
+multipathd -s || fail "multipathd did not start again"
+wait_until 10 multipathd_up || fail "multipathd does not answer after its restart"
 jq -e --arg w $ORPHAN_WWID '.multipath_maps | length == 1 and .[0].wwid == $w and .[0].name == $w and .[0].reason == "no_paths" and (.[0].dm | startswith("dm-"))' \
     "$WORK/audit-map.out" >/dev/null || fail "audit does not list the pathless map: $(jq -c .multipath_maps "$WORK/audit-map.out")"
-check "dmsetup remove" dmsetup remove $ORPHAN_WWID
 check_audit_empty audit-map-after
 
 # ---------------------------------------------------------------- NVMe/TCP, after nvme connect -----
