@@ -569,6 +569,83 @@ fn a_discovered_record_the_volume_does_not_use_goes_after_connect() {
 }
 
 #[test]
+fn concurrent_connects_of_one_target_set_it_up_and_log_in_once() {
+    let sim = Sim::new();
+    let luns: Vec<(u64, String)> = (0..8)
+        .map(|l| (l, format!("naa.6001405{l:025x}")))
+        .collect();
+    let specs: Vec<(u64, &str, u64)> = luns.iter().map(|(l, w)| (*l, w.as_str(), MIB)).collect();
+    sim.add_target("127.0.0.1:3260", &specs);
+    let c = connector(&sim, false);
+    let cis: Vec<_> = (0..8)
+        .map(|l| single("127.0.0.1:3260", l, &format!("vol-{l}")))
+        .collect();
+    let start = std::sync::Barrier::new(cis.len());
+    let recs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = cis
+            .iter()
+            .map(|ci| {
+                let (c, start) = (&c, &start);
+                s.spawn(move || {
+                    start.wait();
+                    c.connect_volume(ci).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((l, w), r) in luns.iter().zip(&recs) {
+        assert_eq!(r.scsi_wwn.as_deref(), Some(&*udev_wwid(w)), "LUN {l}");
+    }
+    // Concurrent `--op new`/`--op update` of one record race inside open-iscsi: one
+    // connect sets the record up and logs in, the others use its session.
+    assert_eq!(sim.runner.count("--op new"), 1);
+    assert_eq!(sim.runner.count("--login"), 1);
+    assert_eq!(sim.session_count(), 1);
+    std::thread::scope(|s| {
+        for (ci, r) in cis.iter().zip(&recs) {
+            let c = &c;
+            s.spawn(move || {
+                c.disconnect_volume(ci, Some(r), DisconnectOptions::default())
+                    .unwrap()
+            });
+        }
+    });
+    sim.assert_clean();
+}
+
+#[test]
+fn a_session_that_lost_its_node_record_gets_it_back() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
+    let c = connector(&sim, false);
+    let a = single("127.0.0.1:3260", 1, "vol-1");
+    let b = single("127.0.0.1:3260", 2, "vol-2");
+    let ra = c.connect_volume(&a).unwrap();
+    let del = hostbrick::Command::new("iscsiadm").args([
+        "-m",
+        "node",
+        "-T",
+        IQN,
+        "-p",
+        "127.0.0.1:3260",
+        "--op",
+        "delete",
+    ]);
+    assert!(hostbrick::CommandRunner::run(&*sim.runner, &del)
+        .unwrap()
+        .status
+        .success());
+    let rb = c.connect_volume(&b).unwrap();
+    assert!(sim.has_node("127.0.0.1:3260"));
+    for (ci, r) in [(&a, &ra), (&b, &rb)] {
+        c.disconnect_volume(ci, Some(r), DisconnectOptions::default())
+            .unwrap();
+    }
+    sim.assert_clean();
+}
+
+#[test]
 fn a_map_briefly_in_use_is_flushed_again() {
     let sim = Sim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);

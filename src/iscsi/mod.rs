@@ -77,6 +77,11 @@ fn target_lock_key(t: &IscsiTarget) -> String {
     format!("iscsi-target-{}-{}", t.portal, t.iqn)
 }
 
+/// The lock under which one connect at a time sets a target's node record up and logs in.
+fn target_setup_key(t: &IscsiTarget) -> String {
+    format!("iscsi-login-{}-{}", t.portal, t.iqn)
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -511,32 +516,26 @@ impl IscsiConnector {
         deadline: Instant,
     ) -> Result<AttachedPath> {
         let host = self.host();
-        if !adm.node_exists(t)? {
-            adm.node_new(t)?;
-            made.node = true;
-        }
-        self.configure_node(props, t, adm)?;
-        // The one read of the host's sessions this path needs: after the login only the
-        // sessions that appeared since are read.
-        let session = match sessions.find(t)? {
-            Some(s) => {
-                tracing::debug!(sid = s.sid, "reusing session");
-                s
-            }
-            None => {
-                let started = Instant::now();
-                if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
-                    made.session = true;
+        // One connect of a target at a time sets its node record up and logs in: open-iscsi's
+        // record database does not take concurrent `--op new` / `--op update` of one record
+        // (a record being rewritten is briefly missing), and only the first connect has a
+        // login to do; the ones after it find the session and use it as it is.
+        let session = {
+            let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+            // The one read of the host's sessions this path needs: after the login only the
+            // sessions that appeared since are read.
+            match sessions.find(t)? {
+                Some(s) => {
+                    tracing::debug!(sid = s.sid, "reusing session");
+                    // A logout needs the record: give a session that lost it one back.
+                    if !adm.node_exists(t)? {
+                        adm.node_new(t)?;
+                        made.node = true;
+                        self.configure_node(props, t, adm)?;
+                    }
+                    s
                 }
-                tracing::info!(
-                    phase = "login",
-                    elapsed_ms = ms(started.elapsed()),
-                    "logged in"
-                );
-                sessions.find(t)?.ok_or_else(|| Error::UnexpectedContent {
-                    path: host.sys("class/iscsi_session"),
-                    reason: format!("no session for {t} after a successful login"),
-                })?
+                None => self.log_in(props, t, adm, made, sessions)?,
             }
         };
 
@@ -584,6 +583,36 @@ impl IscsiConnector {
             hctl,
             name,
             wwid,
+        })
+    }
+
+    /// Makes the node record (if missing), configures it and logs in; returns the session.
+    fn log_in(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+        made: &mut Made,
+        sessions: &mut SessionFinder<'_>,
+    ) -> Result<Session> {
+        let host = self.host();
+        if !adm.node_exists(t)? {
+            adm.node_new(t)?;
+            made.node = true;
+        }
+        self.configure_node(props, t, adm)?;
+        let started = Instant::now();
+        if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
+            made.session = true;
+        }
+        tracing::info!(
+            phase = "login",
+            elapsed_ms = ms(started.elapsed()),
+            "logged in"
+        );
+        sessions.find(t)?.ok_or_else(|| Error::UnexpectedContent {
+            path: host.sys("class/iscsi_session"),
+            reason: format!("no session for {t} after a successful login"),
         })
     }
 

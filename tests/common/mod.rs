@@ -206,6 +206,8 @@ impl Sim {
     }
 
     fn iscsiadm(&self, c: &Command) -> CommandOutput {
+        // A real iscsiadm takes a while to start: concurrent calls overlap.
+        std::thread::sleep(Duration::from_millis(2));
         let a = plain(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
@@ -261,7 +263,14 @@ impl Sim {
                 None => no_records(),
             },
             ["--interface", iface, "--op", "new"] => {
-                st.nodes.entry(key).or_default();
+                // As open-iscsi does: `--op new` of an existing record rewrites it with the
+                // defaults, and it is missing while that happens.
+                if st.nodes.remove(&key).is_some() {
+                    drop(st);
+                    std::thread::sleep(Duration::from_millis(5));
+                    st = lock(&self.state);
+                }
+                st.nodes.insert(key, HashMap::new());
                 CommandOutput::ok(format!("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] {bracket},-1 {iqn}] added\n"))
             }
             ["--op", "update", pairs @ ..] => {

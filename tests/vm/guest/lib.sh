@@ -72,11 +72,24 @@ check() {
 
 # ------------------------------------------------------------------ waiting -----
 
-wait_until() {   # wait_until SECS COMMAND... (polls every 20 ms)
-    local secs=$1 start; shift; start=$(now_ns)
+# _nap SECS: sleep without starting a process (a read that times out on a private fifo); under
+# emulation a fork costs milliseconds of CPU the work being waited for needs.
+_nap() {
+    if [ -z "${_NAP_FD:-}" ] || [ "${_NAP_PID:-}" != "$BASHPID" ]; then
+        local f=/run/hostbrick-nap.$BASHPID
+        _NAP_PID=$BASHPID _NAP_FD=none
+        if mkfifo "$f" 2>/dev/null; then exec {_NAP_FD}<>"$f"; rm -f "$f"; fi
+    fi
+    if [ "$_NAP_FD" = none ]; then sleep "$1"; else read -r -t "$1" -u "$_NAP_FD"; fi
+    return 0
+}
+
+wait_until() {   # wait_until SECS COMMAND... (polls every 20 ms; forks nothing itself)
+    local secs=$1 end; shift
+    end=$(( ${EPOCHREALTIME/./} + secs * 1000000 ))
     until "$@"; do
-        [ $(( $(now_ns) - start )) -gt $(( secs * 1000000000 )) ] && return 1
-        sleep 0.02
+        [ "${EPOCHREALTIME/./}" -gt "$end" ] && return 1
+        _nap 0.02
     done
 }
 exists() { [ -e "$1" ] || [ -L "$1" ]; }
@@ -239,6 +252,14 @@ check_no_scsi_disks() {
     wait_until 5 no_scsi_disks || fail "SCSI disks left behind: $(scsi_disks)"
 }
 
+# _scsi_block H:C:T:L: SCSI_BLOCK = its block device (sdX) once it has one (builtins only)
+_scsi_block() {
+    local b
+    for b in "/sys/bus/scsi/devices/$1/block/"*; do
+        [ -e "$b" ] && { SCSI_BLOCK=${b##*/}; return 0; }
+    done
+    return 1
+}
 # sd name (sdX) of the SCSI device H:C:T:L, if any
 scsi_block_of() { ls "/sys/class/scsi_device/$1/device/block" 2>/dev/null | head -n1; }
 has_scsi_block() { [ -n "$(scsi_block_of "$1")" ]; }
@@ -247,7 +268,8 @@ no_scsi_disks() { [ -z "$(scsi_disks)" ]; }
 # ------------------------------------------------------------------ kernel floor -----
 # What the kernel and udev need for the same attach, driven with raw tools: node record with
 # manual scan, login, a targeted scan of the one LUN, wait for the block device node (and note
-# udev's by-path link). FLOOR_S = login start -> /dev/sdX present.
+# udev's by-path link). FLOOR_S = login start -> /dev/sdX present; FLOOR_LINK_S = -> the udev
+# link (the single-device floors set it).
 
 # _floor_login PORTAL IQN [CHAP_USER CHAP_PASS] -> FLOOR_HOST (scsi host number)
 _floor_login() {
@@ -285,6 +307,7 @@ kernel_floor_iscsi() {
     if [ "$portals" = "${portals%,*}" ]; then
         FLOOR_S=$t_dev
         wait_for "/dev/disk/by-path/ip-$portals-iscsi-$iqn-lun-$lun" 30 && t_link=$(secs_since "$start")
+        FLOOR_LINK_S=${t_link:--}
         log "kernel floor: login+scan -> /dev/$sd ${FLOOR_S}s, by-path link ${t_link:-never}s"
         note "floor by-path link ${t_link:-never}s"
     else
@@ -304,9 +327,9 @@ kernel_floor_iscsi_luns() {
     _floor_login "$portal" "$iqn" || { note "floor: login to $portal failed"; _floor_cleanup "$iqn"; return 1; }
     for l in $(seq 0 $((count - 1))); do echo "0 0 $l" > "/sys/class/scsi_host/host$FLOOR_HOST/scan"; done
     for l in $(seq 0 $((count - 1))); do
-        wait_until 60 has_scsi_block "$FLOOR_HOST:0:0:$l" || { note "floor: no block device for LUN $l"; _floor_cleanup "$iqn"; return 1; }
-        sd=$(scsi_block_of "$FLOOR_HOST:0:0:$l"); sds="$sds $sd"
-        wait_for "/dev/$sd" 60
+        wait_until 60 _scsi_block "$FLOOR_HOST:0:0:$l" || { note "floor: no block device for LUN $l"; _floor_cleanup "$iqn"; return 1; }
+        sds="$sds $SCSI_BLOCK"
+        wait_for "/dev/$SCSI_BLOCK" 60
     done
     FLOOR_S=$(secs_since "$start")
     for l in $(seq 0 $((count - 1))); do wait_for "/dev/disk/by-path/ip-$portal-iscsi-$iqn-lun-$l" 60; done
@@ -381,17 +404,30 @@ nvme_ctrls() { ls /sys/class/nvme 2>/dev/null | tr '\n' ' '; }
 no_nvme_ctrls() { [ -z "$(nvme_ctrls)" ]; }
 # block devices of namespace heads and lone namespaces (no hidden nvmeXcYnZ path disks)
 nvme_disks() {
-    local b
+    local b h
     for b in /sys/block/nvme*; do
-        [ -e "$b/dev" ] && [ "$(cat "$b/hidden" 2>/dev/null)" != 1 ] && echo "${b##*/}"
+        [ -e "$b/dev" ] || continue
+        h=0; [ -e "$b/hidden" ] && read -r h < "$b/hidden"
+        [ "$h" != 1 ] && echo "${b##*/}"
     done
 }
-# the visible block device (nvmeXnY) whose uuid is UUID
-nvme_disk_by_uuid() {
-    local b
-    for b in $(nvme_disks); do [ "$(cat "/sys/block/$b/uuid" 2>/dev/null)" = "$1" ] && echo "$b"; done
+# _nvme_disk UUID: NVME_DISK = the visible block device (nvmeXnY) whose uuid is UUID (shell
+# builtins only: it is polled)
+_nvme_disk() {
+    local b h u
+    NVME_DISK=""
+    for b in /sys/block/nvme*; do
+        [ -e "$b/uuid" ] || continue
+        h=0; [ -e "$b/hidden" ] && read -r h < "$b/hidden"
+        [ "$h" = 1 ] && continue
+        read -r u < "$b/uuid" 2>/dev/null || continue
+        [ "$u" = "$1" ] && { NVME_DISK=${b##*/}; return 0; }
+    done
+    return 1
 }
-has_nvme_disk() { local b; b=$(nvme_disk_by_uuid "$1"); [ -n "$b" ] && [ -b "/dev/$b" ]; }
+# the visible block device (nvmeXnY) whose uuid is UUID
+nvme_disk_by_uuid() { _nvme_disk "$1" && echo "$NVME_DISK"; }
+has_nvme_disk() { _nvme_disk "$1" && [ -b "/dev/$NVME_DISK" ]; }
 
 # check_nvme_device PATH SIZE_BYTES UUID: a block device of that size; its sysfs entry is a
 # visible namespace (not a hidden path) whose uuid is UUID.
@@ -451,6 +487,7 @@ kernel_floor_nvme() {
     FLOOR_S=$(secs_since "$start")
     wait_for "/dev/disk/by-id/nvme-uuid.$uuid" 30 && t_link=$(secs_since "$start")
     set +x
+    FLOOR_LINK_S=${t_link:--}
     log "kernel floor: nvme connect ${t_cli}s, -> /dev/$dev ${FLOOR_S}s, by-id link ${t_link:-never}s"
     note "floor: nvme connect returns ${t_cli}s, by-id link ${t_link:-never}s"
     udevadm settle --timeout=10
@@ -572,6 +609,7 @@ kernel_floor_rbd() {
     FLOOR_S=$(secs_since "$start")
     wait_for "/dev/rbd/$spec" 30 && t_link=$(secs_since "$start")
     set +x
+    FLOOR_LINK_S=${t_link:--}
     log "kernel floor: rbd map returns ${t_cli}s, -> $dev ${FLOOR_S}s, /dev/rbd/$spec link ${t_link:-never}s"
     note "floor: rbd map returns ${t_cli}s, udev link ${t_link:-never}s"
     udevadm settle --timeout=10

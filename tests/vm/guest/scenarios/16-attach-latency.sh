@@ -9,16 +9,18 @@
 . "$GUEST_DIR/lib.sh"
 scenario_begin "$1"
 RUNS=${HOSTBRICK_VM_BENCH_RUNS:-5}
+# phase timings of every attach call (login, scan, device found, ...) into the attach log
+export RUST_LOG=${RUST_LOG:-hostbrick=info}
 SIZE=$((64 * 1024 * 1024))
 
 # bench PROTOCOL FLOOR_FN... -- CONN_JSON CHECK_FN: $RUNS times the floor, then $RUNS times
 # connect (device checked with CHECK_FN PATH) + disconnect; one bench line with the medians.
 bench() {
-    local label=$1 floor_cmd=$2 conn=$3 check_fn=$4 r floors=() cons=() dis=() saved_notes=$NOTES dev
+    local label=$1 floor_cmd=$2 conn=$3 check_fn=$4 r floors=() links=() cons=() dis=() saved_notes=$NOTES dev
     for r in $(seq 1 "$RUNS"); do
-        FLOOR_S=-
+        FLOOR_S=- FLOOR_LINK_S=-
         $floor_cmd || fail "$label: kernel floor run $r failed"
-        floors+=("$FLOOR_S")
+        floors+=("$FLOOR_S") links+=("$FLOOR_LINK_S")
     done
     NOTES=$saved_notes
     for r in $(seq 1 "$RUNS"); do
@@ -30,11 +32,11 @@ bench() {
         dis+=("$DISCONNECT_S")
         check_gone "$dev"
     done
-    local c d f
-    c=$(median "${cons[@]}") d=$(median "${dis[@]}") f=$(median "${floors[@]}")
-    log "$label: connect ${cons[*]} disconnect ${dis[*]} floor ${floors[*]}"
-    bench_line latency "$label" "$RUNS" "$c" "$d" "$f" "connect $(ratio "$c" "$f")x floor; runs: connect ${cons[*]}; disconnect ${dis[*]}; floor ${floors[*]}"
-    note "$label: connect $c s, disconnect $d s, floor $f s (medians of $RUNS)"
+    local c d f l
+    c=$(median "${cons[@]}") d=$(median "${dis[@]}") f=$(median "${floors[@]}") l=$(median "${links[@]}")
+    log "$label: connect ${cons[*]} disconnect ${dis[*]} floor ${floors[*]} (udev link ${links[*]})"
+    bench_line latency "$label" "$RUNS" "$c" "$d" "$f" "connect $(ratio "$c" "$f")x the floor to the device node, $(ratio "$c" "$l")x to its udev link (${l}s); runs: connect ${cons[*]}; disconnect ${dis[*]}; floor ${floors[*]}; udev link ${links[*]}"
+    note "$label: connect $c s, disconnect $d s, floor $f s (udev link $l s) (medians of $RUNS)"
     BENCH_C=$c BENCH_D=$d BENCH_F=$f
 }
 
