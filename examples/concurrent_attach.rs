@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `ID` is what the device must show: the WWID (udev's form, e.g. `36001405...`) of an
-//! iSCSI volume, the namespace UUID of an NVMe-oF volume, `pool/image` of an RBD image.
+//! iSCSI volume, the namespace UUID of an NVMe-oF volume, `pool/image` of an RBD image, the
+//! device itself (e.g. `/dev/loop0`) of a `local` volume.
 //! Every thread starts its connect at the same moment (a barrier), and, once all connects
 //! are back, its disconnect at the same moment. A failed connect or a device showing
 //! another volume is a failure; the devices that did attach are still detached.
@@ -30,7 +31,7 @@ use hostbrick::{
 use serde_json::json;
 
 const USAGE: &str = "usage: concurrent_attach [--multipath] [--timeout SECS] [--lock-dir DIR] CONNECTION_INFO.json=ID...
-  ID: the volume's WWID (iSCSI), namespace UUID (NVMe-oF) or pool/image (RBD)";
+  ID: the volume's WWID (iSCSI), namespace UUID (NVMe-oF), pool/image (RBD) or device (local)";
 
 struct Volume {
     file: String,
@@ -113,6 +114,7 @@ fn identity(ctx: &HostContext, protocol: Protocol, path: &Path) -> Result<String
                 .map_err(|e| e.to_string())
         }
         Protocol::NvmeOf => attr(format!("block/{name}/uuid")),
+        Protocol::Local => Ok(real.display().to_string()),
         Protocol::Rbd => {
             let id = name
                 .strip_prefix("rbd")
