@@ -520,24 +520,28 @@ impl IscsiConnector {
         // record database does not take concurrent `--op new` / `--op update` of one record
         // (a record being rewritten is briefly missing), and only the first connect has a
         // login to do; the ones after it find the session and use it as it is.
-        let session = {
+        let (session, reused) = {
             let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
             // The one read of the host's sessions this path needs: after the login only the
             // sessions that appeared since are read.
             match sessions.find(t)? {
-                Some(s) => {
-                    tracing::debug!(sid = s.sid, "reusing session");
-                    // A logout needs the record: give a session that lost it one back.
-                    if !adm.node_exists(t)? {
-                        adm.node_new(t)?;
-                        made.node = true;
-                        self.configure_node(props, t, adm)?;
-                    }
-                    s
-                }
-                None => self.log_in(props, t, adm, made, sessions)?,
+                Some(s) => (s, true),
+                None => (self.log_in(props, t, adm, made, sessions)?, false),
             }
         };
+        if reused {
+            tracing::debug!(sid = session.sid, "reusing session");
+            // A logout needs the record: give a session that lost it one back (checked
+            // outside the lock, so concurrent connects of the target do not queue on it).
+            if !adm.node_exists(t)? {
+                let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+                if !adm.node_exists(t)? {
+                    adm.node_new(t)?;
+                    made.node = true;
+                    self.configure_node(props, t, adm)?;
+                }
+            }
+        }
 
         let started = Instant::now();
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
