@@ -5,10 +5,14 @@
 //! attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] CONNECTION_INFO.json|-
 //! attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
 //! attach extend [--multipath] CONNECTION_INFO.json|-
+//! attach audit
 //! ```
 //!
 //! JSON in, JSON out: results go to stdout and nothing else does. Errors go to stderr as
-//! `error[KIND]: message` with exit status 1 (2 for a bad command line). Set `RUST_LOG`
+//! `error[KIND]: message` with exit status 1 (2 for a bad command line). `audit` prints
+//! what hostbrick finds orphaned on the host (sessions without LUNs in use, multipath maps
+//! without paths, NVMe controllers without namespaces in use, unrecorded RBD mappings) as
+//! one JSON object and changes nothing. Set `RUST_LOG`
 //! (e.g. `RUST_LOG=hostbrick=info`) for tracing output on stderr.
 //!
 //! Common options: `--timeout SECS` (operation deadline), `--lock-dir DIR`,
@@ -29,6 +33,7 @@ const USAGE: &str = "usage:
   attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] CONNECTION_INFO.json|-
   attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
   attach extend [--multipath] CONNECTION_INFO.json|-
+  attach audit
 common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD,
   --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)";
 
@@ -41,6 +46,7 @@ enum Cmd {
     Connect,
     Disconnect,
     Extend,
+    Audit,
 }
 
 struct Args {
@@ -67,6 +73,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         Some("connect") => Cmd::Connect,
         Some("disconnect") => Cmd::Disconnect,
         Some("extend") => Cmd::Extend,
+        Some("audit") => Cmd::Audit,
         Some("-h" | "--help") => return Err(Usage(String::new())),
         Some(other) => return Err(Usage(format!("unknown command {other:?}"))),
         None => return Err(Usage("missing command".into())),
@@ -131,6 +138,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         Cmd::Connect => ("connect", 1, 1),
         Cmd::Extend => ("extend", 1, 1),
         Cmd::Disconnect => ("disconnect", 1, 2),
+        Cmd::Audit => ("audit", 0, 0),
     };
     if a.files.len() < min || a.files.len() > max {
         return Err(Usage(format!("{name} takes {min} to {max} file arguments")));
@@ -228,6 +236,13 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
             let connector = connector_for(info.protocol(), options(a))?;
             Ok(connector.extend_volume(&info)?.to_string())
+        }
+        Cmd::Audit => {
+            let report = hostbrick::audit(&context(a))?;
+            serde_json::to_string_pretty(&report).map_err(|e| hostbrick::Error::Parse {
+                program: "attach".into(),
+                reason: e.to_string(),
+            })
         }
     }
 }

@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod attach;
+mod audit;
 mod block;
 mod cmd;
 mod connection;
@@ -91,6 +92,10 @@ pub use attach::{
     next_device_name, parse_domblklist, AttachRequest, Attachment, AttachmentRecord,
     ConnectorFactory, Domain, DomainDisk, DomainFlags, JsonFileStorage, Orchestrator,
     StorageService, StoredConnectionInfo, VirshDomain,
+};
+pub use audit::{
+    audit, AuditReport, ControllerReason, MapReason, MappingReason, OrphanController, OrphanLun,
+    OrphanMap, OrphanMapping, OrphanSession, SessionReason, AUDIT_COMMAND_TIMEOUT,
 };
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
 pub use connection::{AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties};

@@ -1,10 +1,10 @@
 //! dm-multipath: the `multipath`/`multipathd` wrappers and the sysfs view of maps.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::block;
-use crate::cmd::{Command, CommandRunner};
+use crate::cmd::{Command, CommandOutput, CommandRunner};
 use crate::error::Result;
 use crate::host::Host;
 use crate::ids::Wwid;
@@ -110,12 +110,35 @@ pub fn add_path(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Re
     Ok(())
 }
 
-/// Flushes and removes the map: `multipath -f <name>`.
+/// How long a flush is retried while the map is only briefly open ("map in use": udev
+/// probing it after a change, busiest when many volumes come and go at once).
+pub const MAP_BUSY_RETRY_FOR: Duration = Duration::from_secs(5);
+/// The pause between those retries.
+pub const MAP_BUSY_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// True when `multipath -f` refused because the map is open.
+fn map_in_use(out: &CommandOutput) -> bool {
+    out.stdout.contains("map in use") || out.stderr.contains("map in use")
+}
+
+/// Flushes and removes the map: `multipath -f <name>`, retried for up to
+/// [`MAP_BUSY_RETRY_FOR`] while it answers "map in use".
 pub fn flush_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
     let cmd = Command::new("multipath")
         .args(["-f", name])
         .deadline(deadline);
-    runner.run_ok(&cmd, &[]).map(|_| ())
+    let give_up = deadline.min(Instant::now() + MAP_BUSY_RETRY_FOR);
+    loop {
+        let out = runner.run(&cmd)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if !map_in_use(&out) || Instant::now() + MAP_BUSY_RETRY_INTERVAL >= give_up {
+            return Err(cmd.failure(&out));
+        }
+        tracing::debug!(map = name, "map in use; flushing again shortly");
+        std::thread::sleep(MAP_BUSY_RETRY_INTERVAL);
+    }
 }
 
 /// Removes the map even when it is open: `dmsetup remove --force --retry <name>`.

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::ids::{Hctl, Portal};
 
-type Handler = Box<dyn Fn(&Command) -> CommandOutput + Send + Sync>;
+type Handler = Arc<dyn Fn(&Command) -> CommandOutput + Send + Sync>;
 type Matcher = Box<dyn Fn(&Command) -> bool + Send + Sync>;
 
 struct Rule {
@@ -35,7 +35,8 @@ struct Rule {
 
 /// A [`CommandRunner`] that answers from rules instead of running anything, and records
 /// every command it was asked to run. The newest matching rule answers; a command no rule
-/// matches is [`Error::CommandNotFound`].
+/// matches is [`Error::CommandNotFound`]. Commands from several threads are answered
+/// concurrently, as real ones run.
 #[derive(Default)]
 pub struct FakeRunner {
     rules: Mutex<Vec<Rule>>,
@@ -87,7 +88,7 @@ impl FakeRunner {
     ) -> &Self {
         lock(&self.rules).push(Rule {
             matches: Box::new(matches),
-            handler: Box::new(handler),
+            handler: Arc::new(handler),
         });
         self
     }
@@ -124,9 +125,13 @@ impl CommandRunner for FakeRunner {
                 });
             }
         }
-        let rules = lock(&self.rules);
-        match rules.iter().rev().find(|r| (r.matches)(cmd)) {
-            Some(r) => Ok((r.handler)(cmd)),
+        let handler = lock(&self.rules)
+            .iter()
+            .rev()
+            .find(|r| (r.matches)(cmd))
+            .map(|r| r.handler.clone());
+        match handler {
+            Some(h) => Ok(h(cmd)),
             None => Err(Error::CommandNotFound {
                 program: cmd.program().to_string(),
                 searched: vec![PathBuf::from("(fake runner: no rule)")],

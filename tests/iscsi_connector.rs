@@ -505,6 +505,182 @@ fn multipath_without_lists_discovers_the_other_portals() {
 }
 
 #[test]
+fn a_failed_connect_deletes_the_node_records_its_discovery_made() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    // A record someone made before the connect is not the connect's to delete.
+    let pre = hostbrick::Command::new("iscsiadm").args([
+        "-m",
+        "node",
+        "-T",
+        IQN,
+        "-p",
+        "127.0.0.2:3260",
+        "--interface",
+        "default",
+        "--op",
+        "new",
+    ]);
+    assert!(hostbrick::CommandRunner::run(&*sim.runner, &pre)
+        .unwrap()
+        .status
+        .success());
+    let c = connector(&sim, false);
+    // LUN 7 is not offered: login works, the LUN never appears.
+    let ci = info(json!({
+        "target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 7,
+        "volume_id": "vol-d", "target_discovered": true
+    }));
+    let e = c.connect_volume(&ci).unwrap_err();
+    assert!(matches!(e, Error::VolumeDeviceNotFound { .. }), "{e:?}");
+    assert_eq!(sim.runner.count("-m discovery -t sendtargets"), 1);
+    assert_eq!(sim.session_count(), 0);
+    assert!(
+        !sim.has_node("127.0.0.1:3260"),
+        "the discovered record stayed"
+    );
+    assert!(
+        sim.has_node("127.0.0.2:3260"),
+        "a record made before was deleted"
+    );
+    assert_eq!(sim.node_count(), 1);
+}
+
+#[test]
+fn a_discovered_record_the_volume_does_not_use_goes_after_connect() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    let ci = info(json!({
+        "target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 1,
+        "volume_id": "vol-d", "target_discovered": true
+    }));
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(sim.has_node("127.0.0.1:3260"));
+    assert!(
+        !sim.has_node("127.0.0.2:3260"),
+        "an unused discovered record stayed"
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn concurrent_connects_of_one_target_set_it_up_and_log_in_once() {
+    let sim = Sim::new();
+    let luns: Vec<(u64, String)> = (0..8)
+        .map(|l| (l, format!("naa.6001405{l:025x}")))
+        .collect();
+    let specs: Vec<(u64, &str, u64)> = luns.iter().map(|(l, w)| (*l, w.as_str(), MIB)).collect();
+    sim.add_target("127.0.0.1:3260", &specs);
+    let c = connector(&sim, false);
+    let cis: Vec<_> = (0..8)
+        .map(|l| single("127.0.0.1:3260", l, &format!("vol-{l}")))
+        .collect();
+    let start = std::sync::Barrier::new(cis.len());
+    let recs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = cis
+            .iter()
+            .map(|ci| {
+                let (c, start) = (&c, &start);
+                s.spawn(move || {
+                    start.wait();
+                    c.connect_volume(ci).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((l, w), r) in luns.iter().zip(&recs) {
+        assert_eq!(r.scsi_wwn.as_deref(), Some(&*udev_wwid(w)), "LUN {l}");
+    }
+    // Concurrent `--op new`/`--op update` of one record race inside open-iscsi: one
+    // connect sets the record up and logs in, the others use its session.
+    assert_eq!(sim.runner.count("--op new"), 1);
+    assert_eq!(sim.runner.count("--login"), 1);
+    assert_eq!(sim.session_count(), 1);
+    std::thread::scope(|s| {
+        for (ci, r) in cis.iter().zip(&recs) {
+            let c = &c;
+            s.spawn(move || {
+                c.disconnect_volume(ci, Some(r), DisconnectOptions::default())
+                    .unwrap()
+            });
+        }
+    });
+    sim.assert_clean();
+}
+
+#[test]
+fn a_session_that_lost_its_node_record_gets_it_back() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
+    let c = connector(&sim, false);
+    let a = single("127.0.0.1:3260", 1, "vol-1");
+    let b = single("127.0.0.1:3260", 2, "vol-2");
+    let ra = c.connect_volume(&a).unwrap();
+    let del = hostbrick::Command::new("iscsiadm").args([
+        "-m",
+        "node",
+        "-T",
+        IQN,
+        "-p",
+        "127.0.0.1:3260",
+        "--op",
+        "delete",
+    ]);
+    assert!(hostbrick::CommandRunner::run(&*sim.runner, &del)
+        .unwrap()
+        .status
+        .success());
+    let rb = c.connect_volume(&b).unwrap();
+    assert!(sim.has_node("127.0.0.1:3260"));
+    for (ci, r) in [(&a, &ra), (&b, &rb)] {
+        c.disconnect_volume(ci, Some(r), DisconnectOptions::default())
+            .unwrap();
+    }
+    sim.assert_clean();
+}
+
+#[test]
+fn a_map_briefly_in_use_is_flushed_again() {
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-busy");
+    let rec = c.connect_volume(&ci).unwrap();
+    let name = rec.multipath_id.clone().unwrap();
+    // udev holds the map open for the first two attempts.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(2));
+    let (s, b) = (sim.clone(), busy.clone());
+    sim.runner.on("multipath", &["-f"], move |_| {
+        if b.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok()
+        {
+            let msg = format!("{} | {name}: map in use\n", "1234.5");
+            return hostbrick::CommandOutput::exit(1, msg);
+        }
+        let root = s.fake.root().join(format!("dev/mapper/{name}"));
+        let dm = std::fs::canonicalize(root).unwrap();
+        s.fake
+            .remove_multipath_map(&dm.file_name().unwrap().to_string_lossy());
+        hostbrick::CommandOutput::ok("")
+    });
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("multipath -f"), 3);
+    sim.assert_clean();
+}
+
+#[test]
 fn bad_properties_are_typed_errors_naming_the_field() {
     let cases = [
         (json!({"target_iqn": IQN}), "data.target_portal"),

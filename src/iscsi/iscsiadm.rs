@@ -240,6 +240,17 @@ impl<'a> Iscsiadm<'a> {
         Ok(self.run_tolerating_absent(&cmd)? == IscsiadmStatus::Success)
     }
 
+    /// Every node record (`iscsiadm -m node`); none is an empty list.
+    pub fn nodes(&self) -> Result<Vec<NodeEntry>> {
+        let cmd = self.cmd().args(["-m", "node"]);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success => Ok(parse_nodes(&out.stdout)),
+            IscsiadmStatus::NothingThere => Ok(Vec::new()),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
     /// Creates the node record (`--op new` with the iface).
     pub fn node_new(&self, t: &IscsiTarget) -> Result<()> {
         let cmd = self

@@ -8,7 +8,7 @@
 
 mod iscsiadm;
 mod props;
-mod session;
+pub(crate) mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -31,8 +31,13 @@ use crate::host::Host;
 use crate::ids::{Hctl, Portal, Wwid};
 use crate::lock::{LockDir, LockMode};
 use crate::multipath::{self, MultipathMap};
+use crate::registry::Registry;
 use crate::scsi;
 use crate::wait::DeviceWatch;
+
+/// The attachment registry's name for iSCSI (and iSER) volumes: one [`DeviceRecord`] per
+/// attached volume, so an audit can tell sessions in use from orphans.
+pub(crate) const REGISTRY: &str = "iscsi";
 
 /// The iSCSI/iSER connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
@@ -41,6 +46,7 @@ pub struct IscsiConnector {
     opts: ConnectorOptions,
     iface: String,
     locks: LockDir,
+    registry: Registry,
 }
 
 /// One path that came up during a connect.
@@ -69,6 +75,11 @@ struct VolumeDevice {
 
 fn target_lock_key(t: &IscsiTarget) -> String {
     format!("iscsi-target-{}-{}", t.portal, t.iqn)
+}
+
+/// The lock under which one connect at a time sets a target's node record up and logs in.
+fn target_setup_key(t: &IscsiTarget) -> String {
+    format!("iscsi-login-{}-{}", t.portal, t.iqn)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -116,11 +127,13 @@ impl IscsiConnector {
             });
         }
         let locks = opts.locks();
+        let registry = Registry::new(&opts.context.host, REGISTRY);
         Ok(IscsiConnector {
             protocol,
             opts,
             iface,
             locks,
+            registry,
         })
     }
 
@@ -149,34 +162,60 @@ impl IscsiConnector {
         let started = Instant::now();
         let deadline = started + self.opts.operation_timeout;
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
-        let targets = self.targets_for_connect(props, deadline)?;
-        let record = if self.opts.use_multipath {
-            self.connect_multipath(props, &targets, deadline)
-        } else {
-            self.connect_single(props, &targets, deadline)
-        }?;
+        let mut discovered = Vec::new();
+        let result = self
+            .targets_for_connect(props, deadline, &mut discovered)
+            .and_then(|targets| {
+                if self.opts.use_multipath {
+                    self.connect_multipath(props, &targets, deadline)
+                } else {
+                    self.connect_single(props, &targets, deadline)
+                }
+            });
+        self.forget_unused_nodes(&discovered);
+        let record = result?;
+        if let Err(e) = self.registry.put(&props.volume_key(), &record) {
+            tracing::warn!(error = %e.chain(), "cannot note the attachment in the registry; an audit will list its session as unused");
+        }
         tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");
         Ok(record)
     }
 
     /// The targets to log in to: the given ones, plus (for multipath without target
-    /// lists) the portals sendtargets discovery reports for the same IQN.
+    /// lists) the portals sendtargets discovery reports for the same IQN. The node records
+    /// discovery created (not there before it) are added to `discovered`.
     fn targets_for_connect(
         &self,
         props: &IscsiProperties,
         deadline: Instant,
+        discovered: &mut Vec<IscsiTarget>,
     ) -> Result<Vec<IscsiTarget>> {
         let discover_for_paths = self.opts.use_multipath && props.targets.len() == 1;
         if !props.wants_discovery() && !discover_for_paths {
             return Ok(props.targets.clone());
         }
         let adm = self.adm(deadline);
+        let before = adm.nodes()?;
         let mut last_err = None;
         let mut portals: Vec<&Portal> = props.targets.iter().map(|t| &t.portal).collect();
         portals.dedup();
         for portal in portals {
             match adm.discover(portal, props.discovery_auth.as_ref()) {
                 Ok(found) => {
+                    discovered.extend(
+                        found
+                            .iter()
+                            .filter(|n| {
+                                !before
+                                    .iter()
+                                    .any(|b| b.portal == n.portal && b.iqn == n.iqn)
+                            })
+                            .map(|n| IscsiTarget {
+                                portal: n.portal.clone(),
+                                iqn: n.iqn.clone(),
+                                lun: 0,
+                            }),
+                    );
                     let mut targets = props.targets.clone();
                     if discover_for_paths {
                         let base = props.primary();
@@ -477,34 +516,32 @@ impl IscsiConnector {
         deadline: Instant,
     ) -> Result<AttachedPath> {
         let host = self.host();
-        if !adm.node_exists(t)? {
-            adm.node_new(t)?;
-            made.node = true;
-        }
-        self.configure_node(props, t, adm)?;
-        // The one read of the host's sessions this path needs: after the login only the
-        // sessions that appeared since are read.
-        let session = match sessions.find(t)? {
-            Some(s) => {
-                tracing::debug!(sid = s.sid, "reusing session");
-                s
-            }
-            None => {
-                let started = Instant::now();
-                if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
-                    made.session = true;
-                }
-                tracing::info!(
-                    phase = "login",
-                    elapsed_ms = ms(started.elapsed()),
-                    "logged in"
-                );
-                sessions.find(t)?.ok_or_else(|| Error::UnexpectedContent {
-                    path: host.sys("class/iscsi_session"),
-                    reason: format!("no session for {t} after a successful login"),
-                })?
+        // One connect of a target at a time sets its node record up and logs in: open-iscsi's
+        // record database does not take concurrent `--op new` / `--op update` of one record
+        // (a record being rewritten is briefly missing), and only the first connect has a
+        // login to do; the ones after it find the session and use it as it is.
+        let (session, reused) = {
+            let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+            // The one read of the host's sessions this path needs: after the login only the
+            // sessions that appeared since are read.
+            match sessions.find(t)? {
+                Some(s) => (s, true),
+                None => (self.log_in(props, t, adm, made, sessions)?, false),
             }
         };
+        if reused {
+            tracing::debug!(sid = session.sid, "reusing session");
+            // A logout needs the record: give a session that lost it one back (checked
+            // outside the lock, so concurrent connects of the target do not queue on it).
+            if !adm.node_exists(t)? {
+                let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+                if !adm.node_exists(t)? {
+                    adm.node_new(t)?;
+                    made.node = true;
+                    self.configure_node(props, t, adm)?;
+                }
+            }
+        }
 
         let started = Instant::now();
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
@@ -550,6 +587,36 @@ impl IscsiConnector {
             hctl,
             name,
             wwid,
+        })
+    }
+
+    /// Makes the node record (if missing), configures it and logs in; returns the session.
+    fn log_in(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+        made: &mut Made,
+        sessions: &mut SessionFinder<'_>,
+    ) -> Result<Session> {
+        let host = self.host();
+        if !adm.node_exists(t)? {
+            adm.node_new(t)?;
+            made.node = true;
+        }
+        self.configure_node(props, t, adm)?;
+        let started = Instant::now();
+        if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
+            made.session = true;
+        }
+        tracing::info!(
+            phase = "login",
+            elapsed_ms = ms(started.elapsed()),
+            "logged in"
+        );
+        sessions.find(t)?.ok_or_else(|| Error::UnexpectedContent {
+            path: host.sys("class/iscsi_session"),
+            reason: format!("no session for {t} after a successful login"),
         })
     }
 
@@ -610,6 +677,33 @@ impl IscsiConnector {
         if made.session || made.node {
             if let Err(e) = self.release_target(t, made.node, sessions, deadline) {
                 tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
+            }
+        }
+    }
+
+    /// Deletes the node records discovery created for this connect that no session uses
+    /// now (targets that failed, or that discovery reported but the volume does not use).
+    /// A target's lock is taken exclusively first, so no connect of that target is
+    /// between its node record and its device.
+    fn forget_unused_nodes(&self, discovered: &[IscsiTarget]) {
+        if discovered.is_empty() {
+            return;
+        }
+        let deadline = self.cleanup_deadline();
+        let adm = self.adm(deadline);
+        for t in discovered {
+            let r = self
+                .locks
+                .lock(&target_lock_key(t), LockMode::Exclusive)
+                .and_then(|_x| match session::find(self.host(), t)? {
+                    Some(_) => Ok(()),
+                    None => {
+                        tracing::debug!(target = %t, "deleting the node record discovery made");
+                        adm.node_delete(t)
+                    }
+                });
+            if let Err(e) = r {
+                tracing::warn!(target = %t, error = %e.chain(), "cannot delete a node record discovery made");
             }
         }
     }
@@ -767,6 +861,7 @@ impl IscsiConnector {
         for t in &targets {
             failures.step(self.release_target(t, true, &mut sessions, deadline))?;
         }
+        failures.step(self.registry.remove(&props.volume_key()))?;
         tracing::info!(
             phase = "disconnected",
             elapsed_ms = ms(started.elapsed()),

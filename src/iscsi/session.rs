@@ -225,7 +225,7 @@ fn sid_of_lun(host: &Host, target: &IscsiTarget) -> Result<Option<u32>> {
 
 /// The portal address and port the session logged in to (its first connection's
 /// `persistent_address`/`persistent_port`, falling back to `address`/`port`).
-fn connection_address(host: &Host, sid: u32) -> Result<Option<(String, u16)>> {
+pub(crate) fn connection_address(host: &Host, sid: u32) -> Result<Option<(String, u16)>> {
     // open-iscsi makes one connection per session, number 0; others are looked up.
     let first = host.sys(format!("class/iscsi_connection/connection{sid}:0"));
     let cdir = if first.exists() {

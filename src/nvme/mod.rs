@@ -11,7 +11,7 @@
 mod cli;
 mod identity;
 mod props;
-mod sysfs;
+pub(crate) mod sysfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,10 +47,14 @@ pub struct NvmeConnector {
     registry: Registry,
 }
 
+/// The attachment registry's name for NVMe-oF volumes.
+pub(crate) const REGISTRY: &str = "nvme";
+
 /// What the registry keeps of an attached NVMe volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Attachment {
-    copies: Vec<NvmeTarget>,
+pub(crate) struct Attachment {
+    /// The volume's copies (one, or one per replica) with their portals.
+    pub(crate) copies: Vec<NvmeTarget>,
 }
 
 impl Attachment {
@@ -86,7 +90,7 @@ impl NvmeConnector {
     pub fn new(opts: ConnectorOptions) -> Self {
         NvmeConnector {
             locks: opts.locks(),
-            registry: Registry::new(&opts.context.host, "nvme"),
+            registry: Registry::new(&opts.context.host, REGISTRY),
             opts,
         }
     }

@@ -7,6 +7,7 @@ mod props;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub(crate) use cli::mappings;
 pub use cli::{
     is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
     RbdMapper,
@@ -20,13 +21,19 @@ use crate::device::{DeviceKind, DeviceRecord, NetworkSource, RbdRecord};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::lock::{LockDir, LockMode};
+use crate::registry::Registry;
 use crate::wait::DeviceWatch;
+
+/// The attachment registry's name for mapped RBD images: one [`DeviceRecord`] per volume
+/// this host mapped, so an audit can tell hostbrick's mappings from orphans.
+pub(crate) const REGISTRY: &str = "rbd";
 
 /// The RBD connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
 pub struct RbdConnector {
     opts: ConnectorOptions,
     locks: LockDir,
+    registry: Registry,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -56,6 +63,7 @@ impl RbdConnector {
     pub fn new(opts: ConnectorOptions) -> Self {
         RbdConnector {
             locks: opts.locks(),
+            registry: Registry::new(&opts.context.host, REGISTRY),
             opts,
         }
     }
@@ -101,15 +109,20 @@ impl RbdConnector {
             .map(|m| m.device))
     }
 
+    /// The record of a mapped image, noted in the registry too.
     fn record(&self, props: &RbdProperties, mapper: RbdMapper, device: &str) -> DeviceRecord {
-        DeviceRecord {
+        let record = DeviceRecord {
             rbd: Some(RbdRecord {
                 mapper,
                 image: props.image.to_string(),
                 device: device.to_string(),
             }),
             ..DeviceRecord::block(Protocol::Rbd, device, props.volume_id.clone())
+        };
+        if let Err(e) = self.registry.put(&props.volume_key(), &record) {
+            tracing::warn!(error = %e.chain(), "cannot note the mapping in the registry; an audit will list it as unrecorded");
         }
+        record
     }
 
     fn connect(&self, props: &RbdProperties) -> Result<DeviceRecord> {
@@ -189,6 +202,7 @@ impl RbdConnector {
                 self.unmap(mapper, &device, opts.force, deadline)?;
             }
         }
+        self.registry.remove(&props.volume_key())?;
         tracing::info!(
             phase = "disconnected",
             elapsed_ms = ms(started.elapsed()),

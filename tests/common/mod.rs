@@ -206,10 +206,13 @@ impl Sim {
     }
 
     fn iscsiadm(&self, c: &Command) -> CommandOutput {
+        // A real iscsiadm takes a while to start: concurrent calls overlap.
+        std::thread::sleep(Duration::from_millis(2));
         let a = plain(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
             ["-m", "session"] => self.session_list(),
+            ["-m", "node"] => self.node_list(),
             ["-m", "node", "-T", iqn, "-p", portal, rest @ ..] => self.node_op(iqn, portal, rest),
             ["-m", "discoverydb", "-t", "sendtargets", "-p", portal, "--interface", _, rest @ ..] => {
                 self.discovery(portal, rest)
@@ -234,6 +237,20 @@ impl Sim {
         )
     }
 
+    fn node_list(&self) -> CommandOutput {
+        let st = lock(&self.state);
+        if st.nodes.is_empty() {
+            return CommandOutput::exit(21, "iscsiadm: No records found\n");
+        }
+        let mut lines: Vec<String> = st
+            .nodes
+            .keys()
+            .map(|(iqn, portal)| format!("{portal},1 {iqn}\n"))
+            .collect();
+        lines.sort();
+        CommandOutput::ok(lines.concat())
+    }
+
     fn node_op(&self, iqn: &str, portal: &str, rest: &[&str]) -> CommandOutput {
         let key = (iqn.to_string(), portal.to_string());
         let portal_p: Portal = portal.parse().unwrap();
@@ -246,7 +263,14 @@ impl Sim {
                 None => no_records(),
             },
             ["--interface", iface, "--op", "new"] => {
-                st.nodes.entry(key).or_default();
+                // As open-iscsi does: `--op new` of an existing record rewrites it with the
+                // defaults, and it is missing while that happens.
+                if st.nodes.remove(&key).is_some() {
+                    drop(st);
+                    std::thread::sleep(Duration::from_millis(5));
+                    st = lock(&self.state);
+                }
+                st.nodes.insert(key, HashMap::new());
                 CommandOutput::ok(format!("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] {bracket},-1 {iqn}] added\n"))
             }
             ["--op", "update", pairs @ ..] => {

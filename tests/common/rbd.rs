@@ -137,13 +137,30 @@ impl RbdSim {
                 };
                 let dev = format!("/dev/{name}");
                 let root = self.fake.root().to_path_buf();
+                // What the kernel shows of a mapping: the krbd device under
+                // /sys/bus/rbd/devices, an nbd device's daemon pid.
+                let (pool, image) = spec.rsplit_once('/').unwrap();
+                let extra: Vec<(String, String)> = if prog == "rbd" {
+                    vec![
+                        (format!("sys/bus/rbd/devices/{n}/pool"), format!("{pool}\n")),
+                        (
+                            format!("sys/bus/rbd/devices/{n}/name"),
+                            format!("{image}\n"),
+                        ),
+                    ]
+                } else {
+                    vec![(format!("sys/block/{name}/pid"), "3322\n".into())]
+                };
                 for (p, v) in [
                     (
                         format!("sys/block/{name}/size"),
                         format!("{}\n", size / 512),
                     ),
                     (format!("sys/block/{name}/dev"), "252:0\n".into()),
-                ] {
+                ]
+                .into_iter()
+                .chain(extra)
+                {
                     std::fs::create_dir_all(root.join(&p).parent().unwrap()).unwrap();
                     std::fs::write(root.join(&p), v).unwrap();
                 }
@@ -189,6 +206,9 @@ impl RbdSim {
                 let name = dev.trim_start_matches("/dev/");
                 let root = self.fake.root();
                 let _ = std::fs::remove_dir_all(root.join(format!("sys/block/{name}")));
+                if let Some(n) = name.strip_prefix("rbd") {
+                    let _ = std::fs::remove_dir_all(root.join(format!("sys/bus/rbd/devices/{n}")));
+                }
                 let _ = std::fs::remove_file(root.join(format!("dev/{name}")));
                 let _ = std::fs::remove_file(root.join(format!("dev/rbd/{spec}")));
                 CommandOutput::ok("")

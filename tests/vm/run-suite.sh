@@ -10,11 +10,14 @@
 #   HOSTBRICK_VM_SCENARIOS=REGEX    run only the scenarios whose name matches (bash regex)
 #   HOSTBRICK_VM_TIMEOUT=SECS       overall limit for the VM run (default 900)
 #   HOSTBRICK_VM_SCENARIO_TIMEOUT=SECS  limit per scenario inside the guest (default 300)
-#   HOSTBRICK_VM_ATTACH=PATH        use this attach binary instead of building the example
+#   HOSTBRICK_VM_ATTACH=PATH        use this attach binary instead of building the examples
+#                                   (concurrent_attach is taken from the same directory)
+#   HOSTBRICK_VM_BENCH_RUNS=N       runs per figure of the attach-latency benchmark (default 5)
 #   HOSTBRICK_VM_DIR=DIR            work dir (default target/vm)
 #
 # Outputs under target/vm/: share/ (what the guest sees at /mnt/host), console.log, dmesg.txt,
-# results.tsv, per-scenario logs in share/results/.
+# results.tsv, bench.tsv (attach latency and concurrency figures), per-scenario logs in
+# share/results/.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -35,22 +38,25 @@ GUEST=$(bash "$VM_SRC_DIR/build-guest.sh" | tail -n1) || vm_die "building the gu
 [ -f "$GUEST/root.img" ] || vm_die "guest build did not produce $GUEST/root.img"
 T_BUILT=$(date +%s)
 
-# 2. the attach example, built on the host (same Debian 12 glibc as the guest)
+# 2. the attach and concurrent_attach examples, built on the host (same Debian 12 glibc as the
+# guest)
 if [ -n "${HOSTBRICK_VM_ATTACH:-}" ]; then
     ATTACH_BIN=$HOSTBRICK_VM_ATTACH
     vm_log "using attach binary $ATTACH_BIN (HOSTBRICK_VM_ATTACH)"
 else
-    vm_log "cargo build --release --example attach"
-    (cd "$VM_REPO_ROOT" && cargo build --release --example attach) \
-        || vm_die "cargo build --release --example attach failed"
+    vm_log "cargo build --release --example attach --example concurrent_attach"
+    (cd "$VM_REPO_ROOT" && cargo build --release --example attach --example concurrent_attach) \
+        || vm_die "cargo build --release --example attach --example concurrent_attach failed"
     ATTACH_BIN=${CARGO_TARGET_DIR:-$VM_REPO_ROOT/target}/release/examples/attach
     [ -x "$ATTACH_BIN" ] || vm_die "no binary at $ATTACH_BIN after cargo build"
 fi
+CONCURRENT_BIN=$(dirname "$ATTACH_BIN")/concurrent_attach
 
 # 3. the share: binaries + guest scripts + empty results
 SHARE=$VM_WORK_DIR/share
 rm -rf "$SHARE"; mkdir -p "$SHARE/bin" "$SHARE/results"
 [ -e "$ATTACH_BIN" ] && cp "$ATTACH_BIN" "$SHARE/bin/attach"
+[ -e "$CONCURRENT_BIN" ] && cp "$CONCURRENT_BIN" "$SHARE/bin/concurrent_attach"
 cp -a "$VM_SRC_DIR/guest" "$SHARE/guest"
 rm -rf "$SHARE/guest/image" "$SHARE/guest/packages.txt"
 # HOSTBRICK_VM_* and RUST_LOG/RUST_BACKTRACE travel to the guest (HOSTBRICK_VM_TRACE=1: set -x
@@ -80,6 +86,9 @@ T_END=$(date +%s)
 [ -f "$SHARE/results/dmesg.txt" ] && cp "$SHARE/results/dmesg.txt" "$VM_WORK_DIR/dmesg.txt"
 TSV=$SHARE/results/results.tsv
 [ -f "$TSV" ] && cp "$TSV" "$VM_WORK_DIR/results.tsv"
+BENCH=$SHARE/results/bench.tsv
+rm -f "$VM_WORK_DIR/bench.tsv"
+[ -f "$BENCH" ] && cp "$BENCH" "$VM_WORK_DIR/bench.tsv"
 echo
 echo "== hostbrick VM suite =================================================================="
 printf 'guest build/cache %ss, VM run %ss (boot to power-off), total %ss\n' \
@@ -104,6 +113,15 @@ while IFS=$'\t' read -r name status connect disconnect floor message; do
     [ "$status" = pass ] || failed+=("$name")
 done < "$TSV"
 echo "(floor: the same attach with raw tools -> device node: iscsiadm manual-scan login + targeted LUN scan, nvme connect, rbd map; logs: $SHARE/results/<name>.{log,attach.log,dmesg}, dmesg: $VM_WORK_DIR/dmesg.txt)"
+if [ -s "$BENCH" ]; then
+    echo
+    echo "== attach latency and concurrency ($VM_WORK_DIR/bench.tsv) ==========================="
+    printf '%-11s %-34s %4s %9s %12s %8s  %s\n' SECTION WHAT RUNS CONNECT_S DISCONNECT_S FLOOR_S NOTE
+    while IFS=$'\t' read -r section label runs connect disconnect floor note; do
+        printf '%-11s %-34s %4s %9s %12s %8s  %s\n' "$section" "$label" "$runs" "$connect" "$disconnect" "$floor" "${note%%; runs:*}"
+    done < "$BENCH"
+    echo "(latency: medians of RUNS runs of attach connect/disconnect, process start included, beside the raw-tool floor; concurrent: total wall time of all attaches/detaches started together from one thread each)"
+fi
 # Per-scenario slices of the guest's dmesg (the guest marks each scenario's start in the log).
 if [ -f "$VM_WORK_DIR/dmesg.txt" ]; then
     awk -v dir="$SHARE/results" '

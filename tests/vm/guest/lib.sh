@@ -72,11 +72,24 @@ check() {
 
 # ------------------------------------------------------------------ waiting -----
 
-wait_until() {   # wait_until SECS COMMAND... (polls every 20 ms)
-    local secs=$1 start; shift; start=$(now_ns)
+# _nap SECS: sleep without starting a process (a read that times out on a private fifo); under
+# emulation a fork costs milliseconds of CPU the work being waited for needs.
+_nap() {
+    if [ -z "${_NAP_FD:-}" ] || [ "${_NAP_PID:-}" != "$BASHPID" ]; then
+        local f=/run/hostbrick-nap.$BASHPID
+        _NAP_PID=$BASHPID _NAP_FD=none
+        if mkfifo "$f" 2>/dev/null; then exec {_NAP_FD}<>"$f"; rm -f "$f"; fi
+    fi
+    if [ "$_NAP_FD" = none ]; then sleep "$1"; else read -r -t "$1" -u "$_NAP_FD"; fi
+    return 0
+}
+
+wait_until() {   # wait_until SECS COMMAND... (polls every 20 ms; forks nothing itself)
+    local secs=$1 end; shift
+    end=$(( ${EPOCHREALTIME/./} + secs * 1000000 ))
     until "$@"; do
-        [ $(( $(now_ns) - start )) -gt $(( secs * 1000000000 )) ] && return 1
-        sleep 0.02
+        [ "${EPOCHREALTIME/./}" -gt "$end" ] && return 1
+        _nap 0.02
     done
 }
 exists() { [ -e "$1" ] || [ -L "$1" ]; }
@@ -239,6 +252,14 @@ check_no_scsi_disks() {
     wait_until 5 no_scsi_disks || fail "SCSI disks left behind: $(scsi_disks)"
 }
 
+# _scsi_block H:C:T:L: SCSI_BLOCK = its block device (sdX) once it has one (builtins only)
+_scsi_block() {
+    local b
+    for b in "/sys/bus/scsi/devices/$1/block/"*; do
+        [ -e "$b" ] && { SCSI_BLOCK=${b##*/}; return 0; }
+    done
+    return 1
+}
 # sd name (sdX) of the SCSI device H:C:T:L, if any
 scsi_block_of() { ls "/sys/class/scsi_device/$1/device/block" 2>/dev/null | head -n1; }
 has_scsi_block() { [ -n "$(scsi_block_of "$1")" ]; }
@@ -247,7 +268,8 @@ no_scsi_disks() { [ -z "$(scsi_disks)" ]; }
 # ------------------------------------------------------------------ kernel floor -----
 # What the kernel and udev need for the same attach, driven with raw tools: node record with
 # manual scan, login, a targeted scan of the one LUN, wait for the block device node (and note
-# udev's by-path link). FLOOR_S = login start -> /dev/sdX present.
+# udev's by-path link). FLOOR_S = login start -> /dev/sdX present; FLOOR_LINK_S = -> the udev
+# link (the single-device floors set it).
 
 # _floor_login PORTAL IQN [CHAP_USER CHAP_PASS] -> FLOOR_HOST (scsi host number)
 _floor_login() {
@@ -285,6 +307,7 @@ kernel_floor_iscsi() {
     if [ "$portals" = "${portals%,*}" ]; then
         FLOOR_S=$t_dev
         wait_for "/dev/disk/by-path/ip-$portals-iscsi-$iqn-lun-$lun" 30 && t_link=$(secs_since "$start")
+        FLOOR_LINK_S=${t_link:--}
         log "kernel floor: login+scan -> /dev/$sd ${FLOOR_S}s, by-path link ${t_link:-never}s"
         note "floor by-path link ${t_link:-never}s"
     else
@@ -292,6 +315,27 @@ kernel_floor_iscsi() {
         wait_for "/dev/mapper/$wwid" 30 && FLOOR_S=$(secs_since "$start")
         log "kernel floor: 2 logins+scans -> first /dev/$sd ${t_dev}s, /dev/mapper/$wwid ${FLOOR_S}s"
     fi
+    _floor_cleanup "$iqn" $sds
+}
+
+# kernel_floor_iscsi_luns PORTAL IQN COUNT: the floor of COUNT LUNs (0..COUNT-1) of one target
+# at once: one manual-scan login, a targeted scan of each LUN, until every block device node
+# exists; FLOOR_S = login start -> last node (the by-path links are noted). Cleans up after.
+kernel_floor_iscsi_luns() {
+    local portal=$1 iqn=$2 count=$3 start l sd sds="" t_link
+    start=$(now_ns)
+    _floor_login "$portal" "$iqn" || { note "floor: login to $portal failed"; _floor_cleanup "$iqn"; return 1; }
+    for l in $(seq 0 $((count - 1))); do echo "0 0 $l" > "/sys/class/scsi_host/host$FLOOR_HOST/scan"; done
+    for l in $(seq 0 $((count - 1))); do
+        wait_until 60 _scsi_block "$FLOOR_HOST:0:0:$l" || { note "floor: no block device for LUN $l"; _floor_cleanup "$iqn"; return 1; }
+        sds="$sds $SCSI_BLOCK"
+        wait_for "/dev/$SCSI_BLOCK" 60
+    done
+    FLOOR_S=$(secs_since "$start")
+    for l in $(seq 0 $((count - 1))); do wait_for "/dev/disk/by-path/ip-$portal-iscsi-$iqn-lun-$l" 60; done
+    t_link=$(secs_since "$start")
+    log "kernel floor: login + $count targeted scans -> $count device nodes ${FLOOR_S}s, by-path links ${t_link}s"
+    FLOOR_LINKS_S=$t_link
     _floor_cleanup "$iqn" $sds
 }
 
@@ -360,17 +404,30 @@ nvme_ctrls() { ls /sys/class/nvme 2>/dev/null | tr '\n' ' '; }
 no_nvme_ctrls() { [ -z "$(nvme_ctrls)" ]; }
 # block devices of namespace heads and lone namespaces (no hidden nvmeXcYnZ path disks)
 nvme_disks() {
-    local b
+    local b h
     for b in /sys/block/nvme*; do
-        [ -e "$b/dev" ] && [ "$(cat "$b/hidden" 2>/dev/null)" != 1 ] && echo "${b##*/}"
+        [ -e "$b/dev" ] || continue
+        h=0; [ -e "$b/hidden" ] && read -r h < "$b/hidden"
+        [ "$h" != 1 ] && echo "${b##*/}"
     done
 }
-# the visible block device (nvmeXnY) whose uuid is UUID
-nvme_disk_by_uuid() {
-    local b
-    for b in $(nvme_disks); do [ "$(cat "/sys/block/$b/uuid" 2>/dev/null)" = "$1" ] && echo "$b"; done
+# _nvme_disk UUID: NVME_DISK = the visible block device (nvmeXnY) whose uuid is UUID (shell
+# builtins only: it is polled)
+_nvme_disk() {
+    local b h u
+    NVME_DISK=""
+    for b in /sys/block/nvme*; do
+        [ -e "$b/uuid" ] || continue
+        h=0; [ -e "$b/hidden" ] && read -r h < "$b/hidden"
+        [ "$h" = 1 ] && continue
+        read -r u < "$b/uuid" 2>/dev/null || continue
+        [ "$u" = "$1" ] && { NVME_DISK=${b##*/}; return 0; }
+    done
+    return 1
 }
-has_nvme_disk() { local b; b=$(nvme_disk_by_uuid "$1"); [ -n "$b" ] && [ -b "/dev/$b" ]; }
+# the visible block device (nvmeXnY) whose uuid is UUID
+nvme_disk_by_uuid() { _nvme_disk "$1" && echo "$NVME_DISK"; }
+has_nvme_disk() { _nvme_disk "$1" && [ -b "/dev/$NVME_DISK" ]; }
 
 # check_nvme_device PATH SIZE_BYTES UUID: a block device of that size; its sysfs entry is a
 # visible namespace (not a hidden path) whose uuid is UUID.
@@ -410,21 +467,27 @@ nvme_state() {   # for the logs
     echo "disks: $(for b in /sys/block/nvme*; do [ -e "$b" ] && printf '%s(uuid=%s hidden=%s) ' "${b##*/}" "$(cat "$b/uuid" 2>/dev/null)" "$(cat "$b/hidden" 2>/dev/null)"; done)"
 }
 
-# kernel_floor_nvme IP PORT NQN UUID: the same attach with raw nvme-cli: `nvme connect` (with
-# the host's hostnqn/hostid) until the namespace's block device node exists; FLOOR_S = connect
-# start -> /dev/nvmeXnY; the udev by-id link time is noted. Disconnects afterwards.
+# kernel_floor_nvme IP PORT NQN UUID [UUID...]: the same attach with raw nvme-cli: `nvme connect`
+# (with the host's hostnqn/hostid) until the namespace's block device node exists (every
+# namespace's, with more UUIDs); FLOOR_S = connect start -> /dev/nvmeXnY; the udev by-id link
+# time (of the first) is noted. Disconnects afterwards.
 kernel_floor_nvme() {
-    local ip=$1 port=$2 nqn=$3 uuid=$4 start t_cli dev t_link out
+    local ip=$1 port=$2 nqn=$3 uuid=$4 start t_cli dev t_link out u
     [ -n "${HOSTBRICK_VM_TRACE:-}" ] && { PS4='+[$(up)] '; set -x; }
     start=$(now_ns)
     out=$(nvme connect -t tcp -a "$ip" -s "$port" -n "$nqn" -q "$(hostnqn)" -I "$(hostid)" 2>&1) \
         || { set +x; note "floor: nvme connect failed: $out"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
     t_cli=$(secs_since "$start")
-    wait_until 30 has_nvme_disk "$uuid" || { set +x; note "floor: no block device with uuid $uuid"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
+    for u in "${@:4}"; do
+        wait_until 30 has_nvme_disk "$u" || { set +x; note "floor: no block device with uuid $u"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
+        dev=$(nvme_disk_by_uuid "$u")
+        wait_for "/dev/$dev" 30
+    done
     dev=$(nvme_disk_by_uuid "$uuid")
     FLOOR_S=$(secs_since "$start")
     wait_for "/dev/disk/by-id/nvme-uuid.$uuid" 30 && t_link=$(secs_since "$start")
     set +x
+    FLOOR_LINK_S=${t_link:--}
     log "kernel floor: nvme connect ${t_cli}s, -> /dev/$dev ${FLOOR_S}s, by-id link ${t_link:-never}s"
     note "floor: nvme connect returns ${t_cli}s, by-id link ${t_link:-never}s"
     udevadm settle --timeout=10
@@ -546,6 +609,7 @@ kernel_floor_rbd() {
     FLOOR_S=$(secs_since "$start")
     wait_for "/dev/rbd/$spec" 30 && t_link=$(secs_since "$start")
     set +x
+    FLOOR_LINK_S=${t_link:--}
     log "kernel floor: rbd map returns ${t_cli}s, -> $dev ${FLOOR_S}s, /dev/rbd/$spec link ${t_link:-never}s"
     note "floor: rbd map returns ${t_cli}s, udev link ${t_link:-never}s"
     udevadm settle --timeout=10
@@ -604,4 +668,115 @@ guest_reset() {
     nvmet_teardown_all
     rbd_reset
     rm -rf "$WORK"
+}
+
+# ------------------------------------------------------------------ faults -----
+# Deterministic fault injection: a wrapper for one program, first on the PATH of the attach
+# call, runs the real program and then, once its arguments contain every marker word and it
+# succeeded, runs a hook (the first time only): e.g. tear the target down right after the
+# login, or SIGKILL the attach process ($FAULT_PARENT) in the middle of its connect.
+FAULT_BIN=${FAULT_BIN:-$WORK/fault-bin}
+
+# fault_wrap PROGRAM 'MARKER WORDS' HOOK...: the hook is a command line run by bash with
+# lib.sh sourced (and $FAULT_PARENT set); its output goes to $WORK/fault-hook.log.
+fault_wrap() {
+    local prog=$1 marker=$2 real w test=""; shift 2
+    for w in $marker; do test="$test && [[ \" \$* \" == *\" $w \"* ]]"; done
+    real=$(command -v "$prog") || { log "fault_wrap: no $prog"; return 1; }
+    mkdir -p "$FAULT_BIN"
+    printf '%s\n' "$*" > "$FAULT_BIN/$prog.hook"
+    rm -rf "$FAULT_BIN/$prog.fired"
+    cat > "$FAULT_BIN/$prog" <<WRAP
+#!/bin/bash
+"$real" "\$@"; rc=\$?
+if [ \$rc = 0 ] $test && mkdir "$FAULT_BIN/$prog.fired" 2>/dev/null; then
+    FAULT_PARENT=\$PPID GUEST_DIR="$GUEST_DIR" WORK="$WORK" RESULTS="$RESULTS" SCENARIO="${SCENARIO:-}-hook" \
+        bash -c '. "\$GUEST_DIR/lib.sh"; . "\$0"' "$FAULT_BIN/$prog.hook" >> "$WORK/fault-hook.log" 2>&1
+fi
+exit \$rc
+WRAP
+    chmod +x "$FAULT_BIN/$prog"
+}
+fault_fired() { [ -d "$FAULT_BIN/$1.fired" ]; }
+fault_clear() { rm -rf "$FAULT_BIN"; }
+# attach_faulty NAME ARGS...: attach_cmd with the fault wrappers first on PATH.
+attach_faulty() { PATH="$FAULT_BIN:$PATH" attach_cmd "$@"; }
+
+# iSCSI session states (LOGGED_IN, FAILED, FREE) of the sessions to IQN
+iscsi_session_states() {
+    local s
+    for s in /sys/class/iscsi_session/session*; do
+        [ -e "$s/targetname" ] && [ "$(cat "$s/targetname")" = "$1" ] && cat "$s/state"
+    done
+}
+iscsi_not_logged_in() { ! iscsi_session_states "$1" | grep -qx LOGGED_IN; }
+# has_scsi_disk_of WWID: a SCSI disk with that WWID (udev's form) exists
+has_scsi_disk_of() {
+    local d
+    for d in /sys/class/scsi_disk/*/device; do
+        [ -e "$d/wwid" ] || continue
+        [ "$(/lib/udev/scsi_id -g -u "/dev/$(ls "$d/block" 2>/dev/null | head -n1)" 2>/dev/null)" = "$1" ] && return 0
+    done
+    return 1
+}
+
+# lio_target_down IQN: the target goes away under its initiators: TPG disabled (LIO drops
+# its sessions) and portals removed (re-logins are refused). Waits until the initiator has
+# noticed (no session of IQN still LOGGED_IN).
+lio_target_down() {
+    local tpg np; tpg=$(lio_tpg "$1")
+    echo 0 > "$tpg/enable" || return 1
+    for np in "$tpg"/np/*; do [ -d "$np" ] && rmdir "$np"; done
+    wait_until 15 iscsi_not_logged_in "$1" || { log "sessions of $1 still logged in: $(iscsi_session_states "$1" | tr '\n' ' ')"; return 1; }
+    log "target $1 down; sessions: $(iscsi_session_states "$1" | tr '\n' ' ')"
+}
+
+nvme_ctrl_states() { local c; for c in $(nvme_ctrls_for "$1"); do cat "/sys/class/nvme/$c/state"; done; }
+nvme_not_live() { ! nvme_ctrl_states "$1" | grep -qx live; }
+
+# nvmet_port_down PORT_ID NQN: the port goes away (connections drop, reconnects are refused);
+# waits until no controller of NQN is live.
+nvmet_port_down() {
+    local p=$NVMET/ports/$1 x
+    for x in "$p"/subsystems/*; do [ -L "$x" ] && rm -f "$x"; done
+    rmdir "$p" || return 1
+    wait_until 15 nvme_not_live "$2" || { log "controllers of $2 still live: $(nvme_ctrl_states "$2" | tr '\n' ' ')"; return 1; }
+    log "port $1 down; controllers of $2: $(nvme_ctrl_states "$2" | tr '\n' ' ')"
+}
+
+# ------------------------------------------------------------------ audit -----
+
+# audit_run NAME: `attach audit` -> $WORK/NAME.out (must succeed and be one JSON object)
+audit_run() {
+    attach_ok "$1" audit
+    jq -e 'type == "object" and has("iscsi_sessions") and has("multipath_maps") and has("nvme_controllers") and has("rbd_mappings")' \
+        "$WORK/$1.out" >/dev/null || fail "audit output is not a report: $(head -c 300 "$WORK/$1.out")"
+    log "audit: $(jq -c . "$WORK/$1.out")"
+}
+# audit_count NAME KIND: entries of KIND (iscsi_sessions, ...) in audit NAME
+audit_count() { jq -r --arg k "$2" '.[$k] | length' "$WORK/$1.out"; }
+# check_audit_empty NAME: audit lists nothing
+check_audit_empty() {
+    audit_run "$1"
+    jq -e '[.[] | length] | add == 0' "$WORK/$1.out" >/dev/null \
+        || fail "audit lists orphans where none should be: $(jq -c . "$WORK/$1.out")"
+}
+
+# ------------------------------------------------------------------ statistics -----
+
+# median VALUE...: the median (mean of the middle two for an even count), 3 decimals
+median() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -n \
+        | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+# ratio A B: A / B with 2 decimals
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f\n", a / b; else print "-"}'; }
+# lt A B: A < B (decimals)
+lt() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a < b)}'; }
+
+# bench_line SECTION LABEL RUNS CONNECT_S DISCONNECT_S FLOOR_S NOTE: one line of the suite's
+# benchmark report ($RESULTS/bench.tsv; run-suite.sh prints it as a table).
+bench_line() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$(printf '%s' "$7" | tr '\t\n' '  ')" >> "$RESULTS/bench.tsv"
+    log "bench: $*"
 }

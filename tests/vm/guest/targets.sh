@@ -249,6 +249,8 @@ ceph_teardown() {
         pid=$(cat "$f"); kill "$pid" 2>/dev/null || continue
         for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     done
-    rm -rf /var/lib/ceph/mon/ceph-a /var/lib/ceph/osd/ceph-0 /etc/ceph/ceph.conf
+    # the monmap and mon keyring too: the next ceph_one_node_up makes new ones
+    rm -rf /var/lib/ceph/mon/ceph-a /var/lib/ceph/osd/ceph-0 /etc/ceph/ceph.conf \
+        /run/ceph/monmap /run/ceph/mon.keyring
     return 0
 }
