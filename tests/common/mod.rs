@@ -70,6 +70,16 @@ fn plain(c: &Command) -> Vec<String> {
 }
 
 impl Sim {
+    /// The copy the runner's rules hold: the same tree and state without the runner, so the
+    /// rules do not keep the sim (and its temporary tree) alive in a reference cycle.
+    fn for_handlers(&self) -> Self {
+        Self {
+            fake: self.fake.clone(),
+            runner: Arc::new(FakeRunner::new()),
+            state: self.state.clone(),
+        }
+    }
+
     pub fn new() -> Self {
         let sim = Sim {
             fake: FakeHost::new(),
@@ -179,13 +189,13 @@ impl Sim {
     }
 
     fn install(&self) {
-        let s = self.clone();
+        let s = self.for_handlers();
         self.runner.on("iscsiadm", &[], move |c| s.iscsiadm(c));
-        let s = self.clone();
+        let s = self.for_handlers();
         self.runner.on("multipathd", &[], move |c| s.multipathd(c));
-        let s = self.clone();
+        let s = self.for_handlers();
         self.runner.on("multipath", &[], move |c| s.multipath(c));
-        let s = self.clone();
+        let s = self.for_handlers();
         self.runner.on("dmsetup", &["remove"], move |c| {
             let name = plain(c).last().cloned().unwrap_or_default();
             s.remove_map(&name)

@@ -55,6 +55,16 @@ fn nguid_of(uuid: &str) -> String {
 }
 
 impl NvmeSim {
+    /// The copy the runner's rules hold: the same tree and state without the runner, so the
+    /// rules do not keep the sim (and its temporary tree) alive in a reference cycle.
+    fn for_handlers(&self) -> Self {
+        Self {
+            fake: self.fake.clone(),
+            runner: Arc::new(FakeRunner::new()),
+            state: self.state.clone(),
+        }
+    }
+
     pub fn new(native_multipath: bool) -> Self {
         let sim = NvmeSim {
             fake: FakeHost::new(),
@@ -146,9 +156,9 @@ impl NvmeSim {
     }
 
     fn install(&self) {
-        let s = self.clone();
+        let s = self.for_handlers();
         self.runner.on("nvme", &[], move |c| s.nvme(c));
-        let s = self.clone();
+        let s = self.for_handlers();
         self.runner.on("mdadm", &[], move |c| s.mdadm(c));
         let root = self.fake.root().to_path_buf();
         self.runner.on("blockdev", &["--flushbufs"], move |c| {

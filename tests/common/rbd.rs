@@ -42,15 +42,25 @@ fn value_after(a: &[String], flag: &str) -> Option<String> {
 }
 
 impl RbdSim {
+    /// The copy the runner's rules hold: the same tree and state without the runner, so the
+    /// rules do not keep the sim (and its temporary tree) alive in a reference cycle.
+    fn for_handlers(&self) -> Self {
+        Self {
+            fake: self.fake.clone(),
+            runner: Arc::new(FakeRunner::new()),
+            state: self.state.clone(),
+        }
+    }
+
     pub fn new() -> Self {
         let sim = RbdSim {
             fake: FakeHost::new(),
             runner: Arc::new(FakeRunner::new()),
             state: Arc::new(Mutex::new(State::default())),
         };
-        let s = sim.clone();
+        let s = sim.for_handlers();
         sim.runner.on("rbd", &[], move |c| s.rbd(c, "rbd"));
-        let s = sim.clone();
+        let s = sim.for_handlers();
         sim.runner.on("rbd-nbd", &[], move |c| s.rbd(c, "rbd-nbd"));
         sim
     }
