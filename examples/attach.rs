@@ -20,12 +20,11 @@
 
 use std::io::Read;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hostbrick::{
     connector_for, get_connector_properties, ConnectionInfo, ConnectorOptions, DeviceRecord,
-    DisconnectOptions, HostContext, SystemRunner,
+    DisconnectOptions, HostContext,
 };
 
 const USAGE: &str = "usage:
@@ -37,8 +36,9 @@ const USAGE: &str = "usage:
 common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD,
   --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)";
 
-/// A command-line mistake.
-struct Usage(String);
+mod common;
+
+use common::Usage;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cmd {
@@ -94,10 +94,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         rbd_nbd: false,
         no_local_attach: false,
     };
-    let value = |flag: &str, it: &mut std::vec::IntoIter<String>| {
-        it.next()
-            .ok_or_else(|| Usage(format!("{flag} needs a value")))
-    };
+    let value = common::value;
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--ip" => a.ip = Some(value("--ip", &mut it)?),
@@ -111,19 +108,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
             "--rbd-nbd" => a.rbd_nbd = true,
             "--no-local-attach" => a.no_local_attach = true,
             "--ignore-errors" => a.ignore_errors = true,
-            "--timeout" => {
-                let v = value("--timeout", &mut it)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| {
-                        Usage(format!(
-                            "--timeout {v:?} is not a positive number of seconds"
-                        ))
-                    })?;
-                a.timeout = Some(Duration::from_secs_f64(secs));
-            }
+            "--timeout" => a.timeout = Some(common::timeout(&mut it)?),
             "--lock-dir" => a.lock_dir = Some(value("--lock-dir", &mut it)?),
             "--iface" => a.iface = Some(value("--iface", &mut it)?),
             "--root-helper" => a.root_helper = Some(value("--root-helper", &mut it)?),
@@ -161,11 +146,7 @@ fn read_input(path: &str) -> hostbrick::Result<String> {
 }
 
 fn context(a: &Args) -> HostContext {
-    let mut runner = SystemRunner::new();
-    if let Some(helper) = &a.root_helper {
-        runner = runner.with_root_helper(helper.split_whitespace());
-    }
-    HostContext::new(hostbrick::Host::system(), Arc::new(runner))
+    common::system_context(a.root_helper.as_deref())
 }
 
 fn options(a: &Args) -> ConnectorOptions {
@@ -248,35 +229,5 @@ fn run(a: &Args) -> hostbrick::Result<String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args = match parse_args(std::env::args().skip(1).collect()) {
-        Ok(a) => a,
-        Err(Usage(msg)) => {
-            if msg.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error[usage]: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(out) => {
-            if !out.is_empty() {
-                println!("{out}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error[{}]: {}", e.kind(), e.chain());
-            ExitCode::FAILURE
-        }
-    }
+    common::cli_main(USAGE, parse_args, run)
 }

@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use hostbrick::{
     get_connector_properties, AttachRequest, AttachmentRecord, ConnectorOptions, DisconnectOptions,
-    DiskBus, DomainFlags, Error, HostContext, JsonFileStorage, Orchestrator, SystemRunner,
-    VirshDomain,
+    DiskBus, DomainFlags, Error, HostContext, JsonFileStorage, Orchestrator, VirshDomain,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +37,9 @@ const USAGE: &str = "usage:
   attach_to_guest --detach --record STATE.json [--force]
 common options: --timeout SECS, --lock-dir DIR, --root-helper CMD";
 
-struct Usage(String);
+mod common;
+
+use common::{value, Usage};
 
 #[derive(Default)]
 struct Args {
@@ -71,10 +72,6 @@ struct State {
 fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     let mut a = Args::default();
     let mut it = argv.into_iter();
-    fn value(flag: &str, it: &mut impl Iterator<Item = String>) -> Result<String, Usage> {
-        it.next()
-            .ok_or_else(|| Usage(format!("{flag} needs a value")))
-    }
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--detach" => a.detach = true,
@@ -99,15 +96,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
                 a.enforce_multipath = true;
             }
             "--force" => a.force = true,
-            "--timeout" => {
-                let v = value("--timeout", &mut it)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| Usage(format!("--timeout {v:?} is not a positive number")))?;
-                a.timeout = Some(Duration::from_secs_f64(secs));
-            }
+            "--timeout" => a.timeout = Some(common::timeout(&mut it)?),
             "--lock-dir" => a.lock_dir = Some(value("--lock-dir", &mut it)?),
             "--root-helper" => a.root_helper = Some(value("--root-helper", &mut it)?),
             "-h" | "--help" => return Err(Usage(String::new())),
@@ -124,11 +113,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
 }
 
 fn context(a: &Args) -> HostContext {
-    let mut runner = SystemRunner::new();
-    if let Some(helper) = &a.root_helper {
-        runner = runner.with_root_helper(helper.split_whitespace());
-    }
-    HostContext::new(hostbrick::Host::system(), Arc::new(runner))
+    common::system_context(a.root_helper.as_deref())
 }
 
 fn options(a: &Args) -> ConnectorOptions {
@@ -248,33 +233,5 @@ fn run(a: &Args) -> hostbrick::Result<String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args = match parse_args(std::env::args().skip(1).collect()) {
-        Ok(a) => a,
-        Err(Usage(msg)) => {
-            if msg.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error[usage]: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error[{}]: {}", e.kind(), e.chain());
-            ExitCode::FAILURE
-        }
-    }
+    common::cli_main(USAGE, parse_args, run)
 }

@@ -227,15 +227,10 @@ fn secs(p: Option<(Instant, Instant)>) -> serde_json::Value {
     })
 }
 
+mod common;
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    common::init_tracing();
     let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(a) => a,
         Err(msg) => {
