@@ -262,6 +262,14 @@ impl ConnectionInfo {
         }
     }
 
+    /// The error for a connector of `expected` handed this connection_info.
+    pub(crate) fn mismatch(&self, expected: Protocol) -> Error {
+        Error::ProtocolMismatch {
+            expected: expected.to_string(),
+            found: self.protocol.to_string(),
+        }
+    }
+
     /// The volume id, when the storage service sent one.
     pub fn volume_id(&self) -> Option<&str> {
         match &self.properties {

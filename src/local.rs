@@ -52,10 +52,7 @@ impl LocalConnector {
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a LocalProperties> {
-        info.local().ok_or_else(|| Error::ProtocolMismatch {
-            expected: Protocol::Local.to_string(),
-            found: info.protocol().to_string(),
-        })
+        info.local().ok_or_else(|| info.mismatch(Protocol::Local))
     }
 
     /// The device's name under /sys/class/block, when the path is a block device there.

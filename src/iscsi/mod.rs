@@ -150,10 +150,7 @@ impl IscsiConnector {
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a IscsiProperties> {
-        info.iscsi().ok_or_else(|| Error::ProtocolMismatch {
-            expected: self.protocol.to_string(),
-            found: info.protocol().to_string(),
-        })
+        info.iscsi().ok_or_else(|| info.mismatch(self.protocol))
     }
 
     // ---------------------------------------------------------------- connect

@@ -104,10 +104,7 @@ impl NvmeConnector {
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a NvmeProperties> {
-        info.nvme().ok_or_else(|| Error::ProtocolMismatch {
-            expected: Protocol::NvmeOf.to_string(),
-            found: info.protocol().to_string(),
-        })
+        info.nvme().ok_or_else(|| info.mismatch(Protocol::NvmeOf))
     }
 
     /// The host NQN and host id to connect with: the storage's `host_nqn` when it named

@@ -77,10 +77,7 @@ impl RbdConnector {
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a RbdProperties> {
-        info.rbd().ok_or_else(|| Error::ProtocolMismatch {
-            expected: Protocol::Rbd.to_string(),
-            found: info.protocol().to_string(),
-        })
+        info.rbd().ok_or_else(|| info.mismatch(Protocol::Rbd))
     }
 
     /// The device already mapping the image through `mapper`, if any.
