@@ -150,16 +150,12 @@ fn context(a: &Args) -> HostContext {
 }
 
 fn options(a: &Args) -> ConnectorOptions {
-    let mut o = ConnectorOptions::with_context(context(a));
-    if a.multipath {
-        o = o.multipath(a.enforce_multipath);
-    }
-    if let Some(t) = a.timeout {
-        o = o.operation_timeout(t);
-    }
-    if let Some(d) = &a.lock_dir {
-        o = o.lock_dir(d);
-    }
+    let mut o = common::connector_options(
+        a.root_helper.as_deref(),
+        a.multipath.then_some(a.enforce_multipath),
+        a.timeout,
+        a.lock_dir.as_deref(),
+    );
     if let Some(i) = &a.iface {
         o = o.iscsi_iface(i);
     }
@@ -170,17 +166,11 @@ fn options(a: &Args) -> ConnectorOptions {
     o
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".to_string())
-}
-
 fn run(a: &Args) -> hostbrick::Result<String> {
     match a.command {
         Cmd::Properties => {
             let ip = a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
-            let host = a.host.clone().unwrap_or_else(hostname);
+            let host = a.host.clone().unwrap_or_else(common::hostname);
             let mut props = get_connector_properties(
                 &context(a),
                 &ip,

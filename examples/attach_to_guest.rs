@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use hostbrick::{
     get_connector_properties, AttachRequest, AttachmentRecord, ConnectorOptions, DisconnectOptions,
-    DiskBus, DomainFlags, Error, HostContext, JsonFileStorage, Orchestrator, VirshDomain,
+    DiskBus, DomainFlags, Error, JsonFileStorage, Orchestrator, VirshDomain,
 };
 use serde::{Deserialize, Serialize};
 
@@ -112,22 +112,13 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     Ok(a)
 }
 
-fn context(a: &Args) -> HostContext {
-    common::system_context(a.root_helper.as_deref())
-}
-
 fn options(a: &Args) -> ConnectorOptions {
-    let mut o = ConnectorOptions::with_context(context(a));
-    if a.multipath {
-        o = o.multipath(a.enforce_multipath);
-    }
-    if let Some(t) = a.timeout {
-        o = o.operation_timeout(t);
-    }
-    if let Some(d) = &a.lock_dir {
-        o = o.lock_dir(d);
-    }
-    o
+    common::connector_options(
+        a.root_helper.as_deref(),
+        a.multipath.then_some(a.enforce_multipath),
+        a.timeout,
+        a.lock_dir.as_deref(),
+    )
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -148,9 +139,7 @@ fn orchestrator(
     if let Some(uri) = uri {
         dom = dom.with_uri(uri);
     }
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = common::hostname();
     let ip = a.ip.as_deref().unwrap_or("127.0.0.1");
     let props =
         get_connector_properties(&opts.context, ip, a.multipath, a.enforce_multipath, &host)?;

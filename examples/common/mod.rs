@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostbrick::{HostContext, SystemRunner};
+use hostbrick::{ConnectorOptions, HostContext, SystemRunner};
 
 /// A command-line mistake (empty: `--help` was asked for).
 pub struct Usage(pub String);
@@ -85,4 +85,32 @@ pub fn system_context(root_helper: Option<&str>) -> HostContext {
         runner = runner.with_root_helper(helper.split_whitespace());
     }
     HostContext::new(hostbrick::Host::system(), Arc::new(runner))
+}
+
+/// The options every connecting command line shares: root helper, multipath, the operation
+/// deadline and the lock directory.
+pub fn connector_options(
+    root_helper: Option<&str>,
+    multipath: Option<bool>,
+    timeout: Option<Duration>,
+    lock_dir: Option<&str>,
+) -> ConnectorOptions {
+    let mut o = ConnectorOptions::with_context(system_context(root_helper));
+    if let Some(enforce) = multipath {
+        o = o.multipath(enforce);
+    }
+    if let Some(t) = timeout {
+        o = o.operation_timeout(t);
+    }
+    if let Some(d) = lock_dir {
+        o = o.lock_dir(d);
+    }
+    o
+}
+
+/// This host's name (`localhost` when it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".to_string())
 }
