@@ -250,7 +250,7 @@ lv_raw_round() {
         lv_log "FAIL raw $label: attach-device failed"; RAW_FAILED=1; return
     fi
     ta=$(since "$t0")
-    if ! lv_blklist | grep -qxF "$target $source"; then
+    if ! lv_blklist | grep -xF "$target $source" >/dev/null; then
         lv_log "FAIL raw $label: domblklist does not show '$target $source':"; lv_blklist >&2; RAW_FAILED=1; return
     fi
     if ! lv_console_wait 'block add' 10 "$adds"; then
@@ -262,7 +262,7 @@ lv_raw_round() {
         lv_log "FAIL raw $label: detach-device failed"; RAW_FAILED=1; return
     fi
     td=$(since "$t0")
-    if lv_blklist | grep -q "^$target "; then
+    if lv_blklist | grep "^$target " >/dev/null; then
         lv_log "FAIL raw $label: $target still listed after detach-device (the guest did not acknowledge?)"
         RAW_FAILED=1; return
     fi

@@ -42,7 +42,7 @@ vm_need_root "build-guest.sh"
 for t in mmdebstrap mkfs.ext4 cpio dpkg-deb; do
     command -v $t >/dev/null || vm_die "$t missing: run tests/vm/host-deps.sh first"
 done
-[ -x /bin/busybox ] && /bin/busybox --list | grep -qx switch_root \
+[ -x /bin/busybox ] && /bin/busybox --list | grep -x switch_root >/dev/null \
     || vm_die "/bin/busybox (busybox-static) missing: run tests/vm/host-deps.sh first"
 
 BUILD=$VM_WORK_DIR/.guest-build.$$
@@ -62,7 +62,7 @@ vm_apt_private "$VM_WORK_DIR/guest-apt"   # bookworm (+updates, security); no ba
 
 vm_log "kernel: resolving linux-image-amd64"
 KPKG=$(apt-cache "${VM_APT_OPTS[@]}" depends linux-image-amd64 \
-    | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1)
+    | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\).*/\1/p' | sed -n 1p)
 [ -n "$KPKG" ] || vm_die "cannot resolve the kernel package behind linux-image-amd64"
 KVER=${KPKG#linux-image-}
 mkdir -p "$BUILD/debs" "$BUILD/kernel"
