@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::cmd::{Command, CommandRunner};
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::uevent::UdevRecord;
 
 /// Size in bytes of block device `name` (e.g. `sdb`, `dm-0`), from its 512-byte sector count.
 pub fn size_bytes(host: &Host, name: &str) -> Result<u64> {
@@ -25,12 +26,40 @@ pub fn is_ready(host: &Host, name: &str) -> Result<bool> {
         return Ok(false);
     }
     if host.udev_active() {
-        let Some(devnum) = host.read_attr_opt(&host.sys(format!("block/{name}/dev")))? else {
-            return Ok(false);
+        // udev's own test of "processed" is that the record exists. One this parser refuses
+        // (a property from a local rule, say) does not hold an attach back; it is reported.
+        return match udev_record(host, name) {
+            Ok(r) => Ok(r.is_some()),
+            Err(e @ Error::UnexpectedContent { .. }) => {
+                tracing::warn!(device = name, error = %e, "udev record not understood");
+                Ok(true)
+            }
+            Err(e) => Err(e),
         };
-        return Ok(host.run(format!("udev/data/b{devnum}")).exists());
     }
     Ok(true)
+}
+
+/// udev's database record of block device `name`, `None` until udev has processed the device
+/// (or when it is gone). A record that does not parse is an error: udev writes it whole.
+pub fn udev_record(host: &Host, name: &str) -> Result<Option<UdevRecord>> {
+    let Some(devnum) = host.read_attr_opt(&host.sys(format!("block/{name}/dev")))? else {
+        return Ok(None);
+    };
+    let path = host.run(format!("udev/data/b{devnum}"));
+    let Some(text) = host.read_attr_opt(&path)? else {
+        return Ok(None);
+    };
+    UdevRecord::parse(&text)
+        .map(Some)
+        .map_err(|reason| Error::UnexpectedContent { path, reason })
+}
+
+/// True when `link` (a udev link such as a by-path name) resolves to block device `name`.
+pub fn is_link_to(host: &Host, link: &Path, name: &str) -> Result<bool> {
+    Ok(host
+        .canonical(link)?
+        .is_some_and(|t| t.file_name().is_some_and(|n| n == name)))
 }
 
 /// The devices holding `name` (e.g. the dm-multipath map over a path).
@@ -104,5 +133,48 @@ mod tests {
             Err(Error::InvalidDevice { .. })
         ));
         assert!(check_readable(&d.path().join("none")).is_err());
+    }
+
+    fn tree() -> (tempfile::TempDir, Host) {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::with_root(d.path());
+        for p in ["sys/block/sdb", "dev/disk/by-path", "run/udev/data"] {
+            std::fs::create_dir_all(d.path().join(p)).unwrap();
+        }
+        std::fs::write(d.path().join("sys/block/sdb/dev"), "8:16\n").unwrap();
+        std::fs::write(d.path().join("dev/sdb"), "").unwrap();
+        std::fs::write(d.path().join("dev/sdc"), "").unwrap();
+        (d, host)
+    }
+
+    #[test]
+    fn udev_record_is_read_by_device_number() {
+        let (d, host) = tree();
+        assert_eq!(udev_record(&host, "sdb").unwrap(), None);
+        assert_eq!(udev_record(&host, "sdz").unwrap(), None);
+        let db = d.path().join("run/udev/data/b8:16");
+        std::fs::write(&db, "S:disk/by-path/ip-x-lun-1\nI:42\nE:ID_SERIAL=x\n").unwrap();
+        let r = udev_record(&host, "sdb").unwrap().unwrap();
+        assert!(r.has_link("disk/by-path/ip-x-lun-1"));
+        assert_eq!(r.initialized_usec, Some(42));
+        std::fs::write(&db, "garbage\n").unwrap();
+        assert!(matches!(
+            udev_record(&host, "sdb"),
+            Err(Error::UnexpectedContent { path, .. }) if path == db
+        ));
+    }
+
+    #[test]
+    fn a_link_counts_only_when_it_leads_to_the_device() {
+        let (d, host) = tree();
+        let link = host.dev("disk/by-path/ip-x-lun-1");
+        assert!(!is_link_to(&host, &link, "sdb").unwrap());
+        std::os::unix::fs::symlink("../../sdc", &link).unwrap();
+        assert!(!is_link_to(&host, &link, "sdb").unwrap(), "a stale link");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("../../sdb", &link).unwrap();
+        assert!(is_link_to(&host, &link, "sdb").unwrap());
+        std::fs::remove_file(d.path().join("dev/sdb")).unwrap();
+        assert!(!is_link_to(&host, &link, "sdb").unwrap(), "a dangling link");
     }
 }

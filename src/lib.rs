@@ -83,6 +83,7 @@ mod rbd;
 mod registry;
 mod scsi;
 mod secret;
+mod uevent;
 mod wait;
 
 #[cfg(feature = "testing")]
@@ -97,6 +98,7 @@ pub use audit::{
     audit, AuditReport, ControllerReason, MapReason, MappingReason, OrphanController, OrphanLun,
     OrphanMap, OrphanMapping, OrphanSession, SessionReason, AUDIT_COMMAND_TIMEOUT,
 };
+pub use block::udev_record;
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
 pub use connection::{AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
@@ -131,4 +133,5 @@ pub use rbd::{
 pub use registry::Registry;
 pub use scsi::{block_name as scsi_block_name, wwid as scsi_wwid};
 pub use secret::Secret;
+pub use uevent::{UdevRecord, Uevent, UeventAction};
 pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL};

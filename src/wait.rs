@@ -11,6 +11,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::uevent::Uevent;
 
 /// How often a condition is re-checked when udev cannot be used (fake trees, hosts
 /// without udevd).
@@ -79,12 +80,18 @@ impl DeviceWatch {
         mut check: impl FnMut() -> Result<Option<T>>,
     ) -> Result<T> {
         let started = Instant::now();
+        let mut events = 0;
         loop {
             if let Some(v) = check()? {
                 return Ok(v);
             }
             let now = Instant::now();
             if now >= deadline {
+                if self.monitor.is_some() {
+                    // Nothing announced at all points at the kernel side (no scan result,
+                    // no device), many events at a condition that never held.
+                    tracing::warn!(what, udev_events = events, "wait timed out");
+                }
                 return Err(Error::Timeout {
                     what: what.to_string(),
                     waited: now - started,
@@ -92,7 +99,7 @@ impl DeviceWatch {
             }
             let left = deadline - now;
             match &self.monitor {
-                Some(m) => wait_event(m, left.min(UDEV_RECHECK_INTERVAL))?,
+                Some(m) => events += wait_event(m, left.min(UDEV_RECHECK_INTERVAL))?,
                 None => std::thread::sleep(left.min(self.poll_interval)),
             }
         }
@@ -111,8 +118,9 @@ fn open_monitor(subsystems: &[&str]) -> Result<udev::MonitorSocket> {
     b.listen().map_err(err)
 }
 
-/// Blocks until the monitor has events (draining them) or `left` passes.
-fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<()> {
+/// Blocks until the monitor has events (draining them) or `left` passes; the number of
+/// events drained.
+fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<u64> {
     let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
     let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(m), PollFlags::POLLIN)];
     match poll(&mut fds, timeout) {
@@ -124,14 +132,31 @@ fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<()> {
             })
         }
     }
+    let mut seen = 0;
     for event in m.iter() {
-        tracing::trace!(
-            action = ?event.event_type(),
-            device = %event.sysname().to_string_lossy(),
-            "udev event"
-        );
+        seen += 1;
+        let props = event.properties().map(|p| {
+            (
+                p.name().to_string_lossy().into_owned(),
+                p.value().to_string_lossy().into_owned(),
+            )
+        });
+        match Uevent::from_pairs(props) {
+            Ok(u) => tracing::trace!(
+                action = u.action().map(|a| a.as_str()),
+                subsystem = u.subsystem(),
+                devname = u.devname(),
+                seqnum = u.seqnum(),
+                "udev event"
+            ),
+            Err(reason) => tracing::debug!(
+                device = %event.sysname().to_string_lossy(),
+                %reason,
+                "udev event with malformed properties"
+            ),
+        }
     }
-    Ok(())
+    Ok(seen)
 }
 
 #[cfg(test)]

@@ -454,7 +454,9 @@ impl IscsiConnector {
                     first.target.iqn.as_str(),
                     first.target.lun,
                 ));
-                if link.exists() {
+                // The link names this LUN, but a stale link left by a device of the same
+                // name would lead elsewhere: record it only when it leads to this path.
+                if block::is_link_to(host, &link, &first.name)? {
                     host.public_dev_path(&link)
                 } else {
                     host.public_dev_path(&host.dev(&first.name))
