@@ -135,6 +135,9 @@ fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<u64> {
     let mut seen = 0;
     for event in m.iter() {
         seen += 1;
+        if !tracing::enabled!(tracing::Level::TRACE) {
+            continue;
+        }
         let props = event.properties().map(|p| {
             (
                 p.name().to_string_lossy().into_owned(),
