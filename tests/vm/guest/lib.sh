@@ -132,6 +132,10 @@ attach_cmd() {
         echo "--- stdout"; cat "$WORK/$name.out"
         echo "--- stderr"; cat "$WORK/$name.err"
     } >> "$RESULTS/$SCENARIO.attach.log"
+    # Every udev database record hostbrick reads on a real guest must parse (it warns if not).
+    if grep -m1 'udev record not understood' "$WORK/$name.err"; then
+        fail "attach $1: hostbrick could not parse a real udev record (see the stderr above)"
+    fi
     return 0
 }
 
