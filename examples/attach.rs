@@ -12,7 +12,8 @@
 //! `error[KIND]: message` with exit status 1 (2 for a bad command line). `audit` prints
 //! what hostbrick finds orphaned on the host (sessions without LUNs in use, multipath maps
 //! without paths, NVMe controllers without namespaces in use, unrecorded RBD mappings) as
-//! one JSON object and changes nothing. Set `RUST_LOG`
+//! one JSON object and changes nothing; sessions and controllers that a hostbrick operation
+//! holds at that moment (under `--lock-dir`) are listed apart, under `in_progress`. Set `RUST_LOG`
 //! (e.g. `RUST_LOG=hostbrick=info`) for tracing output on stderr.
 //!
 //! Common options: `--timeout SECS` (operation deadline), `--lock-dir DIR`,
@@ -209,7 +210,9 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             Ok(connector.extend_volume(&info)?.to_string())
         }
         Cmd::Audit => {
-            let report = hostbrick::audit(&context(a))?;
+            // The lock directory of --lock-dir tells attaches still in progress.
+            let o = options(a);
+            let report = hostbrick::audit_with_locks(&o.context, &o.locks())?;
             serde_json::to_string_pretty(&report).map_err(|e| hostbrick::Error::Parse {
                 program: "attach".into(),
                 reason: e.to_string(),

@@ -13,8 +13,10 @@
 //!
 //! It reads sysfs and the registry and runs only the read-only listing commands of `rbd`
 //! and `rbd-nbd`, and those only when sysfs shows a kernel rbd device or a connected nbd
-//! device (a missing program means nothing is mapped that way). It takes no lock:
-//! a connect in progress shows as orphaned until it returns. It does not see mounts or
+//! device (a missing program means nothing is mapped that way). It takes no lock, but
+//! it asks whether one is held: a session or controller whose target lock a hostbrick
+//! operation holds right now (an attach or detach in progress) goes to
+//! [`AuditReport::in_progress`] instead of the orphans. It does not see mounts or
 //! open file handles, so a disk used directly (a file system on a bare path) is listed;
 //! each entry carries what is needed to look closer or to clean up.
 
@@ -28,7 +30,8 @@ use crate::device::DeviceRecord;
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::ids::{Hctl, Portal};
-use crate::iscsi::session;
+use crate::iscsi::{self, session};
+use crate::lock::LockDir;
 use crate::multipath::{self, MultipathMap};
 use crate::nvme::{self, sysfs as nvme_sysfs, NvmePortal, NvmeTransport};
 use crate::rbd::{self, ImageSpec, RbdMapper};
@@ -53,10 +56,31 @@ pub struct AuditReport {
     pub nvme_controllers: Vec<OrphanController>,
     /// RBD mappings without a hostbrick record.
     pub rbd_mappings: Vec<OrphanMapping>,
+    /// What would be listed above but for a hostbrick operation holding its target's lock
+    /// at the time of the audit: most likely an attach or detach still under way. Look
+    /// again once it is done; never clean these up.
+    #[serde(default, skip_serializing_if = "InProgress::is_empty")]
+    pub in_progress: InProgress,
+}
+
+/// Candidates an operation in progress holds (see [`AuditReport::in_progress`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InProgress {
+    /// iSCSI sessions whose target lock is held.
+    pub iscsi_sessions: Vec<OrphanSession>,
+    /// NVMe-oF controllers whose lock is held.
+    pub nvme_controllers: Vec<OrphanController>,
+}
+
+impl InProgress {
+    /// True when no candidate was held.
+    pub fn is_empty(&self) -> bool {
+        self.iscsi_sessions.is_empty() && self.nvme_controllers.is_empty()
+    }
 }
 
 impl AuditReport {
-    /// True when nothing orphaned was found.
+    /// True when nothing orphaned was found (candidates in progress do not count).
     pub fn is_empty(&self) -> bool {
         self.iscsi_sessions.is_empty()
             && self.multipath_maps.is_empty()
@@ -196,23 +220,64 @@ pub struct OrphanMapping {
 ///
 /// See the module documentation for what counts as orphaned.
 pub fn audit(ctx: &HostContext) -> Result<AuditReport> {
+    audit_with_locks(ctx, &LockDir::new(ctx.host.default_lock_dir()))
+}
+
+/// [`audit`] for connectors that use their own lock directory
+/// ([`ConnectorOptions::lock_dir`](crate::ConnectorOptions::lock_dir)): the one whose locks
+/// tell an operation in progress.
+pub fn audit_with_locks(ctx: &HostContext, locks: &LockDir) -> Result<AuditReport> {
     let span = tracing::info_span!("audit");
     let _e = span.enter();
     let host = &ctx.host;
+    let (iscsi_sessions, busy_sessions) = split_busy(iscsi_sessions(host)?, |s| {
+        let Some(portal) = &s.portal else {
+            return Ok(false);
+        };
+        locks.is_held(&iscsi::target_lock_key_for(portal, &s.target))
+    })?;
+    let (nvme_controllers, busy_controllers) = split_busy(nvme_controllers(host)?, |c| {
+        let Some(portal) = &c.portal else {
+            return Ok(false);
+        };
+        locks.is_held(&nvme::controller_lock_key(&c.subsysnqn, portal))
+    })?;
     let report = AuditReport {
-        iscsi_sessions: iscsi_sessions(host)?,
+        iscsi_sessions,
         multipath_maps: multipath_maps(host)?,
-        nvme_controllers: nvme_controllers(host)?,
+        nvme_controllers,
         rbd_mappings: rbd_mappings(ctx)?,
+        in_progress: InProgress {
+            iscsi_sessions: busy_sessions,
+            nvme_controllers: busy_controllers,
+        },
     };
     tracing::info!(
         iscsi_sessions = report.iscsi_sessions.len(),
         multipath_maps = report.multipath_maps.len(),
         nvme_controllers = report.nvme_controllers.len(),
         rbd_mappings = report.rbd_mappings.len(),
+        in_progress =
+            report.in_progress.iscsi_sessions.len() + report.in_progress.nvme_controllers.len(),
         "audit done"
     );
     Ok(report)
+}
+
+/// Splits candidates into (orphans, held by an operation in progress).
+fn split_busy<T>(
+    candidates: Vec<T>,
+    mut busy: impl FnMut(&T) -> Result<bool>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let (mut free, mut held) = (Vec::new(), Vec::new());
+    for c in candidates {
+        if busy(&c)? {
+            held.push(c);
+        } else {
+            free.push(c);
+        }
+    }
+    Ok((free, held))
 }
 
 // ---------------------------------------------------------------- iSCSI

@@ -95,8 +95,9 @@ pub use attach::{
     StorageService, StoredConnectionInfo, VirshDomain,
 };
 pub use audit::{
-    audit, AuditReport, ControllerReason, MapReason, MappingReason, OrphanController, OrphanLun,
-    OrphanMap, OrphanMapping, OrphanSession, SessionReason, AUDIT_COMMAND_TIMEOUT,
+    audit, audit_with_locks, AuditReport, ControllerReason, InProgress, MapReason, MappingReason,
+    OrphanController, OrphanLun, OrphanMap, OrphanMapping, OrphanSession, SessionReason,
+    AUDIT_COMMAND_TIMEOUT,
 };
 pub use block::udev_record;
 pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};

@@ -99,6 +99,31 @@ impl LockDir {
     }
 }
 
+impl LockDir {
+    /// True when someone holds the lock named by `key` right now, in either mode. Creates
+    /// nothing: a lock file that does not exist has never been taken.
+    pub fn is_held(&self, key: &str) -> Result<bool> {
+        let path = self.dir.join(file_name_for(key));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        loop {
+            match Flock::lock(
+                file.try_clone().map_err(|e| Error::io(&path, e))?,
+                FlockArg::LockExclusiveNonblock,
+            ) {
+                // Taken at once: nobody held it (released again on drop).
+                Ok(_free) => return Ok(false),
+                Err((_, nix::Error::EWOULDBLOCK)) => return Ok(true),
+                Err((_, nix::Error::EINTR)) => continue,
+                Err((_, source)) => return Err(Error::Lock { path, source }),
+            }
+        }
+    }
+}
+
 /// Maps a key to a file name: safe characters kept, the rest replaced, and a hash of the
 /// whole key appended so that distinct keys never share a file.
 fn file_name_for(key: &str) -> String {
@@ -161,7 +186,15 @@ mod tests {
         t.join().unwrap();
         assert!(done.load(Ordering::SeqCst));
         // Different keys never wait on each other.
+        assert!(!locks.is_held("t").unwrap());
+        assert!(!locks.is_held("never-taken").unwrap());
+        assert!(!locks.path().join(file_name_for("never-taken")).exists());
         let _a = locks.lock("vol-a", LockMode::Exclusive).unwrap();
         let _b = locks.lock("vol-b", LockMode::Exclusive).unwrap();
+        assert!(locks.is_held("vol-a").unwrap());
+        let s = locks.lock("t", LockMode::Shared).unwrap();
+        assert!(locks.is_held("t").unwrap(), "a shared holder counts");
+        drop(s);
+        assert!(!locks.is_held("t").unwrap());
     }
 }

@@ -11,6 +11,7 @@ mod rbd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
@@ -461,4 +462,89 @@ fn a_failing_listing_is_an_error() {
     let ctx = HostContext::new(fake.host(), runner);
     let e = audit(&ctx).unwrap_err();
     assert_eq!(e.kind(), "command_failed");
+}
+
+/// Audits until `seen` holds (the connect in the other thread got that far), at most 5 s.
+fn audit_until(ctx: &HostContext, seen: impl Fn(&AuditReport) -> bool) -> AuditReport {
+    let t0 = Instant::now();
+    loop {
+        let r = audit(ctx).unwrap();
+        if seen(&r) {
+            return r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "never seen: {r:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_connect_in_progress_is_not_an_orphan() {
+    // iSCSI: LUN 5 is never offered, so the connect logs in and waits for it until its
+    // deadline, holding the target's lock; the session has no LUN meanwhile.
+    let sim = Sim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let ctx = sim.context();
+    let opts = sim
+        .options()
+        .operation_timeout(Duration::from_millis(1500))
+        .scan_timeout(Duration::from_millis(1500));
+    let c = connector_for(Protocol::Iscsi, opts).unwrap();
+    let ci = single("127.0.0.1:3260", 5, "vol-5");
+    std::thread::scope(|s| {
+        let connect = s.spawn(|| c.connect_volume(&ci));
+        let r = audit_until(&ctx, |r| {
+            !r.iscsi_sessions.is_empty() || !r.in_progress.is_empty()
+        });
+        assert!(
+            r.is_empty(),
+            "a session being attached is not an orphan: {r:?}"
+        );
+        assert_eq!(r.in_progress.iscsi_sessions.len(), 1, "{r:?}");
+        let busy = &r.in_progress.iscsi_sessions[0];
+        assert_eq!(busy.reason, SessionReason::NoLuns);
+        assert_eq!(
+            busy.portal.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("127.0.0.1:3260")
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["in_progress"]["iscsi_sessions"][0]["sid"], busy.sid);
+        assert!(connect.join().unwrap().is_err(), "LUN 5 never appears");
+    });
+    // The failed connect logged out again; had it been killed instead, its session would
+    // now be an orphan, as below for a session nobody holds.
+    let r = audit(&ctx).unwrap();
+    assert!(r.is_empty() && r.in_progress.is_empty(), "{r:?}");
+    sim.assert_clean();
+
+    // NVMe: a namespace the subsystem does not have; the connect waits for it on a live
+    // controller, holding the controller's lock.
+    let sim = nvme::NvmeSim::new(true);
+    sim.add_subsystem(
+        nvme::NQN,
+        &["127.0.0.1:4420"],
+        &[(1, nvme::UUID_1, nvme::MIB)],
+    );
+    let ctx = HostContext::new(sim.fake.host(), sim.runner.clone());
+    let opts = sim.options().operation_timeout(Duration::from_millis(1500));
+    let c = connector_for(Protocol::NvmeOf, opts).unwrap();
+    let ci = nvme::volume(nvme::UUID_2, &["127.0.0.1:4420"], "vol-2");
+    std::thread::scope(|s| {
+        let connect = s.spawn(|| c.connect_volume(&ci));
+        let r = audit_until(&ctx, |r| {
+            !r.nvme_controllers.is_empty() || !r.in_progress.is_empty()
+        });
+        assert!(
+            r.is_empty(),
+            "a controller being attached is not an orphan: {r:?}"
+        );
+        assert_eq!(r.in_progress.nvme_controllers.len(), 1, "{r:?}");
+        assert_eq!(r.in_progress.nvme_controllers[0].subsysnqn, nvme::NQN);
+        assert!(
+            connect.join().unwrap().is_err(),
+            "namespace 2 never appears"
+        );
+    });
+    let r = audit(&ctx).unwrap();
+    assert!(r.is_empty() && r.in_progress.is_empty(), "{r:?}");
+    sim.assert_clean();
 }

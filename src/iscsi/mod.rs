@@ -73,8 +73,15 @@ struct VolumeDevice {
     name: String,
 }
 
+/// The lock connects of a target share while they attach through it, and the logout check
+/// takes exclusively.
 fn target_lock_key(t: &IscsiTarget) -> String {
-    format!("iscsi-target-{}-{}", t.portal, t.iqn)
+    target_lock_key_for(&t.portal, t.iqn.as_str())
+}
+
+/// [`target_lock_key`] of a target known by its portal and name (a session's, in an audit).
+pub(crate) fn target_lock_key_for(portal: &Portal, iqn: &str) -> String {
+    format!("iscsi-target-{portal}-{iqn}")
 }
 
 /// The lock under which one connect at a time sets a target's node record up and logs in.

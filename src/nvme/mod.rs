@@ -77,7 +77,9 @@ struct Made {
     controllers: Vec<(Nqn, NvmePortal)>,
 }
 
-fn controller_lock_key(nqn: &Nqn, portal: &NvmePortal) -> String {
+/// The lock connects through one controller share, and its disconnect check takes
+/// exclusively (an audit only asks whether anyone holds it).
+pub(crate) fn controller_lock_key(nqn: &str, portal: &NvmePortal) -> String {
     format!("nvme-ctrl-{nqn}-{portal}")
 }
 
@@ -252,9 +254,10 @@ impl NvmeConnector {
     ) -> Result<PortalUp> {
         let host = self.host();
         let started = Instant::now();
-        let shared = self
-            .locks
-            .lock(&controller_lock_key(&copy.nqn, portal), LockMode::Shared)?;
+        let shared = self.locks.lock(
+            &controller_lock_key(copy.nqn.as_str(), portal),
+            LockMode::Shared,
+        )?;
         let mut watch = DeviceWatch::open(host, &["nvme", "block"]);
         let ctrl = match ctrls.find(copy.nqn.as_str(), portal, hostnqn)? {
             Some(c) => {
@@ -370,9 +373,10 @@ impl NvmeConnector {
         deadline: Instant,
     ) -> Result<()> {
         let host = self.host();
-        let _x = self
-            .locks
-            .lock(&controller_lock_key(nqn, portal), LockMode::Exclusive)?;
+        let _x = self.locks.lock(
+            &controller_lock_key(nqn.as_str(), portal),
+            LockMode::Exclusive,
+        )?;
         let Some(ctrl) = ctrls.find(nqn.as_str(), portal, hostnqn)? else {
             return Ok(());
         };

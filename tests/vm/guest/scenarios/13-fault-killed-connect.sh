@@ -2,7 +2,8 @@
 # A connect SIGKILLed half way (a wrapper around the real tool kills the attach process right
 # after the tool succeeded), then `attach audit` and a disconnect with the same connection_info
 # and no saved device record:
-#   iSCSI single path, killed right after the login: audit lists the session (no LUNs);
+#   iSCSI single path, killed right after the login: audit lists the session (no LUNs), and
+#   lists it as in progress while the connect is still alive;
 #   iSCSI multipath over two portals, killed once the second portal's login is done and the
 #   first path's disk is up: audit lists both sessions (one with its disk unused, one without
 #   LUNs);
@@ -35,8 +36,16 @@ killed_connect() {
 
 # ---------------------------------------------------------------- iSCSI, after login -----
 conn_iscsi "$WORK/conn.json" $P1 $IQN 0 "$(new_uuid)"
-killed_connect single iscsiadm --login "$WORK/conn.json"
+# Before the kill, while the connect still holds the target's lock (it waits for this very
+# login), audit lists the session as in progress, not as an orphan.
+KILL_AFTER='"$ATTACH" audit > "$WORK/audit-held.out" 2> "$WORK/audit-held.err"' \
+    killed_connect single iscsiadm --login "$WORK/conn.json"
 session_present $IQN 127.0.0.1 || fail "no session after the killed connect (the kill came too early?)"
+log "audit during the connect: $(jq -c . "$WORK/audit-held.out" 2>&1 | cut -c1-600)"
+jq -e --arg t $IQN '(.iscsi_sessions | length) == 0 and (.in_progress.iscsi_sessions | length) == 1
+        and .in_progress.iscsi_sessions[0].target == $t and .in_progress.iscsi_sessions[0].reason == "no_luns"' \
+    "$WORK/audit-held.out" >/dev/null \
+    || fail "audit during the connect does not list its session as in progress: $(head -c 400 "$WORK/audit-held.out") $(tail -n 2 "$WORK/audit-held.err")"
 audit_run audit-single
 [ "$(audit_count audit-single iscsi_sessions)" = 1 ] || fail "audit lists $(audit_count audit-single iscsi_sessions) iSCSI sessions, expected 1"
 jq -e --arg t $IQN '.iscsi_sessions[0] | .target == $t and .portal == "127.0.0.1:3260" and .reason == "no_luns" and .state == "LOGGED_IN" and (.sid | type == "number")' \
