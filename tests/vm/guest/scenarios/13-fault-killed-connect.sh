@@ -7,7 +7,8 @@
 #   iSCSI multipath over two portals, killed once the second portal's login is done and the
 #   first path's disk is up: audit lists both sessions (one with its disk unused, one without
 #   LUNs);
-#   NVMe/TCP, killed right after `nvme connect`: audit lists the controller.
+#   NVMe/TCP, killed right after `nvme connect`: audit lists the controller (as in progress
+#   while the connect is alive).
 # Each time the disconnect cleans up fully (no session, node record, disk, map, controller)
 # and audit then lists nothing. Also: a dm-multipath map without paths is listed by audit.
 . "$GUEST_DIR/lib.sh"
@@ -107,8 +108,13 @@ check "nvmet namespace" nvmet_namespace $NQN 1 $SIZE $UUID
 check "nvmet port" nvmet_port 1 127.0.0.1 4420
 check "nvmet export" nvmet_export $NQN 1
 conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $UUID 1 "${UUID//-/}" "$(new_uuid)"
-killed_connect nvme nvme connect "$WORK/conn-nvme.json"
+KILL_AFTER='"$ATTACH" audit > "$WORK/audit-nvme-held.out" 2> "$WORK/audit-nvme-held.err"' \
+    killed_connect nvme nvme connect "$WORK/conn-nvme.json"
 [ -n "$(nvme_ctrls_for $NQN)" ] || fail "no controller after the killed connect"
+log "audit during the connect: $(jq -c . "$WORK/audit-nvme-held.out" 2>&1 | cut -c1-600)"
+jq -e --arg n $NQN '(.nvme_controllers | length) == 0 and (.in_progress.nvme_controllers | length) == 1
+        and .in_progress.nvme_controllers[0].subsysnqn == $n' "$WORK/audit-nvme-held.out" >/dev/null \
+    || fail "audit during the NVMe connect does not list its controller as in progress: $(head -c 400 "$WORK/audit-nvme-held.out") $(tail -n 2 "$WORK/audit-nvme-held.err")"
 wait_until 10 has_nvme_disk $UUID || note "the namespace did not show within 10s"
 audit_run audit-nvme
 jq -e --arg n $NQN '.nvme_controllers | length == 1 and .[0].subsysnqn == $n
