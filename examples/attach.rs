@@ -12,7 +12,7 @@
 //! `error[KIND]: message` with exit status 1 (2 for a bad command line). `audit` prints
 //! what hostbrick finds orphaned on the host (sessions without LUNs in use, multipath maps
 //! without paths, NVMe controllers without namespaces in use, unrecorded RBD mappings) as
-//! one JSON object and changes nothing; sessions and controllers that a hostbrick operation
+//! one JSON object and changes nothing; sessions, controllers and mappings that a hostbrick operation
 //! holds at that moment (under `--lock-dir`) are listed apart, under `in_progress`. Set `RUST_LOG`
 //! (e.g. `RUST_LOG=hostbrick=info`) for tracing output on stderr.
 //!

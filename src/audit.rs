@@ -14,8 +14,8 @@
 //! It reads sysfs and the registry and runs only the read-only listing commands of `rbd`
 //! and `rbd-nbd`, and those only when sysfs shows a kernel rbd device or a connected nbd
 //! device (a missing program means nothing is mapped that way). It takes no lock, but
-//! it asks whether one is held: a session or controller whose target lock a hostbrick
-//! operation holds right now (an attach or detach in progress) goes to
+//! it asks whether one is held: a session, controller or RBD mapping whose target (image)
+//! lock a hostbrick operation holds right now (an attach or detach in progress) goes to
 //! [`AuditReport::in_progress`] instead of the orphans. It does not see mounts or
 //! open file handles, so a disk used directly (a file system on a bare path) is listed;
 //! each entry carries what is needed to look closer or to clean up.
@@ -70,12 +70,20 @@ pub struct InProgress {
     pub iscsi_sessions: Vec<OrphanSession>,
     /// NVMe-oF controllers whose lock is held.
     pub nvme_controllers: Vec<OrphanController>,
+    /// RBD mappings whose image lock is held (mapped, not yet recorded).
+    pub rbd_mappings: Vec<OrphanMapping>,
 }
 
 impl InProgress {
     /// True when no candidate was held.
     pub fn is_empty(&self) -> bool {
-        self.iscsi_sessions.is_empty() && self.nvme_controllers.is_empty()
+        self.iscsi_sessions.is_empty()
+            && self.nvme_controllers.is_empty()
+            && self.rbd_mappings.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.iscsi_sessions.len() + self.nvme_controllers.len() + self.rbd_mappings.len()
     }
 }
 
@@ -242,14 +250,26 @@ pub fn audit_with_locks(ctx: &HostContext, locks: &LockDir) -> Result<AuditRepor
         };
         locks.is_held(&nvme::controller_lock_key(&c.subsysnqn, portal))
     })?;
+    let (rbd_mappings, busy_mappings) = split_busy(rbd_mappings(ctx)?, |m| {
+        if m.snap.is_some() {
+            return Ok(false); // hostbrick maps images, never snapshots
+        }
+        let spec = ImageSpec {
+            pool: m.pool.clone(),
+            namespace: m.namespace.clone(),
+            image: m.image.clone(),
+        };
+        locks.is_held(&rbd::image_lock_key(&spec))
+    })?;
     let report = AuditReport {
         iscsi_sessions,
         multipath_maps: multipath_maps(host)?,
         nvme_controllers,
-        rbd_mappings: rbd_mappings(ctx)?,
+        rbd_mappings,
         in_progress: InProgress {
             iscsi_sessions: busy_sessions,
             nvme_controllers: busy_controllers,
+            rbd_mappings: busy_mappings,
         },
     };
     tracing::info!(
@@ -257,8 +277,7 @@ pub fn audit_with_locks(ctx: &HostContext, locks: &LockDir) -> Result<AuditRepor
         multipath_maps = report.multipath_maps.len(),
         nvme_controllers = report.nvme_controllers.len(),
         rbd_mappings = report.rbd_mappings.len(),
-        in_progress =
-            report.in_progress.iscsi_sessions.len() + report.in_progress.nvme_controllers.len(),
+        in_progress = report.in_progress.len(),
         "audit done"
     );
     Ok(report)

@@ -547,4 +547,49 @@ fn a_connect_in_progress_is_not_an_orphan() {
     let r = audit(&ctx).unwrap();
     assert!(r.is_empty() && r.in_progress.is_empty(), "{r:?}");
     sim.assert_clean();
+
+    // RBD: `rbd map` has mapped the image but not returned yet; the connect holds the
+    // image's lock, and the mapping has no record yet.
+    let sim = rbd::RbdSim::new();
+    sim.add_image("volumes/vol1", 64 * rbd::MIB);
+    let ctx = HostContext::new(sim.fake.host(), sim.runner.clone());
+    let mut opts = sim.options();
+    opts.context = HostContext::new(sim.fake.host(), Arc::new(SlowMap(sim.runner.clone())));
+    let c = connector_for(Protocol::Rbd, opts).unwrap();
+    let ci = rbd::rbd_info("volumes/vol1", rbd::KEY);
+    let rec = std::thread::scope(|s| {
+        let connect = s.spawn(|| c.connect_volume(&ci));
+        let r = audit_until(&ctx, |r| {
+            !r.rbd_mappings.is_empty() || !r.in_progress.is_empty()
+        });
+        assert!(
+            r.is_empty(),
+            "an image being mapped is not an orphan: {r:?}"
+        );
+        assert_eq!(r.in_progress.rbd_mappings.len(), 1, "{r:?}");
+        assert_eq!(r.in_progress.rbd_mappings[0].image, "vol1");
+        connect.join().unwrap().unwrap()
+    });
+    let r = audit(&ctx).unwrap();
+    assert!(
+        r.is_empty() && r.in_progress.is_empty(),
+        "recorded now: {r:?}"
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert!(sim.mapped().is_empty());
+}
+
+/// A runner whose `rbd map` returns 1 s after the image is mapped.
+#[derive(Debug)]
+struct SlowMap(Arc<FakeRunner>);
+
+impl CommandRunner for SlowMap {
+    fn run(&self, cmd: &Command) -> hostbrick::Result<CommandOutput> {
+        let out = self.0.run(cmd);
+        if cmd.program() == "rbd" && cmd.args_start_with(&["map"]) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        out
+    }
 }

@@ -24,6 +24,12 @@ use crate::lock::{LockDir, LockMode};
 use crate::registry::Registry;
 use crate::wait::DeviceWatch;
 
+/// The lock under which one map or unmap of an image runs at a time, whatever volume key
+/// the connection_info gives; an audit asks it to tell a mapping still being made.
+pub(crate) fn image_lock_key(spec: &ImageSpec) -> String {
+    format!("rbd-image-{spec}")
+}
+
 /// The attachment registry's name for mapped RBD images: one [`DeviceRecord`] per volume
 /// this host mapped, so an audit can tell hostbrick's mappings from orphans.
 pub(crate) const REGISTRY: &str = "rbd";
@@ -138,6 +144,9 @@ impl RbdConnector {
         let deadline = started + self.opts.operation_timeout;
         let mapper = self.opts.rbd_mapper;
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+        let _image = self
+            .locks
+            .lock(&image_lock_key(&props.image), LockMode::Exclusive)?;
         if let Some(dev) = self.existing(mapper, props, deadline)? {
             tracing::info!(device = %dev, "image already mapped; reusing it");
             return Ok(self.record(props, mapper, &dev));
@@ -175,6 +184,9 @@ impl RbdConnector {
         let started = Instant::now();
         let deadline = started + self.opts.operation_timeout;
         let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+        let _image = self
+            .locks
+            .lock(&image_lock_key(&props.image), LockMode::Exclusive)?;
         let recorded = record.and_then(|r| r.rbd.as_ref()).map(|r| r.mapper);
         // The recorded mapper first, then the other: a record from another configuration
         // (or none) must still find the mapping.
