@@ -101,7 +101,8 @@ impl LockDir {
 
 impl LockDir {
     /// True when someone holds the lock named by `key` right now, in either mode. Creates
-    /// nothing: a lock file that does not exist has never been taken.
+    /// nothing: a lock file that does not exist has never been taken. A free lock is taken
+    /// for an instant to find out, so a taker arriving just then waits that long.
     pub fn is_held(&self, key: &str) -> Result<bool> {
         let path = self.dir.join(file_name_for(key));
         let file = match File::open(&path) {
