@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
 use hostbrick::{
-    audit, connector_for, AuditReport, Command, CommandOutput, CommandRunner, ControllerReason,
-    DeviceRecord, DisconnectOptions, HostContext, MapReason, MappingReason, Portal, Protocol,
-    RbdMapper, RbdRecord, Registry, SessionReason,
+    audit, connector_for, AuditReport, Command, CommandOutput, CommandRunner, ConnectionInfo,
+    Connector, ControllerReason, DeviceRecord, DisconnectOptions, HostContext, MapReason,
+    MappingReason, Portal, Protocol, RbdMapper, RbdRecord, Registry, SessionReason,
 };
 
 /// Every file and link under `root`, with file contents: a snapshot to compare.
@@ -464,17 +464,31 @@ fn a_failing_listing_is_an_error() {
     assert_eq!(e.kind(), "command_failed");
 }
 
-/// Audits until `seen` holds (the connect in the other thread got that far), at most 5 s.
-fn audit_until(ctx: &HostContext, seen: impl Fn(&AuditReport) -> bool) -> AuditReport {
-    let t0 = Instant::now();
-    loop {
-        let r = audit(ctx).unwrap();
-        if seen(&r) {
-            return r;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(5), "never seen: {r:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Connects `ci` in another thread and audits until the audit sees the connect's session,
+/// controller or mapping (at most 5 s): nothing of it may be listed as an orphan then. The
+/// audit that saw it, and what the connect returned.
+fn audit_during(
+    ctx: &HostContext,
+    c: &dyn Connector,
+    ci: &ConnectionInfo,
+) -> (AuditReport, hostbrick::Result<DeviceRecord>) {
+    std::thread::scope(|s| {
+        let connect = s.spawn(|| c.connect_volume(ci));
+        let t0 = Instant::now();
+        let r = loop {
+            let r = audit(ctx).unwrap();
+            if !r.is_empty() || !r.in_progress.is_empty() {
+                break r;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "never seen: {r:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            r.is_empty(),
+            "an attach in progress is not an orphan: {r:?}"
+        );
+        (r, connect.join().unwrap())
+    })
 }
 
 #[test]
@@ -490,26 +504,17 @@ fn a_connect_in_progress_is_not_an_orphan() {
         .scan_timeout(Duration::from_millis(1500));
     let c = connector_for(Protocol::Iscsi, opts).unwrap();
     let ci = single("127.0.0.1:3260", 5, "vol-5");
-    std::thread::scope(|s| {
-        let connect = s.spawn(|| c.connect_volume(&ci));
-        let r = audit_until(&ctx, |r| {
-            !r.iscsi_sessions.is_empty() || !r.in_progress.is_empty()
-        });
-        assert!(
-            r.is_empty(),
-            "a session being attached is not an orphan: {r:?}"
-        );
-        assert_eq!(r.in_progress.iscsi_sessions.len(), 1, "{r:?}");
-        let busy = &r.in_progress.iscsi_sessions[0];
-        assert_eq!(busy.reason, SessionReason::NoLuns);
-        assert_eq!(
-            busy.portal.as_ref().map(|p| p.to_string()).as_deref(),
-            Some("127.0.0.1:3260")
-        );
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["in_progress"]["iscsi_sessions"][0]["sid"], busy.sid);
-        assert!(connect.join().unwrap().is_err(), "LUN 5 never appears");
-    });
+    let (r, connected) = audit_during(&ctx, &*c, &ci);
+    assert_eq!(r.in_progress.iscsi_sessions.len(), 1, "{r:?}");
+    let busy = &r.in_progress.iscsi_sessions[0];
+    assert_eq!(busy.reason, SessionReason::NoLuns);
+    assert_eq!(
+        busy.portal.as_ref().map(|p| p.to_string()).as_deref(),
+        Some("127.0.0.1:3260")
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["in_progress"]["iscsi_sessions"][0]["sid"], busy.sid);
+    assert!(connected.is_err(), "LUN 5 never appears");
     // The failed connect logged out again; had it been killed instead, its session would
     // now be an orphan, as below for a session nobody holds.
     let r = audit(&ctx).unwrap();
@@ -528,22 +533,10 @@ fn a_connect_in_progress_is_not_an_orphan() {
     let opts = sim.options().operation_timeout(Duration::from_millis(1500));
     let c = connector_for(Protocol::NvmeOf, opts).unwrap();
     let ci = nvme::volume(nvme::UUID_2, &["127.0.0.1:4420"], "vol-2");
-    std::thread::scope(|s| {
-        let connect = s.spawn(|| c.connect_volume(&ci));
-        let r = audit_until(&ctx, |r| {
-            !r.nvme_controllers.is_empty() || !r.in_progress.is_empty()
-        });
-        assert!(
-            r.is_empty(),
-            "a controller being attached is not an orphan: {r:?}"
-        );
-        assert_eq!(r.in_progress.nvme_controllers.len(), 1, "{r:?}");
-        assert_eq!(r.in_progress.nvme_controllers[0].subsysnqn, nvme::NQN);
-        assert!(
-            connect.join().unwrap().is_err(),
-            "namespace 2 never appears"
-        );
-    });
+    let (r, connected) = audit_during(&ctx, &*c, &ci);
+    assert_eq!(r.in_progress.nvme_controllers.len(), 1, "{r:?}");
+    assert_eq!(r.in_progress.nvme_controllers[0].subsysnqn, nvme::NQN);
+    assert!(connected.is_err(), "namespace 2 never appears");
     let r = audit(&ctx).unwrap();
     assert!(r.is_empty() && r.in_progress.is_empty(), "{r:?}");
     sim.assert_clean();
@@ -557,19 +550,10 @@ fn a_connect_in_progress_is_not_an_orphan() {
     opts.context = HostContext::new(sim.fake.host(), Arc::new(SlowMap(sim.runner.clone())));
     let c = connector_for(Protocol::Rbd, opts).unwrap();
     let ci = rbd::rbd_info("volumes/vol1", rbd::KEY);
-    let rec = std::thread::scope(|s| {
-        let connect = s.spawn(|| c.connect_volume(&ci));
-        let r = audit_until(&ctx, |r| {
-            !r.rbd_mappings.is_empty() || !r.in_progress.is_empty()
-        });
-        assert!(
-            r.is_empty(),
-            "an image being mapped is not an orphan: {r:?}"
-        );
-        assert_eq!(r.in_progress.rbd_mappings.len(), 1, "{r:?}");
-        assert_eq!(r.in_progress.rbd_mappings[0].image, "vol1");
-        connect.join().unwrap().unwrap()
-    });
+    let (r, connected) = audit_during(&ctx, &*c, &ci);
+    assert_eq!(r.in_progress.rbd_mappings.len(), 1, "{r:?}");
+    assert_eq!(r.in_progress.rbd_mappings[0].image, "vol1");
+    let rec = connected.unwrap();
     let r = audit(&ctx).unwrap();
     assert!(
         r.is_empty() && r.in_progress.is_empty(),
