@@ -83,12 +83,9 @@ impl LockDir {
             LockMode::Exclusive => FlockArg::LockExclusive,
         };
         let started = Instant::now();
-        let lock = loop {
-            match Flock::lock(file.try_clone().map_err(|e| Error::io(&path, e))?, arg) {
-                Ok(l) => break l,
-                Err((_, nix::Error::EINTR)) => continue,
-                Err((_, source)) => return Err(Error::Lock { path, source }),
-            }
+        let lock = match flock(&file, &path, arg)? {
+            Ok(l) => l,
+            Err(source) => return Err(Error::Lock { path, source }),
         };
         tracing::trace!(lock = %path.display(), ?mode, waited_ms = started.elapsed().as_millis() as u64, "lock taken");
         Ok(LockGuard {
@@ -97,9 +94,7 @@ impl LockDir {
             acquired: Instant::now(),
         })
     }
-}
 
-impl LockDir {
     /// True when someone holds the lock named by `key` right now, in either mode. Creates
     /// nothing: a lock file that does not exist has never been taken. A free lock is taken
     /// for an instant to find out, so a taker arriving just then waits that long.
@@ -110,17 +105,26 @@ impl LockDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io(&path, e)),
         };
-        loop {
-            match Flock::lock(
-                file.try_clone().map_err(|e| Error::io(&path, e))?,
-                FlockArg::LockExclusiveNonblock,
-            ) {
-                // Taken at once: nobody held it (released again on drop).
-                Ok(_free) => return Ok(false),
-                Err((_, nix::Error::EWOULDBLOCK)) => return Ok(true),
-                Err((_, nix::Error::EINTR)) => continue,
-                Err((_, source)) => return Err(Error::Lock { path, source }),
-            }
+        match flock(&file, &path, FlockArg::LockExclusiveNonblock)? {
+            // Taken at once: nobody held it (released again on drop).
+            Ok(_free) => Ok(false),
+            Err(nix::Error::EWOULDBLOCK) => Ok(true),
+            Err(source) => Err(Error::Lock { path, source }),
+        }
+    }
+}
+
+/// `flock(2)` on (a clone of) `file`, retried when a signal interrupts it. The outer error
+/// is the clone failing; the inner one is flock's own answer.
+fn flock(
+    file: &File,
+    path: &Path,
+    arg: FlockArg,
+) -> Result<std::result::Result<Flock<File>, nix::Error>> {
+    loop {
+        match Flock::lock(file.try_clone().map_err(|e| Error::io(path, e))?, arg) {
+            Err((_, nix::Error::EINTR)) => continue,
+            done => return Ok(done.map_err(|(_, e)| e)),
         }
     }
 }
