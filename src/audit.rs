@@ -24,19 +24,19 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::block;
 use crate::connector::HostContext;
-use crate::device::DeviceRecord;
+use crate::devices::block;
+use crate::devices::multipath::{self, MultipathMap};
+use crate::devices::scsi;
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::ids::{Hctl, Portal};
 use crate::iscsi::{self, session};
-use crate::lock::LockDir;
-use crate::multipath::{self, MultipathMap};
+use crate::model::ids::{Hctl, Portal};
+use crate::model::record::DeviceRecord;
 use crate::nvme::{self, sysfs as nvme_sysfs, NvmePortal, NvmeTransport};
+use crate::platform::host::Host;
+use crate::platform::lock::LockDir;
+use crate::platform::registry::Registry;
 use crate::rbd::{self, ImageSpec, RbdMapper};
-use crate::registry::Registry;
-use crate::scsi;
 
 /// How long each listing command of an audit (`rbd showmapped`, `rbd-nbd list-mapped`)
 /// may run.

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cmd::{CommandRunner, SystemRunner};
-use crate::connection::{ConnectionInfo, Protocol};
-use crate::device::DeviceRecord;
 use crate::error::Result;
-use crate::host::Host;
 use crate::iscsi::IscsiConnector;
 use crate::local::LocalConnector;
-use crate::lock::LockDir;
+use crate::model::connection::{ConnectionInfo, Protocol};
+use crate::model::record::DeviceRecord;
 use crate::nvme::NvmeConnector;
+use crate::platform::cmd::{CommandRunner, SystemRunner};
+use crate::platform::host::Host;
+use crate::platform::lock::LockDir;
 use crate::rbd::{RbdConnector, RbdMapper};
 
 /// The host a connector works on: its file roots and the runner for its commands.

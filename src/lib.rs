@@ -63,28 +63,17 @@
 
 mod attach;
 mod audit;
-mod block;
-mod cmd;
-mod connection;
 mod connector;
-mod device;
+mod devices;
 mod error;
-mod host;
-mod ids;
 mod iscsi;
 mod libvirt;
 mod local;
-mod lock;
-mod md;
-mod multipath;
+mod model;
 mod nvme;
+mod platform;
 mod properties;
 mod rbd;
-mod registry;
-mod scsi;
-mod secret;
-mod uevent;
-mod wait;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -99,14 +88,11 @@ pub use audit::{
     OrphanController, OrphanLun, OrphanMap, OrphanMapping, OrphanSession, SessionReason,
     AUDIT_COMMAND_TIMEOUT,
 };
-pub use block::udev_record;
-pub use cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS};
-pub use connection::{AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties};
 pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
-pub use device::{DeviceKind, DeviceRecord, NetworkSource, NvmePathRecord, PathRecord, RbdRecord};
+pub use devices::block::udev_record;
+pub use devices::multipath::{holder_map, MultipathMap};
+pub use devices::scsi::{block_name as scsi_block_name, wwid as scsi_wwid};
 pub use error::{AttemptFailure, Error, ExitStatus, Result, RollbackFailure};
-pub use host::{Host, WriteHook};
-pub use ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
 pub use iscsi::{
     by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
     IscsiConnector, IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry,
@@ -117,22 +103,32 @@ pub use libvirt::{
     DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost, NetworkProtocol,
     SecretType,
 };
-pub use local::{LocalConnector, LocalProperties};
-pub use lock::{LockDir, LockGuard, LockMode};
-pub use multipath::{holder_map, MultipathMap};
+pub use local::LocalConnector;
+pub use model::connection::{
+    AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties,
+};
+pub use model::ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
+pub use model::local::LocalProperties;
+pub use model::record::{
+    DeviceKind, DeviceRecord, NetworkSource, NvmePathRecord, PathRecord, RbdRecord,
+};
+pub use model::secret::Secret;
 pub use nvme::{
     conflicting_controller, find_controller, find_namespace, head_name, host_identity,
     is_already_connected, native_multipath, parse_address, parse_id_ns_size, system_uuid,
     Controller, ControllerFinder, IdentitySource, Namespace, NamespaceId, Nqn, NvmeConnector,
     NvmeHostIdentity, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
+pub use platform::cmd::{
+    Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS,
+};
+pub use platform::host::{Host, WriteHook};
+pub use platform::lock::{LockDir, LockGuard, LockMode};
+pub use platform::registry::Registry;
+pub use platform::uevent::{UdevRecord, Uevent, UeventAction};
+pub use platform::wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL};
 pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
 pub use rbd::{
     is_auth_failure, network_source, parse_image_size, parse_mapped_device, parse_mappings,
     CephFiles, ImageSpec, Mapping, Monitor, RbdConnector, RbdMapper, RbdProperties,
 };
-pub use registry::Registry;
-pub use scsi::{block_name as scsi_block_name, wwid as scsi_wwid};
-pub use secret::Secret;
-pub use uevent::{UdevRecord, Uevent, UeventAction};
-pub use wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL};

@@ -14,9 +14,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::connection::{as_u64, AccessMode, ConnectionInfo};
-use crate::device::{DeviceKind, DeviceRecord, NetworkSource};
 use crate::error::{Error, Result};
+use crate::model::connection::{as_u64, AccessMode, ConnectionInfo};
+use crate::model::record::{DeviceKind, DeviceRecord, NetworkSource};
 
 /// A closed set of string values, written as libvirt spells them.
 macro_rules! xml_enum {

@@ -4,40 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::block;
-use crate::connection::{AccessMode, ConnectionInfo, Fields, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::DeviceRecord;
+use crate::devices::block;
 use crate::error::{AttemptFailure, Error, Result};
-
-/// The `data` of a `local` connection_info.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalProperties {
-    /// `device_path`: the block device, an absolute path under /dev.
-    pub device_path: PathBuf,
-    /// `volume_id`.
-    pub volume_id: Option<String>,
-    /// `access_mode`.
-    pub access_mode: AccessMode,
-}
-
-impl LocalProperties {
-    pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
-        let path = f.str_req("device_path")?;
-        let device_path = PathBuf::from(path);
-        if !device_path.is_absolute() || !device_path.starts_with("/dev") {
-            return Err(Error::invalid(
-                f.name("device_path"),
-                format!("{path:?} is not an absolute path under /dev"),
-            ));
-        }
-        Ok(LocalProperties {
-            device_path,
-            volume_id: f.str_opt("volume_id")?.map(str::to_string),
-            access_mode: f.access_mode()?.unwrap_or_default(),
-        })
-    }
-}
+use crate::model::connection::{ConnectionInfo, Protocol};
+use crate::model::local::LocalProperties;
+use crate::model::record::DeviceRecord;
 
 /// Hands an existing local block device through, for the same flow as remote volumes.
 #[derive(Debug)]

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::connector::HostContext;
+use crate::devices::multipath;
 use crate::error::{Error, Result};
-use crate::multipath;
 use crate::nvme::{host_identity, native_multipath, system_uuid};
 
 /// What a storage service is told about this host (`get_connector_properties`).

@@ -20,10 +20,10 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::cmd::{Command, CommandOutput, CommandRunner};
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::ids::{Hctl, Portal};
+use crate::model::ids::{Hctl, Portal};
+use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
+use crate::platform::host::Host;
 
 type Handler = Arc<dyn Fn(&Command) -> CommandOutput + Send + Sync>;
 type Matcher = Box<dyn Fn(&Command) -> bool + Send + Sync>;
@@ -862,22 +862,28 @@ mod tests {
             2,
             LunSpec::new(0, 0, 1, "naa.6001405aa", 1 << 20).by_path("ip-x-lun-1"),
         );
-        crate::scsi::scan_lun(&host, 2, Some(0), Some(0), 1).unwrap();
+        crate::devices::scsi::scan_lun(&host, 2, Some(0), Some(0), 1).unwrap();
         let h: Hctl = "2:0:0:1".parse().unwrap();
         assert!(fake.device_at(h).is_some());
-        let name = crate::scsi::block_name(&host, h).unwrap().unwrap();
+        let name = crate::devices::scsi::block_name(&host, h).unwrap().unwrap();
         assert_eq!(name, "sda");
         assert_eq!(
-            crate::scsi::wwid(&host, h).unwrap().unwrap().as_str(),
+            crate::devices::scsi::wwid(&host, h)
+                .unwrap()
+                .unwrap()
+                .as_str(),
             "36001405aa"
         );
         assert!(fake.root().join("dev/disk/by-path/ip-x-lun-1").exists());
         fake.resize_lun("naa.6001405aa", 2 << 20);
-        crate::scsi::rescan(&host, h).unwrap();
-        assert_eq!(crate::block::size_bytes(&host, "sda").unwrap(), 2 << 20);
-        crate::scsi::delete(&host, h).unwrap();
+        crate::devices::scsi::rescan(&host, h).unwrap();
+        assert_eq!(
+            crate::devices::block::size_bytes(&host, "sda").unwrap(),
+            2 << 20
+        );
+        crate::devices::scsi::delete(&host, h).unwrap();
         assert!(fake.device_at(h).is_none());
-        assert!(!crate::block::exists(&host, "sda"));
+        assert!(!crate::devices::block::exists(&host, "sda"));
         assert!(!fake.root().join("dev/disk/by-path/ip-x-lun-1").exists());
     }
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attach::{Attachment, StorageService};
-use crate::connection::ConnectionInfo;
 use crate::error::{Error, Result};
+use crate::model::connection::ConnectionInfo;
 use crate::properties::ConnectorProperties;
 
 /// Connection infos from `<dir>/<volume_id>.json`; attachments in `<dir>/attachments/`.

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::DeviceRecord;
 use crate::error::{Error, Result, RollbackFailure};
 use crate::libvirt::{DiskBus, DiskConfig, DiskTarget};
-use crate::lock::{LockDir, LockMode};
+use crate::model::connection::{ConnectionInfo, Protocol};
+use crate::model::record::DeviceRecord;
+use crate::platform::lock::{LockDir, LockMode};
 use crate::properties::ConnectorProperties;
 
 pub use json_storage::JsonFileStorage;

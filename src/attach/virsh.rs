@@ -4,9 +4,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::attach::{Domain, DomainFlags};
-use crate::cmd::{Command, CommandOutput};
 use crate::connector::HostContext;
 use crate::error::{Error, Result};
+use crate::platform::cmd::{Command, CommandOutput};
 
 /// How long `virsh` itself may take for one call.
 const VIRSH_TIMEOUT: Duration = Duration::from_secs(60);

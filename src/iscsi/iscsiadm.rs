@@ -4,11 +4,11 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner};
 use crate::error::{Error, Result};
-use crate::ids::{Iqn, Portal};
-use crate::iscsi::props::{ChapCredentials, IscsiTarget};
-use crate::secret::Secret;
+use crate::model::ids::{Iqn, Portal};
+use crate::model::iscsi::{ChapCredentials, IscsiTarget};
+use crate::model::secret::Secret;
+use crate::platform::cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner};
 
 /// The program.
 pub const ISCSIADM: &str = "iscsiadm";

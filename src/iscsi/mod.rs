@@ -7,33 +7,32 @@
 //! what it created.
 
 mod iscsiadm;
-mod props;
 pub(crate) mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use crate::model::iscsi::{ChapCredentials, IscsiProperties, IscsiTarget};
 pub use iscsiadm::{
     parse_nodes, parse_sessions, Iscsiadm, IscsiadmStatus, LoginOutcome, NodeEntry, NodeParam,
     SessionEntry,
 };
-pub use props::{ChapCredentials, IscsiProperties, IscsiTarget};
 pub use session::{find as find_session, luns as session_luns, Session, SessionFinder};
 
-use crate::block;
-use crate::cmd::Cancel;
-use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::{DeviceRecord, PathRecord};
+use crate::devices::block;
+use crate::devices::multipath::{self, MultipathMap};
+use crate::devices::scsi;
 use crate::error::{AttemptFailure, Error, Failures, Result};
-use crate::host::Host;
-use crate::ids::{Hctl, Portal, Wwid};
-use crate::lock::{LockDir, LockMode};
-use crate::multipath::{self, MultipathMap};
-use crate::registry::Registry;
-use crate::scsi;
-use crate::wait::DeviceWatch;
+use crate::model::connection::{ConnectionInfo, Protocol};
+use crate::model::ids::{Hctl, Portal, Wwid};
+use crate::model::record::{DeviceRecord, PathRecord};
+use crate::platform::cmd::Cancel;
+use crate::platform::host::Host;
+use crate::platform::lock::{LockDir, LockMode};
+use crate::platform::registry::Registry;
+use crate::platform::wait::DeviceWatch;
 
 /// The attachment registry's name for iSCSI (and iSER) volumes: one [`DeviceRecord`] per
 /// attached volume, so an audit can tell sessions in use from orphans.

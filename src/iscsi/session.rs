@@ -5,12 +5,12 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
+use crate::devices::scsi;
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::ids::Hctl;
 use crate::iscsi::by_path_name;
-use crate::iscsi::props::IscsiTarget;
-use crate::scsi;
+use crate::model::ids::Hctl;
+use crate::model::iscsi::IscsiTarget;
+use crate::platform::host::Host;
 
 /// A logged-in session as sysfs shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

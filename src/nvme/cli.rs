@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cmd::{Command, CommandRunner};
 use crate::error::Result;
-use crate::nvme::props::{Nqn, NvmePortal};
+use crate::model::nvme::{Nqn, NvmePortal};
+use crate::platform::cmd::{Command, CommandRunner};
 
 /// The program.
 pub const NVME: &str = "nvme";

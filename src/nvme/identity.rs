@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::nvme::props::normalize_uuid;
+use crate::model::nvme::normalize_uuid;
+use crate::platform::host::Host;
 
 /// Where the host NQN and host id came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

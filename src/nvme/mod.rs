@@ -10,17 +10,18 @@
 
 mod cli;
 mod identity;
-mod props;
 pub(crate) mod sysfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::model::nvme::{
+    NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
+};
 pub use cli::{is_already_connected, parse_id_ns_size, ConnectOutcome};
 pub use identity::{
     conflicting_controller, host_identity, system_uuid, IdentitySource, NvmeHostIdentity,
 };
-pub use props::{NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport};
 pub use sysfs::{
     find_controller, find_namespace, head_name, native_multipath, parse_address, Controller,
     ControllerFinder, Namespace,
@@ -28,16 +29,16 @@ pub use sysfs::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::block;
-use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::{DeviceRecord, NvmePathRecord};
+use crate::devices::block;
+use crate::devices::md;
 use crate::error::{AttemptFailure, Error, Failures, Result};
-use crate::host::Host;
-use crate::lock::{LockDir, LockGuard, LockMode};
-use crate::md;
-use crate::registry::Registry;
-use crate::wait::DeviceWatch;
+use crate::model::connection::{ConnectionInfo, Protocol};
+use crate::model::record::{DeviceRecord, NvmePathRecord};
+use crate::platform::host::Host;
+use crate::platform::lock::{LockDir, LockGuard, LockMode};
+use crate::platform::registry::Registry;
+use crate::platform::wait::DeviceWatch;
 
 /// The NVMe-oF connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
@@ -101,7 +102,7 @@ impl NvmeConnector {
         &self.opts.context.host
     }
 
-    fn runner(&self) -> &dyn crate::cmd::CommandRunner {
+    fn runner(&self) -> &dyn crate::platform::cmd::CommandRunner {
         &*self.opts.context.runner
     }
 

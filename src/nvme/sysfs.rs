@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::error::Result;
-use crate::host::Host;
-use crate::nvme::props::{normalize_nguid, normalize_uuid, NamespaceId, NvmePortal};
+use crate::model::nvme::{normalize_nguid, normalize_uuid, NamespaceId, NvmePortal};
+use crate::platform::host::Host;
 
 /// A fabrics controller as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,7 +425,7 @@ pub fn native_multipath(host: &Host) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvme::props::NvmeTransport;
+    use crate::model::nvme::NvmeTransport;
     use crate::testing::FakeHost;
 
     const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";

@@ -8,30 +8,9 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::cmd::{Command, CommandOutput, CommandRunner};
 use crate::error::{Error, Result};
-use crate::rbd::props::{ImageSpec, RbdProperties};
-
-/// Which kernel path maps the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RbdMapper {
-    /// The kernel RBD client (`rbd map`, `/dev/rbdN`).
-    #[default]
-    Krbd,
-    /// The userspace client behind an NBD device (`rbd-nbd map`, `/dev/nbdN`).
-    Nbd,
-}
-
-impl RbdMapper {
-    /// The program that maps and unmaps.
-    pub fn program(self) -> &'static str {
-        match self {
-            RbdMapper::Krbd => "rbd",
-            RbdMapper::Nbd => "rbd-nbd",
-        }
-    }
-}
+use crate::model::rbd::{ImageSpec, RbdMapper, RbdProperties};
+use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
 
 /// One mapped image, from `rbd showmapped --format json` or `rbd-nbd list-mapped --format json`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

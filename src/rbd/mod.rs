@@ -2,27 +2,25 @@
 //! network-disk record for the hypervisor to open itself.
 
 mod cli;
-mod props;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::model::rbd::{ImageSpec, Monitor, RbdMapper, RbdProperties};
 pub(crate) use cli::mappings;
 pub use cli::{
     is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
-    RbdMapper,
 };
-pub use props::{ImageSpec, Monitor, RbdProperties};
 
-use crate::block;
-use crate::connection::{ConnectionInfo, Protocol};
 use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::device::{DeviceKind, DeviceRecord, NetworkSource, RbdRecord};
+use crate::devices::block;
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::lock::{LockDir, LockMode};
-use crate::registry::Registry;
-use crate::wait::DeviceWatch;
+use crate::model::connection::{ConnectionInfo, Protocol};
+use crate::model::record::{DeviceKind, DeviceRecord, NetworkSource, RbdRecord};
+use crate::platform::host::Host;
+use crate::platform::lock::{LockDir, LockMode};
+use crate::platform::registry::Registry;
+use crate::platform::wait::DeviceWatch;
 
 /// The lock under which one map or unmap of an image runs at a time, whatever volume key
 /// the connection_info gives; an audit asks it to tell a mapping still being made.
@@ -78,7 +76,7 @@ impl RbdConnector {
         &self.opts.context.host
     }
 
-    fn runner(&self) -> &dyn crate::cmd::CommandRunner {
+    fn runner(&self) -> &dyn crate::platform::cmd::CommandRunner {
         &*self.opts.context.runner
     }
 
@@ -153,7 +151,7 @@ impl RbdConnector {
         }
         let files = CephFiles::write(props)?;
         let mut watch = DeviceWatch::open(self.host(), &["block"]);
-        let read_only = props.access_mode == crate::connection::AccessMode::Ro;
+        let read_only = props.access_mode == crate::model::connection::AccessMode::Ro;
         let device = cli::map(self.runner(), mapper, props, &files, read_only, deadline)?;
         drop(files);
         tracing::info!(phase = "map", elapsed_ms = ms(started.elapsed()), %device, "image mapped");

@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::block;
-use crate::cmd::{Command, CommandOutput, CommandRunner};
+use crate::devices::block;
 use crate::error::Result;
-use crate::host::Host;
-use crate::ids::Wwid;
+use crate::model::ids::Wwid;
+use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
+use crate::platform::host::Host;
 
 /// The dm uuid prefix of multipath maps.
 pub const MPATH_UUID_PREFIX: &str = "mpath-";

@@ -258,7 +258,7 @@ impl Host {
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
         let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        Ok(crate::ids::uuid_from_hex(&h))
+        Ok(crate::model::ids::uuid_from_hex(&h))
     }
 
     /// Maps a path the running system would show (e.g. `/dev/sdb` from a device record)

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::connection::Protocol;
 use crate::error::{Error, Result};
-use crate::ids::{Hctl, Iqn, Portal};
-use crate::nvme::NvmePortal;
+use crate::model::connection::Protocol;
+use crate::model::ids::{Hctl, Iqn, Portal};
+use crate::model::nvme::NvmePortal;
 
 /// What kind of device a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +80,7 @@ pub struct NetworkSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RbdRecord {
     /// Kernel rbd or rbd-nbd.
-    pub mapper: crate::rbd::RbdMapper,
+    pub mapper: crate::model::rbd::RbdMapper,
     /// The image spec.
     pub image: String,
     /// The mapped device, e.g. `/dev/rbd0`.

@@ -2,10 +2,10 @@
 
 use std::fmt;
 
-use crate::connection::{as_u64, AccessMode, Fields};
 use crate::error::{Error, Result};
-use crate::ids::{Iqn, Portal};
-use crate::secret::Secret;
+use crate::model::connection::{as_u64, AccessMode, Fields};
+use crate::model::ids::{Iqn, Portal};
+use crate::model::secret::Secret;
 
 /// One path to the volume: a portal, a target and a LUN.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -190,8 +190,8 @@ fn chap(f: &Fields<'_>, method: &str, user: &str, pass: &str) -> Result<Option<C
 
 #[cfg(test)]
 mod tests {
-    use crate::connection::ConnectionInfo;
     use crate::error::Error;
+    use crate::model::connection::ConnectionInfo;
     use serde_json::json;
 
     fn parse(data: serde_json::Value) -> crate::Result<ConnectionInfo> {

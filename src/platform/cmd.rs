@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitStatus, Result};
-use crate::secret::Secret;
+use crate::model::secret::Secret;
 
 /// One argument: plain, or a secret that is masked when the command is shown.
 #[derive(Clone, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::connection::{as_u64, AccessMode, Fields};
 use crate::error::{Error, Result};
-use crate::ids::ParseIdError;
+use crate::model::connection::{as_u64, AccessMode, Fields};
+use crate::model::ids::ParseIdError;
 
 /// An NVMe qualified name (`nqn.YYYY-MM.reverse.domain:...`, at most 223 bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -362,8 +362,8 @@ fn legacy_portal(f: &Fields<'_>) -> Result<NvmePortal> {
 
 fn portal(field: &str, address: &str, port: u64, transport: &str) -> Result<NvmePortal> {
     let address = address.trim().trim_start_matches('[').trim_end_matches(']');
-    let valid =
-        address.parse::<std::net::IpAddr>().is_ok() || crate::ids::Portal::new(address, 1).is_ok();
+    let valid = address.parse::<std::net::IpAddr>().is_ok()
+        || crate::model::ids::Portal::new(address, 1).is_ok();
     if !valid {
         return Err(Error::invalid(
             field,
@@ -390,7 +390,7 @@ pub(crate) fn normalize_uuid(s: &str) -> Option<String> {
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    Some(crate::ids::uuid_from_hex(&hex))
+    Some(crate::model::ids::uuid_from_hex(&hex))
 }
 
 /// 32 lower-case hex digits, or `None`.
@@ -402,8 +402,8 @@ pub(crate) fn normalize_nguid(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::connection::ConnectionInfo;
     use crate::error::Error;
+    use crate::model::connection::ConnectionInfo;
     use serde_json::json;
 
     const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";

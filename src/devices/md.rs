@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::cmd::{Command, CommandRunner};
 use crate::error::Result;
-use crate::host::Host;
+use crate::platform::cmd::{Command, CommandRunner};
+use crate::platform::host::Host;
 
 /// `/dev/md/<alias>`, as callers should see it.
 pub fn array_path(alias: &str) -> PathBuf {

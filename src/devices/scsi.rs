@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use crate::error::Result;
-use crate::host::Host;
-use crate::ids::{Hctl, Wwid};
+use crate::model::ids::{Hctl, Wwid};
+use crate::platform::host::Host;
 
 /// The sysfs directory of a SCSI device (`bus/scsi/devices/H:C:T:L`).
 pub fn device_dir(host: &Host, hctl: Hctl) -> PathBuf {

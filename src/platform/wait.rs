@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::uevent::Uevent;
+use crate::platform::host::Host;
+use crate::platform::uevent::Uevent;
 
 /// How often a condition is re-checked when udev cannot be used (fake trees, hosts
 /// without udevd).

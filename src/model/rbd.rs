@@ -6,10 +6,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::connection::{as_u64, AccessMode, Fields};
 use crate::error::{Error, Result};
-use crate::ids::ParseIdError;
-use crate::secret::Secret;
+use crate::model::connection::{as_u64, AccessMode, Fields};
+use crate::model::ids::ParseIdError;
+use crate::model::secret::Secret;
 
 /// An image spec: `pool/image` or `pool/namespace/image`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -250,10 +250,31 @@ fn string_list(f: &Fields<'_>, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// Which kernel path maps the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RbdMapper {
+    /// The kernel RBD client (`rbd map`, `/dev/rbdN`).
+    #[default]
+    Krbd,
+    /// The userspace client behind an NBD device (`rbd-nbd map`, `/dev/nbdN`).
+    Nbd,
+}
+
+impl RbdMapper {
+    /// The program that maps and unmaps.
+    pub fn program(self) -> &'static str {
+        match self {
+            RbdMapper::Krbd => "rbd",
+            RbdMapper::Nbd => "rbd-nbd",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::ConnectionInfo;
+    use crate::model::connection::ConnectionInfo;
     use serde_json::json;
 
     fn parse(data: serde_json::Value) -> crate::Result<ConnectionInfo> {

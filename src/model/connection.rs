@@ -8,10 +8,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::iscsi::IscsiProperties;
-use crate::local::LocalProperties;
-use crate::nvme::NvmeProperties;
-use crate::rbd::RbdProperties;
+use crate::model::iscsi::IscsiProperties;
+use crate::model::local::LocalProperties;
+use crate::model::nvme::NvmeProperties;
+use crate::model::rbd::RbdProperties;
 
 /// A volume transport, as named in `driver_volume_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

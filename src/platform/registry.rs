@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
-use crate::host::Host;
+use crate::platform::host::Host;
 
 /// The attachment registry of one protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,10 +4,10 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::cmd::{Command, CommandRunner};
 use crate::error::{Error, Result};
-use crate::host::Host;
-use crate::uevent::UdevRecord;
+use crate::platform::cmd::{Command, CommandRunner};
+use crate::platform::host::Host;
+use crate::platform::uevent::UdevRecord;
 
 /// Size in bytes of block device `name` (e.g. `sdb`, `dm-0`), from its 512-byte sector count.
 pub fn size_bytes(host: &Host, name: &str) -> Result<u64> {
