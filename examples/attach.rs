@@ -153,17 +153,19 @@ fn context(a: &Args) -> HostContext {
 fn options(a: &Args) -> ConnectorOptions {
     let mut o = common::connector_options(
         a.root_helper.as_deref(),
-        a.multipath.then_some(a.enforce_multipath),
+        hostbrick::MultipathMode::from_flags(a.multipath, a.enforce_multipath),
         a.timeout,
         a.lock_dir.as_deref(),
     );
     if let Some(i) = &a.iface {
-        o = o.iscsi_iface(i);
+        o.iscsi.iface = Some(i.clone());
     }
     if a.rbd_nbd {
-        o.rbd_mapper = hostbrick::RbdMapper::Nbd;
+        o.rbd.mapper = hostbrick::RbdMapper::Nbd;
     }
-    o.rbd_local_attach = !a.no_local_attach;
+    if a.no_local_attach {
+        o.rbd.attach = hostbrick::RbdAttach::Network;
+    }
     o
 }
 

@@ -115,7 +115,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
 fn options(a: &Args) -> ConnectorOptions {
     common::connector_options(
         a.root_helper.as_deref(),
-        a.multipath.then_some(a.enforce_multipath),
+        hostbrick::MultipathMode::from_flags(a.multipath, a.enforce_multipath),
         a.timeout,
         a.lock_dir.as_deref(),
     )

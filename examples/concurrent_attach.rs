@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hostbrick::{
     connector_for, ConnectionInfo, ConnectorOptions, DeviceRecord, DisconnectOptions, HostContext,
-    Protocol, Wwid,
+    MultipathMode, Protocol, Wwid,
 };
 use serde_json::json;
 
@@ -241,7 +241,7 @@ fn main() -> ExitCode {
     let ctx = HostContext::system();
     let mut opts = ConnectorOptions::with_context(ctx.clone());
     if args.multipath {
-        opts = opts.multipath(false);
+        opts = opts.multipath(MultipathMode::Optional);
     }
     if let Some(t) = args.timeout {
         opts = opts.operation_timeout(t);

@@ -66,6 +66,7 @@ mod audit;
 mod connector;
 mod devices;
 mod error;
+mod factory;
 mod iscsi;
 mod libvirt;
 mod local;
@@ -88,11 +89,15 @@ pub use audit::{
     OrphanController, OrphanLun, OrphanMap, OrphanMapping, OrphanSession, SessionReason,
     AUDIT_COMMAND_TIMEOUT,
 };
-pub use connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions, HostContext};
+pub use connector::{
+    Connector, ConnectorOptions, DisconnectOptions, HostContext, IscsiOptions, MultipathMode,
+    NvmeOptions, RbdAttach, RbdOptions,
+};
 pub use devices::block::udev_record;
 pub use devices::multipath::{holder_map, MultipathMap};
 pub use devices::scsi::{block_name as scsi_block_name, wwid as scsi_wwid};
 pub use error::{AttemptFailure, Error, ExitStatus, Result, RollbackFailure};
+pub use factory::connector_for;
 pub use iscsi::{
     by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
     IscsiConnector, IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry,
@@ -103,7 +108,6 @@ pub use libvirt::{
     DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost, NetworkProtocol,
     SecretType,
 };
-pub use local::LocalConnector;
 pub use model::connection::{
     AccessMode, ConnectionInfo, DiskProperties, Protocol, VolumeProperties,
 };
@@ -130,5 +134,5 @@ pub use platform::wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL
 pub use properties::{get_connector_properties, parse_initiator_name, ConnectorProperties};
 pub use rbd::{
     is_auth_failure, network_source, parse_image_size, parse_mapped_device, parse_mappings,
-    CephFiles, ImageSpec, Mapping, Monitor, RbdConnector, RbdMapper, RbdProperties,
+    CephFiles, ImageSpec, Mapping, Monitor, RbdMapper, RbdProperties,
 };

@@ -2,43 +2,47 @@
 //! local LV, a disk a controller outside hostbrick attached). Connect validates it and
 //! returns its record; disconnect leaves the device alone, as it was there before.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
+use crate::connector::{DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::devices::block;
 use crate::error::{AttemptFailure, Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::local::LocalProperties;
 use crate::model::record::DeviceRecord;
+use crate::platform::host::Host;
 
 /// Hands an existing local block device through, for the same flow as remote volumes.
 #[derive(Debug)]
-pub struct LocalConnector {
-    opts: ConnectorOptions,
+pub(crate) struct LocalDriver;
+
+impl VolumeProps for LocalProperties {
+    fn volume_id(&self) -> Option<&str> {
+        self.volume_id.as_deref()
+    }
+
+    fn volume_key(&self) -> String {
+        match &self.volume_id {
+            Some(id) => format!("volume-{id}"),
+            None => format!("local-{}", self.device_path.display()),
+        }
+    }
+
+    fn target(&self) -> String {
+        self.device_path.display().to_string()
+    }
 }
 
-impl LocalConnector {
-    /// A connector with these options (only the host handle is used).
-    pub fn new(opts: ConnectorOptions) -> Self {
-        LocalConnector { opts }
-    }
-
-    fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a LocalProperties> {
-        info.local().ok_or_else(|| info.mismatch(Protocol::Local))
-    }
-
-    /// The device's name under /sys/class/block, when the path is a block device there.
-    fn block_name(&self, props: &LocalProperties) -> Result<Option<String>> {
-        let host = &self.opts.context.host;
-        let Some(real) = host.canonical(&host.map_dev_path(&props.device_path))? else {
-            return Ok(None);
-        };
-        let name = real
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .filter(|n| block::exists(host, n));
-        Ok(name)
-    }
+/// The device's name under /sys/class/block, when the path is a block device there.
+fn block_name(host: &Host, props: &LocalProperties) -> Result<Option<String>> {
+    let Some(real) = host.canonical(&host.map_dev_path(&props.device_path))? else {
+        return Ok(None);
+    };
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| block::exists(host, n));
+    Ok(name)
 }
 
 fn not_a_block_device(props: &LocalProperties) -> Error {
@@ -50,16 +54,19 @@ fn not_a_block_device(props: &LocalProperties) -> Error {
     }
 }
 
-impl Connector for LocalConnector {
+impl Driver for LocalDriver {
+    type Props = LocalProperties;
+
     fn protocol(&self) -> Protocol {
         Protocol::Local
     }
 
-    fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("connect_volume", protocol = "local", volume = ?props.volume_id, device = %props.device_path.display());
-        let _e = span.enter();
-        if self.block_name(props)?.is_none() {
+    fn props<'a>(&self, info: &'a ConnectionInfo) -> Option<&'a LocalProperties> {
+        info.local()
+    }
+
+    fn connect(&self, op: &Operation<'_>, props: &LocalProperties) -> Result<DeviceRecord> {
+        if block_name(op.host(), props)?.is_none() {
             return Err(not_a_block_device(props));
         }
         Ok(DeviceRecord::block(
@@ -69,42 +76,28 @@ impl Connector for LocalConnector {
         ))
     }
 
-    fn disconnect_volume(
+    fn disconnect(
         &self,
-        info: &ConnectionInfo,
-        _device: Option<&DeviceRecord>,
+        _op: &Operation<'_>,
+        _props: &LocalProperties,
+        _record: Option<&DeviceRecord>,
         _options: DisconnectOptions,
     ) -> Result<()> {
         // The device was on the host before connect and stays after it.
-        self.props(info).map(|_| ())
+        Ok(())
     }
 
-    fn extend_volume(&self, info: &ConnectionInfo) -> Result<u64> {
-        let props = self.props(info)?;
-        match self.block_name(props)? {
-            Some(name) => block::size_bytes(&self.opts.context.host, &name),
+    fn extend(&self, op: &Operation<'_>, props: &LocalProperties) -> Result<u64> {
+        match block_name(op.host(), props)? {
+            Some(name) => block::size_bytes(op.host(), &name),
             None => Err(not_a_block_device(props)),
         }
     }
 
-    fn get_volume_paths(&self, info: &ConnectionInfo) -> Result<Vec<PathBuf>> {
-        let props = self.props(info)?;
-        Ok(self
-            .block_name(props)?
+    fn volume_paths(&self, op: &Operation<'_>, props: &LocalProperties) -> Result<Vec<PathBuf>> {
+        Ok(block_name(op.host(), props)?
             .map(|_| props.device_path.clone())
             .into_iter()
             .collect())
-    }
-
-    fn get_search_path(&self) -> Option<PathBuf> {
-        None
-    }
-
-    fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
-        Ok(Vec::new())
-    }
-
-    fn check_valid_device(&self, path: &Path) -> Result<()> {
-        block::check_readable(&self.opts.context.host.map_dev_path(path))
     }
 }

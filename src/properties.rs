@@ -88,7 +88,7 @@ pub fn get_connector_properties(
         nvme_hostid: Some(nvme.hostid),
         uuid: system_uuid(&ctx.host)?,
         nvme_native_multipath: Some(native_multipath(&ctx.host)?),
-        // hostbrick maps RBD images itself unless a caller sets ConnectorOptions::rbd_local_attach
+        // hostbrick maps RBD images itself unless a caller sets RbdOptions::attach
         // to false (and reports that here).
         do_local_attach: Some(true),
     })

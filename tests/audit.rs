@@ -342,7 +342,7 @@ fn rbd_mappings_without_a_record_are_listed() {
     // vol2 mapped by hand (or by a connect that was killed before it returned).
     let ci2 = rbd::rbd_info("volumes/vol2", rbd::KEY);
     let mut o = sim.options();
-    o.rbd_mapper = RbdMapper::Nbd;
+    o.rbd.mapper = RbdMapper::Nbd;
     let c2 = connector_for(Protocol::Rbd, o).unwrap();
     let rec2 = c2.connect_volume(&ci2).unwrap();
     let reg = Registry::new(&sim.fake.host(), "rbd");

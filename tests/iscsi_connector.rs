@@ -16,7 +16,7 @@ fn udev_wwid(sysfs: &str) -> String {
 fn connector(sim: &Sim, multipath: bool) -> Box<dyn Connector> {
     let mut o = sim.options();
     if multipath {
-        o = o.multipath(false);
+        o = o.multipath(hostbrick::MultipathMode::Optional);
     }
     connector_for(Protocol::Iscsi, o).unwrap()
 }
@@ -259,7 +259,11 @@ fn multipath_falls_back_to_single_path_unless_enforced() {
         .unwrap();
     sim.assert_clean();
 
-    let enforced = connector_for(Protocol::Iscsi, sim.options().multipath(true)).unwrap();
+    let enforced = connector_for(
+        Protocol::Iscsi,
+        sim.options().multipath(hostbrick::MultipathMode::Enforced),
+    )
+    .unwrap();
     let e = enforced.connect_volume(&ci).unwrap_err();
     assert!(matches!(e, Error::MultipathAssembly { .. }), "{e:?}");
     sim.assert_clean();

@@ -67,7 +67,7 @@ fn rbd_network_record(info: &ConnectionInfo) -> DeviceRecord {
     let fake = FakeHost::new();
     let mut opts =
         ConnectorOptions::with_context(HostContext::new(fake.host(), Arc::new(FakeRunner::new())));
-    opts.rbd_local_attach = false;
+    opts.rbd.attach = hostbrick::RbdAttach::Network;
     connector_for(Protocol::Rbd, opts)
         .unwrap()
         .connect_volume(info)

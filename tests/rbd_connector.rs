@@ -10,8 +10,12 @@ use rbd::*;
 
 fn connector(sim: &RbdSim, mapper: RbdMapper, local: bool) -> Box<dyn Connector> {
     let mut o = sim.options();
-    o.rbd_mapper = mapper;
-    o.rbd_local_attach = local;
+    o.rbd.mapper = mapper;
+    o.rbd.attach = if local {
+        hostbrick::RbdAttach::Local
+    } else {
+        hostbrick::RbdAttach::Network
+    };
     connector_for(Protocol::Rbd, o).unwrap()
 }
 

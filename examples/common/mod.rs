@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostbrick::{ConnectorOptions, HostContext, SystemRunner};
+use hostbrick::{ConnectorOptions, HostContext, MultipathMode, SystemRunner};
 
 /// A command-line mistake (empty: `--help` was asked for).
 pub struct Usage(pub String);
@@ -91,14 +91,11 @@ pub fn system_context(root_helper: Option<&str>) -> HostContext {
 /// deadline and the lock directory.
 pub fn connector_options(
     root_helper: Option<&str>,
-    multipath: Option<bool>,
+    multipath: MultipathMode,
     timeout: Option<Duration>,
     lock_dir: Option<&str>,
 ) -> ConnectorOptions {
-    let mut o = ConnectorOptions::with_context(system_context(root_helper));
-    if let Some(enforce) = multipath {
-        o = o.multipath(enforce);
-    }
+    let mut o = ConnectorOptions::with_context(system_context(root_helper)).multipath(multipath);
     if let Some(t) = timeout {
         o = o.operation_timeout(t);
     }

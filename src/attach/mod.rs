@@ -21,8 +21,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::connector::{connector_for, Connector, ConnectorOptions, DisconnectOptions};
+use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
 use crate::error::{Error, Result, RollbackFailure};
+use crate::factory::connector_for;
 use crate::libvirt::{DiskBus, DiskConfig, DiskTarget};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::DeviceRecord;

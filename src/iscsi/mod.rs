@@ -115,7 +115,7 @@ pub fn by_path_name(portal: &Portal, iqn: &str, lun: u64) -> String {
 impl IscsiConnector {
     /// A connector for `protocol` (`Iscsi` or `Iser`).
     pub fn new(protocol: Protocol, opts: ConnectorOptions) -> Result<Self> {
-        let iface = match (&opts.iscsi_iface, protocol) {
+        let iface = match (&opts.iscsi.iface, protocol) {
             (Some(i), _) => i.clone(),
             (None, Protocol::Iser) => "iser".to_string(),
             (None, _) => "default".to_string(),
@@ -169,7 +169,7 @@ impl IscsiConnector {
         let result = self
             .targets_for_connect(props, deadline, &mut discovered)
             .and_then(|targets| {
-                if self.opts.use_multipath {
+                if self.opts.multipath.is_on() {
                     self.connect_multipath(props, &targets, deadline)
                 } else {
                     self.connect_single(props, &targets, deadline)
@@ -193,7 +193,7 @@ impl IscsiConnector {
         deadline: Instant,
         discovered: &mut Vec<IscsiTarget>,
     ) -> Result<Vec<IscsiTarget>> {
-        let discover_for_paths = self.opts.use_multipath && props.targets.len() == 1;
+        let discover_for_paths = self.opts.multipath.is_on() && props.targets.len() == 1;
         if !props.wants_discovery() && !discover_for_paths {
             return Ok(props.targets.clone());
         }
@@ -298,7 +298,7 @@ impl IscsiConnector {
         }
         match map {
             Ok(m) => self.record(props, &paths, Some(&m)),
-            Err(reason) if self.opts.enforce_multipath => {
+            Err(reason) if self.opts.multipath.is_enforced() => {
                 let wwid = paths[0]
                     .wwid
                     .as_ref()
@@ -381,7 +381,7 @@ impl IscsiConnector {
                     let r = self.assemble_map(&p, deadline);
                     if r.is_ok() && pending > 0 {
                         grace_end =
-                            Some((Instant::now() + self.opts.extra_path_grace).min(deadline));
+                            Some((Instant::now() + self.opts.iscsi.extra_path_grace).min(deadline));
                     }
                     map = Some(r);
                 }
@@ -410,7 +410,7 @@ impl IscsiConnector {
         let host = self.host();
         let runner = &*self.opts.context.runner;
         let wwid = p.wwid.as_ref().ok_or("the path has no WWID")?;
-        let deadline = deadline.min(started + self.opts.multipath_timeout);
+        let deadline = deadline.min(started + self.opts.iscsi.multipath_timeout);
         let mut watch = DeviceWatch::open(host, &["block"]);
         // multipathd may be making the map on its own (find_multipaths off), and then
         // answers `add path` with "fail": that is only an error if no map appears.
@@ -637,11 +637,11 @@ impl IscsiConnector {
         let mut params = vec![
             NodeParam::new(
                 "node.conn[0].timeo.login_timeout",
-                self.opts.login_timeout.as_secs().max(1).to_string(),
+                self.opts.iscsi.login_timeout.as_secs().max(1).to_string(),
             ),
             NodeParam::new(
                 "node.session.initial_login_retry_max",
-                self.opts.login_retries.to_string(),
+                self.opts.iscsi.login_retries.to_string(),
             ),
             NodeParam::new("node.startup", "automatic"),
         ];
@@ -661,7 +661,7 @@ impl IscsiConnector {
 
     /// How long one login may take: iscsid's own attempts and timeouts, plus slack.
     fn login_limit(&self) -> Duration {
-        self.opts.login_timeout * (self.opts.login_retries + 1) + Duration::from_secs(5)
+        self.opts.iscsi.login_timeout * (self.opts.iscsi.login_retries + 1) + Duration::from_secs(5)
     }
 
     /// Undoes one path attempt: its scanned device, its session, its node record.
@@ -991,7 +991,7 @@ impl Connector for IscsiConnector {
 
     fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
         let props = self.props(info)?;
-        let span = tracing::info_span!("connect_volume", protocol = %self.protocol, volume = ?props.volume_id, target = %props.primary(), multipath = self.opts.use_multipath);
+        let span = tracing::info_span!("connect_volume", protocol = %self.protocol, volume = ?props.volume_id, target = %props.primary(), multipath = self.opts.multipath.is_on());
         let _e = span.enter();
         self.connect(props)
     }

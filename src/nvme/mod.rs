@@ -286,7 +286,7 @@ impl NvmeConnector {
                     portal,
                     hostnqn,
                     hostid,
-                    ctrl_loss_tmo: self.opts.nvme_ctrl_loss_timeout,
+                    ctrl_loss_tmo: self.opts.nvme.ctrl_loss_timeout,
                 };
                 if cli::connect(self.runner(), &args, deadline)? == ConnectOutcome::Connected {
                     made.controllers.push((copy.nqn.clone(), portal.clone()));

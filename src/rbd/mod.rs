@@ -3,8 +3,8 @@
 
 mod cli;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
 pub use crate::model::rbd::{ImageSpec, Monitor, RbdMapper, RbdProperties};
 pub(crate) use cli::mappings;
@@ -12,13 +12,14 @@ pub use cli::{
     is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
 };
 
-use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
+use crate::connector::{
+    ConnectorOptions, DisconnectOptions, Driver, Operation, RbdAttach, VolumeProps,
+};
 use crate::devices::block;
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::{DeviceKind, DeviceRecord, NetworkSource, RbdRecord};
-use crate::platform::host::Host;
-use crate::platform::lock::{LockDir, LockMode};
+use crate::platform::lock::LockMode;
 use crate::platform::registry::Registry;
 use crate::platform::wait::DeviceWatch;
 
@@ -32,16 +33,25 @@ pub(crate) fn image_lock_key(spec: &ImageSpec) -> String {
 /// this host mapped, so an audit can tell hostbrick's mappings from orphans.
 pub(crate) const REGISTRY: &str = "rbd";
 
-/// The RBD connector. Build it with [`crate::connector_for`].
+/// The RBD connector's steps, framed by [`crate::connector::Framed`]. Build the connector
+/// with [`crate::connector_for`].
 #[derive(Debug)]
-pub struct RbdConnector {
-    opts: ConnectorOptions,
-    locks: LockDir,
+pub(crate) struct RbdDriver {
     registry: Registry,
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
+impl VolumeProps for RbdProperties {
+    fn volume_id(&self) -> Option<&str> {
+        self.volume_id.as_deref()
+    }
+
+    fn volume_key(&self) -> String {
+        RbdProperties::volume_key(self)
+    }
+
+    fn target(&self) -> String {
+        self.image.to_string()
+    }
 }
 
 fn dev_name(device: &str) -> &str {
@@ -62,52 +72,50 @@ pub fn network_source(props: &RbdProperties) -> NetworkSource {
     }
 }
 
-impl RbdConnector {
-    /// A connector with these options.
-    pub fn new(opts: ConnectorOptions) -> Self {
-        RbdConnector {
-            locks: opts.locks(),
+/// The device already mapping the image through `mapper`, if any.
+fn existing(
+    op: &Operation<'_>,
+    mapper: RbdMapper,
+    props: &RbdProperties,
+) -> Result<Option<String>> {
+    let host = op.host();
+    if mapper == RbdMapper::Krbd {
+        // udev's link is the cheap answer; the listing is the authoritative one.
+        let mut link = host.dev("rbd").join(&props.image.pool);
+        if let Some(ns) = &props.image.namespace {
+            link = link.join(ns);
+        }
+        let link = link.join(&props.image.image);
+        if let Some(t) = host.canonical(&link)? {
+            if let Some(n) = t.file_name().and_then(|n| n.to_str()) {
+                return Ok(Some(format!("/dev/{n}")));
+            }
+        }
+    }
+    Ok(cli::mappings(op.runner(), mapper, op.deadline)?
+        .into_iter()
+        .find(|m| m.maps(&props.image))
+        .map(|m| m.device))
+}
+
+fn unmap(op: &Operation<'_>, mapper: RbdMapper, device: &str, force: bool) -> Result<()> {
+    let host = op.host();
+    let name = dev_name(device).to_string();
+    let mut watch = DeviceWatch::open(host, &["block"]);
+    cli::unmap(op.runner(), mapper, device, force, op.deadline)?;
+    // An nbd device stays in sysfs, disconnected (size 0); a krbd one goes away.
+    watch.wait_for(&format!("unmap of {device}"), op.deadline, || {
+        let gone = !block::exists(host, &name) || block::size_bytes(host, &name)? == 0;
+        Ok(gone.then_some(()))
+    })
+}
+
+impl RbdDriver {
+    /// The driver for connectors with these options.
+    pub(crate) fn new(opts: &ConnectorOptions) -> Self {
+        RbdDriver {
             registry: Registry::new(&opts.context.host, REGISTRY),
-            opts,
         }
-    }
-
-    fn host(&self) -> &Host {
-        &self.opts.context.host
-    }
-
-    fn runner(&self) -> &dyn crate::platform::cmd::CommandRunner {
-        &*self.opts.context.runner
-    }
-
-    fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a RbdProperties> {
-        info.rbd().ok_or_else(|| info.mismatch(Protocol::Rbd))
-    }
-
-    /// The device already mapping the image through `mapper`, if any.
-    fn existing(
-        &self,
-        mapper: RbdMapper,
-        props: &RbdProperties,
-        deadline: Instant,
-    ) -> Result<Option<String>> {
-        if mapper == RbdMapper::Krbd {
-            // udev's link is the cheap answer; the listing is the authoritative one.
-            let mut link = self.host().dev("rbd").join(&props.image.pool);
-            if let Some(ns) = &props.image.namespace {
-                link = link.join(ns);
-            }
-            let link = link.join(&props.image.image);
-            if let Some(t) = self.host().canonical(&link)? {
-                if let Some(n) = t.file_name().and_then(|n| n.to_str()) {
-                    return Ok(Some(format!("/dev/{n}")));
-                }
-            }
-        }
-        Ok(cli::mappings(self.runner(), mapper, deadline)?
-            .into_iter()
-            .find(|m| m.maps(&props.image))
-            .map(|m| m.device))
     }
 
     /// The record of a mapped image, noted in the registry too.
@@ -125,9 +133,21 @@ impl RbdConnector {
         }
         record
     }
+}
 
-    fn connect(&self, props: &RbdProperties) -> Result<DeviceRecord> {
-        if !self.opts.rbd_local_attach {
+impl Driver for RbdDriver {
+    type Props = RbdProperties;
+
+    fn protocol(&self) -> Protocol {
+        Protocol::Rbd
+    }
+
+    fn props<'a>(&self, info: &'a ConnectionInfo) -> Option<&'a RbdProperties> {
+        info.rbd()
+    }
+
+    fn connect(&self, op: &Operation<'_>, props: &RbdProperties) -> Result<DeviceRecord> {
+        if op.opts.rbd.attach == RbdAttach::Network {
             return Ok(DeviceRecord {
                 kind: DeviceKind::Network,
                 network: Some(network_source(props)),
@@ -138,64 +158,57 @@ impl RbdConnector {
                 )
             });
         }
-        let started = Instant::now();
-        let deadline = started + self.opts.operation_timeout;
-        let mapper = self.opts.rbd_mapper;
-        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
-        let _image = self
-            .locks
-            .lock(&image_lock_key(&props.image), LockMode::Exclusive)?;
-        if let Some(dev) = self.existing(mapper, props, deadline)? {
+        let deadline = op.deadline;
+        let mapper = op.opts.rbd.mapper;
+        let _image = op.lock(&image_lock_key(&props.image), LockMode::Exclusive)?;
+        if let Some(dev) = existing(op, mapper, props)? {
             tracing::info!(device = %dev, "image already mapped; reusing it");
             return Ok(self.record(props, mapper, &dev));
         }
         let files = CephFiles::write(props)?;
-        let mut watch = DeviceWatch::open(self.host(), &["block"]);
+        let host = op.host();
+        let mut watch = DeviceWatch::open(host, &["block"]);
         let read_only = props.access_mode == crate::model::connection::AccessMode::Ro;
-        let device = cli::map(self.runner(), mapper, props, &files, read_only, deadline)?;
+        let device = cli::map(op.runner(), mapper, props, &files, read_only, deadline)?;
         drop(files);
-        tracing::info!(phase = "map", elapsed_ms = ms(started.elapsed()), %device, "image mapped");
+        tracing::info!(phase = "map", elapsed_ms = op.elapsed_ms(), %device, "image mapped");
         let name = dev_name(&device).to_string();
-        let host = self.host();
         if let Err(e) = watch.wait_for(&format!("{device} for {}", props.image), deadline, || {
             Ok(block::is_ready(host, &name)?.then_some(()))
         }) {
-            let cleanup = Instant::now() + self.opts.cleanup_timeout;
-            if let Err(u) = cli::unmap(self.runner(), mapper, &device, true, cleanup) {
+            if let Err(u) = cli::unmap(op.runner(), mapper, &device, true, op.cleanup_deadline()) {
                 tracing::warn!(error = %u.chain(), "undo: unmapping failed");
             }
             return Err(e);
         }
-        tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), %device, "device ready");
+        tracing::info!(phase = "device_found", elapsed_ms = op.elapsed_ms(), %device, "device ready");
         Ok(self.record(props, mapper, &device))
     }
 
     fn disconnect(
         &self,
+        op: &Operation<'_>,
         props: &RbdProperties,
         record: Option<&DeviceRecord>,
-        opts: DisconnectOptions,
+        options: DisconnectOptions,
     ) -> Result<()> {
-        if !self.opts.rbd_local_attach && record.is_none_or(|r| r.kind == DeviceKind::Network) {
+        if op.opts.rbd.attach == RbdAttach::Network
+            && record.is_none_or(|r| r.kind == DeviceKind::Network)
+        {
             return Ok(());
         }
-        let started = Instant::now();
-        let deadline = started + self.opts.operation_timeout;
-        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
-        let _image = self
-            .locks
-            .lock(&image_lock_key(&props.image), LockMode::Exclusive)?;
+        let _image = op.lock(&image_lock_key(&props.image), LockMode::Exclusive)?;
         let recorded = record.and_then(|r| r.rbd.as_ref()).map(|r| r.mapper);
         // The recorded mapper first, then the other: a record from another configuration
         // (or none) must still find the mapping.
-        let mut mappers = vec![recorded.unwrap_or(self.opts.rbd_mapper)];
+        let mut mappers = vec![recorded.unwrap_or(op.opts.rbd.mapper)];
         for m in [RbdMapper::Krbd, RbdMapper::Nbd] {
             if !mappers.contains(&m) {
                 mappers.push(m);
             }
         }
         for mapper in mappers {
-            let devices = match cli::mappings(self.runner(), mapper, deadline) {
+            let devices = match cli::mappings(op.runner(), mapper, op.deadline) {
                 Ok(all) => all
                     .into_iter()
                     .filter(|m| m.maps(&props.image))
@@ -206,39 +219,21 @@ impl RbdConnector {
                 Err(e) => return Err(e),
             };
             for device in devices {
-                self.unmap(mapper, &device, opts.force, deadline)?;
+                unmap(op, mapper, &device, options.force)?;
             }
         }
-        self.registry.remove(&props.volume_key())?;
-        tracing::info!(
-            phase = "disconnected",
-            elapsed_ms = ms(started.elapsed()),
-            "volume disconnected"
-        );
-        Ok(())
+        self.registry.remove(&props.volume_key())
     }
 
-    fn unmap(&self, mapper: RbdMapper, device: &str, force: bool, deadline: Instant) -> Result<()> {
-        let host = self.host();
-        let name = dev_name(device).to_string();
-        let mut watch = DeviceWatch::open(host, &["block"]);
-        cli::unmap(self.runner(), mapper, device, force, deadline)?;
-        // An nbd device stays in sysfs, disconnected (size 0); a krbd one goes away.
-        watch.wait_for(&format!("unmap of {device}"), deadline, || {
-            let gone = !block::exists(host, &name) || block::size_bytes(host, &name)? == 0;
-            Ok(gone.then_some(()))
-        })
-    }
-
-    fn extend(&self, props: &RbdProperties) -> Result<u64> {
-        let deadline = Instant::now() + self.opts.operation_timeout;
+    fn extend(&self, op: &Operation<'_>, props: &RbdProperties) -> Result<u64> {
+        let deadline = op.deadline;
         let files = CephFiles::write(props)?;
-        let size = cli::image_size(self.runner(), props, &files, deadline)?;
+        let size = cli::image_size(op.runner(), props, &files, deadline)?;
         drop(files);
-        if !self.opts.rbd_local_attach {
+        if op.opts.rbd.attach == RbdAttach::Network {
             return Ok(size);
         }
-        let Some(device) = self.existing(self.opts.rbd_mapper, props, deadline)? else {
+        let Some(device) = existing(op, op.opts.rbd.mapper, props)? else {
             return Err(Error::VolumeDeviceNotFound {
                 tried: vec![crate::error::AttemptFailure {
                     target: props.image.to_string(),
@@ -246,78 +241,32 @@ impl RbdConnector {
                 }],
             });
         };
-        let host = self.host();
+        let host = op.host();
         let name = dev_name(&device).to_string();
         let mut watch = DeviceWatch::open(host, &["block"]);
         // The client follows the image header by itself; wait for it to catch up.
-        let settle = deadline.min(Instant::now() + self.opts.scan_timeout);
+        let settle = deadline.min(Instant::now() + op.opts.scan_timeout);
         watch.wait_for(&format!("{device} to reach {size} bytes"), settle, || {
             Ok((block::size_bytes(host, &name)? >= size).then_some(()))
         })?;
-        tracing::info!(size, %device, "volume extended");
+        tracing::debug!(size, %device, "mapping grown");
         Ok(size)
     }
-}
 
-impl Connector for RbdConnector {
-    fn protocol(&self) -> Protocol {
-        Protocol::Rbd
-    }
-
-    fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("connect_volume", protocol = "rbd", volume = ?props.volume_id, image = %props.image);
-        let _e = span.enter();
-        self.connect(props)
-    }
-
-    fn disconnect_volume(
-        &self,
-        info: &ConnectionInfo,
-        device: Option<&DeviceRecord>,
-        options: DisconnectOptions,
-    ) -> Result<()> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("disconnect_volume", protocol = "rbd", volume = ?props.volume_id, image = %props.image, force = options.force);
-        let _e = span.enter();
-        self.disconnect(props, device, options)
-    }
-
-    fn extend_volume(&self, info: &ConnectionInfo) -> Result<u64> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("extend_volume", protocol = "rbd", volume = ?props.volume_id, image = %props.image);
-        let _e = span.enter();
-        self.extend(props)
-    }
-
-    fn get_volume_paths(&self, info: &ConnectionInfo) -> Result<Vec<PathBuf>> {
-        let props = self.props(info)?;
-        if !self.opts.rbd_local_attach {
+    fn volume_paths(&self, op: &Operation<'_>, props: &RbdProperties) -> Result<Vec<PathBuf>> {
+        if op.opts.rbd.attach == RbdAttach::Network {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + self.opts.operation_timeout;
-        Ok(self
-            .existing(self.opts.rbd_mapper, props, deadline)?
+        Ok(existing(op, op.opts.rbd.mapper, props)?
             .map(PathBuf::from)
             .into_iter()
             .collect())
     }
 
-    fn get_search_path(&self) -> Option<PathBuf> {
-        None
-    }
-
-    fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
-        let deadline = Instant::now() + self.opts.operation_timeout;
-        Ok(
-            cli::mappings(self.runner(), self.opts.rbd_mapper, deadline)?
-                .into_iter()
-                .map(|m| PathBuf::from(m.device))
-                .collect(),
-        )
-    }
-
-    fn check_valid_device(&self, path: &Path) -> Result<()> {
-        block::check_readable(&self.host().map_dev_path(path))
+    fn all_volumes(&self, op: &Operation<'_>) -> Result<Vec<PathBuf>> {
+        Ok(cli::mappings(op.runner(), op.opts.rbd.mapper, op.deadline)?
+            .into_iter()
+            .map(|m| PathBuf::from(m.device))
+            .collect())
     }
 }

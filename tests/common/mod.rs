@@ -183,8 +183,8 @@ impl Sim {
             .operation_timeout(Duration::from_secs(10))
             .scan_timeout(Duration::from_millis(500))
             .lock_dir(self.fake.root().join("run/lock/hostbrick"));
-        o.extra_path_grace = Duration::from_millis(300);
-        o.multipath_timeout = Duration::from_secs(3);
+        o.iscsi.extra_path_grace = Duration::from_millis(300);
+        o.iscsi.multipath_timeout = Duration::from_secs(3);
         o
     }
 

@@ -1,0 +1,40 @@
+//! The protocol-keyed connector factory: the one place that knows every protocol.
+
+use crate::connector::{Connector, ConnectorOptions, Framed};
+use crate::error::Result;
+use crate::iscsi::IscsiConnector;
+use crate::local::LocalDriver;
+use crate::model::connection::Protocol;
+use crate::nvme::NvmeConnector;
+use crate::rbd::RbdDriver;
+
+/// Makes the connector for `protocol`.
+///
+/// `iser` gives the iSCSI connector with the `iser` iface.
+pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Box<dyn Connector>> {
+    match protocol {
+        Protocol::Iscsi | Protocol::Iser => Ok(Box::new(IscsiConnector::new(protocol, options)?)),
+        Protocol::NvmeOf => Ok(Box::new(NvmeConnector::new(options))),
+        Protocol::Rbd => Ok(Box::new(Framed::new(RbdDriver::new(&options), options))),
+        Protocol::Local => Ok(Box::new(Framed::new(LocalDriver, options))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factory_by_protocol() {
+        let c = connector_for(Protocol::Iscsi, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::Iscsi);
+        let c = connector_for(Protocol::Iser, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::Iser);
+        let c = connector_for(Protocol::NvmeOf, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::NvmeOf);
+        let c = connector_for(Protocol::Rbd, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::Rbd);
+        let c = connector_for(Protocol::Local, ConnectorOptions::new()).unwrap();
+        assert_eq!(c.protocol(), Protocol::Local);
+    }
+}
