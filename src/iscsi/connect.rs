@@ -1,0 +1,420 @@
+//! Connect: the targets to use (with sendtargets discovery), single path and multipath
+//! connects, the gathering of paths into a dm-multipath map, and the device record.
+
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::session::SessionFinder;
+use super::{
+    by_path_name, ms, AttachedPath, IscsiConnector, IscsiProperties, IscsiTarget, VolumeDevice,
+};
+use crate::devices::block;
+use crate::devices::multipath::{self, MultipathMap};
+use crate::error::{AttemptFailure, Error, Result};
+use crate::model::ids::Portal;
+use crate::model::record::{DeviceRecord, PathRecord};
+use crate::platform::cmd::Cancel;
+use crate::platform::lock::LockMode;
+use crate::platform::wait::DeviceWatch;
+
+impl IscsiConnector {
+    pub(super) fn connect(&self, props: &IscsiProperties) -> Result<DeviceRecord> {
+        let started = Instant::now();
+        let deadline = started + self.opts.operation_timeout;
+        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+        let mut discovered = Vec::new();
+        let result = self
+            .targets_for_connect(props, deadline, &mut discovered)
+            .and_then(|targets| {
+                if self.opts.multipath.is_on() {
+                    self.connect_multipath(props, &targets, deadline)
+                } else {
+                    self.connect_single(props, &targets, deadline)
+                }
+            });
+        self.forget_unused_nodes(&discovered);
+        let record = result?;
+        if let Err(e) = self.registry.put(&props.volume_key(), &record) {
+            tracing::warn!(error = %e.chain(), "cannot note the attachment in the registry; an audit will list its session as unused");
+        }
+        tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");
+        Ok(record)
+    }
+
+    /// The targets to log in to: the given ones, plus (for multipath without target
+    /// lists) the portals sendtargets discovery reports for the same IQN. The node records
+    /// discovery created (not there before it) are added to `discovered`.
+    fn targets_for_connect(
+        &self,
+        props: &IscsiProperties,
+        deadline: Instant,
+        discovered: &mut Vec<IscsiTarget>,
+    ) -> Result<Vec<IscsiTarget>> {
+        let discover_for_paths = self.opts.multipath.is_on() && props.targets.len() == 1;
+        if !props.wants_discovery() && !discover_for_paths {
+            return Ok(props.targets.clone());
+        }
+        let adm = self.adm(deadline);
+        let before = adm.nodes()?;
+        let mut last_err = None;
+        let mut portals: Vec<&Portal> = props.targets.iter().map(|t| &t.portal).collect();
+        portals.dedup();
+        for portal in portals {
+            match adm.discover(portal, props.discovery_auth.as_ref()) {
+                Ok(found) => {
+                    discovered.extend(
+                        found
+                            .iter()
+                            .filter(|n| {
+                                !before
+                                    .iter()
+                                    .any(|b| b.portal == n.portal && b.iqn == n.iqn)
+                            })
+                            .map(|n| IscsiTarget {
+                                portal: n.portal.clone(),
+                                iqn: n.iqn.clone(),
+                                lun: 0,
+                            }),
+                    );
+                    let mut targets = props.targets.clone();
+                    if discover_for_paths {
+                        let base = props.primary();
+                        for n in found.into_iter().filter(|n| n.iqn == base.iqn) {
+                            let t = IscsiTarget {
+                                portal: n.portal,
+                                iqn: n.iqn,
+                                lun: base.lun,
+                            };
+                            if !targets.contains(&t) {
+                                targets.push(t);
+                            }
+                        }
+                    }
+                    tracing::debug!(paths = targets.len(), "discovery done");
+                    return Ok(targets);
+                }
+                Err(e @ Error::AuthenticationFailed { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%portal, error = %e.chain(), "sendtargets discovery failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if let Some(e) = last_err {
+            tracing::warn!(error = %e.chain(), "discovery failed everywhere; using the given targets");
+        }
+        Ok(props.targets.clone())
+    }
+
+    fn connect_single(
+        &self,
+        props: &IscsiProperties,
+        targets: &[IscsiTarget],
+        deadline: Instant,
+    ) -> Result<DeviceRecord> {
+        let mut errors = Vec::new();
+        for t in targets {
+            if Instant::now() >= deadline {
+                break;
+            }
+            match self.attach_path(props, t, deadline, None) {
+                Ok(p) => return self.record(props, &[p], None),
+                Err(e) => {
+                    tracing::warn!(target = %t, error = %e.chain(), "path failed; trying the next");
+                    errors.push((t.clone(), e));
+                }
+            }
+        }
+        Err(all_failed(errors))
+    }
+
+    fn connect_multipath(
+        &self,
+        props: &IscsiProperties,
+        targets: &[IscsiTarget],
+        deadline: Instant,
+    ) -> Result<DeviceRecord> {
+        let cancel = Cancel::new();
+        let span = tracing::Span::current();
+        let (tx, rx) = mpsc::channel::<(IscsiTarget, Result<AttachedPath>)>();
+        let (paths, errors, map) = std::thread::scope(|s| {
+            for t in targets {
+                let (tx, cancel, span) = (tx.clone(), &cancel, span.clone());
+                s.spawn(move || {
+                    let _e = span.entered();
+                    let r = self.attach_path(props, t, deadline, Some(cancel));
+                    // The receiver lives until every sender is gone.
+                    let _ = tx.send((t.clone(), r));
+                });
+            }
+            drop(tx);
+            self.gather_paths(&rx, targets.len(), &cancel, deadline)
+        });
+        if paths.is_empty() {
+            return Err(all_failed(errors));
+        }
+        match map {
+            Ok(m) => self.record(props, &paths, Some(&m)),
+            Err(reason) if self.opts.multipath.is_enforced() => {
+                let wwid = paths[0]
+                    .wwid
+                    .as_ref()
+                    .map_or_else(String::new, |w| w.to_string());
+                self.undo_paths(&paths);
+                Err(Error::MultipathAssembly { wwid, reason })
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "multipath map not made; using a single path");
+                self.record(props, &paths, None)
+            }
+        }
+    }
+
+    /// Collects path results as they arrive; builds the map from the first path up; gives
+    /// the paths still logging in `extra_path_grace` once the map is usable, then stops them.
+    #[allow(clippy::type_complexity)]
+    fn gather_paths(
+        &self,
+        rx: &mpsc::Receiver<(IscsiTarget, Result<AttachedPath>)>,
+        total: usize,
+        cancel: &Cancel,
+        deadline: Instant,
+    ) -> (
+        Vec<AttachedPath>,
+        Vec<(IscsiTarget, Error)>,
+        std::result::Result<MultipathMap, String>,
+    ) {
+        let mut paths: Vec<AttachedPath> = Vec::new();
+        let mut errors = Vec::new();
+        let mut map: Option<std::result::Result<MultipathMap, String>> = None;
+        let mut grace_end: Option<Instant> = None;
+        let mut pending = total;
+        while pending > 0 {
+            let msg = match grace_end {
+                Some(end) => match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        tracing::info!(pending, "device usable; stopping paths still logging in");
+                        cancel.cancel();
+                        grace_end = None;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            pending -= 1;
+            let (t, result) = msg;
+            let p = match result {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(target = %t, error = %e.chain(), "path failed");
+                    errors.push((t, e));
+                    continue;
+                }
+            };
+            if let Some(first) = paths.first() {
+                if first.wwid != p.wwid {
+                    tracing::warn!(target = %t, first = ?first.wwid, this = ?p.wwid, "path shows another volume; detaching it");
+                    self.undo_paths(std::slice::from_ref(&p));
+                    errors.push((
+                        t,
+                        Error::MultipathAssembly {
+                            wwid: first
+                                .wwid
+                                .as_ref()
+                                .map_or_else(String::new, |w| w.to_string()),
+                            reason: format!("path {} has WWID {:?}", p.name, p.wwid),
+                        },
+                    ));
+                    continue;
+                }
+            }
+            match &map {
+                None => {
+                    let r = self.assemble_map(&p, deadline);
+                    if r.is_ok() && pending > 0 {
+                        grace_end =
+                            Some((Instant::now() + self.opts.iscsi.extra_path_grace).min(deadline));
+                    }
+                    map = Some(r);
+                }
+                Some(Ok(_)) => {
+                    let dev = self.host().public_dev_path(&self.host().dev(&p.name));
+                    if let Err(e) = multipath::add_path(&*self.opts.context.runner, &dev, deadline)
+                    {
+                        tracing::warn!(device = %p.name, error = %e.chain(), "multipathd did not take the path");
+                    }
+                }
+                Some(Err(_)) => {}
+            }
+            paths.push(p);
+        }
+        let map = map.unwrap_or_else(|| Err("no path came up".to_string()));
+        (paths, errors, map)
+    }
+
+    /// Makes sure a dm-multipath map exists over `p` and is usable.
+    fn assemble_map(
+        &self,
+        p: &AttachedPath,
+        deadline: Instant,
+    ) -> std::result::Result<MultipathMap, String> {
+        let started = Instant::now();
+        let host = self.host();
+        let runner = &*self.opts.context.runner;
+        let wwid = p.wwid.as_ref().ok_or("the path has no WWID")?;
+        let deadline = deadline.min(started + self.opts.iscsi.multipath_timeout);
+        let mut watch = DeviceWatch::open(host, &["block"]);
+        // multipathd may be making the map on its own (find_multipaths off), and then
+        // answers `add path` with "fail": that is only an error if no map appears.
+        let mut asked = None;
+        if multipath::holder_map(host, &p.name)
+            .map_err(|e| e.chain())?
+            .is_none()
+        {
+            multipath::add_wwid(runner, wwid, deadline).map_err(|e| e.chain())?;
+            let dev = host.public_dev_path(&host.dev(&p.name));
+            match multipath::add_path(runner, &dev, deadline) {
+                Ok(()) => {}
+                Err(e @ Error::CommandFailed { status, .. }) if status.success() => asked = Some(e),
+                Err(e) => return Err(e.chain()),
+            }
+        }
+        let what = format!("dm-multipath map over {}", p.name);
+        let map = watch
+            .wait_for(&what, deadline, || {
+                let Some(m) = multipath::holder_map(host, &p.name)? else {
+                    return Ok(None);
+                };
+                let ready = block::is_ready(host, &m.dm)? && block::size_bytes(host, &m.dm)? > 0;
+                Ok(ready.then_some(m))
+            })
+            .map_err(|e| match &asked {
+                Some(refused) => format!("{}; {}", refused.chain(), e.chain()),
+                None => e.chain(),
+            })?;
+        tracing::info!(phase = "multipath_ready", elapsed_ms = ms(started.elapsed()), map = %map.name, dm = %map.dm, "multipath map ready");
+        Ok(map)
+    }
+
+    fn record(
+        &self,
+        props: &IscsiProperties,
+        paths: &[AttachedPath],
+        map: Option<&MultipathMap>,
+    ) -> Result<DeviceRecord> {
+        let host = self.host();
+        let first = &paths[0];
+        let path = match map {
+            Some(m) => host.public_dev_path(&host.dev(&m.dm)),
+            None => {
+                let link = host.dev("disk/by-path").join(by_path_name(
+                    &first.target.portal,
+                    first.target.iqn.as_str(),
+                    first.target.lun,
+                ));
+                // The link names this LUN, but a stale link left by a device of the same
+                // name would lead elsewhere: record it only when it leads to this path.
+                if block::is_link_to(host, &link, &first.name)? {
+                    host.public_dev_path(&link)
+                } else {
+                    host.public_dev_path(&host.dev(&first.name))
+                }
+            }
+        };
+        Ok(DeviceRecord {
+            scsi_wwn: first.wwid.as_ref().map(|w| w.to_string()),
+            multipath_id: map.map(|m| m.name.clone()),
+            paths: paths
+                .iter()
+                .map(|p| PathRecord {
+                    device: host.public_dev_path(&host.dev(&p.name)),
+                    hctl: p.hctl,
+                    portal: p.target.portal.clone(),
+                    iqn: p.target.iqn.clone(),
+                    lun: p.target.lun,
+                })
+                .collect(),
+            ..DeviceRecord::block(self.protocol, path, props.volume_id.clone())
+        })
+    }
+
+    /// Undoes paths that came up (a multipath connect that must not keep them).
+    fn undo_paths(&self, paths: &[AttachedPath]) {
+        let deadline = self.cleanup_deadline();
+        let mut sessions = SessionFinder::new(self.host());
+        for p in paths {
+            let dev = VolumeDevice {
+                hctl: p.hctl,
+                name: p.name.clone(),
+            };
+            if let Err(e) = self.remove_scsi_device(&dev, true, deadline) {
+                tracing::warn!(error = %e.chain(), "undo: removing the device failed");
+            }
+            if let Err(e) = self.release_target(&p.target, true, &mut sessions, deadline) {
+                tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
+            }
+        }
+    }
+}
+
+/// The error for a connect whose every path failed: the authentication failure when that
+/// is what stopped every path, else "volume device not found" with each attempt.
+fn all_failed(errors: Vec<(IscsiTarget, Error)>) -> Error {
+    let all_auth = !errors.is_empty()
+        && errors
+            .iter()
+            .all(|(_, e)| matches!(e, Error::AuthenticationFailed { .. }));
+    let mut it = errors.into_iter();
+    if all_auth {
+        if let Some((_, e)) = it.next() {
+            return e;
+        }
+    }
+    Error::VolumeDeviceNotFound {
+        tried: it
+            .map(|(t, e)| AttemptFailure {
+                target: t.to_string(),
+                reason: e.chain(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_failed_prefers_authentication() {
+        let t: IscsiTarget = IscsiTarget {
+            portal: "127.0.0.1".parse().unwrap(),
+            iqn: "iqn.2003-01.x:t".parse().unwrap(),
+            lun: 0,
+        };
+        let auth = || Error::AuthenticationFailed {
+            target: "x".into(),
+            source: Box::new(Error::MultipathdNotRunning),
+        };
+        assert!(matches!(
+            all_failed(vec![(t.clone(), auth())]),
+            Error::AuthenticationFailed { .. }
+        ));
+        let e = all_failed(vec![
+            (t.clone(), auth()),
+            (t.clone(), Error::MultipathdNotRunning),
+        ]);
+        match e {
+            Error::VolumeDeviceNotFound { tried } => assert_eq!(tried.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            all_failed(vec![]),
+            Error::VolumeDeviceNotFound { .. }
+        ));
+    }
+}

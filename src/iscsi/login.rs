@@ -1,0 +1,254 @@
+//! One path's attach: node record and its settings, login (or reuse of the session), the
+//! targeted scan of the LUN and the wait for its block device; the undo of a failed attempt.
+
+use std::time::{Duration, Instant};
+
+use super::session::{self, Session, SessionFinder};
+use super::{
+    ms, target_lock_key, target_setup_key, AttachedPath, IscsiConnector, IscsiProperties,
+    IscsiTarget, Iscsiadm, LoginOutcome, NodeParam, VolumeDevice,
+};
+use crate::devices::{block, scsi};
+use crate::error::{Error, Result};
+use crate::model::ids::Hctl;
+use crate::platform::cmd::Cancel;
+use crate::platform::lock::LockMode;
+use crate::platform::wait::DeviceWatch;
+
+/// What one path attempt created, so a failure can undo exactly that.
+#[derive(Debug, Default)]
+struct Made {
+    node: bool,
+    session: bool,
+    device: Option<(Hctl, String)>,
+}
+
+impl IscsiConnector {
+    /// Brings up one path; on failure undoes what this attempt created.
+    pub(super) fn attach_path(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        deadline: Instant,
+        cancel: Option<&Cancel>,
+    ) -> Result<AttachedPath> {
+        let span = tracing::info_span!("path", target = %t);
+        let _e = span.enter();
+        let shared = self.locks.lock(&target_lock_key(t), LockMode::Shared)?;
+        let mut made = Made::default();
+        let adm = match cancel {
+            Some(c) => self.adm(deadline).with_cancel(c),
+            None => self.adm(deadline),
+        };
+        let mut sessions = SessionFinder::new(self.host());
+        let result = self.attach_path_steps(props, t, &adm, &mut made, &mut sessions, deadline);
+        drop(shared);
+        if result.is_err() {
+            self.undo(t, &made, &mut sessions);
+        }
+        result
+    }
+
+    fn attach_path_steps(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+        made: &mut Made,
+        sessions: &mut SessionFinder<'_>,
+        deadline: Instant,
+    ) -> Result<AttachedPath> {
+        let host = self.host();
+        // One connect of a target at a time sets its node record up and logs in: open-iscsi's
+        // record database does not take concurrent `--op new` / `--op update` of one record
+        // (a record being rewritten is briefly missing), and only the first connect has a
+        // login to do; the ones after it find the session and use it as it is.
+        let (session, reused) = {
+            let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+            // The one read of the host's sessions this path needs: after the login only the
+            // sessions that appeared since are read.
+            match sessions.find(t)? {
+                Some(s) => (s, true),
+                None => (self.log_in(props, t, adm, made, sessions)?, false),
+            }
+        };
+        if reused {
+            tracing::debug!(sid = session.sid, "reusing session");
+            // A logout needs the record: give a session that lost it one back (checked
+            // outside the lock, so concurrent connects of the target do not queue on it).
+            if !adm.node_exists(t)? {
+                let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+                if !adm.node_exists(t)? {
+                    adm.node_new(t)?;
+                    made.node = true;
+                    self.configure_node(props, t, adm)?;
+                }
+            }
+        }
+
+        let started = Instant::now();
+        let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
+        let present = session
+            .hctl(t.lun)
+            .filter(|h| scsi::device_exists(host, *h));
+        if present.is_none() {
+            scsi::scan_lun(
+                host,
+                session.host_no,
+                Some(session.channel),
+                session.target_id,
+                t.lun,
+            )?;
+        }
+        let sid = session.sid;
+        let lun_deadline = deadline.min(Instant::now() + self.opts.scan_timeout);
+        let hctl = watch.wait_for(
+            &format!("LUN {} on session {sid} after scan", t.lun),
+            lun_deadline,
+            || {
+                let s = session::describe(host, sid)?.ok_or_else(|| Error::UnexpectedContent {
+                    path: host.sys(format!("class/iscsi_session/session{sid}")),
+                    reason: "the session ended".into(),
+                })?;
+                Ok(s.hctl(t.lun).filter(|h| scsi::device_exists(host, *h)))
+            },
+        )?;
+        tracing::info!(phase = "scan", elapsed_ms = ms(started.elapsed()), %hctl, "LUN present");
+        let name = watch.wait_for(&format!("block device of {hctl}"), deadline, || {
+            let Some(name) = scsi::block_name(host, hctl)? else {
+                return Ok(None);
+            };
+            Ok(block::is_ready(host, &name)?.then_some(name))
+        })?;
+        if present.is_none() {
+            made.device = Some((hctl, name.clone()));
+        }
+        let wwid = scsi::wwid(host, hctl)?;
+        tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), device = %name, wwid = ?wwid, "block device ready");
+        Ok(AttachedPath {
+            target: t.clone(),
+            hctl,
+            name,
+            wwid,
+        })
+    }
+
+    /// Makes the node record (if missing), configures it and logs in; returns the session.
+    fn log_in(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+        made: &mut Made,
+        sessions: &mut SessionFinder<'_>,
+    ) -> Result<Session> {
+        let host = self.host();
+        if !adm.node_exists(t)? {
+            adm.node_new(t)?;
+            made.node = true;
+        }
+        self.configure_node(props, t, adm)?;
+        let started = Instant::now();
+        if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
+            made.session = true;
+        }
+        tracing::info!(
+            phase = "login",
+            elapsed_ms = ms(started.elapsed()),
+            "logged in"
+        );
+        sessions.find(t)?.ok_or_else(|| Error::UnexpectedContent {
+            path: host.sys("class/iscsi_session"),
+            reason: format!("no session for {t} after a successful login"),
+        })
+    }
+
+    /// Writes the node settings in one iscsiadm call: manual scan, login timeout and
+    /// retries, start-up at boot, CHAP. An iscsiadm without the manual-scan setting gets the
+    /// rest without it (the kernel then scans every LUN at login).
+    fn configure_node(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+    ) -> Result<()> {
+        let mut params = vec![
+            NodeParam::new(
+                "node.conn[0].timeo.login_timeout",
+                self.opts.iscsi.login_timeout.as_secs().max(1).to_string(),
+            ),
+            NodeParam::new(
+                "node.session.initial_login_retry_max",
+                self.opts.iscsi.login_retries.to_string(),
+            ),
+            NodeParam::new("node.startup", "automatic"),
+        ];
+        if let Some(chap) = &props.auth {
+            params.extend(NodeParam::chap(chap));
+        }
+        let mut with_scan = vec![NodeParam::new("node.session.scan", "manual")];
+        with_scan.extend(params.iter().cloned());
+        match adm.node_update(t, &with_scan) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e.chain(), "iscsiadm refused the settings with manual scan; retrying without it");
+                adm.node_update(t, &params)
+            }
+        }
+    }
+
+    /// How long one login may take: iscsid's own attempts and timeouts, plus slack.
+    /// Those retries run inside one login; [`Iscsiadm::run`] re-runs a command on exit 6/255.
+    fn login_limit(&self) -> Duration {
+        self.opts.iscsi.login_timeout * (self.opts.iscsi.login_retries + 1) + Duration::from_secs(5)
+    }
+
+    /// Undoes one path attempt: its scanned device, its session, its node record.
+    fn undo(&self, t: &IscsiTarget, made: &Made, sessions: &mut SessionFinder<'_>) {
+        let deadline = self.cleanup_deadline();
+        if let Some((hctl, name)) = &made.device {
+            if let Err(e) = self.remove_scsi_device(
+                &VolumeDevice {
+                    hctl: *hctl,
+                    name: name.clone(),
+                },
+                true,
+                deadline,
+            ) {
+                tracing::warn!(error = %e.chain(), "undo: removing the device failed");
+            }
+        }
+        if made.session || made.node {
+            if let Err(e) = self.release_target(t, made.node, sessions, deadline) {
+                tracing::warn!(error = %e.chain(), "undo: releasing the target failed");
+            }
+        }
+    }
+
+    /// Deletes the node records discovery created for this connect that no session uses
+    /// now (targets that failed, or that discovery reported but the volume does not use).
+    /// A target's lock is taken exclusively first, so no connect of that target is
+    /// between its node record and its device.
+    pub(super) fn forget_unused_nodes(&self, discovered: &[IscsiTarget]) {
+        if discovered.is_empty() {
+            return;
+        }
+        let deadline = self.cleanup_deadline();
+        let adm = self.adm(deadline);
+        for t in discovered {
+            let r = self
+                .locks
+                .lock(&target_lock_key(t), LockMode::Exclusive)
+                .and_then(|_x| match session::find(self.host(), t)? {
+                    Some(_) => Ok(()),
+                    None => {
+                        tracing::debug!(target = %t, "deleting the node record discovery made");
+                        adm.node_delete(t)
+                    }
+                });
+            if let Err(e) = r {
+                tracing::warn!(target = %t, error = %e.chain(), "cannot delete a node record discovery made");
+            }
+        }
+    }
+}
