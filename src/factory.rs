@@ -2,7 +2,7 @@
 
 use crate::connector::{Connector, ConnectorOptions, Framed};
 use crate::error::Result;
-use crate::iscsi::IscsiConnector;
+use crate::iscsi::IscsiDriver;
 use crate::local::LocalDriver;
 use crate::model::connection::Protocol;
 use crate::nvme::NvmeConnector;
@@ -13,10 +13,12 @@ use crate::rbd::RbdDriver;
 /// `iser` gives the iSCSI connector with the `iser` iface.
 pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Box<dyn Connector>> {
     match protocol {
-        Protocol::Iscsi | Protocol::Iser => Ok(Box::new(IscsiConnector::new(protocol, options)?)),
+        Protocol::Iscsi | Protocol::Iser => {
+            Ok(Box::new(Framed::new(IscsiDriver::new(protocol, options)?)))
+        }
         Protocol::NvmeOf => Ok(Box::new(NvmeConnector::new(options))),
-        Protocol::Rbd => Ok(Box::new(Framed::new(RbdDriver::new(&options), options))),
-        Protocol::Local => Ok(Box::new(Framed::new(LocalDriver, options))),
+        Protocol::Rbd => Ok(Box::new(Framed::new(RbdDriver::new(options)))),
+        Protocol::Local => Ok(Box::new(Framed::new(LocalDriver::new(options)))),
     }
 }
 

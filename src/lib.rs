@@ -100,8 +100,7 @@ pub use error::{AttemptFailure, Error, ExitStatus, Result, RollbackFailure};
 pub use factory::connector_for;
 pub use iscsi::{
     by_path_name, find_session, parse_nodes, parse_sessions, session_luns, ChapCredentials,
-    IscsiConnector, IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry,
-    SessionFinder,
+    IscsiProperties, IscsiTarget, IscsiadmStatus, NodeEntry, Session, SessionEntry, SessionFinder,
 };
 pub use libvirt::{
     BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,

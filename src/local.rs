@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::connector::{DisconnectOptions, Driver, Operation, VolumeProps};
+use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::devices::block;
 use crate::error::{AttemptFailure, Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
@@ -14,7 +14,16 @@ use crate::platform::host::Host;
 
 /// Hands an existing local block device through, for the same flow as remote volumes.
 #[derive(Debug)]
-pub(crate) struct LocalDriver;
+pub(crate) struct LocalDriver {
+    opts: ConnectorOptions,
+}
+
+impl LocalDriver {
+    /// The driver for connectors with these options (only the host handle is used).
+    pub(crate) fn new(opts: ConnectorOptions) -> Self {
+        LocalDriver { opts }
+    }
+}
 
 impl VolumeProps for LocalProperties {
     fn volume_id(&self) -> Option<&str> {
@@ -59,6 +68,10 @@ impl Driver for LocalDriver {
 
     fn protocol(&self) -> Protocol {
         Protocol::Local
+    }
+
+    fn options(&self) -> &ConnectorOptions {
+        &self.opts
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Option<&'a LocalProperties> {

@@ -47,6 +47,9 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
     /// The protocol served.
     fn protocol(&self) -> Protocol;
 
+    /// The connector's options.
+    fn options(&self) -> &ConnectorOptions;
+
     /// The properties in `info`, when it is of this driver's protocol.
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Option<&'a Self::Props>;
 
@@ -173,18 +176,20 @@ pub(crate) fn ms(d: Duration) -> u64 {
 /// A connector: the operation frame around one protocol's driver.
 pub(crate) struct Framed<D> {
     driver: D,
-    opts: ConnectorOptions,
     locks: LockDir,
 }
 
 impl<D: Driver> Framed<D> {
-    /// Frames `driver` with `opts`.
-    pub fn new(driver: D, opts: ConnectorOptions) -> Self {
+    /// Frames `driver`.
+    pub fn new(driver: D) -> Self {
         Framed {
+            locks: driver.options().locks(),
             driver,
-            locks: opts.locks(),
-            opts,
         }
+    }
+
+    fn opts(&self) -> &ConnectorOptions {
+        self.driver.options()
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a D::Props> {
@@ -208,12 +213,12 @@ impl<D: Driver> Framed<D> {
             protocol = %self.driver.protocol(),
             volume = props.volume_id(),
             target = %props.target(),
-            multipath = self.opts.multipath.is_on(),
+            multipath = self.opts().multipath.is_on(),
             force = options.map(|o| o.force),
             ignore_errors = options.map(|o| o.ignore_errors),
         );
         let _entered = span.enter();
-        let op = Operation::start(&self.opts, &self.locks);
+        let op = Operation::start(self.opts(), &self.locks);
         let _volume = if kind != OperationKind::Query {
             Some(op.lock(&props.volume_key(), LockMode::Exclusive)?)
         } else {
@@ -240,7 +245,6 @@ impl<D: Driver> fmt::Debug for Framed<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
             .field("driver", &self.driver)
-            .field("options", &self.opts)
             .finish()
     }
 }
@@ -295,15 +299,15 @@ impl<D: Driver> Connector for Framed<D> {
     }
 
     fn get_search_path(&self) -> Option<PathBuf> {
-        self.driver.search_path(&self.opts.context.host)
+        self.driver.search_path(&self.opts().context.host)
     }
 
     fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
-        let op = Operation::start(&self.opts, &self.locks);
+        let op = Operation::start(self.opts(), &self.locks);
         self.driver.all_volumes(&op)
     }
 
     fn check_valid_device(&self, path: &Path) -> Result<()> {
-        block::check_readable(&self.opts.context.host.map_dev_path(path))
+        block::check_readable(&self.opts().context.host.map_dev_path(path))
     }
 }

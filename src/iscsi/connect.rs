@@ -6,22 +6,24 @@ use std::time::Instant;
 
 use super::session::SessionFinder;
 use super::{
-    by_path_name, ms, AttachedPath, IscsiConnector, IscsiProperties, IscsiTarget, VolumeDevice,
+    by_path_name, ms, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget, VolumeDevice,
 };
+use crate::connector::Operation;
 use crate::devices::block;
 use crate::devices::multipath::{self, MultipathMap};
 use crate::error::{AttemptFailure, Error, Result};
 use crate::model::ids::Portal;
 use crate::model::record::{DeviceRecord, PathRecord};
 use crate::platform::cmd::Cancel;
-use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
-impl IscsiConnector {
-    pub(super) fn connect(&self, props: &IscsiProperties) -> Result<DeviceRecord> {
-        let started = Instant::now();
-        let deadline = started + self.opts.operation_timeout;
-        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
+impl IscsiDriver {
+    pub(super) fn connect(
+        &self,
+        op: &Operation<'_>,
+        props: &IscsiProperties,
+    ) -> Result<DeviceRecord> {
+        let deadline = op.deadline;
         let mut discovered = Vec::new();
         let result = self
             .targets_for_connect(props, deadline, &mut discovered)
@@ -37,7 +39,6 @@ impl IscsiConnector {
         if let Err(e) = self.registry.put(&props.volume_key(), &record) {
             tracing::warn!(error = %e.chain(), "cannot note the attachment in the registry; an audit will list its session as unused");
         }
-        tracing::info!(phase = "connected", elapsed_ms = ms(started.elapsed()), path = %record.path.display(), "volume connected");
         Ok(record)
     }
 

@@ -1,20 +1,17 @@
 //! Extend: rescan of the volume's SCSI devices and resize of its multipath map.
 
-use std::time::Instant;
-
 use super::session::SessionFinder;
-use super::{IscsiConnector, IscsiProperties};
+use super::{IscsiDriver, IscsiProperties};
+use crate::connector::Operation;
 use crate::devices::multipath;
 use crate::devices::{block, scsi};
 use crate::error::{AttemptFailure, Error, Result};
-use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
-impl IscsiConnector {
-    pub(super) fn extend(&self, props: &IscsiProperties) -> Result<u64> {
-        let deadline = Instant::now() + self.opts.operation_timeout;
+impl IscsiDriver {
+    pub(super) fn extend(&self, op: &Operation<'_>, props: &IscsiProperties) -> Result<u64> {
+        let deadline = op.deadline;
         let host = self.host();
-        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
         let devices = self.volume_devices(&props.targets, None, &mut SessionFinder::new(host))?;
         if devices.is_empty() {
             return Err(Error::VolumeDeviceNotFound {
@@ -34,7 +31,7 @@ impl IscsiConnector {
             size = size.max(block::size_bytes(host, &d.name)?);
         }
         let Some(map) = multipath::holder_map(host, &devices[0].name)? else {
-            tracing::info!(size, "volume extended");
+            tracing::debug!(size, "devices rescanned");
             return Ok(size);
         };
         let mut watch = DeviceWatch::open(host, &["block"]);
@@ -47,7 +44,7 @@ impl IscsiConnector {
                 Ok((now >= size).then_some(now))
             },
         )?;
-        tracing::info!(size, map = %map.name, "volume extended");
+        tracing::debug!(size, map = %map.name, "multipath map resized");
         Ok(size)
     }
 }

@@ -208,7 +208,7 @@ impl<'a> Iscsiadm<'a> {
     }
 
     /// Runs `cmd`, retrying retryable exit codes; returns the output and its class.
-    /// Not the login retry ([`super::IscsiConnector::login_limit`]): iscsid's, inside one login.
+    /// Not the login retry ([`super::IscsiDriver::login_limit`]): iscsid's, inside one login.
     fn run(&self, cmd: &Command) -> Result<(CommandOutput, IscsiadmStatus)> {
         let mut attempt = 1;
         loop {

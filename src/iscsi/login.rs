@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::session::{self, Session, SessionFinder};
 use super::{
-    ms, target_lock_key, target_setup_key, AttachedPath, IscsiConnector, IscsiProperties,
-    IscsiTarget, Iscsiadm, LoginOutcome, NodeParam, VolumeDevice,
+    ms, target_lock_key, target_setup_key, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget,
+    Iscsiadm, LoginOutcome, NodeParam, VolumeDevice,
 };
 use crate::devices::{block, scsi};
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ struct Made {
     device: Option<(Hctl, String)>,
 }
 
-impl IscsiConnector {
+impl IscsiDriver {
     /// Brings up one path; on failure undoes what this attempt created.
     pub(super) fn attach_path(
         &self,

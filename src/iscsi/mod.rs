@@ -13,7 +13,7 @@ mod login;
 pub(crate) mod session;
 mod teardown;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use crate::model::iscsi::{ChapCredentials, IscsiProperties, IscsiTarget};
@@ -23,8 +23,7 @@ pub use iscsiadm::{
 };
 pub use session::{find as find_session, luns as session_luns, Session, SessionFinder};
 
-use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
-use crate::devices::block;
+use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::ids::{Hctl, Portal, Wwid};
@@ -37,9 +36,10 @@ use crate::platform::registry::Registry;
 /// attached volume, so an audit can tell sessions in use from orphans.
 pub(crate) const REGISTRY: &str = "iscsi";
 
-/// The iSCSI/iSER connector. Build it with [`crate::connector_for`].
+/// The iSCSI/iSER connector's steps, framed by [`crate::connector::Framed`]. Build the
+/// connector with [`crate::connector_for`].
 #[derive(Debug)]
-pub struct IscsiConnector {
+pub(crate) struct IscsiDriver {
     protocol: Protocol,
     opts: ConnectorOptions,
     iface: String,
@@ -103,9 +103,9 @@ pub fn by_path_name(portal: &Portal, iqn: &str, lun: u64) -> String {
     )
 }
 
-impl IscsiConnector {
-    /// A connector for `protocol` (`Iscsi` or `Iser`).
-    pub fn new(protocol: Protocol, opts: ConnectorOptions) -> Result<Self> {
+impl IscsiDriver {
+    /// The driver for `protocol` (`Iscsi` or `Iser`).
+    pub(crate) fn new(protocol: Protocol, opts: ConnectorOptions) -> Result<Self> {
         let iface = match (&opts.iscsi.iface, protocol) {
             (Some(i), _) => i.clone(),
             (None, Protocol::Iser) => "iser".to_string(),
@@ -125,7 +125,7 @@ impl IscsiConnector {
         }
         let locks = opts.locks();
         let registry = Registry::new(&opts.context.host, REGISTRY);
-        Ok(IscsiConnector {
+        Ok(IscsiDriver {
             protocol,
             opts,
             iface,
@@ -145,46 +145,62 @@ impl IscsiConnector {
     fn cleanup_deadline(&self) -> Instant {
         Instant::now() + self.opts.cleanup_timeout
     }
+}
 
-    fn props<'a>(&self, info: &'a ConnectionInfo) -> Result<&'a IscsiProperties> {
-        info.iscsi().ok_or_else(|| info.mismatch(self.protocol))
+impl VolumeProps for IscsiProperties {
+    fn volume_id(&self) -> Option<&str> {
+        self.volume_id.as_deref()
+    }
+
+    fn volume_key(&self) -> String {
+        IscsiProperties::volume_key(self)
+    }
+
+    fn target(&self) -> String {
+        self.primary().to_string()
     }
 }
 
-impl Connector for IscsiConnector {
+impl Driver for IscsiDriver {
+    type Props = IscsiProperties;
+
     fn protocol(&self) -> Protocol {
         self.protocol
     }
 
-    fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("connect_volume", protocol = %self.protocol, volume = ?props.volume_id, target = %props.primary(), multipath = self.opts.multipath.is_on());
-        let _e = span.enter();
-        self.connect(props)
+    fn options(&self) -> &ConnectorOptions {
+        &self.opts
     }
 
-    fn disconnect_volume(
+    fn props<'a>(&self, info: &'a ConnectionInfo) -> Option<&'a IscsiProperties> {
+        info.iscsi()
+    }
+
+    /// An iSCSI record detaches an iSER volume of the same target and the other way round.
+    fn accepts_record(&self, record: &DeviceRecord) -> bool {
+        matches!(record.protocol, Protocol::Iscsi | Protocol::Iser)
+    }
+
+    fn connect(&self, op: &Operation<'_>, props: &IscsiProperties) -> Result<DeviceRecord> {
+        IscsiDriver::connect(self, op, props)
+    }
+
+    fn disconnect(
         &self,
-        info: &ConnectionInfo,
-        device: Option<&DeviceRecord>,
+        op: &Operation<'_>,
+        props: &IscsiProperties,
+        record: Option<&DeviceRecord>,
         options: DisconnectOptions,
     ) -> Result<()> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("disconnect_volume", protocol = %self.protocol, volume = ?props.volume_id, target = %props.primary(), force = options.force, ignore_errors = options.ignore_errors);
-        let _e = span.enter();
-        self.disconnect(props, device, options)
+        IscsiDriver::disconnect(self, op, props, record, options)
     }
 
-    fn extend_volume(&self, info: &ConnectionInfo) -> Result<u64> {
-        let props = self.props(info)?;
-        let span = tracing::info_span!("extend_volume", volume = ?props.volume_id, target = %props.primary());
-        let _e = span.enter();
-        self.extend(props)
+    fn extend(&self, op: &Operation<'_>, props: &IscsiProperties) -> Result<u64> {
+        IscsiDriver::extend(self, op, props)
     }
 
-    fn get_volume_paths(&self, info: &ConnectionInfo) -> Result<Vec<PathBuf>> {
-        let props = self.props(info)?;
-        let host = self.host();
+    fn volume_paths(&self, op: &Operation<'_>, props: &IscsiProperties) -> Result<Vec<PathBuf>> {
+        let host = op.host();
         Ok(props
             .targets
             .iter()
@@ -197,15 +213,12 @@ impl Connector for IscsiConnector {
             .collect())
     }
 
-    fn get_search_path(&self) -> Option<PathBuf> {
-        Some(
-            self.host()
-                .public_dev_path(&self.host().dev("disk/by-path")),
-        )
+    fn search_path(&self, host: &Host) -> Option<PathBuf> {
+        Some(host.public_dev_path(&host.dev("disk/by-path")))
     }
 
-    fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
-        let host = self.host();
+    fn all_volumes(&self, op: &Operation<'_>) -> Result<Vec<PathBuf>> {
+        let host = op.host();
         let dir = host.dev("disk/by-path");
         Ok(host
             .list_dir(&dir)?
@@ -213,10 +226,6 @@ impl Connector for IscsiConnector {
             .filter(|n| n.starts_with("ip-") && n.contains("-iscsi-") && !n.contains("-part"))
             .map(|n| host.public_dev_path(&dir.join(n)))
             .collect())
-    }
-
-    fn check_valid_device(&self, path: &Path) -> Result<()> {
-        block::check_readable(&self.host().map_dev_path(path))
     }
 }
 

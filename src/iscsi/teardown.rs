@@ -4,37 +4,28 @@
 use std::time::Instant;
 
 use super::session::{self, SessionFinder};
-use super::{ms, target_lock_key, IscsiConnector, IscsiProperties, IscsiTarget, VolumeDevice};
-use crate::connector::DisconnectOptions;
+use super::{ms, target_lock_key, IscsiDriver, IscsiProperties, IscsiTarget, VolumeDevice};
+use crate::connector::{DisconnectOptions, Operation};
 use crate::devices::multipath::{self, MultipathMap};
 use crate::devices::{block, scsi};
-use crate::error::{Error, Failures, Result};
-use crate::model::connection::Protocol;
+use crate::error::{Failures, Result};
 use crate::model::ids::Hctl;
 use crate::model::record::DeviceRecord;
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
-impl IscsiConnector {
+impl IscsiDriver {
     pub(super) fn disconnect(
         &self,
+        op: &Operation<'_>,
         props: &IscsiProperties,
         record: Option<&DeviceRecord>,
         opts: DisconnectOptions,
     ) -> Result<()> {
-        let started = Instant::now();
-        let deadline = started + self.opts.operation_timeout;
+        let deadline = op.deadline;
         let host = self.host();
-        let _volume = self.locks.lock(&props.volume_key(), LockMode::Exclusive)?;
         let mut targets = props.targets.clone();
         if let Some(r) = record {
-            if r.protocol != self.protocol
-                && !(matches!(r.protocol, Protocol::Iscsi | Protocol::Iser))
-            {
-                return Err(Error::InvalidDeviceRecord {
-                    reason: format!("the record is of a {} volume", r.protocol),
-                });
-            }
             for p in &r.paths {
                 let t = IscsiTarget {
                     portal: p.portal.clone(),
@@ -78,12 +69,10 @@ impl IscsiConnector {
             failures.step(self.release_target(t, true, &mut sessions, deadline))?;
         }
         failures.step(self.registry.remove(&props.volume_key()))?;
-        tracing::info!(
-            phase = "disconnected",
-            elapsed_ms = ms(started.elapsed()),
+        tracing::debug!(
             devices = devices.len(),
             maps = maps.len(),
-            "volume disconnected"
+            "devices and maps removed"
         );
         failures.finish()
     }

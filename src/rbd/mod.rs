@@ -37,6 +37,7 @@ pub(crate) const REGISTRY: &str = "rbd";
 /// with [`crate::connector_for`].
 #[derive(Debug)]
 pub(crate) struct RbdDriver {
+    opts: ConnectorOptions,
     registry: Registry,
 }
 
@@ -112,9 +113,10 @@ fn unmap(op: &Operation<'_>, mapper: RbdMapper, device: &str, force: bool) -> Re
 
 impl RbdDriver {
     /// The driver for connectors with these options.
-    pub(crate) fn new(opts: &ConnectorOptions) -> Self {
+    pub(crate) fn new(opts: ConnectorOptions) -> Self {
         RbdDriver {
             registry: Registry::new(&opts.context.host, REGISTRY),
+            opts,
         }
     }
 
@@ -140,6 +142,10 @@ impl Driver for RbdDriver {
 
     fn protocol(&self) -> Protocol {
         Protocol::Rbd
+    }
+
+    fn options(&self) -> &ConnectorOptions {
+        &self.opts
     }
 
     fn props<'a>(&self, info: &'a ConnectionInfo) -> Option<&'a RbdProperties> {
