@@ -6,8 +6,9 @@
 //! and assembles a dm-multipath map as soon as one path is up. Every failed attempt undoes
 //! what it created.
 
+pub(crate) mod audit;
 mod iscsiadm;
-pub(crate) mod session;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -36,7 +37,7 @@ use crate::platform::wait::DeviceWatch;
 
 /// The attachment registry's name for iSCSI (and iSER) volumes: one [`DeviceRecord`] per
 /// attached volume, so an audit can tell sessions in use from orphans.
-pub(crate) const REGISTRY: &str = "iscsi";
+const REGISTRY: &str = "iscsi";
 
 /// The iSCSI/iSER connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
@@ -79,7 +80,7 @@ fn target_lock_key(t: &IscsiTarget) -> String {
 }
 
 /// [`target_lock_key`] of a target known by its portal and name (a session's, in an audit).
-pub(crate) fn target_lock_key_for(portal: &Portal, iqn: &str) -> String {
+fn target_lock_key_for(portal: &Portal, iqn: &str) -> String {
     format!("iscsi-target-{portal}-{iqn}")
 }
 
