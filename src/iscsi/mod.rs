@@ -6,11 +6,12 @@
 //! and assembles a dm-multipath map as soon as one path is up. Every failed attempt undoes
 //! what it created.
 
+pub(crate) mod audit;
 mod connect;
 mod extend;
 mod iscsiadm;
 mod login;
-pub(crate) mod session;
+mod session;
 mod teardown;
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use crate::platform::registry::Registry;
 
 /// The attachment registry's name for iSCSI (and iSER) volumes: one [`DeviceRecord`] per
 /// attached volume, so an audit can tell sessions in use from orphans.
-pub(crate) const REGISTRY: &str = "iscsi";
+const REGISTRY: &str = "iscsi";
 
 /// The iSCSI/iSER connector's steps, framed by [`crate::connector::Framed`]. Build the
 /// connector with [`crate::connector_for`].
@@ -70,7 +71,7 @@ fn target_lock_key(t: &IscsiTarget) -> String {
 }
 
 /// [`target_lock_key`] of a target known by its portal and name (a session's, in an audit).
-pub(crate) fn target_lock_key_for(portal: &Portal, iqn: &str) -> String {
+fn target_lock_key_for(portal: &Portal, iqn: &str) -> String {
     format!("iscsi-target-{portal}-{iqn}")
 }
 

@@ -8,9 +8,10 @@
 //! namespace of its subsystem, so connects record themselves in the attachment registry and
 //! a disconnect only drops a controller no other attachment needs.
 
+pub(crate) mod audit;
 mod cli;
 mod identity;
-pub(crate) mod sysfs;
+mod sysfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,13 +50,13 @@ pub struct NvmeConnector {
 }
 
 /// The attachment registry's name for NVMe-oF volumes.
-pub(crate) const REGISTRY: &str = "nvme";
+const REGISTRY: &str = "nvme";
 
 /// What the registry keeps of an attached NVMe volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Attachment {
+struct Attachment {
     /// The volume's copies (one, or one per replica) with their portals.
-    pub(crate) copies: Vec<NvmeTarget>,
+    copies: Vec<NvmeTarget>,
 }
 
 impl Attachment {
@@ -80,7 +81,7 @@ struct Made {
 
 /// The lock connects through one controller share, and its disconnect check takes
 /// exclusively (an audit only asks whether anyone holds it).
-pub(crate) fn controller_lock_key(nqn: &str, portal: &NvmePortal) -> String {
+fn controller_lock_key(nqn: &str, portal: &NvmePortal) -> String {
     format!("nvme-ctrl-{nqn}-{portal}")
 }
 

@@ -1,13 +1,13 @@
 //! The Ceph RBD connector: local attach through kernel rbd or rbd-nbd, or (non-local) a
 //! network-disk record for the hypervisor to open itself.
 
+pub(crate) mod audit;
 mod cli;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 pub use crate::model::rbd::{ImageSpec, Monitor, RbdMapper, RbdProperties};
-pub(crate) use cli::mappings;
 pub use cli::{
     is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
 };
@@ -25,13 +25,13 @@ use crate::platform::wait::DeviceWatch;
 
 /// The lock under which one map or unmap of an image runs at a time, whatever volume key
 /// the connection_info gives; an audit asks it to tell a mapping still being made.
-pub(crate) fn image_lock_key(spec: &ImageSpec) -> String {
+fn image_lock_key(spec: &ImageSpec) -> String {
     format!("rbd-image-{spec}")
 }
 
 /// The attachment registry's name for mapped RBD images: one [`DeviceRecord`] per volume
 /// this host mapped, so an audit can tell hostbrick's mappings from orphans.
-pub(crate) const REGISTRY: &str = "rbd";
+const REGISTRY: &str = "rbd";
 
 /// The RBD connector's steps, framed by [`crate::connector::Framed`]. Build the connector
 /// with [`crate::connector_for`].

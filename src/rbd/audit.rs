@@ -1,0 +1,85 @@
+//! The RBD part of an audit: mappings (kernel rbd, rbd-nbd) without a hostbrick record.
+
+use std::time::Instant;
+
+use crate::audit::{split_busy, Found, MappingReason, OrphanMapping, AUDIT_COMMAND_TIMEOUT};
+use crate::connector::HostContext;
+use crate::error::{Error, Result};
+use crate::model::record::DeviceRecord;
+use crate::platform::lock::LockDir;
+use crate::platform::registry::Registry;
+
+use super::{cli, image_lock_key, ImageSpec, RbdMapper, REGISTRY};
+
+/// The RBD mappings on the host of `ctx` without a hostbrick record, split by whether a
+/// hostbrick operation holds their image lock in `locks`.
+pub(crate) fn orphans(ctx: &HostContext, locks: &LockDir) -> Result<Found<OrphanMapping>> {
+    split_busy(mappings(ctx)?, |m| {
+        if m.snap.is_some() {
+            return Ok(false); // hostbrick maps images, never snapshots
+        }
+        let spec = ImageSpec {
+            pool: m.pool.clone(),
+            namespace: m.namespace.clone(),
+            image: m.image.clone(),
+        };
+        locks.is_held(&image_lock_key(&spec))
+    })
+}
+
+/// Every RBD mapping on the host of `ctx` without a hostbrick record, held or not.
+fn mappings(ctx: &HostContext) -> Result<Vec<OrphanMapping>> {
+    let records: Vec<DeviceRecord> = Registry::new(&ctx.host, REGISTRY)
+        .entries::<DeviceRecord>()?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let host = &ctx.host;
+    let deadline = Instant::now() + AUDIT_COMMAND_TIMEOUT;
+    let mut out = Vec::new();
+    for mapper in [RbdMapper::Krbd, RbdMapper::Nbd] {
+        // Nothing mapped that way: no need to run the tool (they are slow to start).
+        let any = match mapper {
+            RbdMapper::Krbd => !host.list_dir(&host.sys("bus/rbd/devices"))?.is_empty(),
+            RbdMapper::Nbd => host
+                .list_dir(&host.sys("block"))?
+                .iter()
+                .any(|n| n.starts_with("nbd") && host.sys(format!("block/{n}/pid")).exists()),
+        };
+        if !any {
+            continue;
+        }
+        let mappings = match cli::mappings(&*ctx.runner, mapper, deadline) {
+            Ok(m) => m,
+            Err(Error::CommandNotFound { .. }) => {
+                tracing::debug!(
+                    program = mapper.program(),
+                    "not installed; no mappings of that kind"
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for m in mappings {
+            let recorded = records.iter().filter_map(|r| r.rbd.as_ref()).any(|r| {
+                r.mapper == mapper
+                    && r.device == m.device
+                    && r.image.parse::<ImageSpec>().is_ok_and(|spec| m.maps(&spec))
+            });
+            if recorded {
+                continue;
+            }
+            let snap = Some(m.snap).filter(|s| !s.is_empty() && s != "-");
+            out.push(OrphanMapping {
+                mapper,
+                device: m.device,
+                pool: m.pool,
+                namespace: Some(m.namespace).filter(|n| !n.is_empty()),
+                image: m.name,
+                snap,
+                reason: MappingReason::Unrecorded,
+            });
+        }
+    }
+    Ok(out)
+}
