@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::iscsi::{self, session};
 use crate::model::ids::{Hctl, Portal};
 use crate::model::record::DeviceRecord;
-use crate::nvme::{self, sysfs as nvme_sysfs, NvmePortal, NvmeTransport};
+use crate::nvme::{self, NvmePortal, NvmeTransport};
 use crate::platform::host::Host;
 use crate::platform::lock::LockDir;
 use crate::platform::registry::Registry;
@@ -465,7 +465,7 @@ fn nvme_controllers(host: &Host) -> Result<Vec<OrphanController>> {
         .collect();
     let mut out = Vec::new();
     for name in host.list_dir(&host.sys("class/nvme"))? {
-        let Some(c) = nvme_sysfs::controller(host, &name)? else {
+        let Some(c) = nvme::controllers::controller(host, &name)? else {
             continue;
         };
         // Only fabrics transports hostbrick connects (not PCIe disks, not loop or FC),
@@ -476,7 +476,7 @@ fn nvme_controllers(host: &Host) -> Result<Vec<OrphanController>> {
         if c.subsysnqn == DISCOVERY_NQN {
             continue;
         }
-        let namespaces: Vec<String> = nvme_sysfs::namespaces(host, &c.name)?
+        let namespaces: Vec<String> = nvme::namespaces::namespaces(host, &c.name)?
             .into_iter()
             .map(|n| n.head)
             .collect();
