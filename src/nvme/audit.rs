@@ -7,7 +7,9 @@ use crate::platform::host::Host;
 use crate::platform::lock::LockDir;
 use crate::platform::registry::Registry;
 
-use super::{controller_lock_key, sysfs, Attachment, NvmePortal, NvmeTransport, REGISTRY};
+use super::controllers::controller;
+use super::namespaces::namespaces;
+use super::{controller_lock_key, Attachment, NvmePortal, NvmeTransport, REGISTRY};
 
 /// The NQN of NVMe discovery controllers: they never carry namespaces.
 const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
@@ -32,7 +34,7 @@ fn controllers(host: &Host) -> Result<Vec<OrphanController>> {
         .collect();
     let mut out = Vec::new();
     for name in host.list_dir(&host.sys("class/nvme"))? {
-        let Some(c) = sysfs::controller(host, &name)? else {
+        let Some(c) = controller(host, &name)? else {
             continue;
         };
         // Only fabrics transports hostbrick connects (not PCIe disks, not loop or FC),
@@ -43,7 +45,7 @@ fn controllers(host: &Host) -> Result<Vec<OrphanController>> {
         if c.subsysnqn == DISCOVERY_NQN {
             continue;
         }
-        let namespaces: Vec<String> = sysfs::namespaces(host, &c.name)?
+        let namespaces: Vec<String> = namespaces(host, &c.name)?
             .into_iter()
             .map(|n| n.head)
             .collect();

@@ -10,8 +10,9 @@
 
 pub(crate) mod audit;
 mod cli;
+mod controllers;
 mod identity;
-mod sysfs;
+mod namespaces;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,13 +21,13 @@ pub use crate::model::nvme::{
     NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
 pub use cli::{is_already_connected, parse_id_ns_size, ConnectOutcome};
+pub use controllers::{
+    find_controller, native_multipath, parse_address, Controller, ControllerFinder,
+};
 pub use identity::{
     conflicting_controller, host_identity, system_uuid, IdentitySource, NvmeHostIdentity,
 };
-pub use sysfs::{
-    find_controller, find_namespace, head_name, native_multipath, parse_address, Controller,
-    ControllerFinder, Namespace,
-};
+pub use namespaces::{find_namespace, head_name, Namespace};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,7 @@ use crate::platform::host::Host;
 use crate::platform::lock::{LockDir, LockGuard, LockMode};
 use crate::platform::registry::Registry;
 use crate::platform::wait::DeviceWatch;
+use namespaces::{resolve_namespace, Resolved};
 
 /// The NVMe-oF connector. Build it with [`crate::connector_for`].
 #[derive(Debug)]
@@ -304,21 +306,18 @@ impl NvmeConnector {
         tracing::info!(phase = "connect", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "controller ready");
         let what = format!("namespace ({}) of {} on {ctrl}", copy.namespace, copy.nqn);
         let ns = watch.wait_for(&what, deadline, || {
-            let found = if copy.namespace.is_empty() {
-                let all = sysfs::namespaces(host, &ctrl)?;
-                if all.len() > 1 {
+            let found = match resolve_namespace(host, &ctrl, &copy.namespace)? {
+                Resolved::Found(ns) => Some(ns),
+                Resolved::Missing => None,
+                Resolved::Ambiguous(n) => {
                     return Err(Error::InvalidConnectionInfo {
                         field: "data.vol_uuid".into(),
                         reason: format!(
-                            "{} has {} namespaces and the volume names none of them",
-                            copy.nqn,
-                            all.len()
+                            "{} has {n} namespaces and the volume names none of them",
+                            copy.nqn
                         ),
                     });
                 }
-                all.into_iter().next()
-            } else {
-                sysfs::find_namespace(host, &ctrl, &copy.namespace)?
             };
             if let Some(ns) = found {
                 if block::is_ready(host, &ns.head)? {
@@ -393,7 +392,7 @@ impl NvmeConnector {
             tracing::debug!(controller = %ctrl.name, ?users, "controller still used by other attachments; keeping it");
             return Ok(());
         }
-        for ns in sysfs::namespaces(host, &ctrl.name)? {
+        for ns in namespaces::namespaces(host, &ctrl.name)? {
             if Some(ns.head.as_str()) != ours && !block::holders(host, &ns.head)?.is_empty() {
                 tracing::debug!(controller = %ctrl.name, namespace = %ns.head, "another namespace is held; keeping the controller");
                 return Ok(());
@@ -427,16 +426,8 @@ impl NvmeConnector {
                 let Some(c) = ctrls.find(copy.nqn.as_str(), portal, hostnqn)? else {
                     continue;
                 };
-                let found = if copy.namespace.is_empty() {
-                    let all = sysfs::namespaces(host, &c.name)?;
-                    if all.len() > 1 {
-                        continue;
-                    }
-                    all.into_iter().next()
-                } else {
-                    sysfs::find_namespace(host, &c.name, &copy.namespace)?
-                };
-                if let Some(ns) = found {
+                // Not found, or an empty id among several namespaces: the next portal.
+                if let Resolved::Found(ns) = resolve_namespace(host, &c.name, &copy.namespace)? {
                     if !out.contains(&ns.head) {
                         out.push(ns.head);
                     }

@@ -1,12 +1,11 @@
-//! NVMe-oF controllers and namespaces in sysfs (`class/nvme`, `block/nvmeXnY`).
+//! NVMe-oF controllers in sysfs (`class/nvme`): reading one, and finding the one that
+//! serves a subsystem through a portal for a host NQN.
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::sync::LazyLock;
 
-use regex::Regex;
-
+use super::namespaces::head_by_id;
 use crate::error::Result;
-use crate::model::nvme::{normalize_nguid, normalize_uuid, NamespaceId, NvmePortal};
+use crate::model::nvme::{NamespaceId, NvmePortal};
 use crate::platform::host::Host;
 
 /// A fabrics controller as sysfs shows it.
@@ -251,25 +250,6 @@ fn is_controller_name(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The head block device of the namespace `id` from udev's by-id link
-/// (`/dev/disk/by-id/nvme-uuid.<uuid>`, or `nvme-eui.<nguid>` for a namespace without a
-/// UUID: the namespace's `wwid`), if the link is there.
-pub fn head_by_id(host: &Host, id: &NamespaceId) -> Result<Option<String>> {
-    let wwid = match (&id.uuid, &id.nguid) {
-        (Some(u), _) => format!("uuid.{u}"),
-        (None, Some(g)) => format!("eui.{g}"),
-        (None, None) => return Ok(None),
-    };
-    let Some(dev) = host.canonical(&host.dev(format!("disk/by-id/nvme-{wwid}")))? else {
-        return Ok(None);
-    };
-    Ok(dev
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| head_name(n).as_deref() == Some(*n))
-        .map(str::to_string))
-}
-
 /// The controllers through which the head `head` is reached: every controller of its
 /// subsystem with native multipath (the head sits under `nvme-subsysN`), else the one
 /// controller it sits under.
@@ -294,127 +274,6 @@ fn controllers_of_head(host: &Host, head: &str) -> Result<Vec<String>> {
     Ok(Vec::new())
 }
 
-/// A namespace reached through a controller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Namespace {
-    /// The block device to use: the multipath head (`nvme{subsys}n{N}`) for a path entry
-    /// `nvme{subsys}c{ctrl}n{N}`, else the entry itself.
-    pub head: String,
-    /// The entry under the controller.
-    pub entry: String,
-    /// `nsid`.
-    pub nsid: Option<u32>,
-    /// `uuid`, normalized.
-    pub uuid: Option<String>,
-    /// `nguid`, normalized.
-    pub nguid: Option<String>,
-}
-
-impl Namespace {
-    /// True when the namespace is the one `id` names (`uuid`, else `nguid`, else `nsid`;
-    /// an empty id matches any).
-    pub fn matches(&self, id: &NamespaceId) -> bool {
-        if let Some(u) = &id.uuid {
-            return self.uuid.as_ref() == Some(u);
-        }
-        if let Some(g) = &id.nguid {
-            return self.nguid.as_ref() == Some(g);
-        }
-        if let Some(n) = id.nsid {
-            return self.nsid == Some(n);
-        }
-        true
-    }
-}
-
-static NS_ENTRY: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^nvme(\d+)(c\d+)?n(\d+)$").expect("static regex"));
-
-/// The head block device for a namespace entry name (`nvme0c1n2` → `nvme0n2`).
-pub fn head_name(entry: &str) -> Option<String> {
-    let c = NS_ENTRY.captures(entry)?;
-    Some(format!("nvme{}n{}", &c[1], &c[3]))
-}
-
-impl Namespace {
-    /// The namespace a controller shows as directory `entry` with the attribute values
-    /// `nsid`, `uuid` and `nguid` (as read, absent when the file is missing); `None` when
-    /// `entry` is no namespace. Values that are not ids, and the all-zero UUID and NGUID
-    /// a namespace without one reports, count as absent.
-    pub fn from_attrs(
-        entry: &str,
-        nsid: Option<&str>,
-        uuid: Option<&str>,
-        nguid: Option<&str>,
-    ) -> Option<Namespace> {
-        Some(Namespace {
-            head: head_name(entry)?,
-            entry: entry.to_string(),
-            nsid: nsid.and_then(|v| v.trim().parse().ok()),
-            uuid: uuid
-                .map(str::trim)
-                .and_then(normalize_uuid)
-                .filter(|u| u != "00000000-0000-0000-0000-000000000000"),
-            nguid: nguid
-                .map(str::trim)
-                .and_then(normalize_nguid)
-                .filter(|g| g.chars().any(|c| c != '0')),
-        })
-    }
-}
-
-/// The namespaces the controller `name` carries.
-pub fn namespaces(host: &Host, name: &str) -> Result<Vec<Namespace>> {
-    let dir = host.sys(format!("class/nvme/{name}"));
-    let mut out = Vec::new();
-    for entry in host.list_dir(&dir)? {
-        if let Some(ns) = namespace_entry(host, name, &entry)? {
-            out.push(ns);
-        }
-    }
-    Ok(out)
-}
-
-/// The namespace entry `entry` under controller `ctrl`, if the name is one (an entry that
-/// does not exist shows no attributes, so it matches no namespace id).
-fn namespace_entry(host: &Host, ctrl: &str, entry: &str) -> Result<Option<Namespace>> {
-    if head_name(entry).is_none() {
-        return Ok(None);
-    }
-    let edir = host.sys(format!("class/nvme/{ctrl}/{entry}"));
-    let attr = |a: &str| host.read_attr_opt(&edir.join(a));
-    let (nsid, uuid, nguid) = (attr("nsid")?, attr("uuid")?, attr("nguid")?);
-    Ok(Namespace::from_attrs(
-        entry,
-        nsid.as_deref(),
-        uuid.as_deref(),
-        nguid.as_deref(),
-    ))
-}
-
-/// The namespace `id` names under controller `ctrl`: directly when udev's by-id link shows
-/// its head (the entry is then `nvme{S}c{C}n{N}` under native multipath, else the head
-/// itself), otherwise from the controller's own entries.
-pub fn find_namespace(host: &Host, ctrl: &str, id: &NamespaceId) -> Result<Option<Namespace>> {
-    if let Some(head) = head_by_id(host, id)? {
-        let c = NS_ENTRY.captures(&head);
-        let n = ctrl.trim_start_matches("nvme");
-        let entries = c
-            .map(|c| vec![format!("nvme{}c{n}n{}", &c[1], &c[3]), head.clone()])
-            .unwrap_or_default();
-        for entry in entries {
-            if let Some(ns) = namespace_entry(host, ctrl, &entry)? {
-                if ns.matches(id) {
-                    return Ok(Some(ns));
-                }
-            }
-        }
-    }
-    Ok(namespaces(host, ctrl)?
-        .into_iter()
-        .find(|ns| ns.matches(id)))
-}
-
 /// Whether the kernel's native NVMe multipath is on.
 pub fn native_multipath(host: &Host) -> Result<bool> {
     Ok(host
@@ -423,17 +282,21 @@ pub fn native_multipath(host: &Host) -> Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! Also the fixtures of the namespace tests.
+
     use super::*;
     use crate::model::nvme::NvmeTransport;
+    use crate::nvme::namespaces::{find_namespace, head_name};
     use crate::testing::FakeHost;
 
-    const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";
-    const OTHER_NQN: &str = "nqn.2014-08.org.hostbrick:other";
-    const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e";
-    const UUID: &str = "11111111-1111-4111-8111-111111111111";
+    pub(crate) const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";
+    pub(crate) const OTHER_NQN: &str = "nqn.2014-08.org.hostbrick:other";
+    pub(crate) const HOSTNQN: &str =
+        "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e";
+    pub(crate) const UUID: &str = "11111111-1111-4111-8111-111111111111";
 
-    fn portal(addr: &str) -> NvmePortal {
+    pub(crate) fn portal(addr: &str) -> NvmePortal {
         NvmePortal {
             address: addr.into(),
             port: 4420,
@@ -441,7 +304,7 @@ mod tests {
         }
     }
 
-    fn by_uuid(uuid: &str) -> NamespaceId {
+    pub(crate) fn by_uuid(uuid: &str) -> NamespaceId {
         NamespaceId {
             uuid: Some(uuid.into()),
             ..NamespaceId::default()
@@ -450,7 +313,7 @@ mod tests {
 
     /// Controllers `nvme0..n` of other subsystems (each its own), then `nvme{n}` serving
     /// NQN at 10.0.0.1 with namespace 1 (UUID).
-    fn host_with(n: u32) -> FakeHost {
+    pub(crate) fn host_with(n: u32) -> FakeHost {
         let fake = FakeHost::new();
         for c in 0..n {
             fake.add_nvme_controller(
@@ -537,66 +400,6 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_without_or_with_a_stale_link_are_found_in_the_controller() {
-        let fake = host_with(1);
-        let host = fake.host();
-        let id = by_uuid(UUID);
-        let link = fake.root().join(format!("dev/disk/by-id/nvme-uuid.{UUID}"));
-        assert!(link.exists());
-        std::fs::remove_file(&link).unwrap();
-        assert_eq!(head_by_id(&host, &id).unwrap(), None);
-        let ns = find_namespace(&host, "nvme1", &id).unwrap().unwrap();
-        assert_eq!(ns.head, "nvme1n1");
-        // A link left pointing at another namespace is checked against the UUID.
-        std::os::unix::fs::symlink("../../nvme0n1", &link).unwrap();
-        assert_eq!(head_by_id(&host, &id).unwrap().as_deref(), Some("nvme0n1"));
-        let ns = find_namespace(&host, "nvme1", &id).unwrap().unwrap();
-        assert_eq!(ns.head, "nvme1n1");
-        let mut finder = ControllerFinder::new(&host);
-        finder.hint_namespace(&id).unwrap();
-        let c = finder
-            .find(NQN, &portal("10.0.0.1"), HOSTNQN)
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.name, "nvme1");
-        assert_eq!(
-            find_namespace(
-                &host,
-                "nvme1",
-                &by_uuid("44444444-4444-4444-8444-444444444444")
-            )
-            .unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn namespaces_without_a_uuid_are_linked_by_nguid() {
-        let fake = FakeHost::new();
-        let host = fake.host();
-        fake.add_nvme_controller(0, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
-        let nguid = "aaaaaaaa-bbbb-cccc-dddd-000000000001";
-        fake.add_nvme_namespace(
-            0,
-            0,
-            1,
-            "00000000-0000-0000-0000-000000000000",
-            nguid,
-            1 << 20,
-        );
-        let id = NamespaceId {
-            nguid: normalize_nguid(nguid),
-            ..NamespaceId::default()
-        };
-        assert_eq!(head_by_id(&host, &id).unwrap().as_deref(), Some("nvme0n1"));
-        assert_eq!(
-            find_namespace(&host, "nvme0", &id).unwrap().unwrap().entry,
-            "nvme0c0n1"
-        );
-        assert_eq!(head_by_id(&host, &NamespaceId::default()).unwrap(), None);
-    }
-
-    #[test]
     fn one_finder_reads_each_controller_once_and_sees_new_ones() {
         let fake = FakeHost::new();
         let host = fake.host();
@@ -654,41 +457,6 @@ mod tests {
         assert_eq!(head_name("nvme3n1").as_deref(), Some("nvme3n1"));
         assert_eq!(head_name("nvme0"), None);
         assert_eq!(head_name("ng0n1"), None);
-    }
-
-    #[test]
-    fn namespace_from_attributes() {
-        let ns = Namespace::from_attrs(
-            "nvme0c1n2",
-            Some("2\n"),
-            Some("9F0C1A7E-6C3B-4C8E-9A55-2B4F3C1D0E11"),
-            Some("9f0c1a7e6c3b4c8e9a552b4f3c1d0e11"),
-        )
-        .unwrap();
-        assert_eq!(
-            (ns.head.as_str(), ns.entry.as_str()),
-            ("nvme0n2", "nvme0c1n2")
-        );
-        assert_eq!(ns.nsid, Some(2));
-        assert_eq!(
-            ns.uuid.as_deref(),
-            Some("9f0c1a7e-6c3b-4c8e-9a55-2b4f3c1d0e11")
-        );
-        assert_eq!(
-            ns.nguid.as_deref(),
-            Some("9f0c1a7e6c3b4c8e9a552b4f3c1d0e11")
-        );
-        // No ids: absent files, all-zero values, junk.
-        let bare = Namespace::from_attrs(
-            "nvme1n1",
-            Some("x"),
-            Some("00000000-0000-0000-0000-000000000000"),
-            Some("00000000000000000000000000000000"),
-        )
-        .unwrap();
-        assert_eq!((bare.nsid, bare.uuid, bare.nguid), (None, None, None));
-        assert_eq!(Namespace::from_attrs("nvme1", Some("1"), None, None), None);
-        assert_eq!(Namespace::from_attrs("ng0n1", None, None, None), None);
     }
 
     #[test]
