@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::iscsi::IscsiDriver;
 use crate::local::LocalDriver;
 use crate::model::connection::Protocol;
-use crate::nvme::NvmeConnector;
+use crate::nvme::NvmeDriver;
 use crate::rbd::RbdDriver;
 
 /// Makes the connector for `protocol`.
@@ -16,7 +16,7 @@ pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Bo
         Protocol::Iscsi | Protocol::Iser => {
             Ok(Box::new(Framed::new(IscsiDriver::new(protocol, options)?)))
         }
-        Protocol::NvmeOf => Ok(Box::new(NvmeConnector::new(options))),
+        Protocol::NvmeOf => Ok(Box::new(Framed::new(NvmeDriver::new(options)))),
         Protocol::Rbd => Ok(Box::new(Framed::new(RbdDriver::new(options)))),
         Protocol::Local => Ok(Box::new(Framed::new(LocalDriver::new(options)))),
     }

@@ -119,8 +119,8 @@ pub use model::secret::Secret;
 pub use nvme::{
     conflicting_controller, find_controller, find_namespace, head_name, host_identity,
     is_already_connected, native_multipath, parse_address, parse_id_ns_size, system_uuid,
-    Controller, ControllerFinder, IdentitySource, Namespace, NamespaceId, Nqn, NvmeConnector,
-    NvmeHostIdentity, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
+    Controller, ControllerFinder, IdentitySource, Namespace, NamespaceId, Nqn, NvmeHostIdentity,
+    NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
 pub use platform::cmd::{
     Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner, EXTRA_BIN_DIRS,

@@ -5,7 +5,7 @@
 mod frame;
 mod options;
 
-pub(crate) use frame::{Driver, Framed, Operation, VolumeProps};
+pub(crate) use frame::{ms, Driver, Framed, Operation, VolumeProps};
 pub use options::{
     ConnectorOptions, IscsiOptions, MultipathMode, NvmeOptions, RbdAttach, RbdOptions,
 };

@@ -1,0 +1,271 @@
+//! Connect: every copy of the volume (one, or one per replica) through its portals, the
+//! namespace's head device awaited through udev, an MD RAID1 over replicas, and the undo of
+//! what a failed connect made.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::cli::{self, ConnectOutcome};
+use super::controllers::{native_multipath, ControllerFinder};
+use super::namespaces::{resolve_namespace, Namespace, Resolved};
+use super::teardown::Release;
+use super::{
+    controller_lock_key, identity, Attachment, Nqn, NvmeDriver, NvmePortal, NvmeProperties,
+    NvmeTarget,
+};
+use crate::connector::{ms, Operation};
+use crate::devices::{block, md};
+use crate::error::{AttemptFailure, Error, Result};
+use crate::model::connection::Protocol;
+use crate::model::record::{DeviceRecord, NvmePathRecord};
+use crate::platform::lock::{LockGuard, LockMode};
+use crate::platform::wait::DeviceWatch;
+
+/// One portal that came up.
+struct PortalUp {
+    record: NvmePathRecord,
+    _shared: LockGuard,
+}
+
+/// What every portal attempt of one connect shares: the operation, the host identity to
+/// connect with, the controllers read so far, and what the connect made (to undo on
+/// failure).
+struct ConnectRun<'a> {
+    op: &'a Operation<'a>,
+    hostnqn: &'a str,
+    hostid: &'a str,
+    /// The kernel's native NVMe multipath is on: every portal is connected.
+    native: bool,
+    /// Controllers this connect created.
+    made: Vec<(Nqn, NvmePortal)>,
+    ctrls: ControllerFinder<'a>,
+}
+
+impl NvmeDriver {
+    pub(super) fn connect(
+        &self,
+        op: &Operation<'_>,
+        props: &NvmeProperties,
+    ) -> Result<DeviceRecord> {
+        let host = op.host();
+        let (hostnqn, hostid) = self.identity(host, props)?;
+        let mut run = ConnectRun {
+            op,
+            hostnqn: &hostnqn,
+            hostid: &hostid,
+            native: native_multipath(host)?,
+            made: Vec::new(),
+            ctrls: ControllerFinder::new(host),
+        };
+        let mut ups: Vec<PortalUp> = Vec::new();
+        let mut heads: Vec<String> = Vec::new();
+        let mut attempt = || -> Result<PathBuf> {
+            for copy in props.copies() {
+                let (head, copy_ups) = run.copy(props, copy)?;
+                heads.push(head);
+                ups.extend(copy_ups);
+            }
+            match (&props.alias, heads.len()) {
+                (Some(alias), n) if n > 1 => {
+                    let members: Vec<PathBuf> = heads
+                        .iter()
+                        .map(|h| PathBuf::from("/dev").join(h))
+                        .collect();
+                    md::assemble_or_create(op.runner(), alias, &members, op.deadline)
+                }
+                _ => Ok(PathBuf::from("/dev").join(&heads[0])),
+            }
+        };
+        let result = attempt().and_then(|path| {
+            let attachment = Attachment {
+                copies: props.copies().into_iter().cloned().collect(),
+            };
+            self.registry.put(&props.volume_key(), &attachment)?;
+            Ok(path)
+        });
+        let path = match result {
+            Ok(p) => p,
+            Err(e) => {
+                drop(ups);
+                self.undo(op, &run.made, &hostnqn);
+                return Err(e);
+            }
+        };
+        let record = DeviceRecord {
+            nvme_paths: ups.iter().map(|u| u.record.clone()).collect(),
+            md_alias: props.alias.clone().filter(|_| heads.len() > 1),
+            ..DeviceRecord::block(Protocol::NvmeOf, path, props.volume_id.clone())
+        };
+        drop(ups);
+        Ok(record)
+    }
+
+    /// Drops the controllers a failed connect made.
+    fn undo(&self, op: &Operation<'_>, made: &[(Nqn, NvmePortal)], hostnqn: &str) {
+        let mut release = Release {
+            op,
+            registry: &self.registry,
+            hostnqn,
+            ctrls: ControllerFinder::new(op.host()),
+            deadline: op.cleanup_deadline(),
+        };
+        for (nqn, portal) in made {
+            if let Err(e) = release.controller(nqn, portal, None) {
+                tracing::warn!(error = %e.chain(), "undo: dropping the controller failed");
+            }
+        }
+    }
+}
+
+impl ConnectRun<'_> {
+    /// Connects one copy of the volume: every portal with native multipath (all must work
+    /// when multipath is enforced), else the first portal that works. Returns the head
+    /// device and the portals that came up.
+    fn copy(
+        &mut self,
+        props: &NvmeProperties,
+        copy: &NvmeTarget,
+    ) -> Result<(String, Vec<PortalUp>)> {
+        let mut ups: Vec<PortalUp> = Vec::new();
+        let mut tried = Vec::new();
+        // An attached namespace shows which controllers reach it: those are checked first.
+        self.ctrls.hint_namespace(&copy.namespace)?;
+        for portal in &copy.portals {
+            if Instant::now() >= self.op.deadline {
+                break;
+            }
+            let known = ups.first().map(|u| u.record.namespace.clone());
+            match self.portal(copy, portal, known.as_deref()) {
+                Ok(up) => {
+                    ups.push(up);
+                    if !self.native {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%portal, nqn = %copy.nqn, error = %e.chain(), "portal failed");
+                    tried.push(AttemptFailure {
+                        target: format!("{portal} {}", copy.nqn),
+                        reason: e.chain(),
+                    });
+                }
+            }
+        }
+        if ups.is_empty() {
+            return Err(Error::VolumeDeviceNotFound { tried });
+        }
+        if self.native && props.enforce_multipath && !tried.is_empty() {
+            return Err(Error::VolumeDeviceNotFound { tried });
+        }
+        let head = ups[0].record.namespace.clone();
+        if let Some(other) = ups.iter().find(|u| u.record.namespace != head) {
+            tracing::warn!(first = %head, other = %other.record.namespace, "portals show the namespace under different devices");
+        }
+        Ok((head, ups))
+    }
+
+    /// Brings up one portal. `known_head` is the namespace's head device when an earlier
+    /// portal of the same copy found it: a further path of a multipath namespace appears
+    /// as a hidden path disk the kernel announces with no uevent, while the head is already
+    /// usable.
+    fn portal(
+        &mut self,
+        copy: &NvmeTarget,
+        portal: &NvmePortal,
+        known_head: Option<&str>,
+    ) -> Result<PortalUp> {
+        let op = self.op;
+        let host = op.host();
+        let deadline = op.deadline;
+        let started = Instant::now();
+        let shared = op.lock(
+            &controller_lock_key(copy.nqn.as_str(), portal),
+            LockMode::Shared,
+        )?;
+        let mut watch = DeviceWatch::open(host, &["nvme", "block"]);
+        let ctrl = match self.ctrls.find(copy.nqn.as_str(), portal, self.hostnqn)? {
+            Some(c) => {
+                tracing::debug!(controller = %c.name, "reusing controller; rescanning namespaces");
+                match host.write_attr(
+                    &host.sys(format!("class/nvme/{}/rescan_controller", c.name)),
+                    "1",
+                ) {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
+                c.name
+            }
+            None => {
+                if let Some((other, other_nqn)) =
+                    identity::conflicting_controller(host, self.hostnqn, self.hostid)?
+                {
+                    return Err(Error::InvalidArgument {
+                        name: "host_nqn".into(),
+                        reason: format!("controller {other} already uses host id {} with host NQN {other_nqn}; the kernel refuses {} with the same host id", self.hostid, self.hostnqn),
+                    });
+                }
+                let args = cli::ConnectArgs {
+                    nqn: &copy.nqn,
+                    portal,
+                    hostnqn: self.hostnqn,
+                    hostid: self.hostid,
+                    ctrl_loss_tmo: op.opts.nvme.ctrl_loss_timeout,
+                };
+                if cli::connect(op.runner(), &args, deadline)? == ConnectOutcome::Connected {
+                    self.made.push((copy.nqn.clone(), portal.clone()));
+                }
+                // Each check reads only the controllers that appeared since the last.
+                let what = format!("controller for {} at {portal}", copy.nqn);
+                let (ctrls, hostnqn) = (&mut self.ctrls, self.hostnqn);
+                watch.wait_for(&what, deadline, || {
+                    Ok(ctrls
+                        .find(copy.nqn.as_str(), portal, hostnqn)?
+                        .map(|c| c.name))
+                })?
+            }
+        };
+        tracing::info!(phase = "connect", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "controller ready");
+        let what = format!("namespace ({}) of {} on {ctrl}", copy.namespace, copy.nqn);
+        let ns = watch.wait_for(&what, deadline, || {
+            let found = match resolve_namespace(host, &ctrl, &copy.namespace)? {
+                Resolved::Found(ns) => Some(ns),
+                Resolved::Missing => None,
+                Resolved::Ambiguous(n) => {
+                    return Err(Error::InvalidConnectionInfo {
+                        field: "data.vol_uuid".into(),
+                        reason: format!(
+                            "{} has {n} namespaces and the volume names none of them",
+                            copy.nqn
+                        ),
+                    });
+                }
+            };
+            if let Some(ns) = found {
+                if block::is_ready(host, &ns.head)? {
+                    return Ok(Some(ns));
+                }
+            }
+            match known_head {
+                Some(h) if block::is_ready(host, h)? => Ok(Some(Namespace {
+                    head: h.to_string(),
+                    entry: h.to_string(),
+                    nsid: None,
+                    uuid: copy.namespace.uuid.clone(),
+                    nguid: copy.namespace.nguid.clone(),
+                })),
+                _ => Ok(None),
+            }
+        })?;
+        tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), device = %ns.head, "namespace ready");
+        Ok(PortalUp {
+            record: NvmePathRecord {
+                controller: ctrl,
+                nqn: copy.nqn.to_string(),
+                portal: portal.clone(),
+                namespace: ns.head,
+                uuid: ns.uuid,
+            },
+            _shared: shared,
+        })
+    }
+}
