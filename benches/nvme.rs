@@ -14,11 +14,9 @@ mod common;
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use hostbrick::nvme::{NamespaceId, NvmePortal, NvmeTransport};
 use hostbrick::testing::{FakeHost, FakeRunner};
-use hostbrick::{
-    connector_for, ConnectionInfo, ConnectorOptions, HostContext, NamespaceId, NvmePortal,
-    NvmeTransport, Protocol,
-};
+use hostbrick::{connector_for, ConnectionInfo, ConnectorOptions, HostContext, Protocol};
 
 const SIZES: [u32; 3] = [1, 64, 512];
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e";
@@ -95,7 +93,7 @@ fn lookups(c: &mut Criterion) {
         let ctrl = format!("nvme{mid}");
         g.bench_with_input(BenchmarkId::new("find_namespace", n), &id, |b, id| {
             b.iter(|| {
-                hostbrick::find_namespace(&host, &ctrl, black_box(id))
+                hostbrick::internals::nvme::find_namespace(&host, &ctrl, black_box(id))
                     .unwrap()
                     .unwrap()
             })
@@ -107,11 +105,14 @@ fn lookups(c: &mut Criterion) {
             &absent,
             |b, nqn| {
                 b.iter(|| {
-                    assert!(
-                        hostbrick::find_controller(&host, black_box(nqn), &portal, HOSTNQN)
-                            .unwrap()
-                            .is_none()
+                    assert!(hostbrick::internals::nvme::find_controller(
+                        &host,
+                        black_box(nqn),
+                        &portal,
+                        HOSTNQN
                     )
+                    .unwrap()
+                    .is_none())
                 })
             },
         );

@@ -37,7 +37,7 @@ fn parsers(c: &mut Criterion) {
         let out = iscsiadm_sessions(n);
         g.bench_with_input(BenchmarkId::new("iscsiadm_sessions", n), &out, |b, out| {
             b.iter(|| {
-                let s = hostbrick::parse_sessions(black_box(out));
+                let s = hostbrick::internals::iscsi::parse_sessions(black_box(out));
                 assert_eq!(s.len(), n);
                 s
             })
@@ -45,7 +45,7 @@ fn parsers(c: &mut Criterion) {
         let out = rbd_showmapped(n);
         g.bench_with_input(BenchmarkId::new("rbd_showmapped", n), &out, |b, out| {
             b.iter(|| {
-                let m = hostbrick::parse_mappings(black_box(out)).unwrap();
+                let m = hostbrick::internals::rbd::parse_mappings(black_box(out)).unwrap();
                 assert_eq!(m.len(), n);
                 m
             })

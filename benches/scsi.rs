@@ -14,10 +14,10 @@ mod common;
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use hostbrick::iscsi::{by_path_name, IscsiTarget};
 use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
 use hostbrick::{
-    by_path_name, connector_for, ConnectionInfo, ConnectorOptions, Hctl, HostContext, IscsiTarget,
-    Portal, Protocol,
+    connector_for, ConnectionInfo, ConnectorOptions, Hctl, HostContext, Portal, Protocol,
 };
 
 const SIZES: [u32; 4] = [16, 256, 1024, 4096];
@@ -107,16 +107,24 @@ fn lookups(c: &mut Criterion) {
         let disk = v.disks[1].as_str();
         g.bench_with_input(BenchmarkId::new("block_device", n), &hctl, |b, h| {
             b.iter(|| {
-                hostbrick::scsi_block_name(&host, black_box(*h))
+                hostbrick::internals::devices::block_name(&host, black_box(*h))
                     .unwrap()
                     .unwrap()
             })
         });
         g.bench_with_input(BenchmarkId::new("wwid", n), &hctl, |b, h| {
-            b.iter(|| hostbrick::scsi_wwid(&host, black_box(*h)).unwrap().unwrap())
+            b.iter(|| {
+                hostbrick::internals::devices::wwid(&host, black_box(*h))
+                    .unwrap()
+                    .unwrap()
+            })
         });
         g.bench_with_input(BenchmarkId::new("multipath_holder", n), disk, |b, d| {
-            b.iter(|| hostbrick::holder_map(&host, black_box(d)).unwrap().unwrap())
+            b.iter(|| {
+                hostbrick::internals::devices::holder_map(&host, black_box(d))
+                    .unwrap()
+                    .unwrap()
+            })
         });
         let connector = connector_for(
             Protocol::Iscsi,
@@ -141,14 +149,17 @@ fn lookups(c: &mut Criterion) {
         };
         g.bench_with_input(BenchmarkId::new("find_session", n), &target, |b, t| {
             b.iter(|| {
-                hostbrick::find_session(&host, black_box(t))
+                hostbrick::internals::iscsi::find_session(&host, black_box(t))
                     .unwrap()
                     .unwrap()
             })
         });
         g.bench_with_input(BenchmarkId::new("session_luns", n), &target, |b, t| {
-            let sid = hostbrick::find_session(&host, t).unwrap().unwrap().sid;
-            b.iter(|| hostbrick::session_luns(&host, black_box(sid)).unwrap())
+            let sid = hostbrick::internals::iscsi::find_session(&host, t)
+                .unwrap()
+                .unwrap()
+                .sid;
+            b.iter(|| hostbrick::internals::iscsi::session_luns(&host, black_box(sid)).unwrap())
         });
         // A target no session serves yet: what the lookup before a first login reads.
         let absent = IscsiTarget {
@@ -160,9 +171,11 @@ fn lookups(c: &mut Criterion) {
             &absent,
             |b, t| {
                 b.iter(|| {
-                    assert!(hostbrick::find_session(&host, black_box(t))
-                        .unwrap()
-                        .is_none())
+                    assert!(
+                        hostbrick::internals::iscsi::find_session(&host, black_box(t))
+                            .unwrap()
+                            .is_none()
+                    )
                 })
             },
         );

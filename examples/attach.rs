@@ -161,10 +161,10 @@ fn options(a: &Args) -> ConnectorOptions {
         o.iscsi.iface = Some(i.clone());
     }
     if a.rbd_nbd {
-        o.rbd.mapper = hostbrick::RbdMapper::Nbd;
+        o.rbd.mapper = hostbrick::rbd::RbdMapper::Nbd;
     }
     if a.no_local_attach {
-        o.rbd.attach = hostbrick::RbdAttach::Network;
+        o.rbd.attach = hostbrick::rbd::RbdAttach::Network;
     }
     o
 }

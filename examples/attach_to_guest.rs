@@ -7,7 +7,7 @@
 //! attach_to_guest --detach --record STATE.json [--force]
 //! ```
 //!
-//! The connection_info file is served by a [`hostbrick::JsonFileStorage`] over its
+//! The connection_info file is served by a [`hostbrick::attach::JsonFileStorage`] over its
 //! directory, the volume id being the file name without `.json`; attachments are recorded in
 //! `DIR/attachments/`. Attach connects the volume on this host, attaches the disk to the
 //! domain through `virsh`, prints the disk XML it used on stdout and writes everything a
@@ -24,9 +24,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hostbrick::attach::{JsonFileStorage, VirshDomain};
 use hostbrick::{
     get_connector_properties, AttachRequest, AttachmentRecord, ConnectorOptions, DisconnectOptions,
-    DiskBus, DomainFlags, Error, JsonFileStorage, Orchestrator, VirshDomain,
+    DiskBus, DomainFlags, Error, Orchestrator,
 };
 use serde::{Deserialize, Serialize};
 

@@ -8,7 +8,7 @@ use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, V
 use crate::devices::block;
 use crate::error::{AttemptFailure, Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
-use crate::model::local::LocalProperties;
+pub use crate::model::local::LocalProperties;
 use crate::model::record::DeviceRecord;
 use crate::platform::host::Host;
 

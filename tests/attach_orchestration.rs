@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostbrick::attach::{Attachment, ConnectorFactory, VirshDomain};
 use hostbrick::testing::{validate_disk_xml, FakeHost, FakeRunner};
 use hostbrick::{
-    AttachRequest, Attachment, AttachmentRecord, CommandOutput, ConnectionInfo, Connector,
-    ConnectorFactory, ConnectorProperties, DeviceRecord, DisconnectOptions, DiskBus, DiskConfig,
-    Domain, DomainFlags, Error, HostContext, LockDir, Orchestrator, Protocol, Result,
-    StorageService, VirshDomain,
+    AttachRequest, AttachmentRecord, CommandOutput, ConnectionInfo, Connector, ConnectorProperties,
+    DeviceRecord, DisconnectOptions, DiskBus, DiskConfig, Domain, DomainFlags, Error, HostContext,
+    LockDir, Orchestrator, Protocol, Result, StorageService,
 };
 use serde_json::json;
 

@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hostbrick::audit::{ControllerReason, MapReason, MappingReason, SessionReason};
+use hostbrick::internals::platform::Registry;
+use hostbrick::rbd::RbdMapper;
 use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
 use hostbrick::{
     audit, connector_for, AuditReport, Command, CommandOutput, CommandRunner, ConnectionInfo,
-    Connector, ControllerReason, DeviceRecord, DisconnectOptions, HostContext, MapReason,
-    MappingReason, Portal, Protocol, RbdMapper, RbdRecord, Registry, SessionReason,
+    Connector, DeviceRecord, DisconnectOptions, HostContext, Portal, Protocol, RbdRecord,
 };
 
 /// Every file and link under `root`, with file contents: a snapshot to compare.

@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use hostbrick::attach::{next_device_name, VirshDomain};
+use hostbrick::libvirt::DiskSource;
 use hostbrick::testing::validate_disk_xml;
-use hostbrick::{
-    next_device_name, DiskBus, DiskConfig, DiskSource, DiskTarget, Domain, DomainFlags,
-    HostContext, VirshDomain,
-};
+use hostbrick::{DiskBus, DiskConfig, DiskTarget, Domain, DomainFlags, HostContext};
 
 /// How long the guest may take to report a disk coming or going.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15);

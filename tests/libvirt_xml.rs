@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use hostbrick::libvirt::{
+    BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskSource, IoMode,
+    IoTune, NetworkDisk, NetworkHost, NetworkProtocol, SecretType,
+};
 use hostbrick::testing::{validate_disk_xml, FakeHost, FakeRunner};
 use hostbrick::{
-    connector_for, BlockIo, CacheMode, ConnectionInfo, ConnectorOptions, DetectZeroes,
-    DeviceRecord, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig, DiskSource, DiskTarget,
-    Error, HostContext, IoMode, IoTune, NetworkDisk, NetworkHost, NetworkProtocol, Protocol,
-    SecretType,
+    connector_for, ConnectionInfo, ConnectorOptions, DeviceRecord, DiskBus, DiskConfig, DiskTarget,
+    Error, HostContext, Protocol,
 };
 
 /// Writes the disk, checks it against libvirt's schema, reads it back to the same config.
@@ -67,7 +69,7 @@ fn rbd_network_record(info: &ConnectionInfo) -> DeviceRecord {
     let fake = FakeHost::new();
     let mut opts =
         ConnectorOptions::with_context(HostContext::new(fake.host(), Arc::new(FakeRunner::new())));
-    opts.rbd.attach = hostbrick::RbdAttach::Network;
+    opts.rbd.attach = hostbrick::rbd::RbdAttach::Network;
     connector_for(Protocol::Rbd, opts)
         .unwrap()
         .connect_volume(info)

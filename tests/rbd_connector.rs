@@ -3,18 +3,17 @@
 #[path = "common/rbd.rs"]
 mod rbd;
 
-use hostbrick::{
-    connector_for, Connector, DeviceKind, DisconnectOptions, Error, Protocol, RbdMapper,
-};
+use hostbrick::rbd::RbdMapper;
+use hostbrick::{connector_for, Connector, DeviceKind, DisconnectOptions, Error, Protocol};
 use rbd::*;
 
 fn connector(sim: &RbdSim, mapper: RbdMapper, local: bool) -> Box<dyn Connector> {
     let mut o = sim.options();
     o.rbd.mapper = mapper;
     o.rbd.attach = if local {
-        hostbrick::RbdAttach::Local
+        hostbrick::rbd::RbdAttach::Local
     } else {
-        hostbrick::RbdAttach::Network
+        hostbrick::rbd::RbdAttach::Network
     };
     connector_for(Protocol::Rbd, o).unwrap()
 }

@@ -9,9 +9,10 @@
 //! protocol's parser sees every input whatever `driver_volume_type` it names.
 #![no_main]
 
+use hostbrick::nvme::Nqn;
+use hostbrick::rbd::ImageSpec;
 use hostbrick::{
-    ConnectionInfo, DeviceRecord, DiskBus, DiskConfig, DiskTarget, ImageSpec, Iqn, Nqn, Portal,
-    Protocol,
+    ConnectionInfo, DeviceRecord, DiskBus, DiskConfig, DiskTarget, Iqn, Portal, Protocol,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
@@ -87,7 +88,7 @@ fn check(info: &ConnectionInfo) {
                 Some(&t.portal)
             );
             assert_eq!(t.iqn.to_string().parse::<Iqn>().ok().as_ref(), Some(&t.iqn));
-            let _ = hostbrick::by_path_name(&t.portal, t.iqn.as_str(), t.lun);
+            let _ = hostbrick::iscsi::by_path_name(&t.portal, t.iqn.as_str(), t.lun);
         }
         assert_eq!(p.primary(), &p.targets[0]);
         let _ = (p.wants_discovery(), p.volume_key());
@@ -134,7 +135,7 @@ fn check(info: &ConnectionInfo) {
         if p.auth_enabled {
             assert!(p.auth_username.is_some());
         }
-        let net = hostbrick::network_source(p);
+        let net = hostbrick::rbd::network_source(p);
         assert_eq!(net.hosts.len(), net.ports.len());
         assert_eq!(net.name, p.image.to_string());
         let _ = p.volume_key();

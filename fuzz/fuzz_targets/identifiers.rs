@@ -19,9 +19,9 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<hostbrick::Portal>(s);
     round_trip::<hostbrick::Iqn>(s);
     round_trip::<hostbrick::Hctl>(s);
-    round_trip::<hostbrick::Nqn>(s);
-    round_trip::<hostbrick::ImageSpec>(s);
-    round_trip::<hostbrick::NvmeTransport>(s);
+    round_trip::<hostbrick::nvme::Nqn>(s);
+    round_trip::<hostbrick::rbd::ImageSpec>(s);
+    round_trip::<hostbrick::nvme::NvmeTransport>(s);
     round_trip::<hostbrick::Protocol>(s);
     round_trip::<hostbrick::Wwid>(s);
     if let Ok(w) = hostbrick::Wwid::from_sysfs(s) {

@@ -6,16 +6,19 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    for s in hostbrick::parse_sessions(&text) {
-        let again = hostbrick::parse_sessions(&format!(
+    for s in hostbrick::internals::iscsi::parse_sessions(&text) {
+        let again = hostbrick::internals::iscsi::parse_sessions(&format!(
             "{}: [{}] {},{} {}\n",
             s.transport, s.sid, s.portal, s.tpgt, s.iqn
         ));
         assert_eq!(again, vec![s]);
     }
-    for n in hostbrick::parse_nodes(&text) {
-        let again = hostbrick::parse_nodes(&format!("{},{} {}\n", n.portal, n.tpgt, n.iqn));
+    for n in hostbrick::internals::iscsi::parse_nodes(&text) {
+        let again = hostbrick::internals::iscsi::parse_nodes(&format!(
+            "{},{} {}\n",
+            n.portal, n.tpgt, n.iqn
+        ));
         assert_eq!(again, vec![n]);
     }
-    let _ = hostbrick::parse_initiator_name(&text);
+    let _ = hostbrick::internals::iscsi::parse_initiator_name(&text);
 });

@@ -5,7 +5,7 @@
 //! The input's first line is the uuid, its second (when there is one) the name.
 #![no_main]
 
-use hostbrick::MultipathMap;
+use hostbrick::internals::devices::MultipathMap;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

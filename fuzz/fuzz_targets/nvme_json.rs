@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let Ok(size) = hostbrick::parse_id_ns_size(&text) else {
+    let Ok(size) = hostbrick::internals::nvme::parse_id_ns_size(&text) else {
         return;
     };
     let v: serde_json::Value = serde_json::from_str(text.trim()).expect("accepted input is JSON");

@@ -7,7 +7,8 @@
 //! transport, subsysnqn, hostnqn (a controller). A missing line is a missing file.
 #![no_main]
 
-use hostbrick::{head_name, parse_address, Controller, Namespace, NamespaceId, NvmePortal};
+use hostbrick::internals::nvme::{head_name, parse_address, Controller, Namespace};
+use hostbrick::nvme::{NamespaceId, NvmePortal};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

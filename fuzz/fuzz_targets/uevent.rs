@@ -4,7 +4,7 @@
 //! consistent: device names and links stay below /dev, numbers are numbers.
 #![no_main]
 
-use hostbrick::{UdevRecord, Uevent};
+use hostbrick::internals::platform::{UdevRecord, Uevent};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -171,7 +171,8 @@ impl RbdOptions {
 ///
 /// ```
 /// use std::time::Duration;
-/// use hostbrick::{ConnectorOptions, IscsiOptions, MultipathMode};
+/// use hostbrick::iscsi::IscsiOptions;
+/// use hostbrick::{ConnectorOptions, MultipathMode};
 ///
 /// let options = ConnectorOptions::new()
 ///     .multipath(MultipathMode::Enforced)

@@ -9,20 +9,17 @@
 pub(crate) mod audit;
 mod connect;
 mod extend;
-mod iscsiadm;
+pub(crate) mod iscsiadm;
 mod login;
-mod session;
+pub(crate) mod session;
 mod teardown;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use crate::connector::IscsiOptions;
 pub use crate::model::iscsi::{ChapCredentials, IscsiProperties, IscsiTarget};
-pub use iscsiadm::{
-    parse_nodes, parse_sessions, Iscsiadm, IscsiadmStatus, LoginOutcome, NodeEntry, NodeParam,
-    SessionEntry,
-};
-pub use session::{find as find_session, luns as session_luns, Session, SessionFinder};
+pub(crate) use iscsiadm::{Iscsiadm, LoginOutcome, NodeParam};
 
 use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::error::{Error, Result};

@@ -9,27 +9,24 @@
 //! a disconnect only drops a controller no other attachment needs.
 
 pub(crate) mod audit;
-mod cli;
+pub(crate) mod cli;
 mod connect;
-mod controllers;
+pub(crate) mod controllers;
 mod extend;
-mod identity;
-mod namespaces;
+pub(crate) mod identity;
+pub(crate) mod namespaces;
 mod teardown;
 
 use std::path::PathBuf;
 
+pub use crate::connector::NvmeOptions;
 pub use crate::model::nvme::{
     NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
-pub use cli::{is_already_connected, parse_id_ns_size};
-pub use controllers::{
-    find_controller, native_multipath, parse_address, Controller, ControllerFinder,
-};
-pub use identity::{
-    conflicting_controller, host_identity, system_uuid, IdentitySource, NvmeHostIdentity,
-};
-pub use namespaces::{find_namespace, head_name, Namespace};
+pub(crate) use controllers::{native_multipath, ControllerFinder};
+pub(crate) use identity::system_uuid;
+pub use identity::{host_identity, IdentitySource, NvmeHostIdentity};
+pub(crate) use namespaces::head_name;
 
 use serde::{Deserialize, Serialize};
 

@@ -300,9 +300,9 @@ enum Event {
 /// Directories searched after `PATH` for the programs hostbrick runs.
 pub const EXTRA_BIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
-/// The real runner: resolves each program once (`PATH`, then [`EXTRA_BIN_DIRS`]), runs it
-/// directly (never through a shell), optionally behind a root helper such as `sudo`, and
-/// kills it at its time limit.
+/// The real runner: resolves each program once (`PATH`, then `/usr/sbin`, `/sbin`, `/usr/bin`,
+/// `/bin`), runs it directly (never through a shell), optionally behind a root helper such
+/// as `sudo`, and kills it at its time limit.
 #[derive(Debug)]
 pub struct SystemRunner {
     root_helper: Vec<String>,

@@ -2,19 +2,16 @@
 //! network-disk record for the hypervisor to open itself.
 
 pub(crate) mod audit;
-mod cli;
+pub(crate) mod cli;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+pub use crate::connector::{RbdAttach, RbdOptions};
 pub use crate::model::rbd::{ImageSpec, Monitor, RbdMapper, RbdProperties};
-pub use cli::{
-    is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
-};
+pub(crate) use cli::CephFiles;
 
-use crate::connector::{
-    ConnectorOptions, DisconnectOptions, Driver, Operation, RbdAttach, VolumeProps,
-};
+use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::devices::block;
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hostbrick::iscsi::by_path_name;
 use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
 use hostbrick::{
-    by_path_name, Arg, Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext,
-    Portal,
+    Arg, Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext, Portal,
 };
 
 pub const IQN: &str = "iqn.2003-01.org.linux-iscsi.vm:t1";
