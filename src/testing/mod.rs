@@ -14,6 +14,9 @@
 //! - NVMe-oF on the tree: controllers and namespaces as native multipath shows them
 //!   ([`FakeHost::add_nvme_controller`], [`FakeHost::add_nvme_namespace`]).
 //! - libvirt: [`validate_disk_xml`] checks a `<disk>` element against libvirt's schema.
+//! - [`sim`]: simulated initiator stacks built from the parts above, scripted `iscsiadm`,
+//!   `nvme`, `rbd` and friends that change the fake tree as the real tools change a host
+//!   ([`sim::iscsi`], [`sim::nvme`], [`sim::rbd`]).
 //!
 //! ```
 //! use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
@@ -34,6 +37,7 @@ mod libvirt;
 mod nvme;
 mod runner;
 mod scsi;
+pub mod sim;
 
 pub use host::FakeHost;
 pub use libvirt::validate_disk_xml;
