@@ -1,22 +1,15 @@
 //! `audit` on fake host trees: what it lists as orphaned, what it leaves out, and that it
 //! changes nothing. The simulated stacks of the connector tests make the attachments.
 
-mod common;
-#[allow(dead_code)]
-#[path = "common/nvme.rs"]
-mod nvme;
-#[allow(dead_code)]
-#[path = "common/rbd.rs"]
-mod rbd;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use hostbrick::audit::{ControllerReason, MapReason, MappingReason, SessionReason};
 use hostbrick::internals::platform::Registry;
 use hostbrick::rbd::RbdMapper;
+use hostbrick::testing::sim::iscsi::*;
+use hostbrick::testing::sim::{nvme, rbd, MIB};
 use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
 use hostbrick::{
     audit, connector_for, AuditReport, Command, CommandOutput, CommandRunner, ConnectionInfo,
@@ -70,7 +63,7 @@ fn an_empty_host_has_nothing_orphaned() {
 
 #[test]
 fn iscsi_attachments_are_not_orphans_and_sessions_without_used_luns_are() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector_for(Protocol::Iscsi, sim.options()).unwrap();
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -152,7 +145,7 @@ fn iscsi_attachments_are_not_orphans_and_sessions_without_used_luns_are() {
 
 #[test]
 fn an_interrupted_iscsi_connect_is_listed_and_a_disconnect_without_record_cleans_it() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
     // What a connect killed after its login leaves: a node record and a session (the
@@ -231,7 +224,7 @@ fn nvme_controllers_without_namespaces_in_use_are_listed() {
     sim.add_subsystem(
         nvme::NQN,
         &["127.0.0.1:4420"],
-        &[(1, nvme::UUID_1, 64 * nvme::MIB)],
+        &[(1, nvme::UUID_1, 64 * MIB)],
     );
     let ctx = HostContext::new(sim.fake.host(), sim.runner.clone());
     let c = connector_for(Protocol::NvmeOf, sim.options()).unwrap();
@@ -333,8 +326,8 @@ fn nvme_controllers_without_namespaces_in_use_are_listed() {
 #[test]
 fn rbd_mappings_without_a_record_are_listed() {
     let sim = rbd::RbdSim::new();
-    sim.add_image("volumes/vol1", 64 * rbd::MIB);
-    sim.add_image("volumes/vol2", 64 * rbd::MIB);
+    sim.add_image("volumes/vol1", 64 * MIB);
+    sim.add_image("volumes/vol2", 64 * MIB);
     let ctx = HostContext::new(sim.fake.host(), sim.runner.clone());
     let c = connector_for(Protocol::Rbd, sim.options()).unwrap();
     let ci = rbd::rbd_info("volumes/vol1", rbd::KEY);
@@ -497,7 +490,7 @@ fn audit_during(
 fn a_connect_in_progress_is_not_an_orphan() {
     // iSCSI: LUN 5 is never offered, so the connect logs in and waits for it until its
     // deadline, holding the target's lock; the session has no LUN meanwhile.
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let ctx = sim.context();
     let opts = sim
@@ -526,11 +519,7 @@ fn a_connect_in_progress_is_not_an_orphan() {
     // NVMe: a namespace the subsystem does not have; the connect waits for it on a live
     // controller, holding the controller's lock.
     let sim = nvme::NvmeSim::new(true);
-    sim.add_subsystem(
-        nvme::NQN,
-        &["127.0.0.1:4420"],
-        &[(1, nvme::UUID_1, nvme::MIB)],
-    );
+    sim.add_subsystem(nvme::NQN, &["127.0.0.1:4420"], &[(1, nvme::UUID_1, MIB)]);
     let ctx = HostContext::new(sim.fake.host(), sim.runner.clone());
     let opts = sim.options().operation_timeout(Duration::from_millis(1500));
     let c = connector_for(Protocol::NvmeOf, opts).unwrap();
@@ -546,7 +535,7 @@ fn a_connect_in_progress_is_not_an_orphan() {
     // RBD: `rbd map` has mapped the image but not returned yet; the connect holds the
     // image's lock, and the mapping has no record yet.
     let sim = rbd::RbdSim::new();
-    sim.add_image("volumes/vol1", 64 * rbd::MIB);
+    sim.add_image("volumes/vol1", 64 * MIB);
     let ctx = HostContext::new(sim.fake.host(), sim.runner.clone());
     let mut opts = sim.options();
     opts.context = HostContext::new(sim.fake.host(), Arc::new(SlowMap(sim.runner.clone())));

@@ -1,13 +1,11 @@
 //! `get_connector_properties` on a fake host.
 
-mod common;
-
-use common::Sim;
+use hostbrick::testing::sim::iscsi::IscsiSim;
 use hostbrick::{get_connector_properties, Error};
 
 #[test]
 fn cinder_keys_and_multipath_state() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     let p =
         get_connector_properties(&sim.context(), "192.0.2.5", true, false, "compute-1").unwrap();
     let v = serde_json::to_value(&p).unwrap();
@@ -42,7 +40,7 @@ fn cinder_keys_and_multipath_state() {
 
 #[test]
 fn no_initiator_file_means_no_initiator_key() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     std::fs::remove_file(sim.fake.root().join("etc/iscsi/initiatorname.iscsi")).unwrap();
     let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
     let v = serde_json::to_value(&p).unwrap();

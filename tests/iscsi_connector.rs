@@ -1,11 +1,10 @@
 //! The iSCSI connector end to end on a fake host tree with a simulated iscsiadm,
 //! multipath and kernel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use hostbrick::testing::sim::iscsi::*;
+use hostbrick::testing::sim::MIB;
 use hostbrick::{connector_for, Connector, DisconnectOptions, Error, Protocol};
 use serde_json::json;
 
@@ -13,7 +12,7 @@ fn udev_wwid(sysfs: &str) -> String {
     format!("3{}", &sysfs[4..])
 }
 
-fn connector(sim: &Sim, multipath: bool) -> Box<dyn Connector> {
+fn connector(sim: &IscsiSim, multipath: bool) -> Box<dyn Connector> {
     let mut o = sim.options();
     if multipath {
         o = o.multipath(hostbrick::MultipathMode::Optional);
@@ -23,7 +22,7 @@ fn connector(sim: &Sim, multipath: bool) -> Box<dyn Connector> {
 
 #[test]
 fn single_path_attach_and_detach() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(0, WWID_2, MIB), (1, WWID_1, 64 * MIB)]);
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -79,7 +78,7 @@ fn single_path_attach_and_detach() {
 
 #[test]
 fn connect_reuses_an_existing_attachment() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -95,7 +94,7 @@ fn connect_reuses_an_existing_attachment() {
 
 #[test]
 fn portal_failover_uses_the_next_target_and_cleans_the_failed_one() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.3:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.set_reachable("127.0.0.3:3260", false);
@@ -116,7 +115,7 @@ fn portal_failover_uses_the_next_target_and_cleans_the_failed_one() {
 
 #[test]
 fn all_targets_failing_says_what_was_tried() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
     // LUN 7 is not offered: the scan finds nothing and the attempt is undone.
@@ -135,7 +134,7 @@ fn all_targets_failing_says_what_was_tried() {
 
 #[test]
 fn chap_login_and_masked_password() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
     sim.require_chap("alice", "s3cret-pw");
     let c = connector(&sim, false);
@@ -166,7 +165,7 @@ fn chap_login_and_masked_password() {
 
 #[test]
 fn discovery_with_chap_runs_before_login() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
     let c = connector(&sim, false);
     let ci = info(
@@ -193,7 +192,7 @@ fn discovery_with_chap_runs_before_login() {
 
 #[test]
 fn multipath_two_paths_one_map() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, 8 * MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, 8 * MIB)]);
     let c = connector(&sim, true);
@@ -225,7 +224,7 @@ fn multipath_two_paths_one_map() {
 
 #[test]
 fn multipath_with_one_dead_path() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
     sim.set_reachable("127.0.0.2:3260", false);
@@ -242,7 +241,7 @@ fn multipath_with_one_dead_path() {
 
 #[test]
 fn multipath_falls_back_to_single_path_unless_enforced() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
     sim.set_multipathd(false);
@@ -271,7 +270,7 @@ fn multipath_falls_back_to_single_path_unless_enforced() {
 
 #[test]
 fn disconnect_keeps_a_session_with_another_lun_in_use() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
     let c = connector(&sim, false);
     let (ci1, ci2) = (
@@ -298,7 +297,7 @@ fn disconnect_keeps_a_session_with_another_lun_in_use() {
 
 #[test]
 fn disconnect_is_idempotent_and_works_without_a_record() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -322,7 +321,7 @@ fn disconnect_is_idempotent_and_works_without_a_record() {
 
 #[test]
 fn disconnect_leaves_a_device_that_shows_another_volume() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -340,7 +339,7 @@ fn disconnect_leaves_a_device_that_shows_another_volume() {
 
 #[test]
 fn ignore_errors_reports_every_failure() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -388,7 +387,7 @@ fn ignore_errors_reports_every_failure() {
 
 #[test]
 fn extend_single_path() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
@@ -405,7 +404,7 @@ fn extend_single_path() {
 
 #[test]
 fn concurrent_attaches_of_different_volumes() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
     let c = connector(&sim, false);
     let cis = [
@@ -438,7 +437,7 @@ fn concurrent_attaches_of_different_volumes() {
 
 #[test]
 fn factory_gives_each_protocol_its_connector() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     let c = connector_for(Protocol::Iser, sim.options()).unwrap();
     assert_eq!(c.protocol(), Protocol::Iser);
     assert_eq!(
@@ -455,7 +454,7 @@ fn factory_gives_each_protocol_its_connector() {
 
 #[test]
 fn iser_uses_the_iser_iface() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
     let c = connector_for(Protocol::Iser, sim.options()).unwrap();
     let ci = single("127.0.0.1:3260", 0, "vol-1");
@@ -472,7 +471,7 @@ fn iser_uses_the_iser_iface() {
 
 #[test]
 fn operation_deadline_bounds_a_missing_device() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     let o = sim
         .options()
@@ -490,7 +489,7 @@ fn operation_deadline_bounds_a_missing_device() {
 
 #[test]
 fn multipath_without_lists_discovers_the_other_portals() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, true);
@@ -510,7 +509,7 @@ fn multipath_without_lists_discovers_the_other_portals() {
 
 #[test]
 fn a_failed_connect_deletes_the_node_records_its_discovery_made() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
     // A record someone made before the connect is not the connect's to delete.
@@ -553,7 +552,7 @@ fn a_failed_connect_deletes_the_node_records_its_discovery_made() {
 
 #[test]
 fn a_discovered_record_the_volume_does_not_use_goes_after_connect() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, false);
@@ -574,7 +573,7 @@ fn a_discovered_record_the_volume_does_not_use_goes_after_connect() {
 
 #[test]
 fn concurrent_connects_of_one_target_set_it_up_and_log_in_once() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     let luns: Vec<(u64, String)> = (0..8)
         .map(|l| (l, format!("naa.6001405{l:025x}")))
         .collect();
@@ -620,7 +619,7 @@ fn concurrent_connects_of_one_target_set_it_up_and_log_in_once() {
 
 #[test]
 fn a_session_that_lost_its_node_record_gets_it_back() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB), (2, WWID_2, MIB)]);
     let c = connector(&sim, false);
     let a = single("127.0.0.1:3260", 1, "vol-1");
@@ -651,7 +650,7 @@ fn a_session_that_lost_its_node_record_gets_it_back() {
 
 #[test]
 fn a_map_briefly_in_use_is_flushed_again() {
-    let sim = Sim::new();
+    let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
     let c = connector(&sim, true);

@@ -1,12 +1,10 @@
 //! The NVMe-oF connector end to end on a fake host tree with simulated nvme-cli and mdadm.
 
-#[path = "common/nvme.rs"]
-mod nvme;
-
+use hostbrick::testing::sim::nvme::*;
+use hostbrick::testing::sim::MIB;
 use hostbrick::{
     connector_for, get_connector_properties, Connector, DisconnectOptions, Error, Protocol,
 };
-use nvme::*;
 use serde_json::json;
 
 fn connector(sim: &NvmeSim) -> Box<dyn Connector> {

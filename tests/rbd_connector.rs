@@ -1,11 +1,9 @@
 //! The RBD connector end to end on a fake host tree with a simulated rbd and rbd-nbd.
 
-#[path = "common/rbd.rs"]
-mod rbd;
-
 use hostbrick::rbd::RbdMapper;
+use hostbrick::testing::sim::rbd::*;
+use hostbrick::testing::sim::MIB;
 use hostbrick::{connector_for, Connector, DeviceKind, DisconnectOptions, Error, Protocol};
-use rbd::*;
 
 fn connector(sim: &RbdSim, mapper: RbdMapper, local: bool) -> Box<dyn Connector> {
     let mut o = sim.options();

@@ -1,15 +1,33 @@
-//! A simulated Ceph client: `rbd map/showmapped/unmap/info` and `rbd-nbd map/list-mapped/unmap`
-//! over a fake host tree, answering as the real tools do.
+//! A simulated Ceph client on a fake host tree: `rbd map`/`showmapped`/`unmap`/`info` and
+//! `rbd-nbd map`/`list-mapped`/`unmap`, answering as the real tools do. A map makes the
+//! krbd (`/dev/rbdN`, `/sys/bus/rbd/devices`) or nbd (`/dev/nbdN`) device in the tree; the
+//! simulated cluster needs user `cinder` with [`KEY`] in the keyring it is given.
+//!
+//! ```
+//! use hostbrick::testing::sim::rbd::{rbd_info, RbdSim, KEY};
+//! use hostbrick::testing::sim::MIB;
+//! use hostbrick::{connector_for, DisconnectOptions, Protocol};
+//!
+//! let sim = RbdSim::new();
+//! sim.add_image("volumes/vol1", 64 * MIB);
+//! let c = connector_for(Protocol::Rbd, sim.options()).unwrap();
+//! let ci = rbd_info("volumes/vol1", KEY);
+//! let rec = c.connect_volume(&ci).unwrap();
+//! assert_eq!(sim.mapped().len(), 1);
+//! c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default()).unwrap();
+//! assert!(sim.mapped().is_empty());
+//! ```
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hostbrick::testing::{FakeHost, FakeRunner};
-use hostbrick::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
+use super::{args, connection_info, Tools};
+use crate::testing::{FakeHost, FakeRunner};
+use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
 
+/// The cephx key of user `cinder`, the only one the simulated cluster lets in.
 pub const KEY: &str = "AQBx0AhmAAAAABAAsQ5cNn1zZXR0aW5nLWtleQ==";
-pub const MIB: u64 = 1 << 20;
 
 #[derive(Default)]
 struct State {
@@ -21,64 +39,57 @@ struct State {
     keyrings: Vec<(String, u32, bool)>,
 }
 
-#[derive(Clone)]
-pub struct RbdSim {
-    pub fake: FakeHost,
-    pub runner: Arc<FakeRunner>,
-    state: Arc<Mutex<State>>,
-}
-
-fn args(c: &Command) -> Vec<String> {
-    c.arg_list()
-        .iter()
-        .map(|a| format!("{a:?}").trim_matches('"').to_string())
-        .collect()
-}
-
 fn value_after(a: &[String], flag: &str) -> Option<String> {
     a.iter()
         .position(|x| x == flag)
         .and_then(|i| a.get(i + 1).cloned())
 }
 
-impl RbdSim {
-    /// The copy the runner's rules hold: the same tree and state without the runner, so the
-    /// rules do not keep the sim (and its temporary tree) alive in a reference cycle.
-    fn for_handlers(&self) -> Self {
-        Self {
-            fake: self.fake.clone(),
-            runner: Arc::new(FakeRunner::new()),
-            state: self.state.clone(),
-        }
-    }
+/// The simulated Ceph client: a fake host tree and a runner whose `rbd` and `rbd-nbd` act
+/// on it. Cloning shares both.
+#[derive(Clone)]
+pub struct RbdSim {
+    /// The host tree the simulated tools change.
+    pub fake: FakeHost,
+    /// The runner the simulated tools answer on; it records every command.
+    pub runner: Arc<FakeRunner>,
+    tools: Tools<State>,
+}
 
+impl Default for RbdSim {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RbdSim {
+    /// A host with the Ceph tools and no image.
     pub fn new() -> Self {
+        let fake = FakeHost::new();
         let sim = RbdSim {
-            fake: FakeHost::new(),
+            fake: fake.clone(),
             runner: Arc::new(FakeRunner::new()),
-            state: Arc::new(Mutex::new(State::default())),
+            tools: Tools::new(fake, State::default()),
         };
-        let s = sim.for_handlers();
-        sim.runner.on("rbd", &[], move |c| s.rbd(c, "rbd"));
-        let s = sim.for_handlers();
-        sim.runner.on("rbd-nbd", &[], move |c| s.rbd(c, "rbd-nbd"));
+        let (t, r) = (&sim.tools, &*sim.runner);
+        t.answer(r, "rbd", &[], |t, c| t.rbd(c, "rbd"));
+        t.answer(r, "rbd-nbd", &[], |t, c| t.rbd(c, "rbd-nbd"));
         sim
     }
 
-    fn st(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+    /// Adds image `spec` (`pool/image` or `pool/namespace/image`) of `size` bytes.
     pub fn add_image(&self, spec: &str, size: u64) {
-        self.st().images.push((spec.into(), size));
+        self.tools.state().images.push((spec.into(), size));
     }
 
+    /// Grows (or shrinks) image `spec` to `size`; its mapped devices show it at once.
     pub fn resize(&self, spec: &str, size: u64) {
-        for i in self.st().images.iter_mut().filter(|i| i.0 == spec) {
+        for i in self.tools.state().images.iter_mut().filter(|i| i.0 == spec) {
             i.1 = size;
         }
         let devs: Vec<String> = self
-            .st()
+            .tools
+            .state()
             .mapped
             .iter()
             .filter(|m| m.1 == spec)
@@ -90,21 +101,35 @@ impl RbdSim {
         }
     }
 
+    /// Every mapping, as `(program, spec, device)`.
     pub fn mapped(&self) -> Vec<(String, String, String)> {
-        self.st().mapped.clone()
+        self.tools.state().mapped.clone()
     }
 
+    /// Every keyring a command was given, as `(path, mode, whether it held the key)`.
     pub fn keyrings(&self) -> Vec<(String, u32, bool)> {
-        self.st().keyrings.clone()
+        self.tools.state().keyrings.clone()
     }
 
+    /// A context on the simulated host.
+    pub fn context(&self) -> HostContext {
+        super::context(&self.fake, &self.runner)
+    }
+
+    /// Connector options on the simulated host, with time limits short enough for tests
+    /// (operations 5 s, scans 300 ms).
     pub fn options(&self) -> ConnectorOptions {
-        ConnectorOptions::with_context(HostContext::new(self.fake.host(), self.runner.clone()))
-            .operation_timeout(Duration::from_secs(5))
-            .scan_timeout(Duration::from_millis(300))
-            .lock_dir(self.fake.root().join("run/lock/hostbrick"))
+        super::options(
+            &self.fake,
+            &self.runner,
+            Duration::from_secs(5),
+            Duration::from_millis(300),
+        )
     }
+}
 
+/// What the simulated tools answer.
+impl Tools<State> {
     fn check_auth(&self, a: &[String]) -> bool {
         let Some(k) = value_after(a, "--keyring") else {
             return false;
@@ -114,7 +139,7 @@ impl RbdSim {
         let text = std::fs::read_to_string(&k).unwrap_or_default();
         let ok = text.contains(&format!("key = {KEY}"))
             && value_after(a, "--id").as_deref() == Some("cinder");
-        self.st().keyrings.push((k, mode, ok));
+        self.state().keyrings.push((k, mode, ok));
         ok
     }
 
@@ -133,20 +158,21 @@ impl RbdSim {
                         )
                     };
                 }
-                let Some((_, size)) = self.st().images.iter().find(|i| i.0 == spec).cloned() else {
+                let Some((_, size)) = self.state().images.iter().find(|i| i.0 == spec).cloned()
+                else {
                     return CommandOutput::exit(
                         2,
                         "rbd: sysfs write failed\nrbd: map failed: (2) No such file or directory\n",
                     );
                 };
-                let n = self.st().mapped.iter().filter(|m| m.0 == prog).count();
+                let n = self.state().mapped.iter().filter(|m| m.0 == prog).count();
                 let name = if prog == "rbd" {
                     format!("rbd{n}")
                 } else {
                     format!("nbd{n}")
                 };
                 let dev = format!("/dev/{name}");
-                let root = self.fake.root().to_path_buf();
+                let root = self.root().to_path_buf();
                 // What the kernel shows of a mapping: the krbd device under
                 // /sys/bus/rbd/devices, an nbd device's daemon pid.
                 let (pool, image) = spec.rsplit_once('/').unwrap();
@@ -182,13 +208,13 @@ impl RbdSim {
                     std::os::unix::fs::symlink(format!("{}{name}", "../".repeat(depth)), &link)
                         .unwrap();
                 }
-                self.st().mapped.push((prog.into(), spec, dev.clone()));
+                self.state().mapped.push((prog.into(), spec, dev.clone()));
                 CommandOutput::ok(format!("{dev}\n"))
             }
             Some("showmapped") | Some("list-mapped") => {
                 let key = if prog == "rbd" { "name" } else { "image" };
                 let list: Vec<serde_json::Value> = self
-                    .st()
+                    .state()
                     .mapped
                     .iter()
                     .enumerate()
@@ -207,14 +233,14 @@ impl RbdSim {
             }
             Some("unmap") => {
                 let dev = a.last().cloned().unwrap();
-                let mut st = self.st();
+                let mut st = self.state();
                 let Some(pos) = st.mapped.iter().position(|m| m.2 == dev && m.0 == prog) else {
                     return CommandOutput::exit(22, format!("rbd: '{dev}' is not a block device\nrbd: unmap failed: (22) Invalid argument\n"));
                 };
                 let (_, spec, _) = st.mapped.remove(pos);
                 drop(st);
                 let name = dev.trim_start_matches("/dev/");
-                let root = self.fake.root();
+                let root = self.root();
                 let _ = std::fs::remove_dir_all(root.join(format!("sys/block/{name}")));
                 if let Some(n) = name.strip_prefix("rbd") {
                     let _ = std::fs::remove_dir_all(root.join(format!("sys/bus/rbd/devices/{n}")));
@@ -228,7 +254,7 @@ impl RbdSim {
                 if !self.check_auth(&a) {
                     return CommandOutput::exit(1, "rbd: couldn't connect to the cluster!\n");
                 }
-                match self.st().images.iter().find(|i| i.0 == spec) {
+                match self.state().images.iter().find(|i| i.0 == spec) {
                     Some((name, size)) => CommandOutput::ok(format!("{{\"name\":\"{name}\",\"id\":\"1\",\"size\":{size},\"objects\":16,\"order\":22}}\n")),
                     None => CommandOutput::exit(2, "rbd: error opening image: (2) No such file or directory\n"),
                 }
@@ -238,13 +264,17 @@ impl RbdSim {
     }
 }
 
+/// The `connection_info` of image `name` (`pool/image`) on a cluster that lets user
+/// `cinder` in with `key`.
 pub fn rbd_info(name: &str, key: &str) -> ConnectionInfo {
-    ConnectionInfo::from_value(&serde_json::json!({"driver_volume_type": "rbd", "data": {
-        "name": name, "hosts": ["127.0.0.1"], "ports": ["6789"], "cluster_name": "ceph",
-        "auth_enabled": true, "auth_username": "cinder", "secret_type": "ceph",
-        "secret_uuid": "457eb676-33da-42ec-9a8c-9293d545c337",
-        "keyring": format!("[client.cinder]\n\tkey = {key}\n"), "volume_id": name.replace('/', "-"),
-        "discard": true, "access_mode": "rw"
-    }}))
-    .unwrap()
+    connection_info(
+        "rbd",
+        serde_json::json!({
+            "name": name, "hosts": ["127.0.0.1"], "ports": ["6789"], "cluster_name": "ceph",
+            "auth_enabled": true, "auth_username": "cinder", "secret_type": "ceph",
+            "secret_uuid": "457eb676-33da-42ec-9a8c-9293d545c337",
+            "keyring": format!("[client.cinder]\n\tkey = {key}\n"), "volume_id": name.replace('/', "-"),
+            "discard": true, "access_mode": "rw"
+        }),
+    )
 }

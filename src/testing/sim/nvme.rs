@@ -1,75 +1,84 @@
-//! A simulated NVMe-oF initiator stack: `nvme connect`/`disconnect`, `mdadm` and
-//! `blockdev` over a fake host tree, answering as the real tools do.
+//! A simulated NVMe-oF initiator stack on a fake host tree: `nvme connect`, `disconnect`
+//! and `id-ns`, `mdadm` and `blockdev`, answering as the real tools do. A connect makes
+//! the controller and its namespaces in the tree, as native NVMe multipath shows them.
+//!
+//! ```
+//! use hostbrick::testing::sim::nvme::{volume, NvmeSim, NQN, UUID_1};
+//! use hostbrick::testing::sim::MIB;
+//! use hostbrick::{connector_for, DisconnectOptions, Protocol};
+//!
+//! let sim = NvmeSim::new(true);
+//! sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, 64 * MIB)]);
+//! let c = connector_for(Protocol::NvmeOf, sim.options()).unwrap();
+//! let ci = volume(UUID_1, &["127.0.0.1:4420"], "vol-1");
+//! let rec = c.connect_volume(&ci).unwrap();
+//! assert_eq!(sim.controllers(), ["nvme0"]);
+//! c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default()).unwrap();
+//! sim.assert_clean();
+//! ```
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hostbrick::testing::{FakeHost, FakeRunner};
-use hostbrick::{Arg, Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
+use super::{answer_flushbufs, args, connection_info, names_in, Tools};
+use crate::testing::{FakeHost, FakeRunner};
+use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
 
+/// The subsystem NQN of the volumes [`volume`] describes.
 pub const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";
+/// The simulated host's NQN (`/etc/nvme/hostnqn`).
 pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e";
+/// The simulated host's id (`/etc/nvme/hostid`, also the DMI product UUID).
 pub const HOSTID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+/// A namespace UUID.
 pub const UUID_1: &str = "11111111-1111-4111-8111-111111111111";
+/// Another namespace UUID.
 pub const UUID_2: &str = "22222222-2222-4222-8222-222222222222";
-pub const MIB: u64 = 1 << 20;
 
+/// A subsystem on the simulated target.
 #[derive(Debug, Clone)]
-pub struct SimSubsystem {
-    pub nqn: String,
-    pub instance: u32,
+struct Subsystem {
+    nqn: String,
+    instance: u32,
     /// (address, port, reachable)
-    pub portals: Vec<(String, u16, bool)>,
+    portals: Vec<(String, u16, bool)>,
     /// (nsid, uuid, size)
-    pub namespaces: Vec<(u32, String, u64)>,
+    namespaces: Vec<(u32, String, u64)>,
 }
 
 #[derive(Default)]
 struct State {
-    subsystems: Vec<SimSubsystem>,
+    subsystems: Vec<Subsystem>,
     /// (controller number, nqn, address, port, hostnqn)
     controllers: Vec<(u32, String, String, u16, String)>,
     next_ctrl: u32,
     arrays: Vec<String>,
 }
 
-#[derive(Clone)]
-pub struct NvmeSim {
-    pub fake: FakeHost,
-    pub runner: Arc<FakeRunner>,
-    state: Arc<Mutex<State>>,
-}
-
-fn plain(c: &Command) -> Vec<String> {
-    c.arg_list()
-        .iter()
-        .map(|a| match a {
-            Arg::Plain(s) => s.clone(),
-            Arg::Secret(s) => s.expose().to_string(),
-        })
-        .collect()
-}
-
 fn nguid_of(uuid: &str) -> String {
     uuid.replace('-', "")
 }
 
-impl NvmeSim {
-    /// The copy the runner's rules hold: the same tree and state without the runner, so the
-    /// rules do not keep the sim (and its temporary tree) alive in a reference cycle.
-    fn for_handlers(&self) -> Self {
-        Self {
-            fake: self.fake.clone(),
-            runner: Arc::new(FakeRunner::new()),
-            state: self.state.clone(),
-        }
-    }
+/// The simulated NVMe-oF stack: a fake host tree and a runner whose `nvme`, `mdadm` and
+/// `blockdev` act on it. Cloning shares both.
+#[derive(Clone)]
+pub struct NvmeSim {
+    /// The host tree the simulated tools change (host NQN and id set).
+    pub fake: FakeHost,
+    /// The runner the simulated tools answer on; it records every command.
+    pub runner: Arc<FakeRunner>,
+    tools: Tools<State>,
+}
 
+impl NvmeSim {
+    /// A host with identity [`HOSTNQN`]/[`HOSTID`], with the kernel's native NVMe
+    /// multipath on or off, and no subsystem.
     pub fn new(native_multipath: bool) -> Self {
+        let fake = FakeHost::new();
         let sim = NvmeSim {
-            fake: FakeHost::new(),
+            fake: fake.clone(),
             runner: Arc::new(FakeRunner::new()),
-            state: Arc::new(Mutex::new(State::default())),
+            tools: Tools::new(fake, State::default()),
         };
         let root = sim.fake.root().to_path_buf();
         for (p, v) in [
@@ -84,18 +93,19 @@ impl NvmeSim {
             std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
             std::fs::write(root.join(p), format!("{v}\n")).unwrap();
         }
-        sim.install();
+        let (t, r) = (&sim.tools, &*sim.runner);
+        t.answer(r, "nvme", &[], |t, c| t.nvme(c));
+        t.answer(r, "mdadm", &[], |t, c| t.mdadm(c));
+        answer_flushbufs(&sim.fake, r);
         sim
     }
 
-    fn st(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+    /// Adds subsystem `nqn` reachable at `portals` (`address:port`) with `namespaces`,
+    /// each `(nsid, uuid, size)`; its NGUIDs are the UUIDs without dashes.
     pub fn add_subsystem(&self, nqn: &str, portals: &[&str], namespaces: &[(u32, &str, u64)]) {
-        let mut st = self.st();
+        let mut st = self.tools.state();
         let instance = st.subsystems.len() as u32;
-        st.subsystems.push(SimSubsystem {
+        st.subsystems.push(Subsystem {
             nqn: nqn.into(),
             instance,
             portals: portals
@@ -112,34 +122,37 @@ impl NvmeSim {
         });
     }
 
+    /// Makes connects to `address` be refused (`up` false) or work again.
     pub fn set_reachable(&self, address: &str, up: bool) {
-        for s in self.st().subsystems.iter_mut() {
+        for s in self.tools.state().subsystems.iter_mut() {
             for p in s.portals.iter_mut().filter(|p| p.0 == address) {
                 p.2 = up;
             }
         }
     }
 
+    /// The controllers present (`nvme0`, ...), sorted.
     pub fn controllers(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.fake.root().join("sys/class/nvme"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        names_in(&self.fake.root().join("sys/class/nvme"))
     }
 
+    /// How many attachments hostbrick's NVMe registry holds.
     pub fn registry_entries(&self) -> usize {
         std::fs::read_dir(self.fake.root().join("run/hostbrick/attachments/nvme"))
             .map(|rd| rd.count())
             .unwrap_or(0)
     }
 
+    /// Nothing of any volume is left: no controller, registry entry, md array or block
+    /// device.
+    ///
+    /// # Panics
+    ///
+    /// When something is left, naming it.
     pub fn assert_clean(&self) {
         assert_eq!(self.controllers(), Vec::<String>::new(), "controllers left");
         assert_eq!(self.registry_entries(), 0, "registry entries left");
-        assert!(self.st().arrays.is_empty(), "md arrays left");
+        assert!(self.tools.state().arrays.is_empty(), "md arrays left");
         let heads: Vec<_> = std::fs::read_dir(self.fake.root().join("sys/block"))
             .unwrap()
             .flatten()
@@ -148,40 +161,43 @@ impl NvmeSim {
         assert!(heads.is_empty(), "block devices left: {heads:?}");
     }
 
+    /// A context on the simulated host.
+    pub fn context(&self) -> HostContext {
+        super::context(&self.fake, &self.runner)
+    }
+
+    /// Connector options on the simulated host, with time limits short enough for tests
+    /// (operations 5 s, scans 300 ms).
     pub fn options(&self) -> ConnectorOptions {
-        ConnectorOptions::with_context(HostContext::new(self.fake.host(), self.runner.clone()))
-            .operation_timeout(Duration::from_secs(5))
-            .scan_timeout(Duration::from_millis(300))
-            .lock_dir(self.fake.root().join("run/lock/hostbrick"))
+        super::options(
+            &self.fake,
+            &self.runner,
+            Duration::from_secs(5),
+            Duration::from_millis(300),
+        )
     }
 
-    fn install(&self) {
-        let s = self.for_handlers();
-        self.runner.on("nvme", &[], move |c| s.nvme(c));
-        let s = self.for_handlers();
-        self.runner.on("mdadm", &[], move |c| s.mdadm(c));
-        let root = self.fake.root().to_path_buf();
-        self.runner.on("blockdev", &["--flushbufs"], move |c| {
-            let dev = plain(c).last().cloned().unwrap_or_default();
-            if root.join(dev.trim_start_matches('/')).exists() {
-                CommandOutput::ok("")
-            } else {
-                CommandOutput::exit(
-                    1,
-                    format!("blockdev: cannot open {dev}: No such file or directory\n"),
-                )
+    /// Grows the namespace `uuid` on the target; `head` shows it after a rescan.
+    pub fn resize(&self, uuid: &str, head: &str, size: u64) {
+        for s in self.tools.state().subsystems.iter_mut() {
+            for n in s.namespaces.iter_mut().filter(|n| n.1 == uuid) {
+                n.2 = size;
             }
-        });
+        }
+        self.fake.resize_nvme_namespace(head, size);
     }
+}
 
+/// What the simulated tools answer.
+impl Tools<State> {
     fn nvme(&self, c: &Command) -> CommandOutput {
-        let a = plain(c);
+        let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
             ["connect", "-t", "tcp", "-a", addr, "-s", port, "-n", nqn, "-q", hostnqn, "-I", _hostid, "-l", _tmo] =>
             {
                 let port: u16 = port.parse().unwrap();
-                let mut st = self.st();
+                let mut st = self.state();
                 let Some(sub) = st
                     .subsystems
                     .iter()
@@ -226,7 +242,7 @@ impl NvmeSim {
             }
             ["disconnect", "-d", name] => {
                 let n: u32 = name.trim_start_matches("nvme").parse().unwrap();
-                let mut st = self.st();
+                let mut st = self.state();
                 let Some(pos) = st.controllers.iter().position(|x| x.0 == n) else {
                     return CommandOutput::exit(0, format!("Did not find device {name}\n"));
                 };
@@ -238,11 +254,10 @@ impl NvmeSim {
             }
             ["id-ns", dev, "-o", "json"] => {
                 let head = dev.trim_start_matches("/dev/");
-                let uuid = std::fs::read_to_string(
-                    self.fake.root().join(format!("sys/block/{head}/uuid")),
-                )
-                .unwrap_or_default();
-                let st = self.st();
+                let uuid =
+                    std::fs::read_to_string(self.root().join(format!("sys/block/{head}/uuid")))
+                        .unwrap_or_default();
+                let st = self.state();
                 let Some(size) = st
                     .subsystems
                     .iter()
@@ -258,18 +273,8 @@ impl NvmeSim {
         }
     }
 
-    /// Grows the namespace `uuid` on the target; `head` shows it after a rescan.
-    pub fn resize(&self, uuid: &str, head: &str, size: u64) {
-        for s in self.st().subsystems.iter_mut() {
-            for n in s.namespaces.iter_mut().filter(|n| n.1 == uuid) {
-                n.2 = size;
-            }
-        }
-        self.fake.resize_nvme_namespace(head, size);
-    }
-
     fn mdadm(&self, c: &Command) -> CommandOutput {
-        let a = plain(c);
+        let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
             ["--examine", dev] => {
@@ -277,16 +282,16 @@ impl NvmeSim {
             }
             ["--create", array, ..] => {
                 let alias = array.trim_start_matches("/dev/md/").to_string();
-                let root = self.fake.root();
+                let root = self.root();
                 std::fs::create_dir_all(root.join("dev/md")).unwrap();
                 std::fs::write(root.join(format!("dev/md/{alias}")), vec![0u8; 4096]).unwrap();
-                self.st().arrays.push(alias);
+                self.state().arrays.push(alias);
                 CommandOutput::exit(0, format!("mdadm: array {array} started.\n"))
             }
             ["--stop", array] => {
                 let alias = array.trim_start_matches("/dev/md/").to_string();
-                let _ = std::fs::remove_file(self.fake.root().join(format!("dev/md/{alias}")));
-                self.st().arrays.retain(|x| *x != alias);
+                let _ = std::fs::remove_file(self.root().join(format!("dev/md/{alias}")));
+                self.state().arrays.retain(|x| *x != alias);
                 CommandOutput::exit(0, format!("mdadm: stopped {array}\n"))
             }
             _ => CommandOutput::exit(1, format!("mdadm: unsupported {a:?}\n")),
@@ -294,11 +299,13 @@ impl NvmeSim {
     }
 }
 
+/// An NVMe-oF `connection_info` with `data` as its `data` object.
 pub fn nvme_info(data: serde_json::Value) -> ConnectionInfo {
-    ConnectionInfo::from_value(&serde_json::json!({"driver_volume_type": "nvmeof", "data": data}))
-        .unwrap()
+    connection_info("nvmeof", data)
 }
 
+/// The `connection_info` of the namespace `uuid` of subsystem [`NQN`] over TCP at
+/// `portals` (`address:port`), for volume `id`.
 pub fn volume(uuid: &str, portals: &[&str], id: &str) -> ConnectionInfo {
     let portals: Vec<serde_json::Value> = portals
         .iter()

@@ -1,103 +1,121 @@
-//! A simulated iSCSI initiator stack for driving hostbrick's connectors on a fake host
-//! tree: iscsiadm (node records, logins, sessions, discovery), multipath/multipathd and
-//! blockdev, answering with the text the real tools print.
-
-#![allow(dead_code)] // each test file uses a different part
+//! A simulated iSCSI initiator stack on a fake host tree: `iscsiadm` (node records, logins
+//! with or without CHAP, sessions, SendTargets discovery), `multipath`/`multipathd`,
+//! `dmsetup remove` and `blockdev`, answering with the text the real tools print. A login
+//! makes the session and its SCSI host in the tree; with `node.session.scan = manual` the
+//! target's LUNs wait to be scanned, otherwise they appear at once, as with open-iscsi.
+//!
+//! ```
+//! use hostbrick::testing::sim::iscsi::{single, IscsiSim, WWID_1};
+//! use hostbrick::testing::sim::MIB;
+//! use hostbrick::{connector_for, DisconnectOptions, Protocol};
+//!
+//! let sim = IscsiSim::new();
+//! sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+//! let c = connector_for(Protocol::Iscsi, sim.options()).unwrap();
+//! let ci = single("127.0.0.1:3260", 1, "vol-1");
+//! let rec = c.connect_volume(&ci).unwrap();
+//! assert_eq!(sim.session_count(), 1);
+//! c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default()).unwrap();
+//! sim.assert_clean();
+//! ```
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hostbrick::iscsi::by_path_name;
-use hostbrick::testing::{FakeHost, FakeRunner, LunSpec};
-use hostbrick::{
-    Arg, Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext, Portal,
-};
+use super::{answer_flushbufs, args, connection_info, names_in, Tools};
+use crate::iscsi::by_path_name;
+use crate::testing::{FakeHost, FakeRunner, LunSpec};
+use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
+use crate::{Portal, Wwid};
 
+/// The target name every simulated target has.
 pub const IQN: &str = "iqn.2003-01.org.linux-iscsi.vm:t1";
+/// A LUN's `wwid` as sysfs shows it (`naa.` + the NAA identifier).
 pub const WWID_1: &str = "naa.6001405aaaaaaaaaaaaaaaaaaaaaaa1";
+/// Another LUN's `wwid`.
 pub const WWID_2: &str = "naa.6001405bbbbbbbbbbbbbbbbbbbbbbb2";
-pub const MIB: u64 = 1 << 20;
 
+/// A target portal and what it offers.
 #[derive(Debug, Clone)]
-pub struct SimTarget {
-    pub iqn: String,
-    pub portal: Portal,
+struct Target {
+    iqn: String,
+    portal: Portal,
     /// (lun, sysfs wwid, size)
-    pub luns: Vec<(u64, String, u64)>,
-    pub chap: Option<(String, String)>,
-    pub reachable: bool,
+    luns: Vec<(u64, String, u64)>,
+    chap: Option<(String, String)>,
+    reachable: bool,
 }
 
 #[derive(Debug, Clone)]
-struct SimSession {
+struct Session {
     sid: u32,
-    host_no: u32,
     iqn: String,
     portal: Portal,
 }
 
 #[derive(Default)]
-struct SimState {
-    targets: Vec<SimTarget>,
+struct State {
+    targets: Vec<Target>,
     nodes: HashMap<(String, String), HashMap<String, String>>,
-    sessions: Vec<SimSession>,
+    sessions: Vec<Session>,
     next_sid: u32,
     multipathd: bool,
     wwids: Vec<String>,
 }
 
+/// The simulated iSCSI stack: a fake host tree and a runner whose `iscsiadm`,
+/// `multipath`, `multipathd`, `dmsetup` and `blockdev` act on it. Cloning shares both.
 #[derive(Clone)]
-pub struct Sim {
+pub struct IscsiSim {
+    /// The host tree the simulated tools change (initiator name set, multipathd running).
     pub fake: FakeHost,
+    /// The runner the simulated tools answer on; it records every command.
     pub runner: Arc<FakeRunner>,
-    state: Arc<Mutex<SimState>>,
+    tools: Tools<State>,
 }
 
-fn lock(m: &Mutex<SimState>) -> MutexGuard<'_, SimState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn plain(c: &Command) -> Vec<String> {
-    c.arg_list()
-        .iter()
-        .map(|a| match a {
-            Arg::Plain(s) => s.clone(),
-            Arg::Secret(s) => s.expose().to_string(),
-        })
-        .collect()
-}
-
-impl Sim {
-    /// The copy the runner's rules hold: the same tree and state without the runner, so the
-    /// rules do not keep the sim (and its temporary tree) alive in a reference cycle.
-    fn for_handlers(&self) -> Self {
-        Self {
-            fake: self.fake.clone(),
-            runner: Arc::new(FakeRunner::new()),
-            state: self.state.clone(),
-        }
+impl Default for IscsiSim {
+    fn default() -> Self {
+        Self::new()
     }
+}
 
+impl IscsiSim {
+    /// A host with initiator `iqn.1993-08.org.debian:01:testhost`, multipathd running and
+    /// no target.
     pub fn new() -> Self {
-        let sim = Sim {
-            fake: FakeHost::new(),
+        let fake = FakeHost::new();
+        fake.set_initiator_name("iqn.1993-08.org.debian:01:testhost");
+        let sim = IscsiSim {
+            fake: fake.clone(),
             runner: Arc::new(FakeRunner::new()),
-            state: Arc::new(Mutex::new(SimState {
-                next_sid: 1,
-                multipathd: true,
-                ..SimState::default()
-            })),
+            tools: Tools::new(
+                fake,
+                State {
+                    next_sid: 1,
+                    multipathd: true,
+                    ..State::default()
+                },
+            ),
         };
-        sim.fake
-            .set_initiator_name("iqn.1993-08.org.debian:01:testhost");
-        sim.install();
+        let (t, r) = (&sim.tools, &*sim.runner);
+        t.answer(r, "iscsiadm", &[], |t, c| t.iscsiadm(c));
+        t.answer(r, "multipathd", &[], |t, c| t.multipathd(c));
+        t.answer(r, "multipath", &[], |t, c| t.multipath(c));
+        t.answer(r, "dmsetup", &["remove"], |t, c| {
+            let name = args(c).last().cloned().unwrap_or_default();
+            t.remove_map(&name)
+        });
+        answer_flushbufs(&sim.fake, r);
         sim
     }
 
+    /// Adds target [`IQN`] at `portal` (`address:port`) with `luns`, each `(lun, sysfs
+    /// wwid, size)`; it is reachable and needs no CHAP.
     pub fn add_target(&self, portal: &str, luns: &[(u64, &str, u64)]) {
-        lock(&self.state).targets.push(SimTarget {
+        self.tools.state().targets.push(Target {
             iqn: IQN.to_string(),
             portal: portal.parse().unwrap(),
             luns: luns
@@ -109,15 +127,19 @@ impl Sim {
         });
     }
 
+    /// Makes every target added so far refuse logins without CHAP `user` and `pass`.
     pub fn require_chap(&self, user: &str, pass: &str) {
-        for t in lock(&self.state).targets.iter_mut() {
+        for t in self.tools.state().targets.iter_mut() {
             t.chap = Some((user.into(), pass.into()));
         }
     }
 
+    /// Makes logins to and discovery at `portal` time out (`up` false) or work again.
     pub fn set_reachable(&self, portal: &str, up: bool) {
         let p: Portal = portal.parse().unwrap();
-        for t in lock(&self.state)
+        for t in self
+            .tools
+            .state()
             .targets
             .iter_mut()
             .filter(|t| t.portal == p)
@@ -126,12 +148,15 @@ impl Sim {
         }
     }
 
+    /// Starts or stops multipathd.
     pub fn set_multipathd(&self, running: bool) {
-        lock(&self.state).multipathd = running;
+        self.tools.state().multipathd = running;
     }
 
+    /// Grows (or shrinks) the LUN with sysfs wwid `wwid` to `size`; its disks show the new
+    /// size after a rescan.
     pub fn resize(&self, wwid: &str, size: u64) {
-        for t in lock(&self.state).targets.iter_mut() {
+        for t in self.tools.state().targets.iter_mut() {
             for l in t.luns.iter_mut().filter(|l| l.1 == wwid) {
                 l.2 = size;
             }
@@ -139,29 +164,31 @@ impl Sim {
         self.fake.resize_lun(wwid, size);
     }
 
+    /// How many sessions are logged in.
     pub fn session_count(&self) -> usize {
-        lock(&self.state).sessions.len()
+        self.tools.state().sessions.len()
     }
 
+    /// How many node records there are.
     pub fn node_count(&self) -> usize {
-        lock(&self.state).nodes.len()
+        self.tools.state().nodes.len()
     }
 
+    /// Whether a node record for `portal` (`address:port`) exists.
     pub fn has_node(&self, portal: &str) -> bool {
-        lock(&self.state).nodes.keys().any(|(_, p)| p == portal)
+        self.tools.state().nodes.keys().any(|(_, p)| p == portal)
     }
 
+    /// The multipath maps' names (`/dev/mapper`), sorted.
     pub fn maps(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.fake.root().join("dev/mapper"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        names_in(&self.fake.root().join("dev/mapper"))
     }
 
     /// Nothing of any volume is left: no session, node, SCSI disk, map or by-path link.
+    ///
+    /// # Panics
+    ///
+    /// When something is left, naming it.
     pub fn assert_clean(&self) {
         assert_eq!(self.session_count(), 0, "sessions left");
         assert_eq!(self.node_count(), 0, "node records left");
@@ -174,51 +201,32 @@ impl Sim {
         assert!(links.is_empty(), "by-path links left: {links:?}");
     }
 
+    /// A context on the simulated host.
     pub fn context(&self) -> HostContext {
-        HostContext::new(self.fake.host(), self.runner.clone())
+        super::context(&self.fake, &self.runner)
     }
 
+    /// Connector options on the simulated host, with time limits short enough for tests
+    /// (operations 10 s, scans 500 ms, extra paths 300 ms, multipath maps 3 s).
     pub fn options(&self) -> ConnectorOptions {
-        let mut o = ConnectorOptions::with_context(self.context())
-            .operation_timeout(Duration::from_secs(10))
-            .scan_timeout(Duration::from_millis(500))
-            .lock_dir(self.fake.root().join("run/lock/hostbrick"));
+        let mut o = super::options(
+            &self.fake,
+            &self.runner,
+            Duration::from_secs(10),
+            Duration::from_millis(500),
+        );
         o.iscsi.extra_path_grace = Duration::from_millis(300);
         o.iscsi.multipath_timeout = Duration::from_secs(3);
         o
     }
+}
 
-    fn install(&self) {
-        let s = self.for_handlers();
-        self.runner.on("iscsiadm", &[], move |c| s.iscsiadm(c));
-        let s = self.for_handlers();
-        self.runner.on("multipathd", &[], move |c| s.multipathd(c));
-        let s = self.for_handlers();
-        self.runner.on("multipath", &[], move |c| s.multipath(c));
-        let s = self.for_handlers();
-        self.runner.on("dmsetup", &["remove"], move |c| {
-            let name = plain(c).last().cloned().unwrap_or_default();
-            s.remove_map(&name)
-        });
-        let root = self.fake.root().to_path_buf();
-        self.runner.on("blockdev", &["--flushbufs"], move |c| {
-            let dev = plain(c).last().cloned().unwrap_or_default();
-            let local = root.join(dev.trim_start_matches('/'));
-            if local.exists() {
-                CommandOutput::ok("")
-            } else {
-                CommandOutput::exit(
-                    1,
-                    format!("blockdev: cannot open {dev}: No such file or directory\n"),
-                )
-            }
-        });
-    }
-
+/// What the simulated tools answer.
+impl Tools<State> {
     fn iscsiadm(&self, c: &Command) -> CommandOutput {
         // A real iscsiadm takes a while to start: concurrent calls overlap.
         std::thread::sleep(Duration::from_millis(2));
-        let a = plain(c);
+        let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
             ["-m", "session"] => self.session_list(),
@@ -235,7 +243,7 @@ impl Sim {
     }
 
     fn session_list(&self) -> CommandOutput {
-        let st = lock(&self.state);
+        let st = self.state();
         if st.sessions.is_empty() {
             return CommandOutput::exit(21, "iscsiadm: No active sessions.\n");
         }
@@ -248,7 +256,7 @@ impl Sim {
     }
 
     fn node_list(&self) -> CommandOutput {
-        let st = lock(&self.state);
+        let st = self.state();
         if st.nodes.is_empty() {
             return CommandOutput::exit(21, "iscsiadm: No records found\n");
         }
@@ -265,7 +273,7 @@ impl Sim {
         let key = (iqn.to_string(), portal.to_string());
         let portal_p: Portal = portal.parse().unwrap();
         let bracket = format!("{},{}", portal_p.host(), portal_p.port());
-        let mut st = lock(&self.state);
+        let mut st = self.state();
         let no_records = || CommandOutput::exit(21, "iscsiadm: No records found\n");
         match rest {
             [] => match st.nodes.get(&key) {
@@ -278,7 +286,7 @@ impl Sim {
                 if st.nodes.remove(&key).is_some() {
                     drop(st);
                     std::thread::sleep(Duration::from_millis(5));
-                    st = lock(&self.state);
+                    st = self.state();
                 }
                 st.nodes.insert(key, HashMap::new());
                 CommandOutput::ok(format!("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] {bracket},-1 {iqn}] added\n"))
@@ -319,7 +327,7 @@ impl Sim {
                 let sid = st.next_sid;
                 st.next_sid += 1;
                 let host_no = sid + 1;
-                st.sessions.push(SimSession { sid, host_no, iqn: iqn.into(), portal: portal_p.clone() });
+                st.sessions.push(Session { sid, iqn: iqn.into(), portal: portal_p.clone() });
                 let manual = params.get("node.session.scan").map(String::as_str) == Some("manual");
                 drop(st);
                 self.fake.add_iscsi_session(sid, host_no, 0, iqn, &portal_p);
@@ -350,7 +358,7 @@ impl Sim {
             ["--op", "new"] | ["--op", "update", ..] => CommandOutput::ok(""),
             ["--discover"] => {
                 let p: Portal = portal.parse().unwrap();
-                let mut st = lock(&self.state);
+                let mut st = self.state();
                 let Some(t) = st
                     .targets
                     .iter()
@@ -359,7 +367,7 @@ impl Sim {
                 else {
                     return CommandOutput::exit(4, format!("iscsiadm: cannot make connection to {}: Connection refused\niscsiadm: connection login retries (reopen_max) 5 exceeded\niscsiadm: Could not perform SendTargets discovery: encountered connection failure\n", p.host()));
                 };
-                let found: Vec<SimTarget> = st
+                let found: Vec<Target> = st
                     .targets
                     .iter()
                     .filter(|x| x.iqn == t.iqn)
@@ -380,19 +388,16 @@ impl Sim {
 
     fn dev_wwid(&self, dev: &str) -> Option<String> {
         let name = Path::new(dev).file_name()?.to_string_lossy().into_owned();
-        let raw = std::fs::read_to_string(
-            self.fake
-                .root()
-                .join(format!("sys/block/{name}/device/wwid")),
-        )
-        .ok()?;
-        Some(hostbrick::Wwid::from_sysfs(&raw).ok()?.to_string())
+        let raw =
+            std::fs::read_to_string(self.root().join(format!("sys/block/{name}/device/wwid")))
+                .ok()?;
+        Some(Wwid::from_sysfs(&raw).ok()?.to_string())
     }
 
     fn multipathd(&self, c: &Command) -> CommandOutput {
-        let a = plain(c);
+        let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        if !lock(&self.state).multipathd {
+        if !self.state().multipathd {
             return CommandOutput::exit(1, "error -104 receiving packet\n");
         }
         match a.as_slice() {
@@ -403,7 +408,7 @@ impl Sim {
                 let Some(wwid) = self.dev_wwid(dev) else {
                     return CommandOutput::ok("fail\n");
                 };
-                if !lock(&self.state).wwids.contains(&wwid) {
+                if !self.state().wwids.contains(&wwid) {
                     return CommandOutput::ok("ok\n"); // blacklisted by find_multipaths: no map
                 }
                 let name = Path::new(dev)
@@ -411,7 +416,7 @@ impl Sim {
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
-                let mapper = self.fake.root().join(format!("dev/mapper/{wwid}"));
+                let mapper = self.root().join(format!("dev/mapper/{wwid}"));
                 match std::fs::canonicalize(&mapper) {
                     Ok(dm) => self
                         .fake
@@ -423,19 +428,17 @@ impl Sim {
                 CommandOutput::ok("ok\n")
             }
             ["resize", "map", name] => {
-                let Ok(dm) =
-                    std::fs::canonicalize(self.fake.root().join(format!("dev/mapper/{name}")))
+                let Ok(dm) = std::fs::canonicalize(self.root().join(format!("dev/mapper/{name}")))
                 else {
                     return CommandOutput::ok("fail\n");
                 };
                 let dm = dm.file_name().unwrap().to_string_lossy().into_owned();
-                let slave =
-                    std::fs::read_dir(self.fake.root().join(format!("sys/block/{dm}/slaves")))
-                        .unwrap()
-                        .flatten()
-                        .next()
-                        .unwrap()
-                        .file_name();
+                let slave = std::fs::read_dir(self.root().join(format!("sys/block/{dm}/slaves")))
+                    .unwrap()
+                    .flatten()
+                    .next()
+                    .unwrap()
+                    .file_name();
                 let size: u64 = std::fs::read_to_string(
                     self.fake
                         .root()
@@ -453,11 +456,11 @@ impl Sim {
     }
 
     fn multipath(&self, c: &Command) -> CommandOutput {
-        let a = plain(c);
+        let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
             ["-a", wwid] => {
-                lock(&self.state).wwids.push(wwid.to_string());
+                self.state().wwids.push(wwid.to_string());
                 CommandOutput::ok(format!("wwid '{wwid}' added\n"))
             }
             ["-f", name] => self.remove_map(name),
@@ -466,7 +469,7 @@ impl Sim {
     }
 
     fn remove_map(&self, name: &str) -> CommandOutput {
-        match std::fs::canonicalize(self.fake.root().join(format!("dev/mapper/{name}"))) {
+        match std::fs::canonicalize(self.root().join(format!("dev/mapper/{name}"))) {
             Ok(dm) => {
                 self.fake
                     .remove_multipath_map(&dm.file_name().unwrap().to_string_lossy());
@@ -477,11 +480,13 @@ impl Sim {
     }
 }
 
+/// An iSCSI `connection_info` with `data` as its `data` object.
 pub fn info(data: serde_json::Value) -> ConnectionInfo {
-    ConnectionInfo::from_value(&serde_json::json!({"driver_volume_type": "iscsi", "data": data}))
-        .unwrap()
+    connection_info("iscsi", data)
 }
 
+/// The `connection_info` of LUN `lun` of target [`IQN`] at `portal`, single path, for
+/// volume `volume`.
 pub fn single(portal: &str, lun: u64, volume: &str) -> ConnectionInfo {
     info(serde_json::json!({
         "target_portal": portal, "target_iqn": IQN, "target_lun": lun,
@@ -489,6 +494,8 @@ pub fn single(portal: &str, lun: u64, volume: &str) -> ConnectionInfo {
     }))
 }
 
+/// The `connection_info` of LUN `lun` of target [`IQN`] at every one of `portals` (the
+/// first is the primary), for volume `volume`.
 pub fn multi(portals: &[&str], lun: u64, volume: &str) -> ConnectionInfo {
     info(serde_json::json!({
         "target_portal": portals[0], "target_iqn": IQN, "target_lun": lun,

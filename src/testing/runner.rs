@@ -1,0 +1,144 @@
+//! [`FakeRunner`]: a [`CommandRunner`] that answers from scripted rules and records what
+//! it was asked to run.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::lock;
+use crate::{Command, CommandOutput, CommandRunner, Error, Result};
+
+type Handler = Arc<dyn Fn(&Command) -> CommandOutput + Send + Sync>;
+type Matcher = Box<dyn Fn(&Command) -> bool + Send + Sync>;
+
+struct Rule {
+    matches: Matcher,
+    handler: Handler,
+}
+
+/// A [`CommandRunner`] that answers from rules instead of running anything, and records
+/// every command it was asked to run. The newest matching rule answers; a command no rule
+/// matches is [`Error::CommandNotFound`]. Commands from several threads are answered
+/// concurrently, as real ones run.
+#[derive(Default)]
+pub struct FakeRunner {
+    rules: Mutex<Vec<Rule>>,
+    calls: Mutex<Vec<Command>>,
+}
+
+impl std::fmt::Debug for FakeRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeRunner")
+            .field("rules", &lock(&self.rules).len())
+            .field("calls", &lock(&self.calls).len())
+            .finish()
+    }
+}
+
+impl FakeRunner {
+    /// A runner with no rules.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Answers commands of `program` whose arguments start with `prefix`.
+    pub fn on(
+        &self,
+        program: &str,
+        prefix: &[&str],
+        handler: impl Fn(&Command) -> CommandOutput + Send + Sync + 'static,
+    ) -> &Self {
+        let program = program.to_string();
+        let prefix: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        self.on_match(
+            move |c| {
+                let p: Vec<&str> = prefix.iter().map(String::as_str).collect();
+                c.program() == program && c.args_start_with(&p)
+            },
+            handler,
+        )
+    }
+
+    /// Answers commands `matches` accepts.
+    pub fn on_match(
+        &self,
+        matches: impl Fn(&Command) -> bool + Send + Sync + 'static,
+        handler: impl Fn(&Command) -> CommandOutput + Send + Sync + 'static,
+    ) -> &Self {
+        lock(&self.rules).push(Rule {
+            matches: Box::new(matches),
+            handler: Arc::new(handler),
+        });
+        self
+    }
+
+    /// Every command run so far, in order.
+    pub fn commands(&self) -> Vec<Command> {
+        lock(&self.calls).clone()
+    }
+
+    /// Every command run so far as shown in logs (secrets masked).
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).iter().map(|c| c.to_string()).collect()
+    }
+
+    /// How many commands shown as containing `needle` ran.
+    pub fn count(&self, needle: &str) -> usize {
+        self.calls().iter().filter(|c| c.contains(needle)).count()
+    }
+
+    /// Forgets the recorded commands.
+    pub fn clear_calls(&self) {
+        lock(&self.calls).clear();
+    }
+}
+
+impl CommandRunner for FakeRunner {
+    fn run(&self, cmd: &Command) -> Result<CommandOutput> {
+        lock(&self.calls).push(cmd.clone());
+        if let Some(c) = cmd.cancellation() {
+            if c.is_cancelled() {
+                return Err(Error::CommandCancelled {
+                    program: cmd.program().to_string(),
+                    args: cmd.shown_args(),
+                });
+            }
+        }
+        let handler = lock(&self.rules)
+            .iter()
+            .rev()
+            .find(|r| (r.matches)(cmd))
+            .map(|r| r.handler.clone());
+        match handler {
+            Some(h) => Ok(h(cmd)),
+            None => Err(Error::CommandNotFound {
+                program: cmd.program().to_string(),
+                searched: vec![PathBuf::from("(fake runner: no rule)")],
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_rules_newest_first_and_unmatched_is_an_error() {
+        let r = FakeRunner::new();
+        r.on("iscsiadm", &["-m", "session"], |_| {
+            CommandOutput::exit(21, "iscsiadm: No active sessions.\n")
+        });
+        r.on("iscsiadm", &["-m", "session"], |_| {
+            CommandOutput::ok("tcp: [1] 127.0.0.1:3260,1 iqn.2003-01.x:t (non-flash)\n")
+        });
+        let out = r
+            .run(&Command::new("iscsiadm").args(["-m", "session"]))
+            .unwrap();
+        assert!(out.status.success());
+        assert!(matches!(
+            r.run(&Command::new("nvme")),
+            Err(Error::CommandNotFound { .. })
+        ));
+        assert_eq!(r.count("iscsiadm -m session"), 1);
+    }
+}
