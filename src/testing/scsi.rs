@@ -108,11 +108,8 @@ impl FakeHost {
         self.add_scsi_host(host_no);
         let sdev = self.p(&format!("sys/devices/platform/host{host_no}/session{sid}"));
         fs::create_dir_all(sdev.join(format!("connection{sid}:0"))).expect("fake tree: create dir");
-        let class = self.p(&format!("sys/class/iscsi_session/session{sid}"));
-        write(&class.join("targetname"), &format!("{iqn}\n"));
-        write(&class.join("target_id"), &format!("{target_id}\n"));
-        write(&class.join("tpgt"), "1\n");
-        link(&sdev, &class.join("device"));
+        // As the kernel's login completes: the connection first, then the session entry,
+        // whole at once, so a reader (an audit) never sees a session without its portal.
         let conn = self.p(&format!("sys/class/iscsi_connection/connection{sid}:0"));
         write(
             &conn.join("persistent_address"),
@@ -124,6 +121,14 @@ impl FakeHost {
         );
         write(&conn.join("address"), &format!("{}\n", portal.host()));
         write(&conn.join("port"), &format!("{}\n", portal.port()));
+        let staged = self.p(&format!("sys/class/.iscsi_session.new/session{sid}"));
+        write(&staged.join("targetname"), &format!("{iqn}\n"));
+        write(&staged.join("target_id"), &format!("{target_id}\n"));
+        write(&staged.join("tpgt"), "1\n");
+        link(&sdev, &staged.join("device"));
+        let class = self.p(&format!("sys/class/iscsi_session/session{sid}"));
+        fs::create_dir_all(self.p("sys/class/iscsi_session")).expect("fake tree: create dir");
+        fs::rename(&staged, &class).expect("fake tree: rename");
     }
 
     /// Removes session `sid` and its SCSI host, with every device on it (a logout).
