@@ -1,6 +1,9 @@
 //! The `local` protocol: a block device that is already on this host (a loop device, a
 //! local LV, a disk a controller outside hostbrick attached). Connect validates it and
 //! returns its record; disconnect leaves the device alone, as it was there before.
+//!
+//! The connector comes from [`crate::connector_for`] (`Protocol::Local`); its parsed data is
+//! [`LocalProperties`].
 
 use std::path::PathBuf;
 

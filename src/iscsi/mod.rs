@@ -5,6 +5,15 @@
 //! → WWID. Single path tries the targets in order; multipath logs in to all of them at once
 //! and assembles a dm-multipath map as soon as one path is up. Every failed attempt undoes
 //! what it created.
+//!
+//! The connector comes from [`crate::connector_for`] (`Protocol::Iscsi` or `Iser`). This
+//! module holds what a caller of it may need to name: the parsed `connection_info` data
+//! ([`IscsiProperties`], [`IscsiTarget`], [`ChapCredentials`]), the connector's own options
+//! ([`IscsiOptions`]) and udev's by-path name of a LUN ([`by_path_name`]).
+//!
+//! Inside: `connect` (target choice, single path and multipath), `login` (one path: node
+//! record, login, targeted scan, device wait), `teardown` (disconnect), `extend`,
+//! `iscsiadm` (the CLI wrapper and its parsers), `session` (sessions in sysfs) and `audit`.
 
 pub(crate) mod audit;
 mod connect;
@@ -15,13 +24,13 @@ pub(crate) mod session;
 mod teardown;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use crate::connector::IscsiOptions;
 pub use crate::model::iscsi::{ChapCredentials, IscsiProperties, IscsiTarget};
 pub(crate) use iscsiadm::{Iscsiadm, LoginOutcome, NodeParam};
 
-use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
+use crate::connector::{ms, ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::ids::{Hctl, Portal, Wwid};
@@ -75,10 +84,6 @@ fn target_lock_key_for(portal: &Portal, iqn: &str) -> String {
 /// The lock under which one connect at a time sets a target's node record up and logs in.
 fn target_setup_key(t: &IscsiTarget) -> String {
     format!("iscsi-login-{}-{}", t.portal, t.iqn)
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
 }
 
 /// udev's `by-path` name for an iSCSI LUN (as `path_id` builds it).

@@ -7,6 +7,16 @@
 //! A replicated volume gets an MD RAID1 over its replicas. A controller is shared by every
 //! namespace of its subsystem, so connects record themselves in the attachment registry and
 //! a disconnect only drops a controller no other attachment needs.
+//!
+//! The connector comes from [`crate::connector_for`] (`Protocol::NvmeOf`). This module holds
+//! what a caller may need to name: the parsed `connection_info` data ([`NvmeProperties`],
+//! [`NvmeTarget`], [`NvmePortal`], [`NamespaceId`], [`Nqn`]), the connector's options
+//! ([`NvmeOptions`]) and the host's NVMe identity ([`host_identity`]).
+//!
+//! Inside: `connect` (portals, controllers, the namespace wait, MD over replicas), `teardown`
+//! (disconnect, controller release), `extend`, `controllers` and `namespaces` (sysfs lookups,
+//! with the one namespace resolver), `identity` (host NQN and host id), `cli` (the `nvme`
+//! wrapper) and `audit`.
 
 pub(crate) mod audit;
 pub(crate) mod cli;

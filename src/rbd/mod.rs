@@ -1,5 +1,12 @@
 //! The Ceph RBD connector: local attach through kernel rbd or rbd-nbd, or (non-local) a
 //! network-disk record for the hypervisor to open itself.
+//!
+//! The connector comes from [`crate::connector_for`] (`Protocol::Rbd`). This module holds
+//! what a caller may need to name: the parsed `connection_info` data ([`RbdProperties`],
+//! [`ImageSpec`], [`Monitor`]), the connector's options ([`RbdOptions`], [`RbdMapper`],
+//! [`RbdAttach`]) and the network-disk description of a volume ([`network_source`]).
+//! Inside: the driver here, `cli` (the `rbd` / `rbd-nbd` wrappers, their parsers and the
+//! private Ceph files) and `audit`.
 
 pub(crate) mod audit;
 pub(crate) mod cli;
