@@ -37,6 +37,20 @@
 //! # }
 //! ```
 //!
+//! # Where things are
+//!
+//! - The crate root: what a caller of connect, disconnect, properties, libvirt and attach
+//!   needs ([`connector_for`], [`Connector`], [`ConnectionInfo`], [`ConnectorOptions`],
+//!   [`DeviceRecord`], [`Error`], [`HostContext`], [`get_connector_properties`], [`audit()`]).
+//! - [`iscsi`], [`nvme`], [`rbd`], [`local`]: each protocol's parsed `connection_info` data
+//!   and options.
+//! - [`libvirt`]: the typed libvirt disk and its XML, built the way Nova builds it.
+//! - [`attach`]: attaching a volume to a guest in steps with undo, as Nova does.
+//! - [`audit`](mod@audit): what hostbrick finds orphaned on the host.
+//! - `testing` (feature `testing`): fake host trees, a scripted runner and simulated
+//!   initiator stacks; `internals` (feature `internals`): the parsers and host probes
+//!   beneath the connectors, for fuzz targets and benchmarks.
+//!
 //! # Testing code that uses hostbrick
 //!
 //! Everything hostbrick touches goes through a [`Host`] (file roots) and a
