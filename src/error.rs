@@ -223,6 +223,28 @@ pub enum Error {
         source: nix::Error,
     },
 
+    /// A device record disagrees with what the host shows: what it names is not this
+    /// volume's (another LUN after a reboot renumbered SCSI addresses, a map or array of
+    /// another volume). Nothing was changed.
+    #[error("the device record does not match the host: {what}: {reason}")]
+    RecordMismatch {
+        /// What in the record (an H:C:T:L, a multipath map, an MD array, a device).
+        what: String,
+        /// How the host disagrees.
+        reason: String,
+    },
+
+    /// A device is in use by something hostbrick did not set up for this volume (a mounted
+    /// filesystem, swap, LVM, dm-crypt, another array or map), so it is neither flushed nor
+    /// removed.
+    #[error("{device} is in use: {reason}")]
+    DeviceInUse {
+        /// The block device (e.g. `sdb`, `dm-3`).
+        device: String,
+        /// What uses it.
+        reason: String,
+    },
+
     /// No path of the volume produced a usable block device.
     #[error("volume device not found; tried: {}", list_attempts(tried))]
     VolumeDeviceNotFound {
@@ -333,6 +355,8 @@ impl Error {
             Error::Udev { .. } => "udev",
             Error::Lock { .. } => "lock",
             Error::VolumeDeviceNotFound { .. } => "volume_device_not_found",
+            Error::RecordMismatch { .. } => "record_mismatch",
+            Error::DeviceInUse { .. } => "device_in_use",
             Error::MultipathdNotRunning => "multipathd_not_running",
             Error::MultipathAssembly { .. } => "multipath_assembly",
             Error::InvalidDevice { .. } => "invalid_device",

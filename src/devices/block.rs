@@ -67,6 +67,102 @@ pub fn holders(host: &Host, name: &str) -> Result<Vec<String>> {
     host.list_dir(&host.sys(format!("block/{name}/holders")))
 }
 
+/// The devices under `name` (a dm map's paths, an MD array's members).
+pub fn slaves(host: &Host, name: &str) -> Result<Vec<String>> {
+    host.list_dir(&host.sys(format!("block/{name}/slaves")))
+}
+
+/// The `major:minor` numbers of every mounted device, from `/proc/self/mountinfo` text
+/// (the third field of each line).
+pub fn parse_mounted_devnums(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|d| {
+            d.split_once(':').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The device names of active swap areas, from `/proc/swaps` text (`/dev/sdb2` → `sdb2`;
+/// swap files are left out).
+pub fn parse_swap_devices(swaps: &str) -> Vec<String> {
+    swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?;
+            (f.next()? == "partition").then_some(name)
+        })
+        .filter_map(|p| p.rsplit('/').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Why block device `name` must not be flushed and removed, if it must not: a filesystem on
+/// it (or on one of its partitions) is mounted, it is active swap, or something other than
+/// `allowed` holds it (LVM, dm-crypt, an MD array or a multipath map hostbrick did not make
+/// for this volume). `None` when it is free to go, or already gone.
+pub fn in_use(host: &Host, name: &str, allowed: &[&str]) -> Result<Option<String>> {
+    if !exists(host, name) {
+        return Ok(None);
+    }
+    let mut names = vec![name.to_string()];
+    for entry in host.list_dir(&host.sys(format!("block/{name}")))? {
+        if entry.starts_with(name) && host.sys(format!("block/{name}/{entry}/partition")).exists() {
+            names.push(entry);
+        }
+    }
+    let mounted = host
+        .read_attr_opt(&host.proc("self/mountinfo"))?
+        .map(|t| parse_mounted_devnums(&t))
+        .unwrap_or_default();
+    let swaps = host
+        .read_attr_opt(&host.proc("swaps"))?
+        .map(|t| parse_swap_devices(&t))
+        .unwrap_or_default();
+    for n in &names {
+        let dev = if n == name {
+            host.read_attr_opt(&host.sys(format!("block/{name}/dev")))?
+        } else {
+            host.read_attr_opt(&host.sys(format!("block/{name}/{n}/dev")))?
+        };
+        if let Some(dev) = dev {
+            if mounted.contains(&dev) {
+                return Ok(Some(format!("a filesystem on {n} ({dev}) is mounted")));
+            }
+        }
+        if swaps.iter().any(|s| s == n) {
+            return Ok(Some(format!("{n} is active swap")));
+        }
+    }
+    let foreign: Vec<String> = holders(host, name)?
+        .into_iter()
+        .filter(|h| !allowed.contains(&h.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        return Ok(Some(format!("held by {}", foreign.join(", "))));
+    }
+    Ok(None)
+}
+
+/// Fails with [`Error::DeviceInUse`] when [`in_use`] finds `name` in use.
+pub fn ensure_unused(host: &Host, name: &str, allowed: &[&str]) -> Result<()> {
+    match in_use(host, name, allowed)? {
+        Some(reason) => Err(Error::DeviceInUse {
+            device: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Writes the device's dirty buffers out: `blockdev --flushbufs`.
 pub fn flush(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Result<()> {
     let cmd = Command::new("blockdev")
@@ -119,6 +215,20 @@ pub fn check_readable(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn mounted_devices_and_swaps_parse() {
+        let mi = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                  30 22 0:26 / /run rw - tmpfs tmpfs rw\n\
+                  31 22 253:3 / /data rw - xfs /dev/mapper/x rw\n\
+                  garbage\n";
+        assert_eq!(parse_mounted_devnums(mi), ["8:1", "0:26", "253:3"]);
+        let sw = "Filename\tType\tSize\tUsed\tPriority\n\
+                  /dev/sdb2                               partition\t1048572\t0\t-2\n\
+                  /swapfile                               file\t1048572\t0\t-3\n";
+        assert_eq!(parse_swap_devices(sw), ["sdb2"]);
+        assert!(parse_swap_devices("").is_empty());
+    }
     use super::*;
 
     #[test]

@@ -12,7 +12,7 @@ impl IscsiDriver {
     pub(super) fn extend(&self, op: &Operation<'_>, props: &IscsiProperties) -> Result<u64> {
         let deadline = op.deadline;
         let host = self.host();
-        let devices = self.volume_devices(&props.targets, None, &mut SessionFinder::new(host))?;
+        let devices = self.volume_devices(&props.targets, &mut SessionFinder::new(host))?;
         if devices.is_empty() {
             return Err(Error::VolumeDeviceNotFound {
                 tried: props

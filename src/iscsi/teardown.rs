@@ -8,13 +8,24 @@ use super::{ms, target_lock_key, IscsiDriver, IscsiProperties, IscsiTarget, Volu
 use crate::connector::{DisconnectOptions, Operation};
 use crate::devices::multipath::{self, MultipathMap};
 use crate::devices::{block, scsi};
-use crate::error::{Failures, Result};
-use crate::model::ids::Hctl;
+use crate::error::{Error, Failures, Result};
 use crate::model::record::DeviceRecord;
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
+/// What a disconnect proved the volume owns on the live host.
+struct Owned {
+    devices: Vec<VolumeDevice>,
+    maps: Vec<MultipathMap>,
+    targets: Vec<IscsiTarget>,
+}
+
 impl IscsiDriver {
+    /// Detaches the volume. What belongs to it is derived from the connection_info and the
+    /// live host (each target's session and LUN); the record only adds what the host shows
+    /// to be the same volume, and a record the host contradicts stops the disconnect before
+    /// anything is touched ([`Error::RecordMismatch`]). So does a device in use by anything
+    /// but this volume's own multipath map ([`Error::DeviceInUse`]).
     pub(super) fn disconnect(
         &self,
         op: &Operation<'_>,
@@ -24,7 +35,70 @@ impl IscsiDriver {
     ) -> Result<()> {
         let deadline = op.deadline;
         let host = self.host();
+        let mut sessions = SessionFinder::new(host);
+        let owned = self.owned(props, record, &mut sessions)?;
+        // Nothing is flushed or removed unless all of it is free to go.
+        let map_dms: Vec<&str> = owned.maps.iter().map(|m| m.dm.as_str()).collect();
+        for m in &owned.maps {
+            block::ensure_unused(host, &m.dm, &[])?;
+        }
+        for d in &owned.devices {
+            block::ensure_unused(host, &d.name, &map_dms)?;
+        }
+        let mut failures = Failures::new(opts.ignore_errors);
+        for m in &owned.maps {
+            failures.step(self.remove_map(m, opts.force, deadline))?;
+        }
+        for d in &owned.devices {
+            failures.step(self.remove_scsi_device(d, opts.force, deadline))?;
+        }
+        for t in &owned.targets {
+            failures.step(self.release_target(t, true, &mut sessions, deadline))?;
+        }
+        failures.step(self.registry.remove(&props.volume_key()))?;
+        tracing::debug!(
+            devices = owned.devices.len(),
+            maps = owned.maps.len(),
+            "devices and maps removed"
+        );
+        failures.finish()
+    }
+
+    /// What the volume owns on the live host: its SCSI devices, the multipath maps over
+    /// them, and the targets to release. Each target's LUN on its session comes from the
+    /// connection_info; a recorded path counts only when the host shows that address as
+    /// the LUN of a session of the volume's IQN, a recorded map only when its paths are the
+    /// volume's devices and its WWID theirs. Recorded things the host no longer has are
+    /// skipped; recorded things the host shows as something else are a
+    /// [`Error::RecordMismatch`].
+    fn owned(
+        &self,
+        props: &IscsiProperties,
+        record: Option<&DeviceRecord>,
+        sessions: &mut SessionFinder<'_>,
+    ) -> Result<Owned> {
+        let host = self.host();
         let mut targets = props.targets.clone();
+        // The recorded addresses tell `sessions` where to look first.
+        for p in record.map_or(&[][..], |r| &r.paths[..]) {
+            sessions.hint(p.hctl)?;
+        }
+        let mut devices = self.volume_devices(&props.targets, sessions)?;
+        // The target's LUN showing another WWID than the recorded one serves another volume
+        // now: it is left alone, and this volume counts as gone from there.
+        if let Some(want) = record.and_then(|r| r.scsi_wwn.as_deref()) {
+            let mut kept = Vec::new();
+            for d in devices {
+                match scsi::wwid(host, d.hctl)? {
+                    Some(have) if have.as_str() != want => {
+                        tracing::warn!(hctl = %d.hctl, device = %d.name, want, have = %have, "device shows another volume; leaving it");
+                    }
+                    _ => kept.push(d),
+                }
+            }
+            devices = kept;
+        }
+        let mut wwid = self.common_wwid(&devices, record)?;
         if let Some(r) = record {
             for p in &r.paths {
                 let t = IscsiTarget {
@@ -32,15 +106,50 @@ impl IscsiDriver {
                     iqn: p.iqn.clone(),
                     lun: p.lun,
                 };
+                let Some(name) = scsi::block_name(host, p.hctl)? else {
+                    continue; // gone already: nothing to act on
+                };
+                let mismatch = |reason: String| Error::RecordMismatch {
+                    what: format!("path {} ({name})", p.hctl),
+                    reason,
+                };
+                if !props
+                    .targets
+                    .iter()
+                    .any(|c| c.iqn == t.iqn && c.lun == t.lun)
+                {
+                    return Err(mismatch(format!(
+                        "{t} is not a target of this volume's connection_info"
+                    )));
+                }
+                let on_session = sessions.find(&t)?.and_then(|s| s.hctl(t.lun));
+                if on_session != Some(p.hctl) {
+                    return Err(mismatch(format!(
+                        "the host shows {} as another LUN than {t}",
+                        p.hctl
+                    )));
+                }
+                let have = scsi::wwid(host, p.hctl)?;
+                let recorded = r.scsi_wwn.as_deref();
+                match (&wwid, &have) {
+                    // The volume's LUN serves another volume now (see above).
+                    (_, Some(have)) if recorded.is_some_and(|w| w != have.as_str()) => continue,
+                    (Some(want), Some(have)) if want != have.as_str() => {
+                        return Err(mismatch(format!(
+                            "it shows WWID {have}, the volume's other paths {want}"
+                        )));
+                    }
+                    (None, Some(have)) => wwid = Some(have.to_string()),
+                    _ => {}
+                }
+                if !devices.iter().any(|d| d.hctl == p.hctl) {
+                    devices.push(VolumeDevice { hctl: p.hctl, name });
+                }
                 if !targets.contains(&t) {
                     targets.push(t);
                 }
             }
         }
-        let mut failures = Failures::new(opts.ignore_errors);
-        let mut sessions = SessionFinder::new(host);
-        let devices = self.volume_devices(&targets, record, &mut sessions)?;
-
         let mut maps: Vec<MultipathMap> = Vec::new();
         for d in &devices {
             if let Some(m) = multipath::holder_map(host, &d.name)? {
@@ -51,71 +160,95 @@ impl IscsiDriver {
         }
         if let Some(id) = record.and_then(|r| r.multipath_id.as_deref()) {
             if let Some(m) = multipath::map_by_name(host, id)? {
-                let matches = record
-                    .and_then(|r| r.scsi_wwn.as_deref())
-                    .is_none_or(|w| w == m.wwid);
-                if matches && !maps.contains(&m) {
+                if !maps.contains(&m) {
+                    self.check_recorded_map(&m, &devices, wwid.as_deref())?;
                     maps.push(m);
                 }
             }
         }
-        for m in &maps {
-            failures.step(self.remove_map(m, opts.force, deadline))?;
-        }
-        for d in &devices {
-            failures.step(self.remove_scsi_device(d, opts.force, deadline))?;
-        }
-        for t in &targets {
-            failures.step(self.release_target(t, true, &mut sessions, deadline))?;
-        }
-        failures.step(self.registry.remove(&props.volume_key()))?;
-        tracing::debug!(
-            devices = devices.len(),
-            maps = maps.len(),
-            "devices and maps removed"
-        );
-        failures.finish()
+        Ok(Owned {
+            devices,
+            maps,
+            targets,
+        })
     }
 
-    /// The volume's SCSI devices on the host: each target's LUN on its session, plus the
-    /// recorded paths that still show the recorded WWID. The recorded paths also tell
-    /// `sessions` where to look first.
+    /// The WWID the volume's devices share (the record's when no device shows one). Paths of
+    /// one volume showing different WWIDs mean the target changed under the volume: nothing
+    /// is removed.
+    fn common_wwid(
+        &self,
+        devices: &[VolumeDevice],
+        record: Option<&DeviceRecord>,
+    ) -> Result<Option<String>> {
+        let host = self.host();
+        let recorded = record.and_then(|r| r.scsi_wwn.as_deref());
+        let mut wwid: Option<String> = None;
+        for d in devices {
+            if let Some(w) = scsi::wwid(host, d.hctl)? {
+                match &wwid {
+                    Some(prev) if prev != w.as_str() => {
+                        return Err(Error::RecordMismatch {
+                            what: format!("device {} ({})", d.hctl, d.name),
+                            reason: format!("it shows WWID {w}, another path of the volume {prev}"),
+                        });
+                    }
+                    _ => wwid = Some(w.to_string()),
+                }
+            }
+        }
+        Ok(wwid.or_else(|| recorded.map(str::to_string)))
+    }
+
+    /// A map the record names is the volume's only when every path under it is one of the
+    /// volume's devices and it carries the volume's WWID (or, pathless, the record's).
+    fn check_recorded_map(
+        &self,
+        m: &MultipathMap,
+        devices: &[VolumeDevice],
+        wwid: Option<&str>,
+    ) -> Result<()> {
+        let host = self.host();
+        let mismatch = |reason: String| Error::RecordMismatch {
+            what: format!("multipath map {} ({})", m.name, m.dm),
+            reason,
+        };
+        for slave in block::slaves(host, &m.dm)? {
+            if !devices.iter().any(|d| d.name == slave) {
+                return Err(mismatch(format!(
+                    "its path {slave} is not a device of this volume"
+                )));
+            }
+        }
+        match wwid {
+            Some(w) if w == m.wwid => Ok(()),
+            Some(w) => Err(mismatch(format!(
+                "it carries WWID {}, the volume {w}",
+                m.wwid
+            ))),
+            None => Err(mismatch(
+                "the volume's WWID is unknown (no device shows it, the record has none)".into(),
+            )),
+        }
+    }
+
+    /// The volume's SCSI devices on the host: each target's LUN on its session.
     pub(super) fn volume_devices(
         &self,
         targets: &[IscsiTarget],
-        record: Option<&DeviceRecord>,
         sessions: &mut SessionFinder<'_>,
     ) -> Result<Vec<VolumeDevice>> {
         let host = self.host();
-        let expected = record.and_then(|r| r.scsi_wwn.as_deref());
         let mut out: Vec<VolumeDevice> = Vec::new();
-        let consider = |hctl: Hctl, out: &mut Vec<VolumeDevice>| -> Result<()> {
-            if out.iter().any(|d| d.hctl == hctl) {
-                return Ok(());
-            }
-            let Some(name) = scsi::block_name(host, hctl)? else {
-                return Ok(());
-            };
-            if let (Some(want), Some(have)) = (expected, scsi::wwid(host, hctl)?) {
-                if want != have.as_str() {
-                    tracing::warn!(%hctl, device = %name, want, have = %have, "device shows another volume; leaving it");
-                    return Ok(());
-                }
-            }
-            out.push(VolumeDevice { hctl, name });
-            Ok(())
-        };
-        for p in record.map_or(&[][..], |r| &r.paths[..]) {
-            sessions.hint(p.hctl)?;
-        }
         for t in targets {
-            if let Some(h) = sessions.find(t)?.and_then(|s| s.hctl(t.lun)) {
-                consider(h, &mut out)?;
+            let Some(hctl) = sessions.find(t)?.and_then(|s| s.hctl(t.lun)) else {
+                continue;
+            };
+            if out.iter().any(|d| d.hctl == hctl) {
+                continue;
             }
-        }
-        if let Some(r) = record {
-            for p in &r.paths {
-                consider(p.hctl, &mut out)?;
+            if let Some(name) = scsi::block_name(host, hctl)? {
+                out.push(VolumeDevice { hctl, name });
             }
         }
         Ok(out)

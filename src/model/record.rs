@@ -87,6 +87,20 @@ pub struct RbdRecord {
     pub device: String,
 }
 
+/// The block device a `local` volume's path resolved to at connect, and its identity, so
+/// a later operation can tell whether the path still names the same device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalRecord {
+    /// The block device the path resolved to, e.g. `/dev/loop3`.
+    pub device: PathBuf,
+    /// Its `major:minor`.
+    pub devnum: String,
+    /// The kernel's disk sequence number (`diskseq`), unique per device until a reboot,
+    /// where the kernel has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
+}
+
 /// The result of a connect, with os-brick's keys (`type`, `path`, `scsi_wwn`,
 /// `multipath_id`) and what a later disconnect needs. Persist it as JSON; unknown keys
 /// are ignored when it is read back.
@@ -124,6 +138,9 @@ pub struct DeviceRecord {
     /// For a mapped RBD image: how it is mapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbd: Option<RbdRecord>,
+    /// For a `local` volume: the device its path resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalRecord>,
 }
 
 impl DeviceRecord {
@@ -141,6 +158,7 @@ impl DeviceRecord {
             md_alias: None,
             network: None,
             rbd: None,
+            local: None,
         }
     }
 
@@ -183,6 +201,7 @@ mod tests {
             md_alias: None,
             network: None,
             rbd: None,
+            local: None,
         };
         let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
         assert_eq!(v["type"], "block");

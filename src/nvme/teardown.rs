@@ -10,7 +10,7 @@ use super::namespaces::{self, resolve_namespace, Resolved};
 use super::{controller_lock_key, Attachment, Nqn, NvmeDriver, NvmePortal, NvmeProperties};
 use crate::connector::{ms, DisconnectOptions, Operation};
 use crate::devices::{block, md};
-use crate::error::{Failures, Result};
+use crate::error::{Error, Failures, Result};
 use crate::model::record::DeviceRecord;
 use crate::platform::host::Host;
 use crate::platform::lock::LockMode;
@@ -119,7 +119,23 @@ impl NvmeDriver {
             .as_deref()
             .filter(|_| props.replicas.len() > 1)
             .or_else(|| record.and_then(|r| r.md_alias.as_deref()));
-        if let Some(alias) = alias {
+        // Nothing is flushed or stopped unless the array is built over this volume's heads
+        // only and neither it nor a head is used by anything else.
+        let array = match alias {
+            Some(alias) => owned_array(host, alias, &heads)?,
+            None => None,
+        };
+        if let Some(md) = &array {
+            block::ensure_unused(host, md, &[])?;
+        }
+        for h in &heads {
+            block::ensure_unused(
+                host,
+                h,
+                &array.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?;
+        }
+        if let Some(alias) = alias.filter(|_| array.is_some()) {
             let r = flush(op, &md::array_path(alias), opts.force)
                 .and_then(|()| md::stop(op.runner(), host, alias, deadline));
             failures.step(r)?;
@@ -143,6 +159,30 @@ impl NvmeDriver {
         }
         failures.finish()
     }
+}
+
+/// The kernel name (`mdN`) of the array at `/dev/md/<alias>`, when it exists; a
+/// [`Error::RecordMismatch`] when a member is not one of the volume's `heads`.
+fn owned_array(host: &Host, alias: &str, heads: &[String]) -> Result<Option<String>> {
+    let Some(target) = host.canonical(&host.map_dev_path(&md::array_path(alias)))? else {
+        return Ok(None);
+    };
+    let Some(md) = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    for member in block::slaves(host, &md)? {
+        if !heads.contains(&member) {
+            return Err(Error::RecordMismatch {
+                what: format!("MD array {alias} ({md})"),
+                reason: format!("its member {member} is not a namespace of this volume"),
+            });
+        }
+    }
+    Ok(Some(md))
 }
 
 fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<()> {

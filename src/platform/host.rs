@@ -22,6 +22,7 @@ pub struct Host {
     dev: PathBuf,
     etc: PathBuf,
     run: PathBuf,
+    proc: PathBuf,
     real: bool,
     write_hook: Option<WriteHook>,
 }
@@ -33,6 +34,7 @@ impl std::fmt::Debug for Host {
             .field("dev", &self.dev)
             .field("etc", &self.etc)
             .field("run", &self.run)
+            .field("proc", &self.proc)
             .field("write_hook", &self.write_hook.is_some())
             .finish()
     }
@@ -40,8 +42,16 @@ impl std::fmt::Debug for Host {
 
 impl PartialEq for Host {
     fn eq(&self, other: &Self) -> bool {
-        (&self.sys, &self.dev, &self.etc, &self.run, self.real)
-            == (&other.sys, &other.dev, &other.etc, &other.run, other.real)
+        (
+            &self.sys, &self.dev, &self.etc, &self.run, &self.proc, self.real,
+        ) == (
+            &other.sys,
+            &other.dev,
+            &other.etc,
+            &other.run,
+            &other.proc,
+            other.real,
+        )
     }
 }
 
@@ -54,19 +64,20 @@ impl Default for Host {
 }
 
 impl Host {
-    /// The running system: `/sys`, `/dev`, `/etc`, `/run`.
+    /// The running system: `/sys`, `/dev`, `/etc`, `/run`, `/proc`.
     pub fn system() -> Self {
         Host {
             sys: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
             etc: PathBuf::from("/etc"),
             run: PathBuf::from("/run"),
+            proc: PathBuf::from("/proc"),
             real: true,
             write_hook: None,
         }
     }
 
-    /// A tree under `root` (`root/sys`, `root/dev`, `root/etc`, `root/run`), e.g. a fake
+    /// A tree under `root` (`root/sys`, `root/dev`, `root/etc`, `root/run`, `root/proc`), e.g. a fake
     /// host in a temporary directory. udev is never used for such a tree: waits poll it.
     pub fn with_root(root: impl AsRef<Path>) -> Self {
         let root = root.as_ref();
@@ -76,6 +87,7 @@ impl Host {
             dev: root.join("dev"),
             etc: root.join("etc"),
             run: root.join("run"),
+            proc: root.join("proc"),
             real,
             write_hook: None,
         }
@@ -131,6 +143,11 @@ impl Host {
     /// A path under /run.
     pub fn run(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.run.join(rel)
+    }
+
+    /// A path under /proc (mounts and swaps, for the in-use checks).
+    pub fn proc(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.proc.join(rel)
     }
 
     /// The default directory for hostbrick's cross-process lock files.

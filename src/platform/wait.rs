@@ -7,6 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+// Events of this module log under the target `hostbrick::wait` (operators filter on it, e.g.
+// `RUST_LOG=hostbrick::wait=trace`), whatever folder the module sits in.
+
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
@@ -45,7 +48,7 @@ impl DeviceWatch {
             match open_monitor(subsystems) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    tracing::warn!(error = %e.chain(), "udev monitor unavailable; polling sysfs");
+                    tracing::warn!(target: "hostbrick::wait", error = %e.chain(), "udev monitor unavailable; polling sysfs");
                     None
                 }
             }
@@ -90,7 +93,7 @@ impl DeviceWatch {
                 if self.monitor.is_some() {
                     // Nothing announced at all points at the kernel side (no scan result,
                     // no device), many events at a condition that never held.
-                    tracing::warn!(what, udev_events = events, "wait timed out");
+                    tracing::warn!(target: "hostbrick::wait", what, udev_events = events, "wait timed out");
                 }
                 return Err(Error::Timeout {
                     what: what.to_string(),
@@ -135,7 +138,7 @@ fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<u64> {
     let mut seen = 0;
     for event in m.iter() {
         seen += 1;
-        if !tracing::enabled!(tracing::Level::TRACE) {
+        if !tracing::enabled!(target: "hostbrick::wait", tracing::Level::TRACE) {
             continue;
         }
         let props = event.properties().map(|p| {
@@ -146,6 +149,7 @@ fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<u64> {
         });
         match Uevent::from_pairs(props) {
             Ok(u) => tracing::trace!(
+                target: "hostbrick::wait",
                 action = u.action().map(|a| a.as_str()),
                 subsystem = u.subsystem(),
                 devname = u.devname(),
@@ -153,6 +157,7 @@ fn wait_event(m: &udev::MonitorSocket, left: Duration) -> Result<u64> {
                 "udev event"
             ),
             Err(reason) => tracing::debug!(
+                target: "hostbrick::wait",
                 device = %event.sysname().to_string_lossy(),
                 %reason,
                 "udev event with malformed properties"

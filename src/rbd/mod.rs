@@ -23,6 +23,7 @@ use crate::devices::block;
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::{DeviceKind, DeviceRecord, NetworkSource, RbdRecord};
+use crate::platform::host::Host;
 use crate::platform::lock::LockMode;
 use crate::platform::registry::Registry;
 use crate::platform::wait::DeviceWatch;
@@ -83,24 +84,41 @@ fn existing(
     mapper: RbdMapper,
     props: &RbdProperties,
 ) -> Result<Option<String>> {
-    let host = op.host();
     if mapper == RbdMapper::Krbd {
-        // udev's link is the cheap answer; the listing is the authoritative one.
-        let mut link = host.dev("rbd").join(&props.image.pool);
-        if let Some(ns) = &props.image.namespace {
-            link = link.join(ns);
-        }
-        let link = link.join(&props.image.image);
-        if let Some(t) = host.canonical(&link)? {
-            if let Some(n) = t.file_name().and_then(|n| n.to_str()) {
-                return Ok(Some(format!("/dev/{n}")));
-            }
-        }
+        // The kernel's own list of its mappings; never a /dev link, which anyone who can
+        // write /dev (or name an image `../sda`) could point anywhere.
+        return krbd_mapping(op.host(), &props.image);
     }
     Ok(cli::mappings(op.runner(), mapper, op.deadline)?
         .into_iter()
         .find(|m| m.maps(&props.image))
         .map(|m| m.device))
+}
+
+/// The kernel rbd device mapping the head of `spec`, from the kernel's mapping list
+/// (`/sys/bus/rbd/devices/N/{pool,pool_ns,name,current_snap}`; `rbdN` is its block device).
+pub(crate) fn krbd_mapping(host: &Host, spec: &ImageSpec) -> Result<Option<String>> {
+    let dir = host.sys("bus/rbd/devices");
+    for id in host.list_dir(&dir)? {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let attr = |name: &str| host.read_attr_opt(&dir.join(&id).join(name));
+        let (Some(pool), Some(name)) = (attr("pool")?, attr("name")?) else {
+            continue;
+        };
+        let pool_ns = attr("pool_ns")?.unwrap_or_default();
+        let snap = attr("current_snap")?.unwrap_or_else(|| "-".into());
+        if pool == spec.pool
+            && pool_ns == spec.namespace.clone().unwrap_or_default()
+            && name == spec.image
+            && snap == "-"
+            && block::exists(host, &format!("rbd{id}"))
+        {
+            return Ok(Some(format!("/dev/rbd{id}")));
+        }
+    }
+    Ok(None)
 }
 
 fn unmap(op: &Operation<'_>, mapper: RbdMapper, device: &str, force: bool) -> Result<()> {
@@ -228,6 +246,9 @@ impl Driver for RbdDriver {
                 Err(Error::CommandNotFound { .. }) if Some(mapper) != recorded => continue,
                 Err(e) => return Err(e),
             };
+            for device in &devices {
+                block::ensure_unused(op.host(), dev_name(device), &[])?;
+            }
             for device in devices {
                 unmap(op, mapper, &device, options.force)?;
             }

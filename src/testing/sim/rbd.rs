@@ -183,6 +183,11 @@ impl Tools<State> {
                             format!("sys/bus/rbd/devices/{n}/name"),
                             format!("{image}\n"),
                         ),
+                        (format!("sys/bus/rbd/devices/{n}/pool_ns"), "\n".into()),
+                        (
+                            format!("sys/bus/rbd/devices/{n}/current_snap"),
+                            "-\n".into(),
+                        ),
                     ]
                 } else {
                     vec![(format!("sys/block/{name}/pid"), "3322\n".into())]
@@ -205,6 +210,8 @@ impl Tools<State> {
                     let link = root.join(format!("dev/rbd/{spec}"));
                     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
                     let depth = spec.matches('/').count() + 1;
+                    // udev replaces whatever link was there.
+                    let _ = std::fs::remove_file(&link);
                     std::os::unix::fs::symlink(format!("{}{name}", "../".repeat(depth)), &link)
                         .unwrap();
                 }
