@@ -6,7 +6,8 @@
 #   -> nothing mapped;
 #   rbd-nbd (--rbd-nbd): connect -> /dev/nbdN, I/O, idempotent, extend, disconnect -> no daemon left;
 #   wrong key -> error[authentication_failed] and nothing mapped (both mappers);
-#   --no-local-attach -> a network record (no key in it), nothing mapped; its disconnect is a no-op.
+#   --no-local-attach -> a network record (no key in it), nothing mapped; its disconnect is a no-op;
+#   an image name with `..` -> error[invalid_connection_info], nothing mapped.
 # The cephx key must not be left in a file once disconnect returns.
 # Kernel floor: raw `rbd map` -> /dev/rbdN node (rbd-nbd's floor is noted).
 . "$GUEST_DIR/lib.sh"
@@ -127,6 +128,13 @@ attach_cmd badkey-nbd connect --rbd-nbd "$WORK/conn-bad.json"
 expect_error badkey-nbd authentication_failed
 check_no_rbd_leftovers
 check_secret_not_left "$BADKEY"
+# An image name that climbs out of its pool (`..`): refused before anything runs.
+for name in "$POOL/../sda" "$POOL/..";  do
+    conn_rbd "$WORK/conn-dotdot.json" "$name" cinder "$KEY" "$(new_uuid)"
+    attach_cmd dotdot connect "$WORK/conn-dotdot.json"
+    expect_error dotdot invalid_connection_info
+    check_no_rbd_leftovers
+done
 
 # ---------------------------------------------------------------- no local attach -----
 attach_ok net connect --no-local-attach "$WORK/conn1.json"
