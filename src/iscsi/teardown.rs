@@ -106,6 +106,15 @@ impl IscsiDriver {
                     iqn: p.iqn.clone(),
                     lun: p.lun,
                 };
+                let ours = props
+                    .targets
+                    .iter()
+                    .any(|c| c.iqn == t.iqn && c.lun == t.lun);
+                // A recorded portal of the volume's target (one discovery found) is released
+                // like the others: only a session left without LUNs is logged out.
+                if ours && !targets.contains(&t) {
+                    targets.push(t.clone());
+                }
                 let Some(name) = scsi::block_name(host, p.hctl)? else {
                     continue; // gone already: nothing to act on
                 };
@@ -113,11 +122,7 @@ impl IscsiDriver {
                     what: format!("path {} ({name})", p.hctl),
                     reason,
                 };
-                if !props
-                    .targets
-                    .iter()
-                    .any(|c| c.iqn == t.iqn && c.lun == t.lun)
-                {
+                if !ours {
                     return Err(mismatch(format!(
                         "{t} is not a target of this volume's connection_info"
                     )));
