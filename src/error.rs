@@ -156,6 +156,35 @@ pub enum Error {
         args: String,
     },
 
+    /// An external command printed more than the runner keeps on one stream (see
+    /// [`crate::SystemRunner::with_output_limit`]); it was killed.
+    #[error("`{program} {args}` printed more than {limit} bytes on {stream} and was killed")]
+    OutputTooLarge {
+        /// The program.
+        program: String,
+        /// Its arguments, secrets masked.
+        args: String,
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
+    /// A volume has more paths than a connect logs in to
+    /// ([`crate::iscsi::IscsiOptions::max_targets`]):
+    /// the connection_info's target lists, or the portals a sendtargets discovery reply
+    /// offers for the volume's target. Nothing was logged in to.
+    #[error("{origin} gives {count} targets, more than the limit of {limit}")]
+    TooManyTargets {
+        /// Where the targets came from: `connection_info` or `sendtargets discovery at
+        /// <portal>`.
+        origin: String,
+        /// How many targets it gives.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+
     /// The target refused our credentials (iscsiadm exit code 24).
     #[error("authentication failed logging in to {target}")]
     AuthenticationFailed {
@@ -347,6 +376,8 @@ impl Error {
             Error::CommandFailed { .. } => "command_failed",
             Error::CommandTimedOut { .. } => "command_timed_out",
             Error::CommandCancelled { .. } => "command_cancelled",
+            Error::OutputTooLarge { .. } => "output_too_large",
+            Error::TooManyTargets { .. } => "too_many_targets",
             Error::AuthenticationFailed { .. } => "authentication_failed",
             Error::Io { .. } => "io",
             Error::UnexpectedContent { .. } => "unexpected_content",

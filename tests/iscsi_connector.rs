@@ -711,3 +711,123 @@ fn bad_properties_are_typed_errors_naming_the_field() {
         .unwrap_err();
     assert_eq!(e.kind(), "invalid_connector_protocol");
 }
+
+fn portals(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("127.0.0.{i}:3260")).collect()
+}
+
+#[test]
+fn a_connection_info_with_too_many_targets_is_refused() {
+    let sim = IscsiSim::new();
+    let many = portals(65);
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    for p in &many {
+        sim.add_target(p, &[(1, WWID_1, MIB)]);
+    }
+    let ci = multi(&many, 1, "vol-many");
+    for multipath in [true, false] {
+        let e = connector(&sim, multipath).connect_volume(&ci).unwrap_err();
+        match &e {
+            Error::TooManyTargets {
+                origin,
+                count,
+                limit,
+            } => assert_eq!(
+                (origin.as_str(), *count, *limit),
+                ("connection_info", 65, 64)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.kind(), "too_many_targets");
+    }
+    assert_eq!(sim.runner.count("--login"), 0);
+    sim.assert_clean();
+    // 64 is within the default limit; a lower limit refuses it.
+    let ci = multi(&many[..64], 1, "vol-many");
+    let c = connector_for(
+        Protocol::Iscsi,
+        sim.options()
+            .multipath(hostbrick::MultipathMode::Optional)
+            .iscsi(sim.options().iscsi.max_targets(8)),
+    )
+    .unwrap();
+    assert!(matches!(
+        c.connect_volume(&ci),
+        Err(Error::TooManyTargets {
+            count: 64,
+            limit: 8,
+            ..
+        })
+    ));
+    sim.assert_clean();
+}
+
+#[test]
+fn a_discovery_reply_with_too_many_portals_is_refused() {
+    let sim = IscsiSim::new();
+    for p in portals(70) {
+        sim.add_target(&p, &[(1, WWID_1, MIB)]);
+    }
+    let c = connector(&sim, true);
+    let ci = single("127.0.0.1:3260", 1, "vol-many");
+    let e = c.connect_volume(&ci).unwrap_err();
+    match &e {
+        Error::TooManyTargets {
+            origin,
+            count,
+            limit,
+        } => {
+            assert_eq!(origin, "sendtargets discovery at 127.0.0.1:3260");
+            assert_eq!((*count, *limit), (70, 64));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.runner.count("--login"), 0);
+    // The node records the discovery made are gone again.
+    sim.assert_clean();
+}
+
+#[test]
+fn multipath_logs_in_to_a_bounded_number_of_paths_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    for (limit, expected_max) in [(None, 16), (Some(4), 4)] {
+        let sim = IscsiSim::new();
+        let many = portals(40);
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        for p in &many {
+            sim.add_target(p, &[(1, WWID_1, MIB)]);
+        }
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n2, m2) = (now.clone(), max.clone());
+        sim.runner.on_match(
+            |c| c.program() == "iscsiadm" && c.has_arg("--login"),
+            move |_| {
+                let cur = n2.fetch_add(1, Ordering::SeqCst) + 1;
+                m2.fetch_max(cur, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                n2.fetch_sub(1, Ordering::SeqCst);
+                hostbrick::CommandOutput::exit(
+                    8,
+                    "iscsiadm: initiator reported error (8 - connection timed out)\n",
+                )
+            },
+        );
+        let mut o = sim.options().multipath(hostbrick::MultipathMode::Optional);
+        if let Some(n) = limit {
+            let iscsi = o.iscsi.clone().max_parallel_logins(n);
+            o = o.iscsi(iscsi);
+        }
+        let c = connector_for(Protocol::Iscsi, o).unwrap();
+        match c.connect_volume(&multi(&many, 1, "vol-40")).unwrap_err() {
+            Error::VolumeDeviceNotFound { tried } => assert_eq!(tried.len(), 40),
+            other => panic!("{other:?}"),
+        }
+        let max = max.load(Ordering::SeqCst);
+        assert!(max <= expected_max, "{max} logins at once");
+        assert!(max > 1, "logins no longer run in parallel");
+        assert_eq!(sim.runner.count("--login"), 40);
+        sim.assert_clean();
+    }
+}

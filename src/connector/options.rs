@@ -61,10 +61,25 @@ pub struct IscsiOptions {
     /// The open-iscsi iface for node records (`default`, or `iser` for iSER); `None` picks
     /// from the protocol.
     pub iface: Option<String>,
+    /// How many paths a multipath connect logs in to at once (default 16, at least 1);
+    /// the others wait for a free slot, within the operation deadline.
+    pub max_parallel_logins: usize,
+    /// The most paths a connect accepts (default 64): a connection_info whose target
+    /// lists are longer, or a sendtargets discovery reply offering more portals for the
+    /// volume's target, fails the connect with [`crate::Error::TooManyTargets`] before any
+    /// login.
+    pub max_targets: usize,
 }
 
 impl IscsiOptions {
-    /// The default budgets: 5 s login timeout, 1 retry, 15 s for the map, 5 s grace.
+    /// The default for [`IscsiOptions::max_parallel_logins`].
+    pub const DEFAULT_MAX_PARALLEL_LOGINS: usize = 16;
+
+    /// The default for [`IscsiOptions::max_targets`].
+    pub const DEFAULT_MAX_TARGETS: usize = 64;
+
+    /// The default budgets: 5 s login timeout, 1 retry, 15 s for the map, 5 s grace; at
+    /// most 16 logins at once and 64 paths.
     pub fn new() -> Self {
         IscsiOptions {
             login_timeout: Duration::from_secs(5),
@@ -72,7 +87,21 @@ impl IscsiOptions {
             multipath_timeout: Duration::from_secs(15),
             extra_path_grace: Duration::from_secs(5),
             iface: None,
+            max_parallel_logins: Self::DEFAULT_MAX_PARALLEL_LOGINS,
+            max_targets: Self::DEFAULT_MAX_TARGETS,
         }
+    }
+
+    /// Sets how many paths log in at once (0 is taken as 1).
+    pub fn max_parallel_logins(mut self, n: usize) -> Self {
+        self.max_parallel_logins = n;
+        self
+    }
+
+    /// Sets the most paths a connect accepts.
+    pub fn max_targets(mut self, n: usize) -> Self {
+        self.max_targets = n;
+        self
     }
 
     /// Sets the iface.

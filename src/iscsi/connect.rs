@@ -1,6 +1,7 @@
 //! Connect: the targets to use (with sendtargets discovery), single path and multipath
 //! connects, the gathering of paths into a dm-multipath map, and the device record.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -51,6 +52,14 @@ impl IscsiDriver {
         deadline: Instant,
         discovered: &mut Vec<IscsiTarget>,
     ) -> Result<Vec<IscsiTarget>> {
+        let limit = self.opts.iscsi.max_targets;
+        if props.targets.len() > limit {
+            return Err(Error::TooManyTargets {
+                origin: "connection_info".into(),
+                count: props.targets.len(),
+                limit,
+            });
+        }
         let discover_for_paths = self.opts.multipath.is_on() && props.targets.len() == 1;
         if !props.wants_discovery() && !discover_for_paths {
             return Ok(props.targets.clone());
@@ -90,6 +99,13 @@ impl IscsiDriver {
                                 targets.push(t);
                             }
                         }
+                    }
+                    if targets.len() > limit {
+                        return Err(Error::TooManyTargets {
+                            origin: format!("sendtargets discovery at {portal}"),
+                            count: targets.len(),
+                            limit,
+                        });
                     }
                     tracing::debug!(paths = targets.len(), "discovery done");
                     return Ok(targets);
@@ -138,14 +154,24 @@ impl IscsiDriver {
         let cancel = Cancel::new();
         let span = tracing::Span::current();
         let (tx, rx) = mpsc::channel::<(IscsiTarget, Result<AttachedPath>)>();
+        // At most `max_parallel_logins` paths at once: each worker takes the next target
+        // not yet taken until none is left.
+        let next = AtomicUsize::new(0);
+        let workers = self
+            .opts
+            .iscsi
+            .max_parallel_logins
+            .clamp(1, targets.len().max(1));
         let (paths, errors, map) = std::thread::scope(|s| {
-            for t in targets {
-                let (tx, cancel, span) = (tx.clone(), &cancel, span.clone());
+            for _ in 0..workers {
+                let (tx, cancel, span, next) = (tx.clone(), &cancel, span.clone(), &next);
                 s.spawn(move || {
                     let _e = span.entered();
-                    let r = self.attach_path(props, t, deadline, Some(cancel));
-                    // The receiver lives until every sender is gone.
-                    let _ = tx.send((t.clone(), r));
+                    while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let r = self.attach_path(props, t, deadline, Some(cancel));
+                        // The receiver lives until every sender is gone.
+                        let _ = tx.send((t.clone(), r));
+                    }
                 });
             }
             drop(tx);

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -92,7 +93,8 @@ impl Command {
         self
     }
 
-    /// Sets the time limit; the runner kills the program when it is reached.
+    /// Sets the time limit; the runner kills the program (and its process group) when it
+    /// is reached.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
         self
@@ -292,9 +294,28 @@ impl Cancel {
 }
 
 enum Event {
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
+    /// A chunk of a stream's output.
+    Data(Stream, Vec<u8>),
+    /// The stream reached its end (or a read error ended it early).
+    Eof,
+    /// The stream went past the output limit; its reader stopped.
+    Overflow(Stream),
     Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
 }
 
 /// Directories searched after `PATH` for the programs hostbrick runs.
@@ -303,10 +324,47 @@ pub const EXTRA_BIN_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
 /// The real runner: resolves each program once (`PATH`, then `/usr/sbin`, `/sbin`, `/usr/bin`,
 /// `/bin`), runs it directly (never through a shell), optionally behind a root helper such
 /// as `sudo`, and kills it at its time limit.
+///
+/// # Bounds
+///
+/// Every call returns in bounded time and memory, whatever the program (or what it starts)
+/// does:
+///
+/// - Each command runs in a process group of its own (its pid is the group id). At its time
+///   limit, on cancellation or when its output is too large, the whole group is killed
+///   (`SIGKILL` to the group) while the program is not yet reaped, so the group id cannot
+///   have been reused; then the program is reaped, within [`SystemRunner::REAP_GRACE`]
+///   (a program stuck in the kernel is left to a background reaper after that).
+/// - After a kill, and after a program exits, the readers of its stdout and stderr get
+///   [`SystemRunner::PIPE_GRACE`] to see the pipes close. A descendant that left the group
+///   (a daemon that called `setsid`) may still hold them: the readers are then abandoned
+///   (left detached, each holding one small buffer, ending when the pipe closes) and the
+///   call returns with what was read.
+/// - A program that closes its pipes but keeps running is still bound by its time limit.
+/// - stdout and stderr are each kept up to an output limit
+///   ([`SystemRunner::DEFAULT_OUTPUT_LIMIT`], see [`SystemRunner::with_output_limit`]);
+///   past it the group is killed and the call fails with [`Error::OutputTooLarge`].
+///
+/// Only a time limit, a cancellation or too much output kills: a program that exits (with
+/// any code) is never killed after it, nor is anything it leaves behind. `rbd-nbd map`
+/// relies on that: it forks a daemon that serves the device after the command exited 0.
+/// That daemon may stay in the group; it is not touched, and if it kept the pipes the call
+/// still returns after [`SystemRunner::PIPE_GRACE`].
+///
+/// What a group kill does not reach: processes that left the group (`setsid`,
+/// `setpgid`), i.e. daemons, and, with a root helper, the real command when the helper
+/// puts it in a session of its own. `sudo` without `use_pty` runs the command in its own
+/// process group, which is ours, so the command is killed with it; with `use_pty` (the
+/// default of recent sudo releases) the command runs in a new session on a pseudo-terminal
+/// and only sudo is killed (sudo cannot relay a `SIGKILL`; the command usually gets a
+/// `SIGHUP` when the terminal's other side closes). Such survivors do not hold the call up
+/// (see above), but they keep running. Also, since a command is not in the caller's
+/// process group, a terminal's Ctrl-C reaches only the caller, not the command.
 #[derive(Debug)]
 pub struct SystemRunner {
     root_helper: Vec<String>,
     default_timeout: Duration,
+    output_limit: usize,
     resolved: Mutex<HashMap<String, PathBuf>>,
 }
 
@@ -320,11 +378,25 @@ impl SystemRunner {
     /// The time limit of a command that sets none.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+    /// How many bytes of stdout, and as many of stderr, a command may print by default
+    /// (16 MiB; the largest real output, a `multipathd show maps json` of a big host, is a
+    /// few MiB).
+    pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+    /// How long the readers of a command's pipes may take to see them close once the
+    /// command exited or was killed; after it they are abandoned.
+    pub const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+    /// How long a killed command may take to be reaped; after it a background thread waits
+    /// for it and the call returns.
+    pub const REAP_GRACE: Duration = Duration::from_secs(2);
+
     /// A runner with no root helper.
     pub fn new() -> Self {
         SystemRunner {
             root_helper: Vec::new(),
             default_timeout: Self::DEFAULT_TIMEOUT,
+            output_limit: Self::DEFAULT_OUTPUT_LIMIT,
             resolved: Mutex::new(HashMap::new()),
         }
     }
@@ -342,6 +414,14 @@ impl SystemRunner {
     /// The time limit for commands that set none.
     pub fn with_default_timeout(mut self, t: Duration) -> Self {
         self.default_timeout = t;
+        self
+    }
+
+    /// The most bytes a command may print on stdout, and on stderr (each); past it the
+    /// command is killed and the call fails with [`Error::OutputTooLarge`]. Default
+    /// [`SystemRunner::DEFAULT_OUTPUT_LIMIT`].
+    pub fn with_output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
         self
     }
 
@@ -396,7 +476,9 @@ impl CommandRunner for SystemRunner {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("LC_ALL", "C");
+            .env("LC_ALL", "C")
+            // A group of its own, so that a kill reaches what the program started.
+            .process_group(0);
         let started = Instant::now();
         let timeout = cmd.timeout.unwrap_or(self.default_timeout);
         let deadline = started + timeout;
@@ -412,41 +494,57 @@ impl CommandRunner for SystemRunner {
             program: cmd.program.clone(),
             source,
         })?;
-        // Readers send what they read when the pipe closes; waiting on the channel (rather
-        // than polling the child) lets a timeout or a cancellation interrupt the wait.
-        spawn_reader(child.stdout.take(), tx.clone(), Event::Stdout);
-        spawn_reader(child.stderr.take(), tx, Event::Stderr);
-        let (mut out, mut err) = (None, None);
-        while out.is_none() || err.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let stop = match rx.recv_timeout(left) {
-                Ok(Event::Stdout(b)) => {
-                    out = Some(b);
-                    None
-                }
-                Ok(Event::Stderr(b)) => {
-                    err = Some(b);
-                    None
-                }
-                Ok(Event::Cancelled) => Some(cancelled(cmd)),
-                Err(_) => Some(Error::CommandTimedOut {
-                    program: cmd.program.clone(),
-                    args: cmd.shown_args(),
-                    timeout,
-                }),
-            };
-            if let Some(e) = stop {
-                // The child is not yet reaped, so its pid is still ours to kill.
-                let _ = child.kill();
-                let _ = child.wait();
+        spawn_reader(
+            child.stdout.take(),
+            Stream::Stdout,
+            self.output_limit,
+            tx.clone(),
+        );
+        spawn_reader(
+            child.stderr.take(),
+            Stream::Stderr,
+            self.output_limit,
+            tx.clone(),
+        );
+        // Kept so that the channel never disconnects: waits below always time out rather
+        // than return at once.
+        let _tx = tx;
+        let mut run = Running {
+            rx,
+            out: Vec::new(),
+            err: Vec::new(),
+            open: 2,
+        };
+        let (status, exited_at) = match run.until_exit(&mut child, deadline) {
+            Ok(exit) => exit,
+            Err(stop) => {
+                let e = match stop {
+                    Stop::TimedOut => Error::CommandTimedOut {
+                        program: cmd.program.clone(),
+                        args: cmd.shown_args(),
+                        timeout,
+                    },
+                    Stop::Cancelled => cancelled(cmd),
+                    Stop::Overflow(s) => self.too_large(cmd, s),
+                    Stop::Wait(source) => Error::CommandSpawn {
+                        program: cmd.program.clone(),
+                        source,
+                    },
+                };
+                kill_and_reap(child, cmd);
+                run.drain(Instant::now() + Self::PIPE_GRACE);
                 tracing::warn!(command = %cmd, error = %e, "command stopped");
                 return Err(e);
             }
+        };
+        // Exited: whatever it left behind is not killed; its pipes get a bounded grace.
+        if let Some(s) = run.collect(exited_at + Self::PIPE_GRACE) {
+            tracing::warn!(command = %cmd, stream = s.name(), "output past the limit after the command exited");
+            return Err(self.too_large(cmd, s));
         }
-        let status = child.wait().map_err(|source| Error::CommandSpawn {
-            program: cmd.program.clone(),
-            source,
-        })?;
+        if run.open > 0 {
+            tracing::warn!(command = %cmd, grace_ms = Self::PIPE_GRACE.as_millis() as u64, "output pipes still open after the command exited (a process it started holds them); output may be incomplete");
+        }
         let status = match status.code() {
             Some(c) => ExitStatus::Code(c),
             None => {
@@ -456,12 +554,156 @@ impl CommandRunner for SystemRunner {
         };
         let output = CommandOutput {
             status,
-            stdout: String::from_utf8_lossy(&out.unwrap_or_default()).into_owned(),
-            stderr: String::from_utf8_lossy(&err.unwrap_or_default()).into_owned(),
+            stdout: String::from_utf8_lossy(&run.out).into_owned(),
+            stderr: String::from_utf8_lossy(&run.err).into_owned(),
         };
         tracing::debug!(command = %cmd, %status, elapsed_ms = started.elapsed().as_millis() as u64, "finished");
         Ok(output)
     }
+}
+
+impl SystemRunner {
+    fn too_large(&self, cmd: &Command, s: Stream) -> Error {
+        Error::OutputTooLarge {
+            program: cmd.program.clone(),
+            args: cmd.shown_args(),
+            stream: s.name(),
+            limit: self.output_limit,
+        }
+    }
+}
+
+/// How often a running command is checked for having exited.
+const EXIT_POLL: Duration = Duration::from_millis(10);
+
+/// The most a pipe reader reads at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a running command is stopped.
+enum Stop {
+    TimedOut,
+    Cancelled,
+    Overflow(Stream),
+    Wait(std::io::Error),
+}
+
+/// The output of a running command, as its readers deliver it.
+struct Running {
+    rx: mpsc::Receiver<Event>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    /// Streams not yet at their end.
+    open: usize,
+}
+
+impl Running {
+    /// Collects output until the child exits (not reaping it after a stop, so that its
+    /// group can still be killed safely) or must be stopped.
+    fn until_exit(
+        &mut self,
+        child: &mut std::process::Child,
+        deadline: Instant,
+    ) -> std::result::Result<(std::process::ExitStatus, Instant), Stop> {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok((status, Instant::now())),
+                Ok(None) => {}
+                Err(e) => return Err(Stop::Wait(e)),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Stop::TimedOut);
+            }
+            // Woken by output, a pipe closing or a cancellation; else checks for the exit.
+            match self.rx.recv_timeout((deadline - now).min(EXIT_POLL)) {
+                Ok(Event::Cancelled) => return Err(Stop::Cancelled),
+                Ok(ev) => {
+                    if let Some(s) = self.take(ev) {
+                        return Err(Stop::Overflow(s));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Collects output until both pipes closed or `until`; `Some` when a stream went past
+    /// the limit.
+    fn collect(&mut self, until: Instant) -> Option<Stream> {
+        while self.open > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(ev) => {
+                    if let Some(s) = self.take(ev) {
+                        return Some(s);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// After a stop: lets the readers finish until `until`, dropping what they read.
+    fn drain(&mut self, until: Instant) {
+        while self.open > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Event::Eof | Event::Overflow(_)) => self.open -= 1,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Takes one event in; `Some` when a stream went past the limit.
+    fn take(&mut self, ev: Event) -> Option<Stream> {
+        match ev {
+            Event::Data(Stream::Stdout, b) => self.out.extend_from_slice(&b),
+            Event::Data(Stream::Stderr, b) => self.err.extend_from_slice(&b),
+            Event::Eof => self.open -= 1,
+            Event::Overflow(s) => {
+                self.open -= 1;
+                return Some(s);
+            }
+            // Past the exit a cancellation has nothing left to stop.
+            Event::Cancelled => {}
+        }
+        None
+    }
+}
+
+/// Kills the child's process group (the child is not reaped yet, so its pid, the group
+/// id, is still ours) and reaps the child, waiting at most [`SystemRunner::REAP_GRACE`].
+fn kill_and_reap(mut child: std::process::Child, cmd: &Command) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    match i32::try_from(child.id()) {
+        Ok(pid) => {
+            if let Err(e) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+                tracing::debug!(command = %cmd, error = %e, "killing the process group failed; killing the program");
+                let _ = child.kill();
+            }
+        }
+        Err(_) => {
+            let _ = child.kill();
+        }
+    }
+    let until = Instant::now() + SystemRunner::REAP_GRACE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= until => break,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    tracing::warn!(command = %cmd, "killed program not reaped yet (stuck in the kernel?); leaving it to a background reaper");
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 fn cancelled(cmd: &Command) -> Error {
@@ -471,20 +713,40 @@ fn cancelled(cmd: &Command) -> Error {
     }
 }
 
+/// Reads `pipe` in chunks and sends them; stops past `limit` bytes, or when nobody listens
+/// any more (the call returned and abandoned it).
 fn spawn_reader<R: Read + Send + 'static>(
     pipe: Option<R>,
+    stream: Stream,
+    limit: usize,
     tx: mpsc::Sender<Event>,
-    wrap: fn(Vec<u8>) -> Event,
 ) {
     let Some(mut pipe) = pipe else {
-        let _ = tx.send(wrap(Vec::new()));
+        let _ = tx.send(Event::Eof);
         return;
     };
     std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        // A read error ends the output early; what was read is still reported.
-        let _ = pipe.read_to_end(&mut buf);
-        let _ = tx.send(wrap(buf));
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut total = 0usize;
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total = total.saturating_add(n);
+                    if total > limit {
+                        let _ = tx.send(Event::Overflow(stream));
+                        return;
+                    }
+                    if tx.send(Event::Data(stream, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A read error ends the output early; what was read is still reported.
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(Event::Eof);
     });
 }
 
@@ -578,6 +840,200 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, Error::CommandNotFound { .. }));
         assert!(e.to_string().contains("/usr/sbin"));
+    }
+
+    /// Writes a script's `$!` to a file: `sh -c SCRIPT FILE` sees the file as `$0`.
+    fn sh_with_pidfile(script: &str) -> (tempfile::TempDir, PathBuf, Command) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        let cmd = Command::new("/bin/sh")
+            .args(["-c", script])
+            .arg(file.display().to_string());
+        (dir, file, cmd)
+    }
+
+    fn read_pid(file: &Path) -> i32 {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(file) {
+                if let Ok(p) = s.trim().parse() {
+                    return p;
+                }
+            }
+            assert!(Instant::now() < until, "no pid in {}", file.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// True while `pid` runs (a zombie waiting for its reaper counts as gone).
+    fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised name.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits up to 2 s for `pid` to be gone.
+    fn gone(pid: i32) -> bool {
+        let until = Instant::now() + Duration::from_secs(2);
+        while alive(pid) {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    fn kill_pid(pid: i32) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+
+    #[test]
+    fn a_timeout_kills_the_grandchildren_too() {
+        let (_dir, file, cmd) = sh_with_pidfile(r#"sleep 100 & echo $! >"$0"; wait"#);
+        let t0 = Instant::now();
+        let e = SystemRunner::new()
+            .run(&cmd.timeout(Duration::from_millis(300)))
+            .unwrap_err();
+        assert!(matches!(e, Error::CommandTimedOut { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        let pid = read_pid(&file);
+        let killed = gone(pid);
+        kill_pid(pid);
+        assert!(killed, "grandchild {pid} survived the timeout");
+    }
+
+    #[test]
+    fn a_cancel_kills_the_grandchildren_too() {
+        let (_dir, file, cmd) = sh_with_pidfile(r#"sleep 100 & echo $! >"$0"; wait"#);
+        let cancel = Cancel::new();
+        let c2 = cancel.clone();
+        let f2 = file.clone();
+        let t = std::thread::spawn(move || {
+            read_pid(&f2);
+            c2.cancel();
+        });
+        let t0 = Instant::now();
+        let e = SystemRunner::new()
+            .run(&cmd.cancel_with(&cancel))
+            .unwrap_err();
+        t.join().unwrap();
+        assert!(matches!(e, Error::CommandCancelled { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let pid = read_pid(&file);
+        let killed = gone(pid);
+        kill_pid(pid);
+        assert!(killed, "grandchild {pid} survived the cancel");
+    }
+
+    #[test]
+    fn a_timeout_returns_although_an_escaped_grandchild_holds_the_pipes() {
+        // `setsid` puts the grandchild out of the group: the kill misses it and it keeps
+        // the pipes open.
+        let (_dir, file, cmd) = sh_with_pidfile(r#"setsid sleep 100 & echo $! >"$0"; sleep 100"#);
+        let t0 = Instant::now();
+        let e = SystemRunner::new()
+            .run(&cmd.timeout(Duration::from_millis(300)))
+            .unwrap_err();
+        let took = t0.elapsed();
+        kill_pid(read_pid(&file));
+        assert!(matches!(e, Error::CommandTimedOut { .. }), "{e}");
+        let bound = Duration::from_millis(300) + SystemRunner::PIPE_GRACE + Duration::from_secs(2);
+        assert!(took < bound, "{took:?}");
+    }
+
+    #[test]
+    fn a_program_that_closed_its_pipes_is_still_bound_by_its_timeout() {
+        let t0 = Instant::now();
+        let e = SystemRunner::new()
+            .run(
+                &Command::new("/bin/sh")
+                    .args(["-c", "exec >/dev/null 2>&1; sleep 30"])
+                    .timeout(Duration::from_millis(300)),
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::CommandTimedOut { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_success_returns_and_leaves_what_it_started_running() {
+        // As `rbd-nbd map` does: the command exits 0 and a daemon it started serves on.
+        // Here the daemon holds the pipes and left the group: the call still returns, after
+        // the pipe grace, with the output and the status, and the daemon is not killed.
+        let (_dir, file, cmd) =
+            sh_with_pidfile(r#"setsid sleep 100 & echo $! >"$0"; echo /dev/nbd0; exit 0"#);
+        let t0 = Instant::now();
+        let r = SystemRunner::new().run(&cmd.timeout(Duration::from_secs(30)));
+        let took = t0.elapsed();
+        let pid = read_pid(&file);
+        let survived = alive(pid);
+        kill_pid(pid);
+        let out = r.unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, "/dev/nbd0\n");
+        assert!(
+            took < SystemRunner::PIPE_GRACE + Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(survived, "a successful command's daemon was killed");
+
+        // A daemon that stays in the group and closed the pipes: returns at once, untouched.
+        let (_dir, file, cmd) =
+            sh_with_pidfile(r#"sleep 100 >/dev/null 2>&1 & echo $! >"$0"; echo mapped"#);
+        let t0 = Instant::now();
+        let out = SystemRunner::new().run(&cmd).unwrap();
+        let took = t0.elapsed();
+        let pid = read_pid(&file);
+        let survived = alive(pid);
+        kill_pid(pid);
+        assert_eq!(out.stdout, "mapped\n");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(survived, "a successful command's daemon was killed");
+    }
+
+    #[test]
+    fn output_past_the_limit_is_a_typed_error() {
+        let r = SystemRunner::new().with_output_limit(4096);
+        let out = r
+            .run(&Command::new("head").args(["-c", "4096", "/dev/zero"]))
+            .unwrap();
+        assert_eq!(out.stdout.len(), 4096);
+        let e = r
+            .run(&Command::new("head").args(["-c", "1048576", "/dev/zero"]))
+            .unwrap_err();
+        match &e {
+            Error::OutputTooLarge { stream, limit, .. } => {
+                assert_eq!((*stream, *limit), ("stdout", 4096));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.kind(), "output_too_large");
+        let e = r
+            .run(&Command::new("/bin/sh").args(["-c", "head -c 100000 /dev/zero >&2"]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::OutputTooLarge {
+                    stream: "stderr",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Endless output ends at the limit, not at the time limit.
+        let t0 = Instant::now();
+        let e = r
+            .run(&Command::new("yes").timeout(Duration::from_secs(30)))
+            .unwrap_err();
+        assert!(matches!(e, Error::OutputTooLarge { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
 
     #[test]
