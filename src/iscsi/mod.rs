@@ -20,6 +20,7 @@ mod connect;
 mod extend;
 pub(crate) mod iscsiadm;
 mod login;
+pub(crate) mod records;
 pub(crate) mod session;
 mod teardown;
 
@@ -86,6 +87,12 @@ fn target_setup_key(t: &IscsiTarget) -> String {
     format!("iscsi-login-{}-{}", t.portal, t.iqn)
 }
 
+/// The lock under which one connect at a time makes a portal's discovery record, writes
+/// its CHAP settings and discovers with it.
+fn discovery_lock_key(portal: &Portal) -> String {
+    format!("iscsi-discovery-{portal}")
+}
+
 /// udev's `by-path` name for an iSCSI LUN (as `path_id` builds it).
 pub fn by_path_name(portal: &Portal, iqn: &str, lun: u64) -> String {
     let lun = if lun < 256 {
@@ -142,7 +149,12 @@ impl IscsiDriver {
     }
 
     fn adm(&self, deadline: Instant) -> Iscsiadm<'_> {
-        Iscsiadm::new(&*self.opts.context.runner, &self.iface, deadline)
+        Iscsiadm::new(
+            &self.opts.context.host,
+            &*self.opts.context.runner,
+            &self.iface,
+            deadline,
+        )
     }
 
     fn cleanup_deadline(&self) -> Instant {
