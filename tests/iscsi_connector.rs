@@ -148,7 +148,14 @@ fn chap_login_and_masked_password() {
         .calls()
         .iter()
         .all(|c| !c.contains("auth.password")));
-    let record = std::fs::read_to_string(sim.node_record("127.0.0.1:3260").unwrap()).unwrap();
+    let node = sim.node_record("127.0.0.1:3260").unwrap();
+    // `--op new` without a portal group tag: open-iscsi's flat record file.
+    assert!(
+        node.ends_with(format!("etc/iscsi/nodes/{IQN}/127.0.0.1,3260")),
+        "{node:?}"
+    );
+    assert_eq!(mode(&node), 0o600);
+    let record = std::fs::read_to_string(&node).unwrap();
     assert!(record.contains("\nnode.session.auth.password = s3cret-pw\n"));
     c.disconnect_volume(
         &info(data.clone()),

@@ -13,7 +13,8 @@
 //!
 //! Inside: `connect` (target choice, single path and multipath), `login` (one path: node
 //! record, login, targeted scan, device wait), `teardown` (disconnect), `extend`,
-//! `iscsiadm` (the CLI wrapper and its parsers), `session` (sessions in sysfs) and `audit`.
+//! `iscsiadm` (the CLI wrapper and its parsers), `records` (CHAP written into open-iscsi's
+//! record files, never on a command line), `session` (sessions in sysfs) and `audit`.
 
 pub(crate) mod audit;
 mod connect;
