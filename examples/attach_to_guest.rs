@@ -11,9 +11,10 @@
 //! directory, the volume id being the file name without `.json`; attachments are recorded in
 //! `DIR/attachments/`. Attach connects the volume on this host, attaches the disk to the
 //! domain through `virsh`, prints the disk XML it used on stdout and writes everything a
-//! later detach needs to `--record`. Any failure rolls back what was done. Detach reads the
-//! record, detaches the disk from the guest and the volume from the host, deletes the
-//! attachment and the record, and prints the XML it detached.
+//! later detach needs to `--record` (mode 0600; it holds no password or keyring). Any
+//! failure rolls back what was done. Detach reads the record, detaches the disk from the
+//! guest and the volume from the host, deletes the attachment and the record, and prints the
+//! XML it detached.
 //!
 //! Without `--live`/`--config`, changes apply to the domain's current state. Common options:
 //! `--timeout SECS`, `--lock-dir DIR`, `--root-helper CMD`. Errors go to stderr as
@@ -203,7 +204,7 @@ fn run(a: &Args) -> hostbrick::Result<String> {
     let saved = serde_json::to_string_pretty(&state).map_err(|e| Error::InvalidDeviceRecord {
         reason: e.to_string(),
     });
-    let written = saved.and_then(|s| std::fs::write(record_path, s).map_err(io_err(record_path)));
+    let written = saved.and_then(|s| write_private(record_path, &s));
     if let Err(e) = written {
         // Without a record nobody can detach it later: undo the attach.
         let undo = orch.detach(&state.attachment);
@@ -220,6 +221,22 @@ fn run(a: &Args) -> hostbrick::Result<String> {
         });
     }
     Ok(state.attachment.disk_xml)
+}
+
+/// Writes `text` to `path` whole or not at all, readable by its owner only (0600): a new
+/// file beside it, renamed over it.
+fn write_private(path: &Path, text: &str) -> hostbrick::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

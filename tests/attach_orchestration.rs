@@ -533,3 +533,99 @@ fn virsh_detach_times_out_when_the_guest_keeps_the_disk() {
         Err(Error::CommandFailed { .. })
     ));
 }
+
+/// A storage service whose every attachment has the same connection_info.
+struct FixedStorage(serde_json::Value);
+
+impl StorageService for FixedStorage {
+    fn create_attachment(
+        &self,
+        volume_id: &str,
+        _instance: &str,
+        _connector: &ConnectorProperties,
+    ) -> Result<Attachment> {
+        Ok(Attachment {
+            id: format!("att-{volume_id}"),
+            connection_info: self.0.clone(),
+        })
+    }
+    fn complete_attachment(&self, _attachment_id: &str) -> Result<()> {
+        Ok(())
+    }
+    fn delete_attachment(&self, _attachment_id: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_record_keeps_no_secret_and_still_detaches() {
+    use hostbrick::testing::sim::iscsi::{IscsiSim, IQN, WWID_1};
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, 1 << 20)]);
+    sim.require_chap("alice", "chap-S3cret");
+    sim.require_discovery_chap("127.0.0.1:3260", "disc", "disc-S3cret");
+    let ci = json!({"driver_volume_type": "iscsi", "data": {
+        "target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 0,
+        "volume_id": "vol-s", "target_discovered": true,
+        "auth_method": "CHAP", "auth_username": "alice", "auth_password": "chap-S3cret",
+        "discovery_auth_method": "CHAP", "discovery_auth_username": "disc",
+        "discovery_auth_password": "disc-S3cret"}});
+    let world = Arc::new(World::default());
+    let locks = tempfile::tempdir().unwrap();
+    let props: ConnectorProperties = serde_json::from_value(json!({
+        "platform": "x86_64", "os_type": "linux", "ip": "192.0.2.1", "host": "compute-1",
+        "multipath": false, "enforce_multipath": false
+    }))
+    .unwrap();
+    let orch = Orchestrator::new(
+        Arc::new(FixedStorage(ci.clone())),
+        Arc::new(FakeDomain(world.clone())),
+        Arc::new(sim.options()),
+        props,
+        LockDir::new(locks.path()),
+    );
+    let rec = orch.attach(&AttachRequest::new("vol-s")).unwrap();
+    let saved = rec.to_json().unwrap();
+    for s in [saved.clone(), serde_json::to_string(&rec).unwrap()] {
+        for secret in ["chap-S3cret", "disc-S3cret", "auth_password", "CHAP"] {
+            assert!(!s.contains(secret), "{secret} kept in {s}");
+        }
+        assert!(s.contains(IQN) && s.contains("vol-s"), "{s}");
+    }
+    // After a restart: the record detaches the volume, with no secret.
+    let back = AttachmentRecord::from_json(&saved).unwrap();
+    assert_eq!(back, rec);
+    orch.detach(&back).unwrap();
+    sim.assert_clean();
+    assert!(world.guest_disks.lock().unwrap().is_empty());
+
+    // A record whose connection_info still holds secrets (made by hand) serialises without
+    // them as well; a keyring goes too, the libvirt secret's uuid stays.
+    let mut by_hand = rec.clone();
+    by_hand.connection_info = hostbrick::attach::StoredConnectionInfo(ci);
+    let text = by_hand.to_json().unwrap();
+    assert!(
+        !text.contains("chap-S3cret") && !text.contains("disc-S3cret"),
+        "{text}"
+    );
+    let rbd = json!({"driver_volume_type": "rbd", "data": {"name": "volumes/v1",
+        "hosts": ["10.0.0.1"], "ports": ["6789"], "auth_enabled": true,
+        "auth_username": "cinder", "secret_type": "ceph", "secret_uuid": "5c3a6e2e-4a53-4c36-a1fc-2f4f3c2a5d11",
+        "keyring": "[client.cinder]\n\tkey = AQB-KEY==\n"}});
+    by_hand.connection_info = hostbrick::attach::StoredConnectionInfo(rbd);
+    let text = by_hand.to_json().unwrap();
+    assert!(
+        !text.contains("AQB-KEY") && !text.contains("keyring"),
+        "{text}"
+    );
+    assert!(text.contains("5c3a6e2e-4a53-4c36-a1fc-2f4f3c2a5d11") && text.contains("cinder"));
+    let back = AttachmentRecord::from_json(&text).unwrap();
+    assert!(back
+        .connection_info
+        .parse()
+        .unwrap()
+        .rbd()
+        .unwrap()
+        .keyring
+        .is_none());
+}

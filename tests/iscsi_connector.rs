@@ -142,11 +142,21 @@ fn chap_login_and_masked_password() {
         "auth_method": "CHAP", "auth_username": "alice", "auth_password": "s3cret-pw"});
     let rec = c.connect_volume(&info(data.clone())).unwrap();
     assert!(sim.runner.calls().iter().all(|c| !c.contains("s3cret-pw")));
+    // The password is in the node record file, not on a command line (not even masked).
     assert!(sim
         .runner
         .calls()
         .iter()
-        .any(|c| c.contains("node.session.auth.password -v ***")));
+        .all(|c| !c.contains("auth.password")));
+    let node = sim.node_record("127.0.0.1:3260").unwrap();
+    // `--op new` without a portal group tag: open-iscsi's flat record file.
+    assert!(
+        node.ends_with(format!("etc/iscsi/nodes/{IQN}/127.0.0.1,3260")),
+        "{node:?}"
+    );
+    assert_eq!(mode(&node), 0o600);
+    let record = std::fs::read_to_string(&node).unwrap();
+    assert!(record.contains("\nnode.session.auth.password = s3cret-pw\n"));
     c.disconnect_volume(
         &info(data.clone()),
         Some(&rec),
@@ -181,13 +191,139 @@ fn discovery_with_chap_runs_before_login() {
         .expect("discovery ran");
     let login = calls.iter().position(|c| c.contains("--login")).unwrap();
     assert!(disc < login);
-    assert!(calls
-        .iter()
-        .any(|c| c.contains("discovery.sendtargets.auth.password -v ***")));
+    // The password is in the discovery record file, not on a command line.
+    assert!(calls.iter().all(|c| !c.contains("auth.password")));
+    let record = std::fs::read_to_string(sim.discovery_record("127.0.0.1:3260")).unwrap();
+    assert!(record.contains("\ndiscovery.sendtargets.auth.password = d-pass\n"));
     assert!(calls.iter().all(|c| !c.contains("d-pass")));
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
+}
+
+/// Every argument vector a connect ran, secrets in clear (as the program would get them:
+/// what `/proc/PID/cmdline` would show).
+fn argv_in_clear(sim: &IscsiSim) -> Vec<String> {
+    sim.runner
+        .commands()
+        .iter()
+        .map(|c| {
+            let args: Vec<String> = c
+                .arg_list()
+                .iter()
+                .map(|a| match a {
+                    hostbrick::Arg::Plain(s) => s.clone(),
+                    hostbrick::Arg::Secret(s) => s.expose().to_string(),
+                })
+                .collect();
+            format!("{} {}", c.program(), args.join(" "))
+        })
+        .collect()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn chap_passwords_never_reach_a_command_line_and_records_are_private() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    sim.require_chap("alice", "sess-Pw#1 x");
+    sim.require_discovery_chap("127.0.0.1:3260", "disc", "disc=Pw2");
+    let c = connector(&sim, false);
+    let data = json!({"target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": 0,
+        "target_discovered": true, "volume_id": "v-chap",
+        "auth_method": "CHAP", "auth_username": "alice", "auth_password": "sess-Pw#1 x",
+        "discovery_auth_method": "CHAP", "discovery_auth_username": "disc",
+        "discovery_auth_password": "disc=Pw2"});
+    let rec = c.connect_volume(&info(data.clone())).unwrap();
+    let argv = argv_in_clear(&sim);
+    assert!(argv.iter().any(|a| a.contains("--discover")), "{argv:#?}");
+    assert!(argv.iter().any(|a| a.contains("--login")), "{argv:#?}");
+    for a in &argv {
+        assert!(
+            !a.contains("sess-Pw") && !a.contains("disc=Pw2") && !a.contains("auth.password"),
+            "a password on a command line: {a}"
+        );
+    }
+    // The node record (made by discovery, then updated by iscsiadm) holds session CHAP in
+    // open-iscsi's format, readable by root only.
+    let node = sim.node_record("127.0.0.1:3260").unwrap();
+    assert!(
+        node.ends_with(format!("etc/iscsi/nodes/{IQN}/127.0.0.1,3260,1/default")),
+        "{node:?}"
+    );
+    assert_eq!(mode(&node), 0o600);
+    let text = std::fs::read_to_string(&node).unwrap();
+    assert!(text.starts_with("# BEGIN RECORD 2.1.8\n"), "{text}");
+    assert!(
+        text.ends_with(
+            "node.session.auth.authmethod = CHAP\nnode.session.auth.username = alice\n\
+        node.session.auth.password = sess-Pw#1 x\n# END RECORD\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("authmethod = None"), "{text}");
+    assert!(text.contains("\nnode.session.scan = manual\n"), "{text}");
+    let disc = sim.discovery_record("127.0.0.1:3260");
+    assert_eq!(mode(&disc), 0o600);
+    let text = std::fs::read_to_string(&disc).unwrap();
+    assert!(text.ends_with("discovery.sendtargets.auth.authmethod = CHAP\n\
+        discovery.sendtargets.auth.username = disc\ndiscovery.sendtargets.auth.password = disc=Pw2\n\
+        # END RECORD\n"), "{text}");
+    // No temporary file left beside the records.
+    let st = disc.parent().unwrap().parent().unwrap();
+    assert_eq!(std::fs::read_dir(st).unwrap().count(), 1);
+    c.disconnect_volume(
+        &info(data.clone()),
+        Some(&rec),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    sim.assert_clean();
+
+    // A wrong discovery password fails as the target says, typed.
+    let mut bad = data;
+    bad["discovery_auth_password"] = json!("wrong-disc");
+    let e = c.connect_volume(&info(bad)).unwrap_err();
+    assert_eq!(e.kind(), "authentication_failed", "{e:?}");
+    assert!(!e.chain().contains("wrong-disc"));
+    sim.assert_clean();
+}
+
+#[test]
+fn a_chap_value_the_record_cannot_hold_is_refused_before_anything_runs() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    let c = connector(&sim, false);
+    for (key, value) in [
+        ("auth_password", "pw\nnode.session.auth.authmethod = None"),
+        ("auth_password", "pw\r"),
+        ("auth_username", "alice\nx"),
+        ("discovery_auth_password", "pw\n"),
+        ("auth_password", "trailing "),
+    ] {
+        let mut data = json!({"target_portal": "127.0.0.1:3260", "target_iqn": IQN,
+            "auth_method": "CHAP", "auth_username": "alice", "auth_password": "good-pw",
+            "discovery_auth_method": "CHAP", "discovery_auth_username": "disc",
+            "discovery_auth_password": "good-pw"});
+        data[key] = json!(value);
+        let ci = hostbrick::ConnectionInfo::from_value(
+            &json!({"driver_volume_type": "iscsi", "data": data}),
+        );
+        let e = match ci {
+            Ok(ci) => c.connect_volume(&ci).unwrap_err(),
+            Err(e) => e,
+        };
+        match &e {
+            Error::InvalidConnectionInfo { field, .. } => assert_eq!(field, &format!("data.{key}")),
+            other => panic!("{key}={value:?}: {other:?}"),
+        }
+        assert!(!e.chain().contains("pw\n") && !format!("{e:?}").contains("good-pw"));
+    }
+    assert!(sim.runner.calls().is_empty(), "{:#?}", sim.runner.calls());
 }
 
 #[test]

@@ -155,13 +155,44 @@ fn disk_letters(mut i: usize) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// A connection_info kept in a record: serialised verbatim (a detach after a restart needs
-/// its credentials), printed by `Debug` with its secrets removed.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// The `data` keys of a connection_info that hold secrets: a record never keeps them.
+/// (`secret_uuid` and `secret_type` name a libvirt secret; they are no secret themselves.)
+pub const SECRET_KEYS: [&str; 3] = ["auth_password", "discovery_auth_password", "keyring"];
+
+/// The `data` keys that ask for CHAP: a record drops them (when they say `CHAP`) with the
+/// passwords, so that it still parses (CHAP without a password is refused) and describes
+/// the volume without CHAP, which is all a detach needs.
+const CHAP_METHOD_KEYS: [&str; 2] = ["auth_method", "discovery_auth_method"];
+
+/// A connection_info kept in a record, without its secrets: a detach needs none, so the
+/// CHAP passwords and the keyring are left out ([`StoredConnectionInfo::new`]) and
+/// serialising leaves them out too, whatever the value holds. `Debug` shows only the
+/// protocol.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct StoredConnectionInfo(pub Value);
 
 impl StoredConnectionInfo {
+    /// Keeps `connection_info` without its secrets ([`SECRET_KEYS`]) and CHAP settings.
+    pub fn new(connection_info: &Value) -> Self {
+        let mut v = connection_info.clone();
+        if let Some(data) = v.get_mut("data").and_then(Value::as_object_mut) {
+            for key in SECRET_KEYS {
+                data.remove(key);
+            }
+            for key in CHAP_METHOD_KEYS {
+                let chap = data
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("chap"));
+                if chap {
+                    data.remove(key);
+                }
+            }
+        }
+        StoredConnectionInfo(v)
+    }
+
     /// Parses it.
     pub fn parse(&self) -> Result<ConnectionInfo> {
         ConnectionInfo::from_value(&self.0)
@@ -173,6 +204,12 @@ impl StoredConnectionInfo {
             .and_then(Value::as_str)
             .unwrap_or("?");
         format!("{{driver_volume_type: {kind:?}, data: <redacted>}}")
+    }
+}
+
+impl Serialize for StoredConnectionInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        StoredConnectionInfo::new(&self.0).0.serialize(s)
     }
 }
 
@@ -338,7 +375,7 @@ impl Orchestrator {
                 .or_insert_with(|| Value::String(request.volume_id.clone()));
         }
         let (info, connector) = steps.run("connect_volume", || {
-            let info = ConnectionInfo::from_value(&stored)?;
+            let info = Arc::new(ConnectionInfo::from_value(&stored)?);
             let connector: Arc<dyn Connector> = self.connectors.connector(info.protocol())?.into();
             Ok((info, connector))
         })?;
@@ -372,7 +409,7 @@ impl Orchestrator {
             attachment_id: attachment.id.clone(),
             volume_id: request.volume_id.clone(),
             domain,
-            connection_info: StoredConnectionInfo(stored),
+            connection_info: StoredConnectionInfo::new(&stored),
             device,
             target_dev,
             disk_xml: xml,

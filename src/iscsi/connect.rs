@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use super::session::SessionFinder;
 use super::{
-    by_path_name, ms, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget, VolumeDevice,
+    by_path_name, discovery_lock_key, ms, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget,
+    VolumeDevice,
 };
 use crate::connector::Operation;
 use crate::devices::block;
@@ -16,6 +17,7 @@ use crate::error::{AttemptFailure, Error, Result};
 use crate::model::ids::Portal;
 use crate::model::record::{DeviceRecord, PathRecord};
 use crate::platform::cmd::Cancel;
+use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
 impl IscsiDriver {
@@ -70,6 +72,15 @@ impl IscsiDriver {
         let mut portals: Vec<&Portal> = props.targets.iter().map(|t| &t.portal).collect();
         portals.dedup();
         for portal in portals {
+            // With CHAP the discovery record is made, given its credentials and used in
+            // separate steps: one connect at a time per portal.
+            let _discovery = match &props.discovery_auth {
+                Some(_) => Some(
+                    self.locks
+                        .lock(&discovery_lock_key(portal), LockMode::Exclusive)?,
+                ),
+                None => None,
+            };
             match adm.discover(portal, props.discovery_auth.as_ref()) {
                 Ok(found) => {
                     discovered.extend(

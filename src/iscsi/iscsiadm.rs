@@ -4,11 +4,12 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use super::records;
 use crate::error::{Error, Result};
 use crate::model::ids::{Iqn, Portal};
 use crate::model::iscsi::{ChapCredentials, IscsiTarget};
-use crate::model::secret::Secret;
-use crate::platform::cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner};
+use crate::platform::cmd::{Cancel, Command, CommandOutput, CommandRunner};
+use crate::platform::host::Host;
 
 /// The program.
 pub const ISCSIADM: &str = "iscsiadm";
@@ -127,11 +128,12 @@ pub enum LoginOutcome {
     AlreadyLoggedIn,
 }
 
-/// One node-record parameter for [`Iscsiadm::node_update`].
+/// One node-record parameter for [`Iscsiadm::node_update`]: never a secret, since it goes
+/// on iscsiadm's command line (CHAP goes in the record file: [`Iscsiadm::node_chap`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeParam {
     key: String,
-    value: Arg,
+    value: String,
 }
 
 impl NodeParam {
@@ -139,25 +141,8 @@ impl NodeParam {
     pub fn new(key: &str, value: impl Into<String>) -> Self {
         NodeParam {
             key: key.to_string(),
-            value: Arg::Plain(value.into()),
+            value: value.into(),
         }
-    }
-
-    /// A secret value, masked wherever the command is shown.
-    pub fn secret(key: &str, value: &Secret) -> Self {
-        NodeParam {
-            key: key.to_string(),
-            value: Arg::Secret(value.clone()),
-        }
-    }
-
-    /// The session CHAP parameters.
-    pub fn chap(chap: &ChapCredentials) -> [NodeParam; 3] {
-        [
-            NodeParam::new("node.session.auth.authmethod", "CHAP"),
-            NodeParam::new("node.session.auth.username", chap.username.as_str()),
-            NodeParam::secret("node.session.auth.password", &chap.password),
-        ]
     }
 }
 
@@ -166,9 +151,11 @@ pub const RETRY_ATTEMPTS: u32 = 3;
 /// The pause before retrying a retryable iscsiadm failure.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
-/// iscsiadm bound to a runner, an iface and a deadline.
+/// iscsiadm bound to a host (whose open-iscsi records it writes CHAP into), a runner, an
+/// iface and a deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct Iscsiadm<'a> {
+    host: &'a Host,
     runner: &'a dyn CommandRunner,
     iface: &'a str,
     deadline: Instant,
@@ -176,10 +163,16 @@ pub struct Iscsiadm<'a> {
 }
 
 impl<'a> Iscsiadm<'a> {
-    /// iscsiadm through `runner`, node records bound to `iface`, every command limited to
-    /// `deadline`.
-    pub fn new(runner: &'a dyn CommandRunner, iface: &'a str, deadline: Instant) -> Self {
+    /// iscsiadm of `host` through `runner`, node records bound to `iface`, every command
+    /// limited to `deadline`.
+    pub fn new(
+        host: &'a Host,
+        runner: &'a dyn CommandRunner,
+        iface: &'a str,
+        deadline: Instant,
+    ) -> Self {
         Iscsiadm {
+            host,
             runner,
             iface,
             deadline,
@@ -268,15 +261,20 @@ impl<'a> Iscsiadm<'a> {
     pub fn node_update(&self, t: &IscsiTarget, params: &[NodeParam]) -> Result<()> {
         let mut cmd = self.node_cmd(t).args(["--op", "update"]);
         for p in params {
-            cmd = cmd
-                .args(["-n", p.key.as_str(), "-v"])
-                .push_arg(p.value.clone());
+            cmd = cmd.args(["-n", p.key.as_str(), "-v", p.value.as_str()]);
         }
         let (out, status) = self.run(&cmd)?;
         match status {
             IscsiadmStatus::Success => Ok(()),
             _ => Err(cmd.failure(&out)),
         }
+    }
+
+    /// Sets session CHAP in the target's node records (every iface's, as `--op update`
+    /// would): written into open-iscsi's record files, 0600, never on a command line. The
+    /// caller holds the target's setup lock.
+    pub fn node_chap(&self, t: &IscsiTarget, chap: &ChapCredentials) -> Result<()> {
+        records::write_node_chap(self.host, t, chap)
     }
 
     /// Logs in, giving up (killing iscsiadm) after `limit`. Exit 15 (session exists) is
@@ -314,7 +312,9 @@ impl<'a> Iscsiadm<'a> {
     }
 
     /// sendtargets discovery at `portal` (with discovery CHAP when given); the discovered
-    /// node records are created by iscsiadm.
+    /// node records are created by iscsiadm. With CHAP, the discovery record is made with
+    /// `--op new` and the credentials are written into its file (never on a command line);
+    /// the caller holds the portal's discovery lock.
     pub fn discover(
         &self,
         portal: &Portal,
@@ -336,25 +336,7 @@ impl<'a> Iscsiadm<'a> {
             ) {
                 return Err(cmd.failure(&out));
             }
-            for (key, value) in [
-                ("discovery.sendtargets.auth.authmethod", "CHAP"),
-                (
-                    "discovery.sendtargets.auth.username",
-                    chap.username.as_str(),
-                ),
-            ] {
-                let cmd = db(&["--op", "update", "-n", key, "-v", value]);
-                self.runner.run_ok(&cmd, &[])?;
-            }
-            let cmd = db(&[
-                "--op",
-                "update",
-                "-n",
-                "discovery.sendtargets.auth.password",
-                "-v",
-            ])
-            .secret_arg(&chap.password);
-            self.runner.run_ok(&cmd, &[])?;
+            records::write_discovery_chap(self.host, portal, chap)?;
         }
         // Without CHAP the plain discovery mode makes its own discovery record.
         let cmd = match auth {

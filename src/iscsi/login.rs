@@ -164,15 +164,17 @@ impl IscsiDriver {
     }
 
     /// Writes the node settings in one iscsiadm call: manual scan, login timeout and
-    /// retries, start-up at boot, CHAP. An iscsiadm without the manual-scan setting gets the
-    /// rest without it (the kernel then scans every LUN at login).
+    /// retries, start-up at boot. An iscsiadm without the manual-scan setting gets the rest
+    /// without it (the kernel then scans every LUN at login). CHAP goes into the record
+    /// file afterwards, never on iscsiadm's command line. The caller holds the target's
+    /// setup lock.
     fn configure_node(
         &self,
         props: &IscsiProperties,
         t: &IscsiTarget,
         adm: &Iscsiadm<'_>,
     ) -> Result<()> {
-        let mut params = vec![
+        let params = vec![
             NodeParam::new(
                 "node.conn[0].timeo.login_timeout",
                 self.opts.iscsi.login_timeout.as_secs().max(1).to_string(),
@@ -183,17 +185,15 @@ impl IscsiDriver {
             ),
             NodeParam::new("node.startup", "automatic"),
         ];
-        if let Some(chap) = &props.auth {
-            params.extend(NodeParam::chap(chap));
-        }
         let mut with_scan = vec![NodeParam::new("node.session.scan", "manual")];
         with_scan.extend(params.iter().cloned());
-        match adm.node_update(t, &with_scan) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::debug!(error = %e.chain(), "iscsiadm refused the settings with manual scan; retrying without it");
-                adm.node_update(t, &params)
-            }
+        if let Err(e) = adm.node_update(t, &with_scan) {
+            tracing::debug!(error = %e.chain(), "iscsiadm refused the settings with manual scan; retrying without it");
+            adm.node_update(t, &params)?;
+        }
+        match &props.auth {
+            Some(chap) => adm.node_chap(t, chap),
+            None => Ok(()),
         }
     }
 

@@ -13,13 +13,15 @@
 //!
 //! Inside: `connect` (target choice, single path and multipath), `login` (one path: node
 //! record, login, targeted scan, device wait), `teardown` (disconnect), `extend`,
-//! `iscsiadm` (the CLI wrapper and its parsers), `session` (sessions in sysfs) and `audit`.
+//! `iscsiadm` (the CLI wrapper and its parsers), `records` (CHAP written into open-iscsi's
+//! record files, never on a command line), `session` (sessions in sysfs) and `audit`.
 
 pub(crate) mod audit;
 mod connect;
 mod extend;
 pub(crate) mod iscsiadm;
 mod login;
+pub(crate) mod records;
 pub(crate) mod session;
 mod teardown;
 
@@ -86,6 +88,12 @@ fn target_setup_key(t: &IscsiTarget) -> String {
     format!("iscsi-login-{}-{}", t.portal, t.iqn)
 }
 
+/// The lock under which one connect at a time makes a portal's discovery record, writes
+/// its CHAP settings and discovers with it.
+fn discovery_lock_key(portal: &Portal) -> String {
+    format!("iscsi-discovery-{portal}")
+}
+
 /// udev's `by-path` name for an iSCSI LUN (as `path_id` builds it).
 pub fn by_path_name(portal: &Portal, iqn: &str, lun: u64) -> String {
     let lun = if lun < 256 {
@@ -142,7 +150,12 @@ impl IscsiDriver {
     }
 
     fn adm(&self, deadline: Instant) -> Iscsiadm<'_> {
-        Iscsiadm::new(&*self.opts.context.runner, &self.iface, deadline)
+        Iscsiadm::new(
+            &self.opts.context.host,
+            &*self.opts.context.runner,
+            &self.iface,
+            deadline,
+        )
     }
 
     fn cleanup_deadline(&self) -> Instant {

@@ -91,8 +91,8 @@ pub enum AccessMode {
     Ro,
 }
 
-/// The typed properties of one volume, per protocol.
-#[derive(Debug, Clone, PartialEq)]
+/// The typed properties of one volume, per protocol. Not `Clone`: they may hold secrets.
+#[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub enum VolumeProperties {
     /// iSCSI or iSER.
@@ -108,8 +108,9 @@ pub enum VolumeProperties {
 /// A parsed `connection_info`: `{"driver_volume_type": ..., "data": {...}}`.
 ///
 /// Unknown keys are tolerated; known keys are validated here, so a connector never meets a
-/// malformed portal or IQN. Secrets are held in [`crate::Secret`] and never printed.
-#[derive(Debug, Clone, PartialEq)]
+/// malformed portal or IQN. Secrets are held in [`crate::Secret`] and never printed; for
+/// that reason it is not `Clone` (parse the JSON again, or share it behind an `Arc`).
+#[derive(Debug, PartialEq)]
 pub struct ConnectionInfo {
     protocol: Protocol,
     properties: VolumeProperties,

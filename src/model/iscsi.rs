@@ -24,8 +24,9 @@ impl fmt::Display for IscsiTarget {
     }
 }
 
-/// CHAP credentials (`auth_*` or `discovery_auth_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// CHAP credentials (`auth_*` or `discovery_auth_*`). Not `Clone`: the password has one
+/// owner (see [`Secret`]).
+#[derive(Debug, PartialEq, Eq)]
 pub struct ChapCredentials {
     /// The user name.
     pub username: String,
@@ -33,8 +34,8 @@ pub struct ChapCredentials {
     pub password: Secret,
 }
 
-/// The validated properties of an iSCSI volume.
-#[derive(Debug, Clone, PartialEq)]
+/// The validated properties of an iSCSI volume. Not `Clone`: it holds the CHAP passwords.
+#[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub struct IscsiProperties {
     /// Every path, in the order to try them: the zipped `target_portals`/`target_iqns`/
@@ -173,12 +174,17 @@ fn chap(f: &Fields<'_>, method: &str, user: &str, pass: &str) -> Result<Option<C
         ));
     }
     let username = f.str_req(user)?;
-    if username.is_empty() {
-        return Err(Error::invalid(f.name(user), "empty"));
+    if let Some(reason) = record_value_problem(username) {
+        return Err(Error::invalid(f.name(user), reason));
     }
-    // Read the password without ever putting it in an error message.
+    // Read the password without ever putting it (or any of it) in an error message.
     let password = match f.get(pass) {
-        Some(serde_json::Value::String(s)) => Secret::new(s.clone()),
+        Some(serde_json::Value::String(s)) => {
+            if let Some(reason) = record_value_problem(s) {
+                return Err(Error::invalid(f.name(pass), reason));
+            }
+            Secret::new(s.as_str())
+        }
         Some(_) => return Err(Error::invalid(f.name(pass), "expected a string")),
         None => return Err(Error::invalid(f.name(pass), "missing")),
     };
@@ -186,6 +192,29 @@ fn chap(f: &Fields<'_>, method: &str, user: &str, pass: &str) -> Result<Option<C
         username: username.to_string(),
         password,
     }))
+}
+
+/// The longest CHAP user name or password open-iscsi's records hold (`AUTH_STR_MAX_LEN`,
+/// 256 bytes with the terminating NUL).
+pub(crate) const MAX_CHAP_VALUE: usize = 255;
+
+/// Why `value` cannot be a CHAP user name or password in an open-iscsi record file, if it
+/// cannot. The record is `name = value` lines, read back with the line's ends stripped
+/// (`idbm_recinfo_config`), so a control character (a newline would start a line of its
+/// own) or white space at either end would not come back as written. The reason never
+/// quotes the value.
+pub(crate) fn record_value_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("empty")
+    } else if value.chars().any(char::is_control) {
+        Some("has a control character (such as a newline), which open-iscsi's record file cannot hold")
+    } else if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        Some("starts or ends with white space, which open-iscsi's record file does not keep")
+    } else if value.len() > MAX_CHAP_VALUE {
+        Some("is longer than the 255 bytes open-iscsi's record holds")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

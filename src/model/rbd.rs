@@ -99,8 +99,8 @@ impl Monitor {
     }
 }
 
-/// The validated properties of an RBD volume.
-#[derive(Debug, Clone, PartialEq)]
+/// The validated properties of an RBD volume. Not `Clone`: it may hold the keyring.
+#[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub struct RbdProperties {
     /// `name`.

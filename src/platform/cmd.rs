@@ -18,12 +18,25 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::model::secret::Secret;
 
 /// One argument: plain, or a secret that is masked when the command is shown.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// hostbrick itself puts no secret on a command line (any local user can read a running
+/// program's arguments in `/proc/PID/cmdline`): it writes secrets to files the program
+/// reads. The variant stays for callers' own commands.
+#[derive(PartialEq, Eq)]
 pub enum Arg {
     /// Shown as is.
     Plain(String),
     /// Passed to the program, shown as `***`.
     Secret(Secret),
+}
+
+impl Clone for Arg {
+    fn clone(&self) -> Self {
+        match self {
+            Arg::Plain(s) => Arg::Plain(s.clone()),
+            Arg::Secret(s) => Arg::Secret(s.duplicate()),
+        }
+    }
 }
 
 impl Arg {
@@ -89,7 +102,7 @@ impl Command {
 
     /// Adds a secret argument, masked wherever the command is shown.
     pub fn secret_arg(mut self, s: &Secret) -> Self {
-        self.args.push(Arg::Secret(s.clone()));
+        self.args.push(Arg::Secret(s.duplicate()));
         self
     }
 

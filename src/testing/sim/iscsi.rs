@@ -4,6 +4,14 @@
 //! makes the session and its SCSI host in the tree; with `node.session.scan = manual` the
 //! target's LUNs wait to be scanned, otherwise they appear at once, as with open-iscsi.
 //!
+//! Records are files in the tree's `/etc/iscsi`, laid out and written as open-iscsi 2.1.8
+//! does: `iscsiadm -m node ... --op new` writes `nodes/<iqn>/<address>,<port>` (no portal
+//! group tag), discovery writes `nodes/<iqn>/<address>,<port>,<tpgt>/<iface>`, a
+//! `discoverydb --op new` writes `send_targets/<address>,<port>/st_config`, and `--op update`
+//! rewrites a record in place (keeping its mode). A login reads the record file, so CHAP
+//! works only with the credentials in the file, whatever was on the command line; so does a
+//! discovery at a portal that [`IscsiSim::require_discovery_chap`] protects.
+//!
 //! ```
 //! use hostbrick::testing::sim::iscsi::{single, IscsiSim, WWID_1};
 //! use hostbrick::testing::sim::MIB;
@@ -20,12 +28,13 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{answer_flushbufs, args, connection_info, names_in, Tools};
 use crate::iscsi::by_path_name;
+use crate::iscsi::records::{line_name, record_value};
 use crate::testing::{FakeHost, FakeRunner, LunSpec};
 use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
 use crate::{Portal, Wwid};
@@ -58,7 +67,10 @@ struct Session {
 #[derive(Default)]
 struct State {
     targets: Vec<Target>,
-    nodes: HashMap<(String, String), HashMap<String, String>>,
+    /// (iqn, portal) → the record file
+    nodes: HashMap<(String, String), PathBuf>,
+    /// portal → discovery CHAP (user, password) it requires
+    discovery_chap: HashMap<Portal, (String, String)>,
     sessions: Vec<Session>,
     next_sid: u32,
     multipathd: bool,
@@ -134,6 +146,35 @@ impl IscsiSim {
         }
     }
 
+    /// Makes sendtargets discovery at `portal` (`address:port`) refuse (exit 24) unless
+    /// the discovery record's file holds CHAP `user` and `pass`.
+    pub fn require_discovery_chap(&self, portal: &str, user: &str, pass: &str) {
+        self.tools
+            .state()
+            .discovery_chap
+            .insert(portal.parse().unwrap(), (user.into(), pass.into()));
+    }
+
+    /// The node record file of target [`IQN`] at `portal` (`address:port`), if there is one.
+    pub fn node_record(&self, portal: &str) -> Option<PathBuf> {
+        self.tools
+            .state()
+            .nodes
+            .iter()
+            .find(|((_, p), _)| p == portal)
+            .map(|(_, f)| f.clone())
+    }
+
+    /// The sendtargets discovery record file of `portal` (`address:port`) (it may not exist).
+    pub fn discovery_record(&self, portal: &str) -> PathBuf {
+        let p: Portal = portal.parse().unwrap();
+        self.fake.root().join(format!(
+            "etc/iscsi/send_targets/{},{}/st_config",
+            p.host(),
+            p.port()
+        ))
+    }
+
     /// Makes logins to and discovery at `portal` time out (`up` false) or work again.
     pub fn set_reachable(&self, portal: &str, up: bool) {
         let p: Portal = portal.parse().unwrap();
@@ -184,7 +225,8 @@ impl IscsiSim {
         names_in(&self.fake.root().join("dev/mapper"))
     }
 
-    /// Nothing of any volume is left: no session, node, SCSI disk, map or by-path link.
+    /// Nothing of any volume is left: no session, node record (nor its file), SCSI disk, map
+    /// or by-path link.
     ///
     /// # Panics
     ///
@@ -192,6 +234,11 @@ impl IscsiSim {
     pub fn assert_clean(&self) {
         assert_eq!(self.session_count(), 0, "sessions left");
         assert_eq!(self.node_count(), 0, "node records left");
+        assert_eq!(
+            names_in(&self.fake.root().join("etc/iscsi/nodes")),
+            Vec::<String>::new(),
+            "node record files left"
+        );
         assert_eq!(self.fake.devices(), vec![], "SCSI disks left");
         assert_eq!(self.maps(), Vec::<String>::new(), "multipath maps left");
         let links: Vec<_> = std::fs::read_dir(self.fake.root().join("dev/disk/by-path"))
@@ -232,11 +279,11 @@ impl Tools<State> {
             ["-m", "session"] => self.session_list(),
             ["-m", "node"] => self.node_list(),
             ["-m", "node", "-T", iqn, "-p", portal, rest @ ..] => self.node_op(iqn, portal, rest),
-            ["-m", "discoverydb", "-t", "sendtargets", "-p", portal, "--interface", _, rest @ ..] => {
-                self.discovery(portal, rest)
+            ["-m", "discoverydb", "-t", "sendtargets", "-p", portal, "--interface", iface, rest @ ..] => {
+                self.discovery(portal, iface, rest)
             }
-            ["-m", "discovery", "-t", "sendtargets", "-p", portal, "--interface", _] => {
-                self.discovery(portal, &["--discover"])
+            ["-m", "discovery", "-t", "sendtargets", "-p", portal, "--interface", iface] => {
+                self.discovery(portal, iface, &["--discover"])
             }
             _ => CommandOutput::exit(7, format!("iscsiadm: unsupported arguments {a:?}\n")),
         }
@@ -269,6 +316,15 @@ impl Tools<State> {
         CommandOutput::ok(lines.concat())
     }
 
+    /// `nodes/<iqn>/<address>,<port>`: the record `--op new` makes (no portal group tag).
+    fn flat_record(&self, iqn: &str, portal: &Portal) -> PathBuf {
+        self.root().join(format!(
+            "etc/iscsi/nodes/{iqn}/{},{}",
+            portal.host(),
+            portal.port()
+        ))
+    }
+
     fn node_op(&self, iqn: &str, portal: &str, rest: &[&str]) -> CommandOutput {
         let key = (iqn.to_string(), portal.to_string());
         let portal_p: Portal = portal.parse().unwrap();
@@ -283,32 +339,41 @@ impl Tools<State> {
             ["--interface", iface, "--op", "new"] => {
                 // As open-iscsi does: `--op new` of an existing record rewrites it with the
                 // defaults, and it is missing while that happens.
-                if st.nodes.remove(&key).is_some() {
+                if let Some(old) = st.nodes.remove(&key) {
+                    remove_record(&old);
                     drop(st);
                     std::thread::sleep(Duration::from_millis(5));
                     st = self.state();
                 }
-                st.nodes.insert(key, HashMap::new());
+                let file = self.flat_record(iqn, &portal_p);
+                write_record(&file, &node_defaults(iqn, -1, iface, &portal_p));
+                st.nodes.insert(key, file);
                 CommandOutput::ok(format!("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] {bracket},-1 {iqn}] added\n"))
             }
             ["--op", "update", pairs @ ..] => {
-                let Some(params) = st.nodes.get_mut(&key) else { return no_records() };
+                let Some(file) = st.nodes.get(&key) else { return no_records() };
+                let mut settings = Vec::new();
                 for kv in pairs.chunks(4) {
                     match kv {
-                        ["-n", k, "-v", v] => {
-                            params.insert(k.to_string(), v.to_string());
-                        }
+                        ["-n", k, "-v", v] => settings.push((*k, *v)),
                         _ => return CommandOutput::exit(7, "iscsiadm: invalid update arguments\n"),
                     }
                 }
+                update_record(file, &settings);
                 CommandOutput::ok("")
             }
             ["--op", "delete"] => match st.nodes.remove(&key) {
-                Some(_) => CommandOutput::ok(""),
+                Some(file) => {
+                    remove_record(&file);
+                    CommandOutput::ok("")
+                }
                 None => no_records(),
             },
             ["--interface", iface, "--login"] => {
-                let Some(params) = st.nodes.get(&key).cloned() else { return no_records() };
+                let Some(file) = st.nodes.get(&key) else { return no_records() };
+                // iscsiadm logs in with what the record file says.
+                let record = std::fs::read_to_string(file).unwrap_or_default();
+                let setting = |name: &str| record_value(&record, name).map(str::to_string);
                 let what = format!("[iface: {iface}, target: {iqn}, portal: {bracket}]");
                 if st.sessions.iter().any(|s| s.iqn == iqn && s.portal == portal_p) {
                     return CommandOutput::exit(15, format!("iscsiadm: {iface}: 1 session requested, but 1 already present.\niscsiadm: Could not log into all portals\nLogging in to {what}\n"));
@@ -317,9 +382,9 @@ impl Tools<State> {
                     return CommandOutput::exit(8, format!("Logging in to {what}\niscsiadm: Could not login to {what}.\niscsiadm: initiator reported error (8 - connection timed out)\niscsiadm: Could not log into all portals\n"));
                 };
                 if let Some((u, p)) = &t.chap {
-                    let ok = params.get("node.session.auth.authmethod").map(String::as_str) == Some("CHAP")
-                        && params.get("node.session.auth.username") == Some(u)
-                        && params.get("node.session.auth.password") == Some(p);
+                    let ok = setting("node.session.auth.authmethod").as_deref() == Some("CHAP")
+                        && setting("node.session.auth.username").as_ref() == Some(u)
+                        && setting("node.session.auth.password").as_ref() == Some(p);
                     if !ok {
                         return CommandOutput::exit(24, format!("Logging in to {what}\niscsiadm: Could not login to {what}.\niscsiadm: initiator reported error (24 - iSCSI login failed due to authorization failure)\niscsiadm: Could not log into all portals\n"));
                     }
@@ -328,7 +393,7 @@ impl Tools<State> {
                 st.next_sid += 1;
                 let host_no = sid + 1;
                 st.sessions.push(Session { sid, iqn: iqn.into(), portal: portal_p.clone() });
-                let manual = params.get("node.session.scan").map(String::as_str) == Some("manual");
+                let manual = setting("node.session.scan").as_deref() == Some("manual");
                 drop(st);
                 self.fake.add_iscsi_session(sid, host_no, 0, iqn, &portal_p);
                 for (lun, wwid, size) in &t.luns {
@@ -353,11 +418,37 @@ impl Tools<State> {
         }
     }
 
-    fn discovery(&self, portal: &str, rest: &[&str]) -> CommandOutput {
+    fn discovery(&self, portal: &str, iface: &str, rest: &[&str]) -> CommandOutput {
+        let p: Portal = portal.parse().unwrap();
+        let st_config = self.root().join(format!(
+            "etc/iscsi/send_targets/{},{}/st_config",
+            p.host(),
+            p.port()
+        ));
         match rest {
-            ["--op", "new"] | ["--op", "update", ..] => CommandOutput::ok(""),
+            ["--op", "new"] => {
+                write_record(&st_config, &discovery_defaults(&p));
+                CommandOutput::ok(format!(
+                    "New discovery record for [{},{}] added.\n",
+                    p.host(),
+                    p.port()
+                ))
+            }
+            ["--op", "update", "-n", k, "-v", v] => {
+                if !st_config.exists() {
+                    return CommandOutput::exit(
+                        21,
+                        format!(
+                            "iscsiadm: Discovery record [{},{}] not found.\n",
+                            p.host(),
+                            p.port()
+                        ),
+                    );
+                }
+                update_record(&st_config, &[(*k, *v)]);
+                CommandOutput::ok("")
+            }
             ["--discover"] => {
-                let p: Portal = portal.parse().unwrap();
                 let mut st = self.state();
                 let Some(t) = st
                     .targets
@@ -367,6 +458,16 @@ impl Tools<State> {
                 else {
                     return CommandOutput::exit(4, format!("iscsiadm: cannot make connection to {}: Connection refused\niscsiadm: connection login retries (reopen_max) 5 exceeded\niscsiadm: Could not perform SendTargets discovery: encountered connection failure\n", p.host()));
                 };
+                if let Some((u, pw)) = st.discovery_chap.get(&p) {
+                    let record = std::fs::read_to_string(&st_config).unwrap_or_default();
+                    let setting = |name: &str| record_value(&record, name);
+                    let ok = setting("discovery.sendtargets.auth.authmethod") == Some("CHAP")
+                        && setting("discovery.sendtargets.auth.username") == Some(u.as_str())
+                        && setting("discovery.sendtargets.auth.password") == Some(pw.as_str());
+                    if !ok {
+                        return CommandOutput::exit(24, format!("iscsiadm: Login failed to authenticate with target \niscsiadm: discovery login to {} rejected: initiator failed authorization\n\niscsiadm: Could not perform SendTargets discovery: iSCSI login failed due to authorization failure\n", p.host()));
+                    }
+                }
                 let found: Vec<Target> = st
                     .targets
                     .iter()
@@ -375,9 +476,17 @@ impl Tools<State> {
                     .collect();
                 let mut out = String::new();
                 for f in found {
-                    st.nodes
-                        .entry((f.iqn.clone(), f.portal.to_string()))
-                        .or_default();
+                    let key = (f.iqn.clone(), f.portal.to_string());
+                    if let std::collections::hash_map::Entry::Vacant(e) = st.nodes.entry(key) {
+                        let file = self.root().join(format!(
+                            "etc/iscsi/nodes/{}/{},{},1/{iface}",
+                            f.iqn,
+                            f.portal.host(),
+                            f.portal.port()
+                        ));
+                        write_record(&file, &node_defaults(&f.iqn, 1, iface, &f.portal));
+                        e.insert(file);
+                    }
                     out.push_str(&format!("{},1 {}\n", f.portal, f.iqn));
                 }
                 CommandOutput::ok(out)
@@ -477,6 +586,67 @@ impl Tools<State> {
             }
             Err(_) => CommandOutput::exit(1, format!("{name}: map not present\n")),
         }
+    }
+}
+
+/// A new node record as `idbm_print` writes it (the settings the simulator reads, and a
+/// few more).
+fn node_defaults(iqn: &str, tpgt: i32, iface: &str, portal: &Portal) -> String {
+    format!(
+        "# BEGIN RECORD 2.1.8\nnode.name = {iqn}\nnode.tpgt = {tpgt}\nnode.startup = manual\n\
+         iface.iscsi_ifacename = {iface}\nnode.session.scan = auto\n\
+         node.session.auth.authmethod = None\nnode.session.auth.chap_algs = MD5\n\
+         node.conn[0].address = {}\nnode.conn[0].port = {}\n# END RECORD\n",
+        portal.host(),
+        portal.port()
+    )
+}
+
+/// A new sendtargets discovery record.
+fn discovery_defaults(portal: &Portal) -> String {
+    format!(
+        "# BEGIN RECORD 2.1.8\ndiscovery.startup = manual\ndiscovery.type = sendtargets\n\
+         discovery.sendtargets.address = {}\ndiscovery.sendtargets.port = {}\n\
+         discovery.sendtargets.auth.authmethod = None\n# END RECORD\n",
+        portal.host(),
+        portal.port()
+    )
+}
+
+/// Writes a record file as iscsiadm does (`fopen(path, "w")`: a new file gets the default
+/// mode, an existing one keeps its own).
+fn write_record(file: &Path, text: &str) {
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, text).unwrap();
+}
+
+/// `--op update`: reads the record, sets `settings` and writes it back in place.
+fn update_record(file: &Path, settings: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !line_name(l).is_some_and(|n| settings.iter().any(|(k, _)| *k == n)))
+        .map(str::to_string)
+        .collect();
+    let end = lines
+        .iter()
+        .rposition(|l| l.starts_with("# END RECORD"))
+        .unwrap_or(lines.len());
+    for (i, (k, v)) in settings.iter().enumerate() {
+        lines.insert(end + i, format!("{k} = {v}"));
+    }
+    write_record(file, &(lines.join("\n") + "\n"));
+}
+
+/// Deletes a node record file and the directories it leaves empty, as `idbm_delete_node`.
+fn remove_record(file: &Path) {
+    let _ = std::fs::remove_file(file);
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d.file_name().is_some_and(|n| n == "nodes") || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }
 

@@ -1,0 +1,424 @@
+//! open-iscsi's record database (`/etc/iscsi`, its `ISCSI_DB_ROOT`): hostbrick writes the
+//! CHAP settings of node and discovery records into the record files itself, so that no
+//! password is ever on an iscsiadm command line (every local user can read a running
+//! program's arguments in `/proc/PID/cmdline`).
+//!
+//! The layout and format are open-iscsi 2.1.8's (`usr/idbm.c`):
+//!
+//! - A node record is `nodes/<target>/<address>,<port>,<tpgt>/<iface>` (`idbm_rec_write`),
+//!   or the older flat file `nodes/<target>/<address>,<port>` that `idbm_rec_write` still
+//!   writes for a record made without a portal group tag, as `iscsiadm -m node -T T -p A:P
+//!   --op new` makes it (tpgt -1). `idbm_for_each_portal` reads both, splitting an entry's
+//!   name at its first comma. The address is the `-p` argument's, without the brackets of an
+//!   IPv6 one (`str_to_ipport`): `fe80::1,3260`.
+//! - A sendtargets discovery record is `send_targets/<address>,<port>/st_config`
+//!   (`idbm_discovery_write`, through `idbm_open_rec_w`, which turns an older flat file
+//!   `send_targets/<address>,<port>` into that directory; `idbm_open_rec_r` reads either).
+//! - A record is `# BEGIN RECORD <version>`, one `name = value` line per setting and
+//!   `# END RECORD` (`idbm_print`). `idbm_recinfo_config` reads it back line by line: a line
+//!   without its newline is dropped, the line is stripped at both ends, `#` lines are
+//!   skipped, the name ends at white space or `=`, the value is the rest after `=` and any
+//!   spaces, and a later line for a name wins. A password's `*_length` setting is derived
+//!   when its line is read (`idbm_rec_update_param`), so it is not written.
+//!
+//! A rewrite keeps every other line, drops the old lines of the settings it writes, and
+//! puts the new ones before `# END RECORD`. It goes to a temporary file, created exclusively
+//! with mode 0600, in the directory that holds the portal entries (its name has no comma, so
+//! no open-iscsi walk takes it for a record, as one would inside a portal directory), is
+//! flushed to disk and renamed over the record. iscsiadm later rewrites a record in place
+//! (`fopen(path, "w")`), which keeps its mode and the settings it read from it.
+//!
+//! The callers hold the target's setup lock (node records) or the portal's discovery lock
+//! (discovery records), so no other hostbrick connect changes the record meanwhile.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::model::ids::Portal;
+use crate::model::iscsi::{record_value_problem, ChapCredentials, IscsiTarget};
+use crate::platform::host::Host;
+
+/// The node records' directory under the host's /etc.
+const NODES: &str = "iscsi/nodes";
+/// The sendtargets discovery records' directory under the host's /etc.
+const SEND_TARGETS: &str = "iscsi/send_targets";
+/// The file of a discovery record inside its portal directory (`ST_CONFIG_NAME`).
+const ST_CONFIG: &str = "st_config";
+/// The settings prefix of a node record's session CHAP.
+pub(crate) const NODE_AUTH: &str = "node.session.auth";
+/// The settings prefix of a sendtargets discovery record's CHAP.
+pub(crate) const DISCOVERY_AUTH: &str = "discovery.sendtargets.auth";
+/// How a record ends (`ISCSI_END_REC`).
+const END_RECORD: &str = "# END RECORD";
+
+/// The record files of target `t` (every iface's), found as open-iscsi finds them.
+pub(crate) fn node_record_files(host: &Host, t: &IscsiTarget) -> Result<Vec<PathBuf>> {
+    let dir = target_dir(host, t)?;
+    let mut files = Vec::new();
+    for name in host.list_dir(&dir)? {
+        let Some((address, rest)) = name.split_once(',') else {
+            continue;
+        };
+        let (port, tpgt) = match rest.split_once(',') {
+            Some((p, g)) => (p, Some(g)),
+            None => (rest, None),
+        };
+        if address != t.portal.host() || port.parse::<u16>().ok() != Some(t.portal.port()) {
+            continue;
+        }
+        let path = dir.join(&name);
+        let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        match tpgt {
+            None if meta.is_file() => files.push(path),
+            Some(_) if meta.is_dir() => {
+                for iface in host.list_dir(&path)? {
+                    let file = path.join(iface);
+                    if fs::metadata(&file).map(|m| m.is_file()).unwrap_or(false) {
+                        files.push(file);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(files)
+}
+
+/// Writes session CHAP into every record file of target `t` (iscsiadm reported the record).
+pub(crate) fn write_node_chap(host: &Host, t: &IscsiTarget, chap: &ChapCredentials) -> Result<()> {
+    let dir = target_dir(host, t)?;
+    let files = node_record_files(host, t)?;
+    if files.is_empty() {
+        return Err(Error::UnexpectedContent {
+            path: dir,
+            reason: format!(
+                "iscsiadm has a node record for {} {} but no record file is here \
+                 (is open-iscsi's database elsewhere?)",
+                t.portal, t.iqn
+            ),
+        });
+    }
+    for file in files {
+        set_chap(&file, &dir, NODE_AUTH, chap)?;
+    }
+    Ok(())
+}
+
+/// The sendtargets discovery record file of `portal`: `st_config` in its directory, or the
+/// older flat file.
+pub(crate) fn discovery_record_file(host: &Host, portal: &Portal) -> Result<PathBuf> {
+    let entry =
+        host.etc(SEND_TARGETS)
+            .join(format!("{},{}", path_part(portal.host())?, portal.port()));
+    match fs::metadata(&entry) {
+        Ok(m) if m.is_dir() => Ok(entry.join(ST_CONFIG)),
+        Ok(_) => Ok(entry),
+        Err(e) => Err(Error::io(&entry, e)),
+    }
+}
+
+/// Writes discovery CHAP into the sendtargets discovery record of `portal` (which
+/// `iscsiadm -m discoverydb ... --op new` made).
+pub(crate) fn write_discovery_chap(
+    host: &Host,
+    portal: &Portal,
+    chap: &ChapCredentials,
+) -> Result<()> {
+    let file = discovery_record_file(host, portal)?;
+    set_chap(&file, &host.etc(SEND_TARGETS), DISCOVERY_AUTH, chap)
+}
+
+/// `nodes/<target>`.
+fn target_dir(host: &Host, t: &IscsiTarget) -> Result<PathBuf> {
+    path_part(t.portal.host())?;
+    Ok(host.etc(NODES).join(path_part(t.iqn.as_str())?))
+}
+
+/// `s` as one path component, refused when it would be more (or `.`/`..`).
+fn path_part(s: &str) -> Result<&str> {
+    if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.contains('\0') {
+        return Err(Error::InvalidArgument {
+            name: "iSCSI record path".into(),
+            reason: format!("{s:?} cannot name a file in open-iscsi's record database"),
+        });
+    }
+    Ok(s)
+}
+
+/// The setting a record line sets, as `idbm_recinfo_config` reads it; `None` for blank and
+/// comment lines.
+pub(crate) fn line_name(line: &str) -> Option<&str> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let end = line
+        .find(|c: char| c.is_ascii_whitespace() || c == '=')
+        .unwrap_or(line.len());
+    Some(&line[..end])
+}
+
+/// The value of setting `name` in record text `text` as open-iscsi reads it (the last line
+/// for it wins); `None` when no line sets it.
+pub(crate) fn record_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .filter(|l| line_name(l) == Some(name))
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(_, v)| v.trim())
+        .next_back()
+}
+
+/// Rewrites record `file` with `prefix.authmethod = CHAP`, `prefix.username` and
+/// `prefix.password` in place of any earlier lines for them (or the password's length).
+fn set_chap(file: &Path, tmp_dir: &Path, prefix: &str, chap: &ChapCredentials) -> Result<()> {
+    let username = chap.username.as_str();
+    let password = chap.password.expose();
+    for (key, value) in [("username", username), ("password", password)] {
+        if let Some(reason) = record_value_problem(value) {
+            return Err(Error::InvalidArgument {
+                name: format!("{prefix}.{key}"),
+                reason: reason.into(),
+            });
+        }
+    }
+    let keys =
+        ["authmethod", "username", "password", "password_length"].map(|k| format!("{prefix}.{k}"));
+    let old = Zeroizing::new(fs::read_to_string(file).map_err(|e| Error::io(file, e))?);
+    let ours = Zeroizing::new(format!(
+        "{prefix}.authmethod = CHAP\n{prefix}.username = {username}\n{prefix}.password = {password}\n"
+    ));
+    let lines: Vec<&str> = old
+        .lines()
+        .filter(|l| !line_name(l).is_some_and(|n| keys.iter().any(|k| k == n)))
+        .collect();
+    let end = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with(END_RECORD))
+        .unwrap_or(lines.len());
+    let mut text = Zeroizing::new(String::with_capacity(old.len() + ours.len()));
+    for l in &lines[..end] {
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.push_str(&ours);
+    for l in &lines[end..] {
+        text.push_str(l);
+        text.push('\n');
+    }
+    replace_private(file, tmp_dir, text.as_bytes())
+}
+
+/// Replaces `path` with `content` at once: a new file, mode 0600, created exclusively in
+/// `tmp_dir` (on the same file system), written, flushed to disk and renamed over `path`.
+fn replace_private(path: &Path, tmp_dir: &Path, content: &[u8]) -> Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (tmp, mut f) = loop {
+        let tmp = tmp_dir.join(format!(
+            ".hostbrick-{}-{}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&tmp, e)),
+        }
+    };
+    let written = f
+        .write_all(content)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e));
+    drop(f);
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself on disk: best effort (the record is whole either way).
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::model::secret::Secret;
+
+    fn chap(user: &str, pass: &str) -> ChapCredentials {
+        ChapCredentials {
+            username: user.into(),
+            password: Secret::new(pass),
+        }
+    }
+
+    fn target(portal: &str) -> IscsiTarget {
+        IscsiTarget {
+            portal: portal.parse().unwrap(),
+            iqn: "iqn.2003-01.org.linux-iscsi.vm:t1".parse().unwrap(),
+            lun: 0,
+        }
+    }
+
+    const RECORD: &str = "# BEGIN RECORD 2.1.8\nnode.name = iqn.2003-01.org.linux-iscsi.vm:t1\n\
+        node.tpgt = -1\nnode.session.auth.authmethod = None\nnode.session.auth.chap_algs = MD5\n\
+        node.conn[0].address = 10.0.0.1\n# END RECORD\n";
+
+    #[test]
+    fn flat_and_directory_records_are_found_and_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::with_root(d.path());
+        let tdir = host.etc("iscsi/nodes/iqn.2003-01.org.linux-iscsi.vm:t1");
+        fs::create_dir_all(tdir.join("fe80::1,3260,1")).unwrap();
+        fs::write(tdir.join("10.0.0.1,3260"), RECORD).unwrap();
+        fs::write(tdir.join("10.0.0.10,3260"), RECORD).unwrap();
+        fs::write(tdir.join("fe80::1,3260,1/default"), RECORD).unwrap();
+        fs::write(tdir.join("fe80::1,3260,1/iser"), RECORD).unwrap();
+        let v4 = target("10.0.0.1:3260");
+        assert_eq!(
+            node_record_files(&host, &v4).unwrap(),
+            vec![tdir.join("10.0.0.1,3260")]
+        );
+        let v6 = target("[fe80::1]:3260");
+        assert_eq!(node_record_files(&host, &v6).unwrap().len(), 2);
+        assert!(node_record_files(&host, &target("10.0.0.1:3261"))
+            .unwrap()
+            .is_empty());
+
+        write_node_chap(&host, &v4, &chap("alice", "pa ss=word#1")).unwrap();
+        let file = tdir.join("10.0.0.1,3260");
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            text,
+            "# BEGIN RECORD 2.1.8\nnode.name = iqn.2003-01.org.linux-iscsi.vm:t1\n\
+             node.tpgt = -1\nnode.session.auth.chap_algs = MD5\nnode.conn[0].address = 10.0.0.1\n\
+             node.session.auth.authmethod = CHAP\nnode.session.auth.username = alice\n\
+             node.session.auth.password = pa ss=word#1\n# END RECORD\n"
+        );
+        assert_eq!(
+            record_value(&text, "node.session.auth.password"),
+            Some("pa ss=word#1")
+        );
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Again: the lines are replaced, not added.
+        write_node_chap(&host, &v4, &chap("bob", "other")).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.matches("node.session.auth.password").count(), 1);
+        assert_eq!(
+            record_value(&text, "node.session.auth.username"),
+            Some("bob")
+        );
+        // The other record of the target's directory is untouched; no temporary file left.
+        assert_eq!(
+            fs::read_to_string(tdir.join("10.0.0.10,3260")).unwrap(),
+            RECORD
+        );
+        assert_eq!(
+            host.list_dir(&tdir).unwrap(),
+            vec!["10.0.0.1,3260", "10.0.0.10,3260", "fe80::1,3260,1"]
+        );
+
+        write_node_chap(&host, &v6, &chap("carol", "six")).unwrap();
+        for iface in ["default", "iser"] {
+            let text = fs::read_to_string(tdir.join("fe80::1,3260,1").join(iface)).unwrap();
+            assert_eq!(
+                record_value(&text, "node.session.auth.password"),
+                Some("six")
+            );
+            assert!(text.ends_with("node.session.auth.password = six\n# END RECORD\n"));
+        }
+        let e = write_node_chap(&host, &target("10.0.0.2:3260"), &chap("a", "b")).unwrap_err();
+        assert_eq!(e.kind(), "unexpected_content");
+    }
+
+    #[test]
+    fn values_the_record_cannot_hold_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::with_root(d.path());
+        let tdir = host.etc("iscsi/nodes/iqn.2003-01.org.linux-iscsi.vm:t1");
+        fs::create_dir_all(&tdir).unwrap();
+        fs::write(tdir.join("10.0.0.1,3260"), RECORD).unwrap();
+        let t = target("10.0.0.1:3260");
+        let long = "x".repeat(256);
+        for (user, pass) in [
+            ("alice", "pw\nnode.startup = manual"),
+            ("alice", "pw\r"),
+            ("al\nice", "pw"),
+            ("alice", " pw"),
+            ("alice", ""),
+            ("alice", long.as_str()),
+        ] {
+            let e = write_node_chap(&host, &t, &chap(user, pass)).unwrap_err();
+            assert_eq!(e.kind(), "invalid_argument", "{user:?}");
+            assert!(!e.chain().contains("pw"), "{}", e.chain());
+        }
+        assert_eq!(
+            fs::read_to_string(tdir.join("10.0.0.1,3260")).unwrap(),
+            RECORD
+        );
+    }
+
+    #[test]
+    fn discovery_records() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::with_root(d.path());
+        let st = host.etc("iscsi/send_targets");
+        fs::create_dir_all(st.join("10.0.0.1,3260")).unwrap();
+        let rec =
+            "# BEGIN RECORD 2.1.8\ndiscovery.startup = manual\ndiscovery.type = sendtargets\n\
+            discovery.sendtargets.auth.authmethod = None\n# END RECORD\n";
+        fs::write(st.join("10.0.0.1,3260/st_config"), rec).unwrap();
+        let p: Portal = "10.0.0.1:3260".parse().unwrap();
+        write_discovery_chap(&host, &p, &chap("disc", "d-pass")).unwrap();
+        let file = st.join("10.0.0.1,3260/st_config");
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            record_value(&text, "discovery.sendtargets.auth.authmethod"),
+            Some("CHAP")
+        );
+        assert_eq!(
+            record_value(&text, "discovery.sendtargets.auth.username"),
+            Some("disc")
+        );
+        assert_eq!(
+            record_value(&text, "discovery.sendtargets.auth.password"),
+            Some("d-pass")
+        );
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(host.list_dir(&st).unwrap(), vec!["10.0.0.1,3260"]);
+        // The older flat file.
+        fs::write(st.join("10.0.0.2,3260"), rec).unwrap();
+        let p2: Portal = "10.0.0.2:3260".parse().unwrap();
+        write_discovery_chap(&host, &p2, &chap("disc", "d2")).unwrap();
+        let text = fs::read_to_string(st.join("10.0.0.2,3260")).unwrap();
+        assert_eq!(
+            record_value(&text, "discovery.sendtargets.auth.password"),
+            Some("d2")
+        );
+        let none: Portal = "10.0.0.3:3260".parse().unwrap();
+        assert!(write_discovery_chap(&host, &none, &chap("disc", "d"))
+            .unwrap_err()
+            .is_not_found());
+    }
+}
