@@ -339,6 +339,29 @@ pub enum Error {
         /// Undo steps that failed, in the order they ran.
         rollback: Vec<RollbackFailure>,
     },
+
+    /// A directory for hostbrick's state (the state directory, a lock directory, or one
+    /// below them), or a file in one, is not safe to use: a symlink, not a directory,
+    /// owned by another user, or writable by the group or others. Nothing was created
+    /// or written through it.
+    #[error("refusing to use {}: {reason}", path.display())]
+    UnsafeStateDir {
+        /// The directory (or file).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A cross-process lock stayed held by someone else until the operation's deadline.
+    #[error("timed out after {waited:?} waiting for lock {key} ({})", path.display())]
+    LockTimeout {
+        /// The lock's key, e.g. `volume-…` or `target …`.
+        key: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long it was waited for.
+        waited: Duration,
+    },
 }
 
 /// An undo step that failed while rolling back a failed attach or detach.
@@ -394,6 +417,8 @@ impl Error {
             Error::DisconnectIncomplete { .. } => "disconnect_incomplete",
             Error::InvalidDiskConfig { .. } => "invalid_disk_config",
             Error::Orchestration { .. } => "orchestration",
+            Error::UnsafeStateDir { .. } => "unsafe_state_dir",
+            Error::LockTimeout { .. } => "lock_timeout",
         }
     }
 

@@ -29,7 +29,8 @@ pub mod nvme {
 /// Ceph RBD: `rbd` / `rbd-nbd` output and the private Ceph files.
 pub mod rbd {
     pub use crate::rbd::cli::{
-        is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, CephFiles, Mapping,
+        is_auth_failure, parse_image_size, parse_mapped_device, parse_mappings, sweep_stale_files,
+        CephFiles, Mapping, STALE_KEYRING_AGE,
     };
 }
 
@@ -40,9 +41,11 @@ pub mod devices {
     pub use crate::devices::scsi::{block_name, wwid};
 }
 
-/// Uevents, device waits, the attachment registry and the binary search list.
+/// Uevents, device waits, the attachment registry, the lock poll interval and the binary
+/// search list.
 pub mod platform {
     pub use crate::platform::cmd::EXTRA_BIN_DIRS;
+    pub use crate::platform::lock::LOCK_POLL_INTERVAL;
     pub use crate::platform::registry::Registry;
     pub use crate::platform::uevent::{UdevRecord, Uevent, UeventAction};
     pub use crate::platform::wait::{DeviceWatch, SYSFS_POLL_INTERVAL, UDEV_RECHECK_INTERVAL};

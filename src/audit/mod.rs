@@ -225,7 +225,7 @@ pub struct OrphanMapping {
 ///
 /// See the module documentation for what counts as orphaned.
 pub fn audit(ctx: &HostContext) -> Result<AuditReport> {
-    audit_with_locks(ctx, &LockDir::new(ctx.host.default_lock_dir()))
+    audit_with_locks(ctx, &LockDir::default_for(&ctx.host))
 }
 
 /// [`audit`] for connectors that use their own lock directory

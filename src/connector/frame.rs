@@ -10,7 +10,9 @@
 //! - opens the tracing span of the operation, with the same fields for every protocol
 //!   (`protocol`, `volume`, `target`, and the options of a disconnect);
 //! - sets the one deadline the whole operation shares, and the cleanup budget after a failure;
-//! - takes the volume lock, so one operation of a volume runs at a time on this host;
+//! - takes the volume lock, so one operation of a volume runs at a time on this host (a
+//!   lock still held by another at the deadline fails the operation with
+//!   [`Error::LockTimeout`]);
 //! - logs the operation's end with its duration;
 //! - checks a device answers I/O (`check_valid_device`).
 //!
@@ -162,9 +164,10 @@ impl<'a> Operation<'a> {
         ms(self.started.elapsed())
     }
 
-    /// Takes a lock of `locks` under `key`.
+    /// Takes a lock of `locks` under `key`, waiting for it at most until the operation's
+    /// deadline ([`Error::LockTimeout`] after that).
     pub fn lock(&self, key: &str, mode: LockMode) -> Result<LockGuard> {
-        self.locks.lock(key, mode)
+        self.locks.lock_until(key, mode, self.deadline)
     }
 }
 

@@ -225,7 +225,10 @@ pub struct ConnectorOptions {
     /// How long cleanup after a failure may take, counted from when it starts (the
     /// operation's own deadline may already have passed).
     pub cleanup_timeout: Duration,
-    /// Where lock files go; default `/run/lock/hostbrick` under the host's /run.
+    /// Where lock files go; default `locks/` in the host's private state directory
+    /// ([`Host::state_dir`](crate::Host::state_dir), `/run/hostbrick/locks`). A directory
+    /// given here is created mode 0700 and must pass the same checks: a real directory,
+    /// owned by the running user, not writable by the group or others.
     pub lock_dir: Option<PathBuf>,
     /// iSCSI and iSER.
     pub iscsi: IscsiOptions,
@@ -300,11 +303,10 @@ impl ConnectorOptions {
 
     /// The lock directory connectors (and the attach orchestrator) use.
     pub fn locks(&self) -> LockDir {
-        LockDir::new(
-            self.lock_dir
-                .clone()
-                .unwrap_or_else(|| self.context.host.default_lock_dir()),
-        )
+        match &self.lock_dir {
+            Some(dir) => LockDir::new(dir.clone()),
+            None => LockDir::default_for(&self.context.host),
+        }
     }
 }
 

@@ -34,7 +34,9 @@ impl IscsiDriver {
     ) -> Result<AttachedPath> {
         let span = tracing::info_span!("path", target = %t);
         let _e = span.enter();
-        let shared = self.locks.lock(&target_lock_key(t), LockMode::Shared)?;
+        let shared = self
+            .locks
+            .lock_until(&target_lock_key(t), LockMode::Shared, deadline)?;
         let mut made = Made::default();
         let adm = match cancel {
             Some(c) => self.adm(deadline).with_cancel(c),
@@ -64,7 +66,9 @@ impl IscsiDriver {
         // (a record being rewritten is briefly missing), and only the first connect has a
         // login to do; the ones after it find the session and use it as it is.
         let (session, reused) = {
-            let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+            let _setup =
+                self.locks
+                    .lock_until(&target_setup_key(t), LockMode::Exclusive, deadline)?;
             // The one read of the host's sessions this path needs: after the login only the
             // sessions that appeared since are read.
             match sessions.find(t)? {
@@ -77,7 +81,9 @@ impl IscsiDriver {
             // A logout needs the record: give a session that lost it one back (checked
             // outside the lock, so concurrent connects of the target do not queue on it).
             if !adm.node_exists(t)? {
-                let _setup = self.locks.lock(&target_setup_key(t), LockMode::Exclusive)?;
+                let _setup =
+                    self.locks
+                        .lock_until(&target_setup_key(t), LockMode::Exclusive, deadline)?;
                 if !adm.node_exists(t)? {
                     adm.node_new(t)?;
                     made.node = true;
@@ -238,7 +244,7 @@ impl IscsiDriver {
         for t in discovered {
             let r = self
                 .locks
-                .lock(&target_lock_key(t), LockMode::Exclusive)
+                .lock_until(&target_lock_key(t), LockMode::Exclusive, deadline)
                 .and_then(|_x| match session::find(self.host(), t)? {
                     Some(_) => Ok(()),
                     None => {

@@ -315,7 +315,9 @@ impl IscsiDriver {
         sessions: &mut SessionFinder<'_>,
         deadline: Instant,
     ) -> Result<()> {
-        let _x = self.locks.lock(&target_lock_key(t), LockMode::Exclusive)?;
+        let _x = self
+            .locks
+            .lock_until(&target_lock_key(t), LockMode::Exclusive, deadline)?;
         let adm = self.adm(deadline);
         if let Some(s) = sessions.find(t)? {
             let luns = session::luns(self.host(), s.sid)?;

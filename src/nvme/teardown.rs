@@ -33,9 +33,10 @@ impl Release<'_> {
     pub fn controller(&mut self, nqn: &Nqn, portal: &NvmePortal, ours: Option<&str>) -> Result<()> {
         let op = self.op;
         let host = op.host();
-        let _x = op.lock(
+        let _x = op.locks.lock_until(
             &controller_lock_key(nqn.as_str(), portal),
             LockMode::Exclusive,
+            self.deadline,
         )?;
         let Some(ctrl) = self.ctrls.find(nqn.as_str(), portal, self.hostnqn)? else {
             return Ok(());

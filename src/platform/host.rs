@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// The lock directory's name in the state directory.
+pub(crate) const LOCKS_SUBDIR: &str = "locks";
+
 /// Called after every attribute write through a [`Host`] with the path and value, so a
 /// fake tree can answer as the kernel does: synchronously, inside the write.
 pub type WriteHook = Arc<dyn Fn(&Path, &str) + Send + Sync>;
@@ -150,9 +153,17 @@ impl Host {
         self.proc.join(rel)
     }
 
-    /// The default directory for hostbrick's cross-process lock files.
+    /// hostbrick's private state directory, `/run/hostbrick` (mode 0700, owned by the
+    /// running user; refused otherwise): the lock files (`locks/`), the attachment
+    /// registry (`attachments/<protocol>/`) and short-lived Ceph keyrings (`keyrings/`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.run("hostbrick")
+    }
+
+    /// The default directory for hostbrick's cross-process lock files: `locks/` in the
+    /// [state directory](Host::state_dir).
     pub fn default_lock_dir(&self) -> PathBuf {
-        self.run("lock/hostbrick")
+        self.state_dir().join(LOCKS_SUBDIR)
     }
 
     /// True when this handle is the running system and udevd is running on it, so device

@@ -4,19 +4,32 @@
 //! for login/logout. Connects of one target share its lock; the logout check takes it
 //! exclusively, so a session is never logged out under a LUN that is being attached.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
+use crate::platform::host::{Host, LOCKS_SUBDIR};
+use crate::platform::state;
+
+/// How often [`LockDir::lock_until`] tries a lock someone else holds again.
+pub const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A directory of lock files.
+///
+/// The directory is created mode 0700 and refused ([`Error::UnsafeStateDir`]) when it is
+/// a symlink, not a directory, owned by another user or writable by the group or others;
+/// lock files are created `O_EXCL | O_NOFOLLOW`, mode 0600, and never opened through a
+/// symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockDir {
     dir: PathBuf,
+    /// The state directory `dir` is `locks/` of, checked too (the default lock directory).
+    state: Option<PathBuf>,
 }
 
 /// Shared or exclusive.
@@ -50,9 +63,22 @@ impl Drop for LockGuard {
 }
 
 impl LockDir {
-    /// Locks in `dir` (created on first use, mode 0700).
+    /// Locks in `dir` (created on first use, mode 0700, with its missing parents; an
+    /// existing one must pass the checks above).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LockDir { dir: dir.into() }
+        LockDir {
+            dir: dir.into(),
+            state: None,
+        }
+    }
+
+    /// The default lock directory of `host`: `locks/` in its private
+    /// [state directory](Host::state_dir), which is checked (and created) too.
+    pub fn default_for(host: &Host) -> Self {
+        LockDir {
+            dir: host.default_lock_dir(),
+            state: Some(host.state_dir()),
+        }
     }
 
     /// The directory.
@@ -60,24 +86,35 @@ impl LockDir {
         &self.dir
     }
 
-    /// Takes the lock named by `key` (any text; it is turned into a safe file name),
-    /// blocking until it is free.
-    pub fn lock(&self, key: &str, mode: LockMode) -> Result<LockGuard> {
-        if !self.dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
+    /// Creates (or checks) the directory.
+    fn ensure(&self) -> Result<()> {
+        match &self.state {
+            Some(root) => state::ensure_dir(root, &[LOCKS_SUBDIR]).map(drop),
+            None => state::ensure_dir(&self.dir, &[]).map(drop),
         }
+    }
+
+    /// The directory when it exists and passes the checks, changing nothing.
+    fn existing(&self) -> Result<bool> {
+        match &self.state {
+            Some(root) => Ok(state::existing_dir(root, &[LOCKS_SUBDIR])?.is_some()),
+            None => state::check_dir(&self.dir),
+        }
+    }
+
+    /// The lock file of `key`, opened (created when new) without following a symlink.
+    fn open(&self, key: &str) -> Result<(File, PathBuf)> {
+        self.ensure()?;
         let path = self.dir.join(file_name_for(key));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = open_lock_file(&path)?;
+        Ok((file, path))
+    }
+
+    /// Takes the lock named by `key` (any text; it is turned into a safe file name),
+    /// blocking until it is free, however long that takes. Operations with a deadline
+    /// use [`LockDir::lock_until`].
+    pub fn lock(&self, key: &str, mode: LockMode) -> Result<LockGuard> {
+        let (file, path) = self.open(key)?;
         let arg = match mode {
             LockMode::Shared => FlockArg::LockShared,
             LockMode::Exclusive => FlockArg::LockExclusive,
@@ -95,15 +132,57 @@ impl LockDir {
         })
     }
 
+    /// Takes the lock named by `key` like [`LockDir::lock`], waiting at most until
+    /// `deadline`: a lock someone else holds is tried again every [`LOCK_POLL_INTERVAL`],
+    /// and still held at the deadline it is [`Error::LockTimeout`] naming the key. A
+    /// deadline already past still gets one try.
+    pub fn lock_until(&self, key: &str, mode: LockMode, deadline: Instant) -> Result<LockGuard> {
+        let (mut file, path) = self.open(key)?;
+        let arg = match mode {
+            LockMode::Shared => FlockArg::LockSharedNonblock,
+            LockMode::Exclusive => FlockArg::LockExclusiveNonblock,
+        };
+        let started = Instant::now();
+        let lock = loop {
+            match Flock::lock(file, arg) {
+                Ok(l) => break l,
+                Err((f, nix::Error::EINTR)) => file = f,
+                Err((f, nix::Error::EWOULDBLOCK)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        tracing::debug!(lock = %path.display(), key, ?mode, "lock still held at the deadline");
+                        return Err(Error::LockTimeout {
+                            key: key.to_string(),
+                            path,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(LOCK_POLL_INTERVAL.min(deadline - now));
+                    file = f;
+                }
+                Err((_, source)) => return Err(Error::Lock { path, source }),
+            }
+        };
+        tracing::trace!(lock = %path.display(), ?mode, waited_ms = started.elapsed().as_millis() as u64, "lock taken");
+        Ok(LockGuard {
+            _lock: lock,
+            path,
+            acquired: Instant::now(),
+        })
+    }
+
     /// True when someone holds the lock named by `key` right now, in either mode. Creates
     /// nothing: a lock file that does not exist has never been taken. A free lock is taken
     /// for an instant to find out, so a taker arriving just then waits that long.
     pub fn is_held(&self, key: &str) -> Result<bool> {
+        if !self.existing()? {
+            return Ok(false);
+        }
         let path = self.dir.join(file_name_for(key));
-        let file = match File::open(&path) {
+        let file = match state::open_read(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io(&path, e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(state::open_error(&path, e)),
         };
         match flock(&file, &path, FlockArg::LockExclusiveNonblock)? {
             // Taken at once: nobody held it (released again on drop).
@@ -112,6 +191,50 @@ impl LockDir {
             Err(source) => Err(Error::Lock { path, source }),
         }
     }
+}
+
+/// Opens the lock file `path`: created new (`O_EXCL | O_NOFOLLOW`, mode 0600) when it does
+/// not exist, else opened without following a symlink; it must be a regular file of ours.
+fn open_lock_file(path: &Path) -> Result<File> {
+    // A lock file removed between the two opens is simply created on the next round.
+    for _ in 0..8 {
+        let file = match state::create_private(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => match OpenOptions::new()
+                .write(true)
+                .custom_flags(state::nofollow())
+                .open(path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(state::open_error(path, e)),
+            },
+            Err(e) => return Err(state::open_error(path, e)),
+        };
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        let reason = if !meta.file_type().is_file() {
+            Some("it is not a regular file".to_string())
+        } else if meta.uid() != state::euid() {
+            Some(format!(
+                "it is owned by uid {}, not {}",
+                meta.uid(),
+                state::euid()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::UnsafeStateDir {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+        return Ok(file);
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::new(ErrorKind::NotFound, "the lock file keeps disappearing"),
+    ))
 }
 
 /// `flock(2)` on (a clone of) `file`, retried when a signal interrupts it. The outer error
@@ -129,33 +252,10 @@ fn flock(
     }
 }
 
-/// Maps a key to a file name: safe characters kept, the rest replaced, and a hash of the
-/// whole key appended so that distinct keys never share a file.
+/// Maps a key to a lock file name: safe characters kept, the rest replaced, and a hash of
+/// the whole key appended so that distinct keys never share a file.
 fn file_name_for(key: &str) -> String {
-    let mut safe: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(120)
-        .collect();
-    safe.push('-');
-    safe.push_str(&format!("{:016x}", fnv1a(key.as_bytes())));
-    safe.push_str(".lock");
-    safe
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    state::key_file_name(key, ".lock")
 }
 
 #[cfg(test)]
@@ -201,5 +301,93 @@ mod tests {
         assert!(locks.is_held("t").unwrap(), "a shared holder counts");
         drop(s);
         assert!(!locks.is_held("t").unwrap());
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for_until_the_deadline_only() {
+        let d = tempfile::tempdir().unwrap();
+        let locks = LockDir::new(d.path().join("locks"));
+        let held = locks.lock("vol", LockMode::Exclusive).unwrap();
+        let started = Instant::now();
+        let e = locks
+            .lock_until(
+                "vol",
+                LockMode::Shared,
+                started + Duration::from_millis(150),
+            )
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        match &e {
+            Error::LockTimeout { key, path, .. } => {
+                assert_eq!(key, "vol");
+                assert_eq!(path, held.path());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.kind(), "lock_timeout");
+        // A past deadline still gets one try; a free lock is taken at once.
+        let past = Instant::now();
+        assert!(locks.lock_until("vol", LockMode::Exclusive, past).is_err());
+        drop(held);
+        let _g = locks
+            .lock_until("vol", LockMode::Exclusive, Instant::now())
+            .unwrap();
+        // Released while waiting: taken.
+        let (l2, g) = (
+            locks.clone(),
+            locks.lock("other", LockMode::Exclusive).unwrap(),
+        );
+        let t = std::thread::spawn(move || {
+            l2.lock_until(
+                "other",
+                LockMode::Exclusive,
+                Instant::now() + Duration::from_secs(5),
+            )
+            .map(drop)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(g);
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn lock_files_are_private_and_never_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("locks");
+        let locks = LockDir::new(&dir);
+        let g = locks.lock("a", LockMode::Exclusive).unwrap();
+        let meta = std::fs::symlink_metadata(g.path()).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        drop(g);
+
+        // A symlink planted where a lock file goes: root creates nothing through it.
+        let victim = d.path().join("victim");
+        let link = dir.join(file_name_for("b"));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = locks.lock("b", LockMode::Exclusive).unwrap_err();
+        assert_eq!(e.kind(), "unsafe_state_dir", "{e}");
+        assert!(locks
+            .lock_until("b", LockMode::Exclusive, Instant::now())
+            .is_err());
+        assert!(locks.is_held("b").is_err());
+        assert!(!victim.exists(), "nothing created through the link");
+
+        // A lock directory others may write to is refused, for taking and for asking.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = locks.lock("a", LockMode::Shared).unwrap_err();
+        assert!(
+            matches!(&e, Error::UnsafeStateDir { path, .. } if path == &dir),
+            "{e:?}"
+        );
+        assert!(locks.is_held("a").is_err());
     }
 }

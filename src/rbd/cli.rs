@@ -2,15 +2,18 @@
 //! keyring and ceph.conf files a command needs.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::rbd::{ImageSpec, RbdMapper, RbdProperties};
 use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
+use crate::platform::host::Host;
+use crate::platform::state;
 
 /// One mapped image, from `rbd showmapped --format json` or `rbd-nbd list-mapped --format json`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -49,56 +52,161 @@ pub fn parse_mappings(text: &str) -> std::result::Result<Vec<Mapping>, String> {
     serde_json::from_str(t).map_err(|e| e.to_string())
 }
 
-/// Files a command needs: a private directory (mode 0700) with the keyring (0600) and a
-/// minimal ceph.conf naming the monitors. Removed on drop; never logged.
+/// The keyrings directory's name in the state directory.
+const KEYRINGS_SUBDIR: &str = "keyrings";
+
+/// How old a keyring file of another live process may grow before a sweep removes it
+/// (one left by a dead process goes at once). A command reads its keyring when it
+/// starts, well within this.
+pub const STALE_KEYRING_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Files a command needs: the keyring (mode 0600) and a minimal ceph.conf naming the
+/// monitors, in `keyrings/` of hostbrick's private state directory (mode 0700). Each is
+/// created `O_EXCL | O_NOFOLLOW` with its mode from the start, named after this process
+/// (`<pid>-<instance>-<n>.keyring`), and removed on drop (so after a failed command too);
+/// files a killed process left are swept by the next [`CephFiles::write`]. Never logged.
 #[derive(Debug)]
 pub struct CephFiles {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     conf: Option<PathBuf>,
     keyring: Option<PathBuf>,
 }
 
+impl Drop for CephFiles {
+    fn drop(&mut self) {
+        for path in [self.keyring.take(), self.conf.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a Ceph file");
+                }
+            }
+        }
+    }
+}
+
+/// What tells this process's files from those of an earlier process that had the same pid.
+fn instance() -> &'static str {
+    static INSTANCE: OnceLock<String> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{:x}{:08x}", t.as_secs(), t.subsec_nanos())
+    })
+}
+
+/// The pid and instance a Ceph file's name gives, when it is one of ours.
+fn owner_of(name: &str) -> Option<(i32, &str)> {
+    let stem = name
+        .strip_suffix(".keyring")
+        .or_else(|| name.strip_suffix(".conf"))?;
+    let mut parts = stem.splitn(3, '-');
+    let pid = parts.next()?.parse().ok()?;
+    let inst = parts.next()?;
+    parts.next()?;
+    Some((pid, inst))
+}
+
+/// True when process `pid` exists.
+fn alive(pid: i32) -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::Error::ESRCH)
+    )
+}
+
+/// Removes the Ceph files in `dir` that no running command can need: those of a dead
+/// process, of an earlier process that had this one's pid, or older than
+/// [`STALE_KEYRING_AGE`]. Returns how many it removed.
+pub fn sweep_stale_files(dir: &Path) -> Result<usize> {
+    let me = std::process::id() as i32;
+    let mut removed = 0;
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, inst)) = owner_of(&name) else {
+            continue;
+        };
+        let ours = pid == me && inst == instance();
+        if ours {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_KEYRING_AGE);
+        if pid == me || old || pid <= 0 || !alive(pid) {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed Ceph files a stopped process left");
+    }
+    Ok(removed)
+}
+
 impl CephFiles {
-    /// Writes what `props` carries: a keyring when it has one, a ceph.conf when it names
-    /// monitors.
-    pub fn write(props: &RbdProperties) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("hostbrick-rbd-")
-            .tempdir()
-            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    /// Writes what `props` carries in `host`'s state directory: a keyring when it has
+    /// one, a ceph.conf when it names monitors. Stale files are swept first.
+    pub fn write(host: &Host, props: &RbdProperties) -> Result<Self> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = state::ensure_dir(&host.state_dir(), &[KEYRINGS_SUBDIR])?;
+        if let Err(e) = sweep_stale_files(&dir) {
+            tracing::warn!(error = %e.chain(), "cannot sweep stale Ceph files");
+        }
+        let base = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            instance(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let private = |name: &str, content: &[u8]| -> Result<PathBuf> {
-            let path = dir.path().join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::io(&path, e))?;
-            f.write_all(content).map_err(|e| Error::io(&path, e))?;
+            let path = dir.join(name);
+            let mut f = state::create_private(&path).map_err(|e| state::open_error(&path, e))?;
+            if let Err(e) = f.write_all(content) {
+                drop(f);
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::io(&path, e));
+            }
             Ok(path)
         };
-        let keyring = match &props.keyring {
-            Some(k) => {
-                let mut text = k.expose().to_string();
-                if !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                Some(private("keyring", text.as_bytes())?)
-            }
-            None => None,
+        // Built up as the files appear, so a failure part way removes what was made.
+        let mut files = CephFiles {
+            dir: dir.clone(),
+            conf: None,
+            keyring: None,
         };
-        let conf = if props.monitors.is_empty() {
-            None
-        } else {
+        if let Some(k) = &props.keyring {
+            let mut text = k.expose().to_string();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            files.keyring = Some(private(&format!("{base}.keyring"), text.as_bytes())?);
+        }
+        if !props.monitors.is_empty() {
             let mons: Vec<String> = props.monitors.iter().map(|m| m.address()).collect();
             let mut text = format!("[global]\nmon_host = {}\n", mons.join(","));
-            if let Some(k) = &keyring {
+            if let Some(k) = &files.keyring {
                 text.push_str(&format!("keyring = {}\n", k.display()));
             }
-            Some(private("ceph.conf", text.as_bytes())?)
-        };
-        Ok(CephFiles { dir, conf, keyring })
+            files.conf = Some(private(&format!("{base}.conf"), text.as_bytes())?);
+        }
+        Ok(files)
     }
 
     /// The arguments naming the cluster, user, monitors, config and keyring.
@@ -131,9 +239,14 @@ impl CephFiles {
         a
     }
 
-    /// The private directory (for tests).
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
+    /// The private directory the files are in (for tests).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The keyring file, when `props` had a keyring.
+    pub fn keyring(&self) -> Option<&Path> {
+        self.keyring.as_deref()
     }
 }
 

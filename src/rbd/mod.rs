@@ -193,7 +193,7 @@ impl Driver for RbdDriver {
             tracing::info!(device = %dev, "image already mapped; reusing it");
             return Ok(self.record(props, mapper, &dev));
         }
-        let files = CephFiles::write(props)?;
+        let files = CephFiles::write(op.host(), props)?;
         let host = op.host();
         let mut watch = DeviceWatch::open(host, &["block"]);
         let read_only = props.access_mode == crate::model::connection::AccessMode::Ro;
@@ -258,7 +258,7 @@ impl Driver for RbdDriver {
 
     fn extend(&self, op: &Operation<'_>, props: &RbdProperties) -> Result<u64> {
         let deadline = op.deadline;
-        let files = CephFiles::write(props)?;
+        let files = CephFiles::write(op.host(), props)?;
         let size = cli::image_size(op.runner(), props, &files, deadline)?;
         drop(files);
         if op.opts.rbd.attach == RbdAttach::Network {

@@ -153,8 +153,8 @@ pub(crate) fn context(fake: &FakeHost, runner: &Arc<FakeRunner>) -> HostContext 
     HostContext::new(fake.host(), runner.clone())
 }
 
-/// Connector options on `fake`'s tree and `runner`, with short time limits and the lock
-/// directory inside the tree.
+/// Connector options on `fake`'s tree and `runner`, with short time limits; locks go to
+/// the tree's default lock directory (in its state directory, where [`crate::audit`] looks).
 pub(crate) fn options(
     fake: &FakeHost,
     runner: &Arc<FakeRunner>,
@@ -164,7 +164,6 @@ pub(crate) fn options(
     ConnectorOptions::with_context(context(fake, runner))
         .operation_timeout(operation)
         .scan_timeout(scan)
-        .lock_dir(fake.root().join("run/lock/hostbrick"))
 }
 
 /// A `connection_info` of `driver_volume_type` `driver` with `data`.
