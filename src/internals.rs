@@ -16,6 +16,15 @@ pub mod iscsi {
     pub use crate::properties::parse_initiator_name;
 }
 
+/// The checks connection_info identifiers pass at parse time (the typed ones, [`crate::Iqn`],
+/// [`crate::nvme::Nqn`] and [`crate::rbd::ImageSpec`], check in their `FromStr`).
+pub mod ids {
+    pub use crate::model::connection::{check_volume_id, VOLUME_ID_MAX};
+    pub use crate::model::iscsi::{check_chap_username, CHAP_USERNAME_MAX};
+    pub use crate::model::nvme::{check_md_alias, MD_ALIAS_MAX};
+    pub use crate::model::rbd::{check_ceph_name, monitor_host, CEPH_NAME_MAX};
+}
+
 /// NVMe-oF: controllers and namespaces in sysfs, `nvme` output.
 pub mod nvme {
     pub use crate::nvme::cli::{is_already_connected, parse_id_ns_size};

@@ -143,3 +143,38 @@ fn extend_waits_for_the_device_to_follow_the_image() {
         Err(Error::VolumeDeviceNotFound { .. })
     ));
 }
+
+#[test]
+fn an_image_name_that_leaves_dev_rbd_is_refused_and_nothing_runs() {
+    // `/dev/rbd/<pool>/<image>` of `../sda` is the host's own disk: a connect that took the
+    // name would find that "mapping" and hand it out.
+    let sim = RbdSim::new();
+    sim.add_image("volumes/vol1", MIB);
+    let root = sim.fake.root().to_path_buf();
+    std::fs::create_dir_all(root.join("dev/rbd/volumes")).unwrap();
+    std::fs::write(root.join("dev/sda"), vec![0u8; 4096]).unwrap();
+    for mapper in [RbdMapper::Krbd, RbdMapper::Nbd] {
+        let c = connector(&sim, mapper, true);
+        for name in ["../sda", "volumes/../sda", "volumes/--read-only", "-m/vol1"] {
+            let doc = serde_json::json!({"driver_volume_type": "rbd", "data": {
+                "name": name, "hosts": ["127.0.0.1"], "ports": ["6789"],
+                "auth_enabled": true, "auth_username": "cinder",
+                "keyring": format!("[client.cinder]\n\tkey = {KEY}\n"), "volume_id": "v1"
+            }});
+            let outcome =
+                hostbrick::ConnectionInfo::from_value(&doc).and_then(|ci| c.connect_volume(&ci));
+            match outcome {
+                Err(Error::InvalidConnectionInfo { field, .. }) => {
+                    assert_eq!(field, "data.name", "{name}")
+                }
+                other => panic!("{mapper:?} {name}: {other:?}"),
+            }
+        }
+    }
+    assert!(
+        sim.runner.calls().is_empty(),
+        "nothing ran: {:?}",
+        sim.runner.calls()
+    );
+    assert!(sim.mapped().is_empty());
+}

@@ -23,6 +23,11 @@ pub fn has_superblock(runner: &dyn CommandRunner, dev: &Path, deadline: Instant)
 
 /// Assembles the array from members that already carry it, or creates it over fresh ones
 /// (`--assume-clean`: the replicas hold the same data).
+///
+/// No `--` before the device names: mdadm collects devices inside its getopt loop and
+/// would not take those after a `--`. None can be read as an option: the array is
+/// `/dev/md/<alias>` with an alias checked at parse time (`check_md_alias`), and
+/// the members are `/dev` paths.
 pub fn assemble_or_create(
     runner: &dyn CommandRunner,
     alias: &str,

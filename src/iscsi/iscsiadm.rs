@@ -194,6 +194,10 @@ impl<'a> Iscsiadm<'a> {
         }
     }
 
+    /// `iscsiadm -m node -T IQN -p PORTAL`. iscsiadm takes no positional argument, so no
+    /// `--`: getopt takes the word after `-T` as the value whatever it begins with, and an
+    /// [`Iqn`] begins with `iqn.`, `eui.` or `naa.` and holds no `/` (open-iscsi names the
+    /// node-record directory after it).
     fn node_cmd(&self, t: &IscsiTarget) -> Command {
         self.cmd()
             .args(["-m", "node", "-T", t.iqn.as_str(), "-p"])

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::model::ids::ParseIdError;
 use crate::model::iscsi::IscsiProperties;
 use crate::model::local::LocalProperties;
 use crate::model::nvme::NvmeProperties;
@@ -337,6 +338,18 @@ impl<'a> Fields<'a> {
             .map_err(|e: T::Err| Error::invalid(self.name(key), e.to_string()))
     }
 
+    /// `volume_id`, checked with `check_volume_id`.
+    pub(crate) fn volume_id(&self) -> Result<Option<String>> {
+        match self.str_opt("volume_id")? {
+            None => Ok(None),
+            Some(id) => {
+                check_volume_id(id)
+                    .map_err(|e| Error::invalid(self.name("volume_id"), e.to_string()))?;
+                Ok(Some(id.to_string()))
+            }
+        }
+    }
+
     /// A non-negative integer given as a JSON number or a decimal string.
     pub(crate) fn u64_opt(&self, key: &str) -> Result<Option<u64>> {
         self.get(key)
@@ -388,6 +401,26 @@ impl<'a> Fields<'a> {
             },
         }
     }
+}
+
+/// The longest volume id accepted, in bytes.
+pub const VOLUME_ID_MAX: usize = 255;
+
+/// Checks a volume id (`data.volume_id`): the storage service's name for the volume (a
+/// UUID, a number), which hostbrick puts in lock and registry names. Refused: empty, longer
+/// than `VOLUME_ID_MAX` (255) bytes, a `/`, a NUL or any other control character.
+pub fn check_volume_id(id: &str) -> std::result::Result<(), ParseIdError> {
+    let bad = |why: &str| Err(ParseIdError(format!("{id:?} is not a volume id: {why}")));
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > VOLUME_ID_MAX {
+        return bad(&format!("longer than {VOLUME_ID_MAX} bytes"));
+    }
+    if let Some(c) = id.chars().find(|c| *c == '/' || c.is_control()) {
+        return bad(&format!("{c:?} is not allowed"));
+    }
+    Ok(())
 }
 
 pub(crate) fn as_u64(v: &Value) -> std::result::Result<u64, String> {
@@ -471,6 +504,40 @@ mod tests {
                 .unwrap();
         assert_eq!(ci.protocol(), Protocol::Rbd);
         assert!(ci.rbd().is_some() && ci.iscsi().is_none() && ci.nvme().is_none());
+    }
+
+    #[test]
+    fn volume_ids_that_could_name_another_file_are_refused() {
+        let doc = |id: Value| {
+            serde_json::json!({"driver_volume_type": "local",
+                "data": {"device_path": "/dev/vdb", "volume_id": id}})
+        };
+        for ok in [
+            "1",
+            "42",
+            "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            "volume 1",
+        ] {
+            let ci = ConnectionInfo::from_value(&doc(ok.into())).unwrap();
+            assert_eq!(ci.volume_id(), Some(ok));
+        }
+        let long = "a".repeat(VOLUME_ID_MAX + 1);
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "a/b",
+            "a\0b",
+            "a\nb",
+            "\u{7f}",
+            long.as_str(),
+        ] {
+            match ConnectionInfo::from_value(&doc(bad.into())) {
+                Err(Error::InvalidConnectionInfo { field, .. }) => {
+                    assert_eq!(field, "data.volume_id", "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

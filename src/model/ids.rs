@@ -50,12 +50,18 @@ pub(crate) fn uuid_from_hex(hex: &str) -> String {
 
 /// An iSCSI qualified name: `iqn.YYYY-MM.reversed.domain[:id]`, `eui.` + 16 hex digits,
 /// or `naa.` + 16 or 32 hex digits (RFC 3720 §3.2.6.3).
+///
+/// Only the ASCII characters RFC 3722's stringprep profile leaves in a name are accepted:
+/// letters (either case), digits, `-`, `.` and `:`, at most 223 bytes. open-iscsi builds
+/// node-record paths (`/etc/iscsi/nodes/<iqn>/...`) from the name, so it never holds a `/`,
+/// whitespace or a control character; being one path component that begins with `iqn.`,
+/// `eui.` or `naa.`, it is never `.`, `..` or an option (`-...`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Iqn(String);
 
 static IQN_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)^(iqn\.[0-9]{4}-[0-9]{2}(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[^\s]+)?|eui\.[0-9a-f]{16}|naa\.([0-9a-f]{16}|[0-9a-f]{32}))$",
+        r"(?i)^(iqn\.[0-9]{4}-[0-9]{2}(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[a-z0-9.:-]+)?|eui\.[0-9a-f]{16}|naa\.([0-9a-f]{16}|[0-9a-f]{32}))$",
     )
     .expect("static regex")
 });
@@ -74,6 +80,16 @@ impl FromStr for Iqn {
             return Err(ParseIdError(format!(
                 "iSCSI name is {} bytes long, the limit is 223",
                 s.len()
+            )));
+        }
+        // Checked before the (case-insensitive, hence Unicode-folding) pattern: the Kelvin
+        // sign folds to `k`, and only ASCII may pass.
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':')))
+        {
+            return Err(ParseIdError(format!(
+                "{s:?} is not an iSCSI name: {c:?} is not allowed (letters, digits, '-', '.', ':')"
             )));
         }
         if IQN_RE.is_match(s) {
@@ -356,6 +372,43 @@ mod tests {
             "target1",
         ] {
             assert!(bad.parse::<Iqn>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn iqn_refuses_what_would_leave_a_node_record_directory() {
+        // open-iscsi keeps node records at /etc/iscsi/nodes/<iqn>/<portal>,<tpgt>,<iface>.
+        for bad in [
+            "iqn.2003-01.org.x:a/../../../etc",
+            "iqn.2003-01.org.x:t/1",
+            "iqn.2003-01.org.x:t\\1",
+            "iqn.2003-01.org.x:t\n",
+            "iqn.2003-01.org.x:t\u{0}",
+            "iqn.2003-01.org.x:t,1",
+            "iqn.2003-01.org.x:t=1",
+            "iqn.2003-01.org.x:t_1",
+            "iqn.2003-01.org.x:t\u{e9}",
+            // The Kelvin sign folds to `k` in a case-insensitive match.
+            "iqn.2003-01.org.\u{212a}:t",
+            "iqn.2003-01.org.x:\u{212a}",
+        ] {
+            assert!(bad.parse::<Iqn>().is_err(), "{bad:?}");
+        }
+        let long = format!("iqn.2003-01.org.x:{}", "a".repeat(205));
+        assert_eq!(long.len(), 223);
+        assert!(long.parse::<Iqn>().is_ok());
+        assert!(format!("{long}a").parse::<Iqn>().is_err());
+        // What the tests, the VM scenarios and common targets use stays valid.
+        for ok in [
+            "iqn.2003-01.org.linux-iscsi.hostbrick:single",
+            "iqn.2010-10.org.openstack:volume-0001",
+            "iqn.1993-08.org.debian:01:host1",
+            "iqn.2004-10.com.hostbrick:vm-initiator",
+            "iqn.1992-08.com.netapp:sn.0123456789abcdef:vs.3",
+            "iqn.2010-06.com.purestorage:flasharray.5c3c3b0d8b2d5d5a",
+            "iqn.2003-01.com.redhat.iscsi-gw:iscsi-igw",
+        ] {
+            assert!(ok.parse::<Iqn>().is_ok(), "{ok}");
         }
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::model::connection::{as_u64, AccessMode, Fields};
-use crate::model::ids::{Iqn, Portal};
+use crate::model::ids::{Iqn, ParseIdError, Portal};
 use crate::model::secret::Secret;
 
 /// One path to the volume: a portal, a target and a LUN.
@@ -74,7 +74,7 @@ impl IscsiProperties {
         )?;
         Ok(IscsiProperties {
             targets,
-            volume_id: f.str_opt("volume_id")?.map(str::to_string),
+            volume_id: f.volume_id()?,
             auth,
             discovery_auth,
             target_discovered: f.bool_opt("target_discovered")?.unwrap_or(false),
@@ -162,6 +162,30 @@ where
     }
 }
 
+/// The longest CHAP user name accepted, in bytes.
+pub const CHAP_USERNAME_MAX: usize = 256;
+
+/// Checks a CHAP user name (`auth_username`, `discovery_auth_username`), which goes into
+/// the node and discovery records (`...auth.username = <name>`): 1 to
+/// `CHAP_USERNAME_MAX` (256) printable ASCII characters, none of them whitespace or `=`.
+pub fn check_chap_username(u: &str) -> std::result::Result<(), ParseIdError> {
+    if u.is_empty() {
+        return Err(ParseIdError("empty".into()));
+    }
+    if u.len() > CHAP_USERNAME_MAX {
+        return Err(ParseIdError(format!(
+            "the CHAP user name is {} bytes long, the limit is {CHAP_USERNAME_MAX}",
+            u.len()
+        )));
+    }
+    if let Some(c) = u.chars().find(|c| !c.is_ascii_graphic() || *c == '=') {
+        return Err(ParseIdError(format!(
+            "{c:?} is not allowed in a CHAP user name (printable ASCII without whitespace or '=')"
+        )));
+    }
+    Ok(())
+}
+
 fn chap(f: &Fields<'_>, method: &str, user: &str, pass: &str) -> Result<Option<ChapCredentials>> {
     let m = f.str_opt(method)?.map(str::trim).unwrap_or("");
     if m.is_empty() || m.eq_ignore_ascii_case("none") {
@@ -174,6 +198,7 @@ fn chap(f: &Fields<'_>, method: &str, user: &str, pass: &str) -> Result<Option<C
         ));
     }
     let username = f.str_req(user)?;
+    check_chap_username(username).map_err(|e| Error::invalid(f.name(user), e.to_string()))?;
     if let Some(reason) = record_value_problem(username) {
         return Err(Error::invalid(f.name(user), reason));
     }
@@ -336,6 +361,42 @@ mod tests {
         for (data, want) in cases {
             let text = data.to_string();
             assert_eq!(field_of(parse(data).unwrap_err()), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn chap_user_names_are_printable_ascii_without_separators() {
+        let base =
+            json!({"target_portal": "10.0.0.1", "target_iqn": "iqn.2010-10.org.openstack:v"});
+        let with = |method: &str, user: &str, name: &str| {
+            let mut d = base.clone();
+            let m = d.as_object_mut().unwrap();
+            m.insert(method.into(), "CHAP".into());
+            m.insert(user.into(), name.into());
+            m.insert(user.replace("username", "password"), "pw".into());
+            parse(d)
+        };
+        let long = "u".repeat(super::CHAP_USERNAME_MAX + 1);
+        for (method, user) in [
+            ("auth_method", "auth_username"),
+            ("discovery_auth_method", "discovery_auth_username"),
+        ] {
+            for ok in ["alice", "user@example.com", "c1nder-01_x"] {
+                assert!(with(method, user, ok).is_ok(), "{user} {ok:?}");
+            }
+            for bad in [
+                "",
+                "a b",
+                "a\tb",
+                "a\nnode.session.auth.password = x",
+                "a=b",
+                "a\u{0}",
+                "\u{e9}l\u{e8}ve",
+                long.as_str(),
+            ] {
+                let e = with(method, user, bad).unwrap_err();
+                assert_eq!(field_of(e), format!("data.{user}"), "{bad:?}");
+            }
         }
     }
 

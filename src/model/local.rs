@@ -28,7 +28,7 @@ impl LocalProperties {
         }
         Ok(LocalProperties {
             device_path,
-            volume_id: f.str_opt("volume_id")?.map(str::to_string),
+            volume_id: f.volume_id()?,
             access_mode: f.access_mode()?.unwrap_or_default(),
         })
     }

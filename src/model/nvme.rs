@@ -14,14 +14,31 @@ use crate::error::{Error, Result};
 use crate::model::connection::{as_u64, AccessMode, Fields};
 use crate::model::ids::ParseIdError;
 
-/// An NVMe qualified name (`nqn.YYYY-MM.reverse.domain:...`, at most 223 bytes).
+/// An NVMe qualified name, at most 223 bytes: `nqn.YYYY-MM.reverse.domain[:...]` (which
+/// covers the discovery NQN `nqn.2014-08.org.nvmexpress.discovery`), or
+/// `nqn.2014-08.org.nvmexpress:uuid:` followed by a UUID.
+///
+/// libnvme splices the name into the fabrics option string (`nqn=...,hostnqn=...`) it
+/// writes to `/dev/nvme-fabrics`, so it never holds a `,`, `=`, `/`, whitespace or a
+/// control character; it begins with `nqn.`, so it is never taken for an option.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Nqn(String);
 
 static NQN_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^nqn\.[0-9]{4}-[0-9]{2}\.[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[^\s]+)?$")
+    Regex::new(r"^nqn\.[0-9]{4}-[0-9]{2}(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+(:[^\s]+)?$")
         .expect("static regex")
 });
+
+/// The prefix of the UUID-based NQN form (NVMe Base Specification §4.7).
+const UUID_NQN_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
 
 impl Nqn {
     /// The name as given.
@@ -38,6 +55,21 @@ impl FromStr for Nqn {
                 "NQN is {} bytes long, the limit is 223",
                 s.len()
             )));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '=' | '/'))
+        {
+            return Err(ParseIdError(format!(
+                "{s:?} is not an NVMe qualified name: {c:?} is not allowed"
+            )));
+        }
+        if let Some(uuid) = s.strip_prefix(UUID_NQN_PREFIX) {
+            if !is_uuid(uuid) {
+                return Err(ParseIdError(format!(
+                    "{s:?} is not an NVMe qualified name: {uuid:?} after {UUID_NQN_PREFIX:?} is not a UUID"
+                )));
+            }
         }
         if NQN_RE.is_match(s) {
             Ok(Nqn(s.to_string()))
@@ -222,15 +254,7 @@ impl NvmeProperties {
         }
         let alias = f.str_opt("alias")?.map(str::to_string);
         if let Some(a) = &alias {
-            if a.is_empty()
-                || a.contains('/')
-                || a.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(Error::invalid(
-                    f.name("alias"),
-                    format!("{a:?} is not a device name"),
-                ));
-            }
+            check_md_alias(a).map_err(|e| Error::invalid(f.name("alias"), e.to_string()))?;
         }
         let target = match replicas.first() {
             Some(first) if !has_target(f) => first.clone(),
@@ -254,7 +278,7 @@ impl NvmeProperties {
             replicas,
             alias,
             host_nqn,
-            volume_id: f.str_opt("volume_id")?.map(str::to_string),
+            volume_id: f.volume_id()?,
             access_mode: f.access_mode()?.unwrap_or_default(),
             discard: f.bool_opt("discard")?.unwrap_or(false),
             enforce_multipath: f.bool_opt("enforce_multipath")?.unwrap_or(false),
@@ -278,6 +302,38 @@ impl NvmeProperties {
             None => format!("volume-{}-{}", self.target.nqn, self.target.namespace),
         }
     }
+}
+
+/// The longest MD array name mdadm keeps in a version-1 superblock.
+pub const MD_ALIAS_MAX: usize = 32;
+
+/// Checks the MD array name of a replicated volume (`alias`, the array is
+/// `/dev/md/<alias>`): 1 to `MD_ALIAS_MAX` (32) of `A-Z a-z 0-9 _ . -`, not beginning with `-`
+/// or `.` (so never an option, `.` or `..`).
+pub fn check_md_alias(a: &str) -> std::result::Result<(), ParseIdError> {
+    let bad = |why: &str| {
+        Err(ParseIdError(format!(
+            "{a:?} is not an MD array name: {why}"
+        )))
+    };
+    if a.is_empty() {
+        return bad("empty");
+    }
+    if a.len() > MD_ALIAS_MAX {
+        return bad(&format!("longer than {MD_ALIAS_MAX} bytes"));
+    }
+    if let Some(c) = a
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return bad(&format!(
+            "{c:?} is not allowed (letters, digits, '_', '.', '-')"
+        ));
+    }
+    if a.starts_with(['-', '.']) {
+        return bad("begins with '-' or '.'");
+    }
+    Ok(())
 }
 
 fn has_target(f: &Fields<'_>) -> bool {
@@ -462,6 +518,77 @@ mod tests {
         let p = ci.nvme().unwrap();
         assert_eq!(p.copies().len(), 2);
         assert_eq!(p.alias.as_deref(), Some("raid-v1"));
+    }
+
+    #[test]
+    fn nqns_cannot_splice_fabrics_options() {
+        use super::Nqn;
+        for ok in [
+            NQN,
+            "nqn.2014-08.org.nvmexpress.discovery",
+            "nqn.2014-08.org.nvmexpress:uuid:f850ea3c-15e3-45a0-95e9-779efe7dbc3b",
+            "nqn.2016-06.io.spdk:cnode1",
+            "nqn.1992-08.com.netapp:sn.0123456789abcdef:subsystem.vol_1",
+            "nqn.2014-08.org.hostbrick:vm1:x.y-z_\u{e9}",
+        ] {
+            assert!(ok.parse::<Nqn>().is_ok(), "{ok}");
+        }
+        for bad in [
+            // libnvme writes "nqn=<nqn>,transport=...,hostnqn=..." to /dev/nvme-fabrics.
+            "nqn.2014-08.org.hostbrick:vm1,hostnqn=nqn.2014-08.org.evil:h",
+            "nqn.2014-08.org.hostbrick:vm1,ctrl_loss_tmo=-1",
+            "nqn.2014-08.org.hostbrick:a=b",
+            "nqn.2014-08.org.hostbrick:a\u{0}",
+            "nqn.2014-08.org.hostbrick:a\n",
+            "nqn.2014-08.org.hostbrick:a\u{85}",
+            "nqn.2014-08.org.hostbrick:a\u{3000}b",
+            "nqn.2014-08.org.hostbrick:../../x",
+            "nqn.2014-08.org..hostbrick:vm1",
+            "nqn.2014-08.org.-x:vm1",
+            "nqn.2014-08.org.nvmexpress:uuid:",
+            "nqn.2014-08.org.nvmexpress:uuid:h",
+            "nqn.2014-08.org.nvmexpress:uuid:f850ea3c-15e3-45a0-95e9-779efe7dbc3b:x",
+        ] {
+            assert!(bad.parse::<Nqn>().is_err(), "{bad:?}");
+        }
+        let e = parse(json!({"target_nqn": "nqn.2014-08.org.hostbrick:v,hostnqn=x", "portals": [["127.0.0.1", 4420, "tcp"]]}))
+            .unwrap_err();
+        assert_eq!(field_of(e), "data.target_nqn");
+    }
+
+    #[test]
+    fn md_aliases_stay_under_dev_md() {
+        let r = |u: &str| json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "vol_uuid": u});
+        let with = |alias: &str| {
+            parse(json!({
+                "volume_replicas": [r("11111111-1111-1111-1111-111111111111"), r("22222222-2222-2222-2222-222222222222")],
+                "alias": alias
+            }))
+        };
+        for ok in [
+            "raid-v1",
+            "vol_1.r",
+            "a",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "--stop",
+            "a/b",
+            "../sda",
+            "a b",
+            "a\u{0}",
+            "r\u{e9}plica",
+            "0123456789abcdef0123456789abcdef0",
+        ] {
+            assert_eq!(field_of(with(bad).unwrap_err()), "data.alias", "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,11 @@ use crate::model::ids::ParseIdError;
 use crate::model::secret::Secret;
 
 /// An image spec: `pool/image` or `pool/namespace/image`.
+///
+/// Each part is a Ceph name (`check_ceph_name`): the parts never hold a `/` and are never
+/// `.` or `..`, so the udev link `/dev/rbd/<pool>[/<namespace>]/<image>` stays under
+/// `/dev/rbd`; none begins with `-`, so the spec is never taken for an option. A snapshot
+/// (`@snap`) is refused: hostbrick maps an image's head only.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageSpec {
     /// The pool.
@@ -22,37 +27,59 @@ pub struct ImageSpec {
     pub image: String,
 }
 
-fn valid_part(s: &str) -> bool {
-    !s.is_empty()
-        && !s.contains(['/', '@'])
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+/// The longest pool, namespace, image or cluster name accepted, in bytes.
+pub const CEPH_NAME_MAX: usize = 255;
+
+/// Checks one Ceph name (a pool, RADOS namespace, image or cluster name; `what` names it
+/// in the error): 1 to `CEPH_NAME_MAX` (255) bytes, not `.` or `..`, not beginning with `-`,
+/// without `/`, `@`, whitespace or control characters.
+pub fn check_ceph_name(what: &str, s: &str) -> std::result::Result<(), ParseIdError> {
+    let bad = |why: &str| Err(ParseIdError(format!("{what} {s:?}: {why}")));
+    if s.is_empty() {
+        return bad("empty");
+    }
+    if s.len() > CEPH_NAME_MAX {
+        return bad(&format!("longer than {CEPH_NAME_MAX} bytes"));
+    }
+    if s == "." || s == ".." {
+        return bad("a path component, not a name");
+    }
+    if s.starts_with('-') {
+        return bad("begins with '-'");
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| matches!(c, '/' | '@') || c.is_whitespace() || c.is_control())
+    {
+        return bad(&format!("{c:?} is not allowed"));
+    }
+    Ok(())
 }
 
 impl FromStr for ImageSpec {
     type Err = ParseIdError;
     fn from_str(s: &str) -> std::result::Result<Self, ParseIdError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let bad = || {
-            ParseIdError(format!(
-                "{s:?} is not an image spec (pool/image or pool/namespace/image)"
-            ))
+        let (pool, namespace, image) = match parts[..] {
+            [pool, image] => (pool, None, image),
+            [pool, ns, image] => (pool, Some(ns), image),
+            _ => {
+                return Err(ParseIdError(format!(
+                    "{s:?} is not an image spec (pool/image or pool/namespace/image)"
+                )))
+            }
         };
-        if !parts.iter().all(|p| valid_part(p)) {
-            return Err(bad());
+        let in_spec = |e: ParseIdError| ParseIdError(format!("image spec {s:?}: {e}"));
+        check_ceph_name("pool", pool).map_err(in_spec)?;
+        if let Some(ns) = namespace {
+            check_ceph_name("namespace", ns).map_err(in_spec)?;
         }
-        match parts[..] {
-            [pool, image] => Ok(ImageSpec {
-                pool: pool.into(),
-                namespace: None,
-                image: image.into(),
-            }),
-            [pool, ns, image] => Ok(ImageSpec {
-                pool: pool.into(),
-                namespace: Some(ns.into()),
-                image: image.into(),
-            }),
-            _ => Err(bad()),
-        }
+        check_ceph_name("image", image).map_err(in_spec)?;
+        Ok(ImageSpec {
+            pool: pool.into(),
+            namespace: namespace.map(str::to_string),
+            image: image.into(),
+        })
     }
 }
 
@@ -147,24 +174,24 @@ impl RbdProperties {
         }
         let mut monitors = Vec::with_capacity(hosts.len());
         for (i, (h, p)) in hosts.into_iter().zip(ports).enumerate() {
-            let host = h.trim_start_matches('[').trim_end_matches(']').to_string();
-            if host.is_empty()
-                || host
-                    .chars()
-                    .any(|c| c.is_whitespace() || c == ',' || c == '/')
-            {
-                return Err(Error::invalid(
-                    format!("{}[{i}]", f.name("hosts")),
-                    format!("{h:?} is not a host"),
-                ));
-            }
-            if p.parse::<u16>().ok().filter(|p| *p != 0).is_none() {
-                return Err(Error::invalid(
-                    format!("{}[{i}]", f.name("ports")),
-                    format!("{p:?} is not a port"),
-                ));
-            }
-            monitors.push(Monitor { host, port: p });
+            let host = monitor_host(&h)
+                .map_err(|e| Error::invalid(format!("{}[{i}]", f.name("hosts")), e.to_string()))?
+                .to_string();
+            // Digits only: `u16::from_str` would take a `+` too.
+            let port = Some(&p)
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("{}[{i}]", f.name("ports")),
+                        format!("{p:?} is not a port (1-65535)"),
+                    )
+                })?;
+            monitors.push(Monitor {
+                host,
+                port: port.to_string(),
+            });
         }
         let auth_enabled = f.bool_opt("auth_enabled")?.unwrap_or(false);
         let auth_username = f
@@ -172,8 +199,9 @@ impl RbdProperties {
             .filter(|s| !s.is_empty())
             .map(str::to_string);
         if let Some(u) = &auth_username {
-            if u.chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+            if u.starts_with('-')
+                || u.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '/')
             {
                 return Err(Error::invalid(
                     f.name("auth_username"),
@@ -188,12 +216,8 @@ impl RbdProperties {
             ));
         }
         let cluster_name = f.str_opt("cluster_name")?.unwrap_or("ceph").to_string();
-        if !valid_part(&cluster_name) {
-            return Err(Error::invalid(
-                f.name("cluster_name"),
-                format!("{cluster_name:?} is not a cluster name"),
-            ));
-        }
+        check_ceph_name("cluster", &cluster_name)
+            .map_err(|e| Error::invalid(f.name("cluster_name"), e.to_string()))?;
         let keyring = match f.get("keyring") {
             None => None,
             Some(Value::String(s)) if s.is_empty() => None,
@@ -209,7 +233,7 @@ impl RbdProperties {
             secret_uuid: f.str_opt("secret_uuid")?.map(str::to_string),
             cluster_name,
             keyring,
-            volume_id: f.str_opt("volume_id")?.map(str::to_string),
+            volume_id: f.volume_id()?,
             discard: f.bool_opt("discard")?.unwrap_or(false),
             access_mode: f.access_mode()?.unwrap_or_default(),
             qos_specs: f.get("qos_specs").cloned(),
@@ -227,6 +251,47 @@ impl RbdProperties {
     /// The cephx id to use (`admin` when none is given).
     pub fn user(&self) -> &str {
         self.auth_username.as_deref().unwrap_or("admin")
+    }
+}
+
+/// Checks a monitor host (an entry of `hosts`) and returns it without brackets: a host
+/// name of RFC 1123 labels, an IPv4 address, or an IPv6 address, bracketed or not. Nothing
+/// else passes (no whitespace, `,`, `;`, `/`, zone id or control character): the hosts are
+/// joined with `,` into `mon_host` and `-m`.
+pub fn monitor_host(h: &str) -> std::result::Result<&str, ParseIdError> {
+    let bad = || {
+        Err(ParseIdError(format!(
+            "{h:?} is not a host name, an IPv4 address or an IPv6 address"
+        )))
+    };
+    if let Some(inner) = h.strip_prefix('[') {
+        return match inner.strip_suffix(']') {
+            Some(a) if a.parse::<std::net::Ipv6Addr>().is_ok() => Ok(a),
+            _ => bad(),
+        };
+    }
+    if h.contains(':') {
+        return if h.parse::<std::net::Ipv6Addr>().is_ok() {
+            Ok(h)
+        } else {
+            bad()
+        };
+    }
+    if h.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(h);
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    // All digits and dots yet no IPv4 address (`999.1.1.1`, `1.2.3`): refused.
+    let numeric = h.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if h.len() <= 253 && !numeric && h.split('.').all(label_ok) {
+        Ok(h)
+    } else {
+        bad()
     }
 }
 
@@ -291,6 +356,127 @@ mod tests {
         assert_eq!(s.to_string(), "volumes/ns1/vol-1");
         for bad in ["", "vol", "a/", "/b", "a/b/c/d", "a/b@snap", "a b/c"] {
             assert!(bad.parse::<ImageSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn image_spec_parts_never_leave_dev_rbd_nor_read_as_options() {
+        // `/dev/rbd/<pool>/<image>` of `../sda` is the host's /dev/sda.
+        let long = "i".repeat(CEPH_NAME_MAX + 1);
+        let too_long = format!("volumes/{long}");
+        for bad in [
+            "../sda",
+            "volumes/..",
+            "volumes/.",
+            "./vol",
+            "volumes/../sda",
+            "volumes/ns/..",
+            "volumes/../..",
+            "volumes/--read-only",
+            "-o/vol",
+            "volumes/-ns/vol",
+            "volumes/vol@snap",
+            "vol@umes/vol",
+            "volumes/ns@x/vol",
+            "volumes/vol\u{0}",
+            "volumes/vol\n",
+            "volumes/v\u{a0}ol",
+            too_long.as_str(),
+        ] {
+            assert!(bad.parse::<ImageSpec>().is_err(), "{bad:?}");
+        }
+        for ok in [
+            "volumes/volume-1",
+            "volumes/ns1/vol.2",
+            "a/b..c",
+            "p/.hidden",
+            "p/i-",
+        ] {
+            assert!(ok.parse::<ImageSpec>().is_ok(), "{ok:?}");
+        }
+        match parse(json!({"name": "../sda"})) {
+            Err(Error::InvalidConnectionInfo { field, reason }) => {
+                assert_eq!(field, "data.name");
+                assert!(reason.contains("pool \"..\""), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["-x", "--keyring"] {
+            match parse(json!({"name": "p/i", "auth_username": bad})) {
+                Err(Error::InvalidConnectionInfo { field, .. }) => {
+                    assert_eq!(field, "data.auth_username", "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for bad in ["..", "-x", "."] {
+            match parse(json!({"name": "p/i", "cluster_name": bad})) {
+                Err(Error::InvalidConnectionInfo { field, .. }) => {
+                    assert_eq!(field, "data.cluster_name", "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn monitor_hosts_are_names_or_addresses() {
+        let mons = |hosts: serde_json::Value, ports: serde_json::Value| {
+            parse(json!({"name": "p/i", "hosts": hosts, "ports": ports}))
+        };
+        let ci = mons(
+            json!(["mon1.example.org", "10.0.0.1", "[2001:db8::1]", "::1"]),
+            json!(["6789", 3300, "6789", "3300"]),
+        )
+        .unwrap();
+        let addrs: Vec<String> = ci
+            .rbd()
+            .unwrap()
+            .monitors
+            .iter()
+            .map(|m| m.address())
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "mon1.example.org:6789",
+                "10.0.0.1:3300",
+                "[2001:db8::1]:6789",
+                "[::1]:3300"
+            ]
+        );
+        for bad in [
+            "",
+            "a b",
+            "a,b",
+            "a;b",
+            "a/b",
+            "a\u{0}",
+            "a\nb",
+            "-m",
+            "host-.x",
+            "a..b",
+            "999.1.1.1",
+            "[10.0.0.1]",
+            "[::1",
+            "::1]",
+            "fe80::1%eth0",
+            "mon_1",
+        ] {
+            match mons(json!([bad]), json!(["6789"])) {
+                Err(Error::InvalidConnectionInfo { field, .. }) => {
+                    assert_eq!(field, "data.hosts[0]", "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for bad in ["0", "65536", "+6789", "-1", "", "67 89"] {
+            match mons(json!(["10.0.0.1"]), json!([bad])) {
+                Err(Error::InvalidConnectionInfo { field, .. }) => {
+                    assert_eq!(field, "data.ports[0]", "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 

@@ -45,6 +45,11 @@ pub fn is_already_connected(code: Option<i32>, stderr: &str) -> bool {
 }
 
 /// `nvme connect -t T -a ADDR -s PORT -n NQN -q HOSTNQN -I HOSTID -l CTRL_LOSS_TMO`.
+///
+/// No positional argument, so no `--`: every value follows its option, and getopt takes
+/// the next word as the value whatever it begins with. What libnvme splices into the
+/// fabrics option string (`nqn=...,hostnqn=...`) is kept clean by [`Nqn`]'s validation
+/// (no `,`, `=` or whitespace).
 pub fn connect(
     runner: &dyn CommandRunner,
     a: &ConnectArgs<'_>,

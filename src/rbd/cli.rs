@@ -283,6 +283,14 @@ fn run_as_client(
 }
 
 /// Maps `props.image`; returns the device the tool printed.
+///
+/// `rbd` ends its options at `--` (its command finder and boost::program_options take
+/// what follows as positional, and Ceph's own config parsers stop there), so the spec
+/// comes last, after `--`. `rbd-nbd` has its own parser, which does not know `--` (it
+/// would read `--` as the image spec): there the spec stays right after `map`, and what
+/// keeps it from being read as an option is [`ImageSpec`]'s validation (no part begins with
+/// `-`). The validation is the defence for `rbd` too: `rbd` drops `--<config option>`
+/// tokens wherever they stand, `--` or not.
 pub fn map(
     runner: &dyn CommandRunner,
     mapper: RbdMapper,
@@ -291,12 +299,16 @@ pub fn map(
     read_only: bool,
     deadline: Instant,
 ) -> Result<String> {
-    let mut cmd = Command::new(mapper.program())
-        .arg("map")
-        .arg(props.image.to_string())
-        .args(files.args(props));
+    let mut cmd = Command::new(mapper.program()).arg("map");
+    if mapper == RbdMapper::Nbd {
+        cmd = cmd.arg(props.image.to_string());
+    }
+    cmd = cmd.args(files.args(props));
     if read_only {
         cmd = cmd.arg("--read-only");
+    }
+    if mapper == RbdMapper::Krbd {
+        cmd = cmd.arg("--").arg(props.image.to_string());
     }
     let cmd = cmd.deadline(deadline);
     let out = run_as_client(runner, &cmd, props)?;
@@ -333,7 +345,9 @@ pub fn mappings(
     })
 }
 
-/// Unmaps `device`; one no longer mapped is fine.
+/// Unmaps `device`; one no longer mapped is fine. `rbd` gets `--` before the device (see
+/// [`map`]); `rbd-nbd` does not know `--`, and takes an argument beginning with `/dev/` as
+/// the device.
 pub fn unmap(
     runner: &dyn CommandRunner,
     mapper: RbdMapper,
@@ -344,6 +358,9 @@ pub fn unmap(
     let mut cmd = Command::new(mapper.program()).arg("unmap");
     if force && mapper == RbdMapper::Krbd {
         cmd = cmd.args(["-o", "force"]);
+    }
+    if mapper == RbdMapper::Krbd {
+        cmd = cmd.arg("--");
     }
     let cmd = cmd.arg(device).deadline(deadline);
     let out = runner.run(&cmd)?;
@@ -356,7 +373,8 @@ pub fn unmap(
     Err(cmd.failure(&out))
 }
 
-/// The image's size in bytes (`rbd info --format json`).
+/// The image's size in bytes (`rbd info --format json ... -- <spec>`; `--` as for
+/// [`map`]).
 pub fn image_size(
     runner: &dyn CommandRunner,
     props: &RbdProperties,
@@ -365,8 +383,9 @@ pub fn image_size(
 ) -> Result<u64> {
     let cmd = Command::new("rbd")
         .args(["info", "--format", "json"])
-        .arg(props.image.to_string())
         .args(files.args(props))
+        .arg("--")
+        .arg(props.image.to_string())
         .deadline(deadline);
     let out = run_as_client(runner, &cmd, props)?;
     parse_image_size(&out.stdout).map_err(|reason| Error::Parse {

@@ -39,6 +39,15 @@ struct State {
     keyrings: Vec<(String, u32, bool)>,
 }
 
+/// The positional argument of an `rbd` command: the first after `--` when there is one
+/// (options end there), else the word at `at`.
+fn positional(a: &[String], at: usize) -> Option<String> {
+    match a.iter().position(|x| x == "--") {
+        Some(i) => a.get(i + 1).cloned(),
+        None => a.get(at).cloned(),
+    }
+}
+
 fn value_after(a: &[String], flag: &str) -> Option<String> {
     a.iter()
         .position(|x| x == flag)
@@ -147,7 +156,18 @@ impl Tools<State> {
         let a = args(c);
         match a.first().map(String::as_str) {
             Some("map") => {
-                let spec = a[1].clone();
+                // rbd-nbd knows no `--`: its spec is the word after `map`.
+                let spec = if prog == "rbd" {
+                    positional(&a, 1)
+                } else {
+                    a.get(1).cloned()
+                };
+                let Some(spec) = spec else {
+                    return CommandOutput::exit(
+                        22,
+                        format!("{prog}: must specify image-or-snap-spec\n"),
+                    );
+                };
                 if !self.check_auth(&a) {
                     return if prog == "rbd" {
                         CommandOutput::exit(1, "rbd: sysfs write failed\nrbd: couldn't connect to the cluster!\nrbd: map failed: (1) Operation not permitted\n")
@@ -257,7 +277,7 @@ impl Tools<State> {
                 CommandOutput::ok("")
             }
             Some("info") => {
-                let spec = a[3].clone();
+                let spec = positional(&a, 3).unwrap_or_default();
                 if !self.check_auth(&a) {
                     return CommandOutput::exit(1, "rbd: couldn't connect to the cluster!\n");
                 }
