@@ -10,6 +10,7 @@ pub mod iscsi {
     pub use crate::iscsi::iscsiadm::{
         parse_nodes, parse_sessions, IscsiadmStatus, NodeEntry, SessionEntry,
     };
+    pub use crate::iscsi::records::record_value;
     pub use crate::iscsi::session::{
         find as find_session, luns as session_luns, Session, SessionFinder,
     };

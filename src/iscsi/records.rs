@@ -166,7 +166,7 @@ pub(crate) fn line_name(line: &str) -> Option<&str> {
 
 /// The value of setting `name` in record text `text` as open-iscsi reads it (the last line
 /// for it wins); `None` when no line sets it.
-pub(crate) fn record_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+pub fn record_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
         .filter(|l| line_name(l) == Some(name))
         .filter_map(|l| l.trim().split_once('='))

@@ -1,276 +1,20 @@
-//! A simulated iSCSI initiator stack on a fake host tree: `iscsiadm` (node records, logins
-//! with or without CHAP, sessions, SendTargets discovery), `multipath`/`multipathd`,
-//! `dmsetup remove` and `blockdev`, answering with the text the real tools print. A login
-//! makes the session and its SCSI host in the tree; with `node.session.scan = manual` the
-//! target's LUNs wait to be scanned, otherwise they appear at once, as with open-iscsi.
-//!
-//! Records are files in the tree's `/etc/iscsi`, laid out and written as open-iscsi 2.1.8
-//! does: `iscsiadm -m node ... --op new` writes `nodes/<iqn>/<address>,<port>` (no portal
-//! group tag), discovery writes `nodes/<iqn>/<address>,<port>,<tpgt>/<iface>`, a
-//! `discoverydb --op new` writes `send_targets/<address>,<port>/st_config`, and `--op update`
-//! rewrites a record in place (keeping its mode). A login reads the record file, so CHAP
-//! works only with the credentials in the file, whatever was on the command line; so does a
-//! discovery at a portal that [`IscsiSim::require_discovery_chap`] protects.
-//!
-//! ```
-//! use hostbrick::testing::sim::iscsi::{single, IscsiSim, WWID_1};
-//! use hostbrick::testing::sim::MIB;
-//! use hostbrick::{connector_for, DisconnectOptions, Protocol};
-//!
-//! let sim = IscsiSim::new();
-//! sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
-//! let c = connector_for(Protocol::Iscsi, sim.options()).unwrap();
-//! let ci = single("127.0.0.1:3260", 1, "vol-1");
-//! let rec = c.connect_volume(&ci).unwrap();
-//! assert_eq!(sim.session_count(), 1);
-//! c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default()).unwrap();
-//! sim.assert_clean();
-//! ```
+//! What the simulated iSCSI tools answer: `iscsiadm` (node and discovery records as files,
+//! logins, sessions, discovery), `multipath` / `multipathd` and `dmsetup remove`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::{answer_flushbufs, args, connection_info, names_in, Tools};
+use super::super::{args, Tools};
+use super::{Session, State, Target};
 use crate::iscsi::by_path_name;
 use crate::iscsi::records::{line_name, record_value};
-use crate::testing::{FakeHost, FakeRunner, LunSpec};
-use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
+use crate::testing::LunSpec;
+use crate::{Command, CommandOutput};
 use crate::{Portal, Wwid};
-
-/// The target name every simulated target has.
-pub const IQN: &str = "iqn.2003-01.org.linux-iscsi.vm:t1";
-/// A LUN's `wwid` as sysfs shows it (`naa.` + the NAA identifier).
-pub const WWID_1: &str = "naa.6001405aaaaaaaaaaaaaaaaaaaaaaa1";
-/// Another LUN's `wwid`.
-pub const WWID_2: &str = "naa.6001405bbbbbbbbbbbbbbbbbbbbbbb2";
-
-/// A target portal and what it offers.
-#[derive(Debug, Clone)]
-struct Target {
-    iqn: String,
-    portal: Portal,
-    /// (lun, sysfs wwid, size)
-    luns: Vec<(u64, String, u64)>,
-    chap: Option<(String, String)>,
-    reachable: bool,
-}
-
-#[derive(Debug, Clone)]
-struct Session {
-    sid: u32,
-    iqn: String,
-    portal: Portal,
-}
-
-#[derive(Default)]
-struct State {
-    targets: Vec<Target>,
-    /// (iqn, portal) → the record file
-    nodes: HashMap<(String, String), PathBuf>,
-    /// portal → discovery CHAP (user, password) it requires
-    discovery_chap: HashMap<Portal, (String, String)>,
-    sessions: Vec<Session>,
-    next_sid: u32,
-    multipathd: bool,
-    wwids: Vec<String>,
-}
-
-/// The simulated iSCSI stack: a fake host tree and a runner whose `iscsiadm`,
-/// `multipath`, `multipathd`, `dmsetup` and `blockdev` act on it. Cloning shares both.
-#[derive(Clone)]
-pub struct IscsiSim {
-    /// The host tree the simulated tools change (initiator name set, multipathd running).
-    pub fake: FakeHost,
-    /// The runner the simulated tools answer on; it records every command.
-    pub runner: Arc<FakeRunner>,
-    tools: Tools<State>,
-}
-
-impl Default for IscsiSim {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl IscsiSim {
-    /// A host with initiator `iqn.1993-08.org.debian:01:testhost`, multipathd running and
-    /// no target.
-    pub fn new() -> Self {
-        let fake = FakeHost::new();
-        fake.set_initiator_name("iqn.1993-08.org.debian:01:testhost");
-        let sim = IscsiSim {
-            fake: fake.clone(),
-            runner: Arc::new(FakeRunner::new()),
-            tools: Tools::new(
-                fake,
-                State {
-                    next_sid: 1,
-                    multipathd: true,
-                    ..State::default()
-                },
-            ),
-        };
-        let (t, r) = (&sim.tools, &*sim.runner);
-        t.answer(r, "iscsiadm", &[], |t, c| t.iscsiadm(c));
-        t.answer(r, "multipathd", &[], |t, c| t.multipathd(c));
-        t.answer(r, "multipath", &[], |t, c| t.multipath(c));
-        t.answer(r, "dmsetup", &["remove"], |t, c| {
-            let name = args(c).last().cloned().unwrap_or_default();
-            t.remove_map(&name)
-        });
-        answer_flushbufs(&sim.fake, r);
-        sim
-    }
-
-    /// Adds target [`IQN`] at `portal` (`address:port`) with `luns`, each `(lun, sysfs
-    /// wwid, size)`; it is reachable and needs no CHAP.
-    pub fn add_target(&self, portal: &str, luns: &[(u64, &str, u64)]) {
-        self.tools.state().targets.push(Target {
-            iqn: IQN.to_string(),
-            portal: portal.parse().unwrap(),
-            luns: luns
-                .iter()
-                .map(|(l, w, s)| (*l, w.to_string(), *s))
-                .collect(),
-            chap: None,
-            reachable: true,
-        });
-    }
-
-    /// Makes every target added so far refuse logins without CHAP `user` and `pass`.
-    pub fn require_chap(&self, user: &str, pass: &str) {
-        for t in self.tools.state().targets.iter_mut() {
-            t.chap = Some((user.into(), pass.into()));
-        }
-    }
-
-    /// Makes sendtargets discovery at `portal` (`address:port`) refuse (exit 24) unless
-    /// the discovery record's file holds CHAP `user` and `pass`.
-    pub fn require_discovery_chap(&self, portal: &str, user: &str, pass: &str) {
-        self.tools
-            .state()
-            .discovery_chap
-            .insert(portal.parse().unwrap(), (user.into(), pass.into()));
-    }
-
-    /// The node record file of target [`IQN`] at `portal` (`address:port`), if there is one.
-    pub fn node_record(&self, portal: &str) -> Option<PathBuf> {
-        self.tools
-            .state()
-            .nodes
-            .iter()
-            .find(|((_, p), _)| p == portal)
-            .map(|(_, f)| f.clone())
-    }
-
-    /// The sendtargets discovery record file of `portal` (`address:port`) (it may not exist).
-    pub fn discovery_record(&self, portal: &str) -> PathBuf {
-        let p: Portal = portal.parse().unwrap();
-        self.fake.root().join(format!(
-            "etc/iscsi/send_targets/{},{}/st_config",
-            p.host(),
-            p.port()
-        ))
-    }
-
-    /// Makes logins to and discovery at `portal` time out (`up` false) or work again.
-    pub fn set_reachable(&self, portal: &str, up: bool) {
-        let p: Portal = portal.parse().unwrap();
-        for t in self
-            .tools
-            .state()
-            .targets
-            .iter_mut()
-            .filter(|t| t.portal == p)
-        {
-            t.reachable = up;
-        }
-    }
-
-    /// Starts or stops multipathd.
-    pub fn set_multipathd(&self, running: bool) {
-        self.tools.state().multipathd = running;
-    }
-
-    /// Grows (or shrinks) the LUN with sysfs wwid `wwid` to `size`; its disks show the new
-    /// size after a rescan.
-    pub fn resize(&self, wwid: &str, size: u64) {
-        for t in self.tools.state().targets.iter_mut() {
-            for l in t.luns.iter_mut().filter(|l| l.1 == wwid) {
-                l.2 = size;
-            }
-        }
-        self.fake.resize_lun(wwid, size);
-    }
-
-    /// How many sessions are logged in.
-    pub fn session_count(&self) -> usize {
-        self.tools.state().sessions.len()
-    }
-
-    /// How many node records there are.
-    pub fn node_count(&self) -> usize {
-        self.tools.state().nodes.len()
-    }
-
-    /// Whether a node record for `portal` (`address:port`) exists.
-    pub fn has_node(&self, portal: &str) -> bool {
-        self.tools.state().nodes.keys().any(|(_, p)| p == portal)
-    }
-
-    /// The multipath maps' names (`/dev/mapper`), sorted.
-    pub fn maps(&self) -> Vec<String> {
-        names_in(&self.fake.root().join("dev/mapper"))
-    }
-
-    /// Nothing of any volume is left: no session, node record (nor its file), SCSI disk, map
-    /// or by-path link.
-    ///
-    /// # Panics
-    ///
-    /// When something is left, naming it.
-    pub fn assert_clean(&self) {
-        assert_eq!(self.session_count(), 0, "sessions left");
-        assert_eq!(self.node_count(), 0, "node records left");
-        assert_eq!(
-            names_in(&self.fake.root().join("etc/iscsi/nodes")),
-            Vec::<String>::new(),
-            "node record files left"
-        );
-        assert_eq!(self.fake.devices(), vec![], "SCSI disks left");
-        assert_eq!(self.maps(), Vec::<String>::new(), "multipath maps left");
-        let links: Vec<_> = std::fs::read_dir(self.fake.root().join("dev/disk/by-path"))
-            .unwrap()
-            .flatten()
-            .collect();
-        assert!(links.is_empty(), "by-path links left: {links:?}");
-    }
-
-    /// A context on the simulated host.
-    pub fn context(&self) -> HostContext {
-        super::context(&self.fake, &self.runner)
-    }
-
-    /// Connector options on the simulated host, with time limits short enough for tests
-    /// (operations 10 s, scans 500 ms, extra paths 300 ms, multipath maps 3 s).
-    pub fn options(&self) -> ConnectorOptions {
-        let mut o = super::options(
-            &self.fake,
-            &self.runner,
-            Duration::from_secs(10),
-            Duration::from_millis(500),
-        );
-        o.iscsi.extra_path_grace = Duration::from_millis(300);
-        o.iscsi.multipath_timeout = Duration::from_secs(3);
-        o
-    }
-}
 
 /// What the simulated tools answer.
 impl Tools<State> {
-    fn iscsiadm(&self, c: &Command) -> CommandOutput {
+    pub(super) fn iscsiadm(&self, c: &Command) -> CommandOutput {
         // A real iscsiadm takes a while to start: concurrent calls overlap.
         std::thread::sleep(Duration::from_millis(2));
         let a = args(c);
@@ -503,7 +247,7 @@ impl Tools<State> {
         Some(Wwid::from_sysfs(&raw).ok()?.to_string())
     }
 
-    fn multipathd(&self, c: &Command) -> CommandOutput {
+    pub(super) fn multipathd(&self, c: &Command) -> CommandOutput {
         let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         if !self.state().multipathd {
@@ -564,7 +308,7 @@ impl Tools<State> {
         }
     }
 
-    fn multipath(&self, c: &Command) -> CommandOutput {
+    pub(super) fn multipath(&self, c: &Command) -> CommandOutput {
         let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
@@ -577,7 +321,7 @@ impl Tools<State> {
         }
     }
 
-    fn remove_map(&self, name: &str) -> CommandOutput {
+    pub(super) fn remove_map(&self, name: &str) -> CommandOutput {
         match std::fs::canonicalize(self.root().join(format!("dev/mapper/{name}"))) {
             Ok(dm) => {
                 self.fake
@@ -648,28 +392,4 @@ fn remove_record(file: &Path) {
         }
         dir = d.parent();
     }
-}
-
-/// An iSCSI `connection_info` with `data` as its `data` object.
-pub fn info(data: serde_json::Value) -> ConnectionInfo {
-    connection_info("iscsi", data)
-}
-
-/// The `connection_info` of LUN `lun` of target [`IQN`] at `portal`, single path, for
-/// volume `volume`.
-pub fn single(portal: &str, lun: u64, volume: &str) -> ConnectionInfo {
-    info(serde_json::json!({
-        "target_portal": portal, "target_iqn": IQN, "target_lun": lun,
-        "volume_id": volume, "target_discovered": false, "encrypted": false, "qos_specs": null
-    }))
-}
-
-/// The `connection_info` of LUN `lun` of target [`IQN`] at every one of `portals` (the
-/// first is the primary), for volume `volume`.
-pub fn multi(portals: &[&str], lun: u64, volume: &str) -> ConnectionInfo {
-    info(serde_json::json!({
-        "target_portal": portals[0], "target_iqn": IQN, "target_lun": lun,
-        "target_portals": portals, "target_iqns": vec![IQN; portals.len()], "target_luns": vec![lun; portals.len()],
-        "volume_id": volume
-    }))
 }
