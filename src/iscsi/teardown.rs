@@ -13,6 +13,10 @@ use crate::model::record::DeviceRecord;
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
+/// How many times a disconnect looks for multipath maps over the volume's devices before
+/// its in-use checks (each pass that finds a new map looks again).
+const HOLDER_PASSES: usize = 3;
+
 /// What a disconnect proved the volume owns on the live host.
 struct Owned {
     devices: Vec<VolumeDevice>,
@@ -36,8 +40,9 @@ impl IscsiDriver {
         let deadline = op.deadline;
         let host = self.host();
         let mut sessions = SessionFinder::new(host);
-        let owned = self.owned(props, record, &mut sessions)?;
+        let mut owned = self.owned(props, record, &mut sessions)?;
         // Nothing is flushed or removed unless all of it is free to go.
+        self.take_holder_maps(&mut owned)?;
         let map_dms: Vec<&str> = owned.maps.iter().map(|m| m.dm.as_str()).collect();
         for m in &owned.maps {
             block::ensure_unused(host, &m.dm, &[])?;
@@ -156,13 +161,6 @@ impl IscsiDriver {
             }
         }
         let mut maps: Vec<MultipathMap> = Vec::new();
-        for d in &devices {
-            if let Some(m) = multipath::holder_map(host, &d.name)? {
-                if !maps.contains(&m) {
-                    maps.push(m);
-                }
-            }
-        }
         if let Some(id) = record.and_then(|r| r.multipath_id.as_deref()) {
             if let Some(m) = multipath::map_by_name(host, id)? {
                 if !maps.contains(&m) {
@@ -176,6 +174,31 @@ impl IscsiDriver {
             maps,
             targets,
         })
+    }
+
+    /// Adds to `owned` every multipath map over one of its devices: the volume's own, also
+    /// when multipathd built it just now (it watches new paths, so a map can appear over a
+    /// path while a disconnect starts). Looks again until no new map shows up, so the in-use
+    /// checks that follow see the maps they are to allow.
+    fn take_holder_maps(&self, owned: &mut Owned) -> Result<()> {
+        let host = self.host();
+        for _ in 0..HOLDER_PASSES {
+            let mut added = false;
+            for d in &owned.devices {
+                for h in block::holders(host, &d.name)? {
+                    if let Some(m) = multipath::map_info(host, &h)? {
+                        if !owned.maps.contains(&m) {
+                            owned.maps.push(m);
+                            added = true;
+                        }
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The WWID the volume's devices share (the record's when no device shows one). Paths of

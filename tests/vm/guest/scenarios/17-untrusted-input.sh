@@ -26,25 +26,38 @@ auth=".auth_method=\"CHAP\" | .auth_username=\"$USER\" | .auth_password=\"$PASS\
 conn_iscsi "$WORK/conn-a.json" 127.0.0.1:3260 $IQN 0 "$(new_uuid)" "$auth"
 conn_iscsi "$WORK/conn-b.json" 127.0.0.1:3260 $IQN 1 "$(new_uuid)" "$auth"
 
-# The sampler: every process's argv, as often as the shell can read them, until told to stop.
+# Two witnesses of every argv: an iscsiadm wrapper first in PATH that logs each call's
+# arguments (every call, deterministically), and a sampler that reads every process's
+# /proc/PID/cmdline as fast as bash builtins allow (no fork per read) while the connects run.
+mkdir -p "$WORK/bin"
+ARGV_LOG="$WORK/iscsiadm-argv.txt"
+: > "$ARGV_LOG"
+REAL_ISCSIADM=$(command -v iscsiadm)
+printf '#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\nexec %s "$@"\n' "$ARGV_LOG" "$REAL_ISCSIADM" > "$WORK/bin/iscsiadm"
+chmod +x "$WORK/bin/iscsiadm"
 SAMPLES="$WORK/cmdlines.txt"
 : > "$SAMPLES"
 (
     while [ ! -e "$WORK/stop-sampler" ]; do
         for f in /proc/[0-9]*/cmdline; do
-            tr '\0' ' ' < "$f" 2>/dev/null && echo
+            mapfile -d '' -t argv < "$f" 2>/dev/null && [ ${#argv[@]} -gt 0 ] && echo "${argv[*]}"
         done >> "$SAMPLES"
     done
 ) &
 SAMPLER=$!
-connect a "$WORK/conn-a.json"
+PATH="$WORK/bin:$PATH" connect a "$WORK/conn-a.json"
 CONNECT_A=$CONNECT_S
-connect b "$WORK/conn-b.json"
+PATH="$WORK/bin:$PATH" connect b "$WORK/conn-b.json"
 touch "$WORK/stop-sampler"
 wait $SAMPLER
+grep -F -- '--login' "$ARGV_LOG" >/dev/null \
+    || fail "the iscsiadm wrapper saw no login (so the argv check proves nothing): $(head -c 300 "$ARGV_LOG")"
+if grep -F "$PASS" "$ARGV_LOG" >/dev/null; then
+    fail "the CHAP password was on iscsiadm's command line: $(grep -m1 -F "$PASS" "$ARGV_LOG" | cut -c1-200)"
+fi
 n=$(grep -c . "$SAMPLES")
-grep -F iscsiadm "$SAMPLES" >/dev/null || note "the sampler caught no iscsiadm argv ($n lines)"
-log "sampled $n argv lines, $(grep -cF iscsiadm "$SAMPLES") of iscsiadm"
+log "iscsiadm calls: $(grep -c . "$ARGV_LOG"); sampled $n argv lines, $(grep -cF iscsiadm "$SAMPLES") of iscsiadm"
+note "$(grep -c . "$ARGV_LOG") iscsiadm calls logged, $n argv lines sampled ($(grep -cF iscsiadm "$SAMPLES") of iscsiadm)"
 if grep -F "$PASS" "$SAMPLES" >/dev/null; then
     fail "the CHAP password was in a process's argv: $(grep -m1 -F "$PASS" "$SAMPLES" | cut -c1-200)"
 fi
