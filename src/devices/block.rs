@@ -110,6 +110,22 @@ pub fn parse_swap_devices(swaps: &str) -> Vec<String> {
 /// `allowed` holds it (LVM, dm-crypt, an MD array or a multipath map hostbrick did not make
 /// for this volume). `None` when it is free to go, or already gone.
 pub fn in_use(host: &Host, name: &str, allowed: &[&str]) -> Result<Option<String>> {
+    if let Some(reason) = mounted_or_swap(host, name)? {
+        return Ok(Some(reason));
+    }
+    let foreign: Vec<String> = holders(host, name)?
+        .into_iter()
+        .filter(|h| !allowed.contains(&h.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        return Ok(Some(format!("held by {}", foreign.join(", "))));
+    }
+    Ok(None)
+}
+
+/// Why block device `name` must not be flushed and removed as far as mounts and swap tell:
+/// a filesystem on it (or on one of its partitions) is mounted, or it is active swap.
+pub fn mounted_or_swap(host: &Host, name: &str) -> Result<Option<String>> {
     if !exists(host, name) {
         return Ok(None);
     }
@@ -141,13 +157,6 @@ pub fn in_use(host: &Host, name: &str, allowed: &[&str]) -> Result<Option<String
         if swaps.iter().any(|s| s == n) {
             return Ok(Some(format!("{n} is active swap")));
         }
-    }
-    let foreign: Vec<String> = holders(host, name)?
-        .into_iter()
-        .filter(|h| !allowed.contains(&h.as_str()))
-        .collect();
-    if !foreign.is_empty() {
-        return Ok(Some(format!("held by {}", foreign.join(", "))));
     }
     Ok(None)
 }

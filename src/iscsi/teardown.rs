@@ -13,10 +13,6 @@ use crate::model::record::DeviceRecord;
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
-/// How many times a disconnect looks for multipath maps over the volume's devices before
-/// its in-use checks (each pass that finds a new map looks again).
-const HOLDER_PASSES: usize = 3;
-
 /// What a disconnect proved the volume owns on the live host.
 struct Owned {
     devices: Vec<VolumeDevice>,
@@ -42,14 +38,7 @@ impl IscsiDriver {
         let mut sessions = SessionFinder::new(host);
         let mut owned = self.owned(props, record, &mut sessions)?;
         // Nothing is flushed or removed unless all of it is free to go.
-        self.take_holder_maps(&mut owned)?;
-        let map_dms: Vec<&str> = owned.maps.iter().map(|m| m.dm.as_str()).collect();
-        for m in &owned.maps {
-            block::ensure_unused(host, &m.dm, &[])?;
-        }
-        for d in &owned.devices {
-            block::ensure_unused(host, &d.name, &map_dms)?;
-        }
+        self.check_unused(&mut owned)?;
         let mut failures = Failures::new(opts.ignore_errors);
         for m in &owned.maps {
             failures.step(self.remove_map(m, opts.force, deadline))?;
@@ -176,27 +165,38 @@ impl IscsiDriver {
         })
     }
 
-    /// Adds to `owned` every multipath map over one of its devices: the volume's own, also
-    /// when multipathd built it just now (it watches new paths, so a map can appear over a
-    /// path while a disconnect starts). Looks again until no new map shows up, so the in-use
-    /// checks that follow see the maps they are to allow.
-    fn take_holder_maps(&self, owned: &mut Owned) -> Result<()> {
+    /// Fails with [`Error::DeviceInUse`] unless every device and map of the volume is free
+    /// to go. A device may be held only by multipath maps: those are the volume's own (built
+    /// over its path, possibly by multipathd just now, as it watches new paths) and join
+    /// `owned.maps`, in the same look at the holders that checks them, so a map that appears
+    /// while a disconnect starts is never taken for a foreign holder. Anything else holding
+    /// a device (LVM, dm-crypt, MD), a mounted filesystem or active swap stops the disconnect.
+    fn check_unused(&self, owned: &mut Owned) -> Result<()> {
         let host = self.host();
-        for _ in 0..HOLDER_PASSES {
-            let mut added = false;
-            for d in &owned.devices {
-                for h in block::holders(host, &d.name)? {
-                    if let Some(m) = multipath::map_info(host, &h)? {
-                        if !owned.maps.contains(&m) {
-                            owned.maps.push(m);
-                            added = true;
-                        }
+        for d in &owned.devices {
+            for h in block::holders(host, &d.name)? {
+                if owned.maps.iter().any(|m| m.dm == h) {
+                    continue;
+                }
+                match multipath::map_info(host, &h)? {
+                    Some(m) => owned.maps.push(m),
+                    None => {
+                        return Err(Error::DeviceInUse {
+                            device: d.name.clone(),
+                            reason: format!("held by {h}"),
+                        })
                     }
                 }
             }
-            if !added {
-                break;
+            if let Some(reason) = block::mounted_or_swap(host, &d.name)? {
+                return Err(Error::DeviceInUse {
+                    device: d.name.clone(),
+                    reason,
+                });
             }
+        }
+        for m in &owned.maps {
+            block::ensure_unused(host, &m.dm, &[])?;
         }
         Ok(())
     }
