@@ -203,7 +203,11 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 force: a.force,
                 ignore_errors: a.ignore_errors,
             };
-            connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            let done = connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            // --ignore-errors: what --force carried on past is told, and the call succeeds.
+            for e in &done.failures {
+                eprintln!("warning: disconnect step failed (ignored): {}", e.chain());
+            }
             Ok(String::new())
         }
         Cmd::Extend => {
