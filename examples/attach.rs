@@ -174,14 +174,13 @@ fn run(a: &Args) -> hostbrick::Result<String> {
         Cmd::Properties => {
             let ip = a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
             let host = a.host.clone().unwrap_or_else(common::hostname);
-            let mut props = get_connector_properties(
+            let props = get_connector_properties(
                 &context(a),
                 &ip,
                 a.multipath,
                 a.enforce_multipath,
                 &host,
             )?;
-            props.do_local_attach = Some(!a.no_local_attach);
             serde_json::to_string_pretty(&props).map_err(|e| hostbrick::Error::Parse {
                 program: "attach".into(),
                 reason: e.to_string(),
