@@ -1,6 +1,6 @@
 //! The NVMe-oF part of an audit: controllers without namespaces in use.
 
-use crate::audit::{split_busy, ControllerReason, Found, OrphanController};
+use crate::audit::{split_busy, ControllerReason, Found, OrphanController, StaleRecord};
 use crate::devices::block;
 use crate::error::Result;
 use crate::platform::host::Host;
@@ -23,6 +23,40 @@ pub(crate) fn orphans(host: &Host, locks: &LockDir) -> Result<Found<OrphanContro
         };
         locks.is_held(&controller_lock_key(&c.subsysnqn, portal))
     })
+}
+
+/// The registry entries of NVMe volumes the host no longer shows: no controller of their
+/// subsystem at any of their portals.
+pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
+    let entries = Registry::new(host, REGISTRY).entries::<Attachment>()?;
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ctrls = Vec::new();
+    for name in host.list_dir(&host.sys("class/nvme"))? {
+        if let Some(c) = controller(host, &name)? {
+            ctrls.push(c);
+        }
+    }
+    Ok(entries
+        .into_iter()
+        .filter(|(_, a)| {
+            !a.copies.iter().any(|copy| {
+                copy.portals.iter().any(|p| {
+                    // Whatever host NQN it connected with.
+                    ctrls
+                        .iter()
+                        .any(|c| c.serves(copy.nqn.as_str(), p, c.hostnqn.as_deref().unwrap_or("")))
+                })
+            })
+        })
+        .map(|(entry, _)| StaleRecord {
+            registry: REGISTRY.to_string(),
+            entry,
+            volume_id: None,
+            reason: "no controller of its subsystem at its portals".into(),
+        })
+        .collect())
 }
 
 /// Every fabrics controller on `host` without namespaces in use, held or not.
