@@ -3,7 +3,8 @@
 use hostbrick::testing::sim::nvme::*;
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
-    connector_for, get_connector_properties, Connector, DisconnectOptions, Error, Protocol,
+    connector_for, get_connector_properties, ConnectionInfo, Connector, DisconnectOptions, Error,
+    Protocol,
 };
 use serde_json::json;
 
@@ -340,4 +341,62 @@ fn namespaces_are_found_without_udev_links_among_unrelated_controllers() {
         Vec::<std::path::PathBuf>::new()
     );
     assert_eq!(sim.controllers(), vec!["nvme0", "nvme1", "nvme2"]);
+}
+
+#[test]
+fn nvme_alias_and_unknown_transports_connect_over_tcp() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    // os-brick's factory takes NVME for NVMe-oF; its Portal reads any transport but
+    // rdma/RoCEv2 as tcp.
+    let ci = ConnectionInfo::from_value(&json!({"driver_volume_type": "NVME", "data": {
+        "target_nqn": NQN, "portals": [["127.0.0.1", 4420, "nvme-tcp"]], "vol_uuid": UUID_1}}))
+    .unwrap();
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    assert_eq!(
+        sim.runner.count("nvme connect -t tcp -a 127.0.0.1 -s 4420"),
+        1
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn host_nqn_in_the_data_is_the_connect_host_nqn() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let theirs = "nqn.2014-08.org.storage:initiator-7";
+    let ci = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_1, "host_nqn": theirs, "volume_id": "h"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    let connect = sim
+        .runner
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("nvme connect"))
+        .unwrap();
+    assert!(
+        connect.contains(&format!("-q {theirs} -I {HOSTID}")),
+        "{connect}"
+    );
+    assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+
+    // A host_nqn that is no NQN is refused before anything runs.
+    sim.runner.clear_calls();
+    let bad = ConnectionInfo::from_value(&json!({"driver_volume_type": "nvmeof", "data": {
+        "target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "host_nqn": "host-7"}}));
+    match bad.unwrap_err() {
+        Error::InvalidConnectionInfo { field, .. } => assert_eq!(field, "data.host_nqn"),
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.runner.calls().is_empty());
 }
