@@ -343,6 +343,11 @@ fn namespaces_are_found_without_udev_links_among_unrelated_controllers() {
     assert_eq!(sim.controllers(), vec!["nvme0", "nvme1", "nvme2"]);
 }
 
+/// A replica of a replicated volume: namespace `uuid` of subsystem `nqn` at 127.0.0.1.
+fn replica(nqn: &str, uuid: &str) -> serde_json::Value {
+    json!({"target_nqn": nqn, "portals": [["127.0.0.1", 4420, "tcp"]], "vol_uuid": uuid})
+}
+
 #[test]
 fn nvme_alias_and_unknown_transports_connect_over_tcp() {
     let sim = NvmeSim::new(true);
@@ -399,4 +404,123 @@ fn host_nqn_in_the_data_is_the_connect_host_nqn() {
         other => panic!("{other:?}"),
     }
     assert!(sim.runner.calls().is_empty());
+}
+
+#[test]
+fn a_single_replica_with_an_md_superblock_is_assembled() {
+    for incremental in [false, true] {
+        let sim = NvmeSim::new(true);
+        sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+        sim.put_md_superblock(UUID_1, "vol-r");
+        // udev may have assembled it as /dev/md127 already: os-brick stops that and
+        // assembles the array under its name.
+        sim.set_incremental_assembly(incremental);
+        let c = connector(&sim);
+        let ci = nvme_info(
+            json!({"volume_replicas": [replica(NQN, UUID_1)], "replica_count": 1,
+            "alias": "vol-r", "volume_id": "r1"}),
+        );
+        let rec = c.connect_volume(&ci).unwrap();
+        assert_eq!(rec.path.to_str(), Some("/dev/md/vol-r"), "{incremental}");
+        assert_eq!(rec.md_alias.as_deref(), Some("vol-r"));
+        assert_eq!(sim.runner.count("mdadm --create"), 0);
+        assert_eq!(
+            sim.runner
+                .count("mdadm --assemble --run /dev/md/vol-r /dev/nvme0n1"),
+            1
+        );
+        assert_eq!(
+            sim.runner.count("mdadm --stop /dev/md127"),
+            usize::from(incremental)
+        );
+        assert_eq!(
+            sim.md_arrays(),
+            [("md127".to_string(), Some("vol-r".to_string()))]
+        );
+        c.check_valid_device(&rec.path).unwrap();
+        c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+            .unwrap();
+        assert_eq!(sim.runner.count("mdadm --stop /dev/md/vol-r"), 1);
+        sim.assert_clean();
+    }
+}
+
+#[test]
+fn a_single_replica_without_a_superblock_is_the_namespace() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1)], "replica_count": 1,
+        "alias": "vol-r", "volume_id": "r1"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    assert_eq!(rec.md_alias, None);
+    assert_eq!(sim.runner.count("mdadm --examine /dev/nvme0n1"), 1);
+    assert_eq!(sim.runner.count("mdadm --assemble"), 0);
+    assert_eq!(sim.runner.count("mdadm --create"), 0);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn replicas_that_carry_the_array_are_assembled_not_created() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1), replica(nqn2, UUID_2)],
+        "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    // The second attach finds the superblocks the first made.
+    sim.runner.clear_calls();
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/md/vol-r"));
+    assert_eq!(sim.runner.count("mdadm --create"), 0);
+    assert_eq!(sim.runner.count("mdadm --assemble --run /dev/md/vol-r"), 1);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn extend_of_a_replicated_volume_grows_the_array() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1), replica(nqn2, UUID_2)],
+        "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    sim.resize(UUID_1, "nvme0n1", 4 * MIB);
+    sim.resize(UUID_2, "nvme1n1", 4 * MIB);
+    assert_eq!(c.extend_volume(&ci).unwrap(), 4 * MIB);
+    let calls = sim.runner.calls();
+    let grow = calls
+        .iter()
+        .position(|c| c == "mdadm --grow --size max /dev/md/vol-r")
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    // Both replicas were read at their new size before the array grew.
+    let id_ns: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts_with("nvme id-ns"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(id_ns.len(), 2, "{calls:?}");
+    assert!(id_ns.iter().all(|i| *i < grow), "{calls:?}");
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
 }

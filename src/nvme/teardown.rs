@@ -10,7 +10,7 @@ use super::namespaces::{self, resolve_namespace, Resolved};
 use super::{controller_lock_key, Attachment, Nqn, NvmeDriver, NvmePortal, NvmeProperties};
 use crate::connector::{ms, DisconnectOptions, Operation};
 use crate::devices::{block, md};
-use crate::error::{Error, Failures, Result};
+use crate::error::{Failures, Result};
 use crate::model::record::DeviceRecord;
 use crate::platform::host::Host;
 use crate::platform::lock::LockMode;
@@ -118,12 +118,12 @@ impl NvmeDriver {
         let alias = props
             .alias
             .as_deref()
-            .filter(|_| props.replicas.len() > 1)
+            .filter(|_| !props.replicas.is_empty())
             .or_else(|| record.and_then(|r| r.md_alias.as_deref()));
         // Nothing is flushed or stopped unless the array is built over this volume's heads
         // only and neither it nor a head is used by anything else.
         let array = match alias {
-            Some(alias) => owned_array(host, alias, &heads)?,
+            Some(alias) => md::owned_array(host, alias, &heads)?,
             None => None,
         };
         if let Some(md) = &array {
@@ -160,30 +160,6 @@ impl NvmeDriver {
         }
         failures.finish()
     }
-}
-
-/// The kernel name (`mdN`) of the array at `/dev/md/<alias>`, when it exists; a
-/// [`Error::RecordMismatch`] when a member is not one of the volume's `heads`.
-fn owned_array(host: &Host, alias: &str, heads: &[String]) -> Result<Option<String>> {
-    let Some(target) = host.canonical(&host.map_dev_path(&md::array_path(alias)))? else {
-        return Ok(None);
-    };
-    let Some(md) = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-    else {
-        return Ok(None);
-    };
-    for member in block::slaves(host, &md)? {
-        if !heads.contains(&member) {
-            return Err(Error::RecordMismatch {
-                what: format!("MD array {alias} ({md})"),
-                reason: format!("its member {member} is not a namespace of this volume"),
-            });
-        }
-    }
-    Ok(Some(md))
 }
 
 fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<()> {
