@@ -3,8 +3,8 @@
 use hostbrick::testing::sim::nvme::*;
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
-    connector_for, get_connector_properties, ConnectionInfo, Connector, DisconnectOptions, Error,
-    Protocol,
+    connector_for, get_connector_properties, ConnectionInfo, Connector, DeviceRecord,
+    DisconnectOptions, Error, Protocol,
 };
 use serde_json::json;
 
@@ -522,5 +522,94 @@ fn extend_of_a_replicated_volume_grows_the_array() {
     assert!(id_ns.iter().all(|i| *i < grow), "{calls:?}");
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn os_brick_device_info_detaches_from_the_host() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, MIB)],
+    );
+    let c = connector(&sim);
+    let (a, b) = (
+        volume(UUID_1, &["127.0.0.1:4420"], "a"),
+        volume(UUID_2, &["127.0.0.1:4420"], "b"),
+    );
+    c.connect_volume(&a).unwrap();
+    c.connect_volume(&b).unwrap();
+    // os-brick's device_info for NVMe-oF: type and path, nothing else.
+    let os_brick = |path: &str| DeviceRecord::block(Protocol::NvmeOf, path, None);
+    assert!(os_brick("/dev/nvme0n2").nvme_paths.is_empty());
+
+    // b's info with a's device: refused, nothing flushed or dropped.
+    sim.runner.clear_calls();
+    match c
+        .disconnect_volume(
+            &b,
+            Some(&os_brick("/dev/nvme0n1")),
+            DisconnectOptions::default(),
+        )
+        .unwrap_err()
+    {
+        Error::RecordMismatch { what, reason } => {
+            assert!(what.contains("/dev/nvme0n1"), "{what}");
+            assert!(reason.contains("nvme0n2"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
+    // Nova's device_path is checked the same way when there is no record.
+    let b_path = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_2, "volume_id": "b", "device_path": "/dev/nvme0n1"}),
+    );
+    assert!(matches!(
+        c.disconnect_volume(&b_path, None, DisconnectOptions::default()),
+        Err(Error::RecordMismatch { .. })
+    ));
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
+    let with_path = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_2, "volume_id": "b", "device_path": "/dev/nvme0n2"}),
+    );
+
+    // The right path: b detaches; the controller stays for a.
+    c.disconnect_volume(
+        &with_path,
+        Some(&os_brick("/dev/nvme0n2")),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(sim.runner.count("blockdev --flushbufs /dev/nvme0n2"), 1);
+    assert_eq!(sim.controllers(), ["nvme0"]);
+    // A path the host no longer has is no claim: a goes by its connection_info.
+    c.disconnect_volume(
+        &a,
+        Some(&os_brick("/dev/nvme9n9")),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn os_brick_device_info_of_a_replicated_volume_names_the_array() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1), replica(nqn2, UUID_2)],
+        "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    c.connect_volume(&ci).unwrap();
+    let rec = DeviceRecord::block(Protocol::NvmeOf, "/dev/md/vol-r", None);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("mdadm --stop /dev/md/vol-r"), 1);
     sim.assert_clean();
 }

@@ -1,5 +1,9 @@
 //! Disconnect: the volume's head devices as the host shows them, the MD array and heads
 //! flushed, and each controller dropped unless another attachment still needs it.
+//!
+//! The volume is always found from the connection_info and the live host; a record (even
+//! os-brick's, only `type` and `path`, with no `nvme_paths`) or Nova's `device_path` only
+//! names a device that must be one of those found, else nothing is touched.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,7 +14,7 @@ use super::namespaces::{self, resolve_namespace, Resolved};
 use super::{controller_lock_key, Attachment, Nqn, NvmeDriver, NvmePortal, NvmeProperties};
 use crate::connector::{ms, DisconnectOptions, Operation};
 use crate::devices::{block, md};
-use crate::error::{Failures, Result};
+use crate::error::{Error, Failures, Result};
 use crate::model::record::DeviceRecord;
 use crate::platform::host::Host;
 use crate::platform::lock::LockMode;
@@ -126,6 +130,15 @@ impl NvmeDriver {
             Some(alias) => md::owned_array(host, alias, &heads)?,
             None => None,
         };
+        // A record without nvme_paths (os-brick's own: only `type` and `path`) or Nova's
+        // `device_path` names the device; the volume was found from connection_info and
+        // the host above, and the path must be one of its devices.
+        let claimed = record
+            .map(|r| r.path.as_path())
+            .or(props.device_path.as_deref());
+        if let Some(path) = claimed {
+            check_claimed_path(host, path, &heads, array.as_deref())?;
+        }
         if let Some(md) = &array {
             block::ensure_unused(host, md, &[])?;
         }
@@ -160,6 +173,39 @@ impl NvmeDriver {
         }
         failures.finish()
     }
+}
+
+/// Checks that `path`, the device a record or Nova's `device_path` names, is one of the
+/// volume's namespace heads or its MD array as the host shows them now (compared after
+/// resolving links, so `/dev/md/<alias>` and by-id links match): a
+/// [`Error::RecordMismatch`] otherwise. A path the host does not have is no claim on
+/// anything (the device is gone): a warning.
+fn check_claimed_path(
+    host: &Host,
+    path: &Path,
+    heads: &[String],
+    array: Option<&str>,
+) -> Result<()> {
+    let Some(target) = host.canonical(&host.map_dev_path(path))? else {
+        tracing::warn!(path = %path.display(), "the recorded device is not on the host; going by the connection_info");
+        return Ok(());
+    };
+    for name in heads.iter().map(String::as_str).chain(array) {
+        let own = host.canonical(&host.map_dev_path(&Path::new("/dev").join(name)))?;
+        if own.as_deref() == Some(target.as_path()) {
+            return Ok(());
+        }
+    }
+    let mut ours: Vec<&str> = heads.iter().map(String::as_str).collect();
+    ours.extend(array);
+    Err(Error::RecordMismatch {
+        what: format!("device {}", path.display()),
+        reason: if ours.is_empty() {
+            "the volume has no device on this host".to_string()
+        } else {
+            format!("it is none of the volume's devices ({})", ours.join(", "))
+        },
+    })
 }
 
 fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<()> {
