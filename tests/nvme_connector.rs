@@ -607,6 +607,10 @@ fn os_brick_device_info_of_a_replicated_volume_names_the_array() {
         "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
     );
     c.connect_volume(&ci).unwrap();
+    assert_eq!(
+        c.get_volume_paths(&ci).unwrap(),
+        [std::path::PathBuf::from("/dev/md/vol-r")]
+    );
     let rec = DeviceRecord::block(Protocol::NvmeOf, "/dev/md/vol-r", None);
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();

@@ -120,6 +120,30 @@ impl NvmeTransport {
             NvmeTransport::Rdma => "rdma",
         }
     }
+
+    /// The transport a connection_info names, read as os-brick reads it: `rdma` and
+    /// `RoCEv2` (also `roce`; any letter case) are RDMA, `tcp` is TCP, and anything else
+    /// (a typo, `fc`, a number) is TCP too, with a warning naming `field`: os-brick's
+    /// `Portal` connects over TCP then, and a drop-in must not refuse a volume it attaches.
+    ///
+    /// This is for connection_info only: what the kernel reports (sysfs `transport`) is
+    /// read with the strict [`FromStr`].
+    pub(crate) fn from_connection_info(field: &str, value: Option<&Value>) -> NvmeTransport {
+        match value {
+            None => NvmeTransport::Tcp,
+            Some(Value::String(s)) => match s.parse::<NvmeTransport>() {
+                Ok(t) => t,
+                Err(_) => {
+                    tracing::warn!(field, value = ?s, "unknown NVMe-oF transport; using tcp as os-brick does");
+                    NvmeTransport::Tcp
+                }
+            },
+            Some(other) => {
+                tracing::warn!(field, value = ?other, "NVMe-oF transport is not a string; using tcp as os-brick does");
+                NvmeTransport::Tcp
+            }
+        }
+    }
 }
 
 impl FromStr for NvmeTransport {
@@ -131,32 +155,6 @@ impl FromStr for NvmeTransport {
             _ => Err(ParseIdError(format!(
                 "{s:?} is not an NVMe-oF transport (tcp, rdma, RoCEv2)"
             ))),
-        }
-    }
-}
-
-impl NvmeTransport {
-    /// The transport a connection_info names, read as os-brick reads it: `rdma` and
-    /// `RoCEv2` (also `roce`; any letter case) are RDMA, `tcp` is TCP, and anything else
-    /// (a typo, `fc`, a number) is TCP too, with a warning naming `field`: os-brick's
-    /// `Portal` connects over TCP then, and a drop-in must not refuse a volume it attaches.
-    ///
-    /// This is for connection_info only: what the kernel reports (sysfs `transport`) is
-    /// read with the strict [`FromStr`].
-    pub fn from_connection_info(field: &str, value: Option<&Value>) -> NvmeTransport {
-        match value {
-            None => NvmeTransport::Tcp,
-            Some(Value::String(s)) => match s.parse::<NvmeTransport>() {
-                Ok(t) => t,
-                Err(_) => {
-                    tracing::warn!(field, value = %s, "unknown NVMe-oF transport; using tcp as os-brick does");
-                    NvmeTransport::Tcp
-                }
-            },
-            Some(other) => {
-                tracing::warn!(field, value = %other, "NVMe-oF transport is not a string; using tcp as os-brick does");
-                NvmeTransport::Tcp
-            }
         }
     }
 }
@@ -690,6 +688,50 @@ mod tests {
                 want.map(std::path::Path::new),
                 "{device_path}"
             );
+        }
+    }
+
+    /// Runs `f` and returns what it logged at WARN and above.
+    fn warnings(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || buf.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn an_unknown_transport_is_a_warning() {
+        let logged = warnings(|| {
+            parse(json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "fc\nforged"]]}))
+                .unwrap();
+        });
+        assert!(logged.contains("unknown NVMe-oF transport"), "{logged}");
+        assert!(logged.contains("data.portals[0]"), "{logged}");
+        // The value is quoted, so a newline in it cannot forge a log line.
+        assert!(logged.contains(r#""fc\nforged""#), "{logged}");
+        for known in ["tcp", "rdma", "RoCEv2"] {
+            let logged = warnings(|| {
+                parse(json!({"nqn": NQN, "transport_type": known, "target_portal": "127.0.0.1", "target_port": 4420})).unwrap();
+            });
+            assert_eq!(logged, "", "{known}");
         }
     }
 
