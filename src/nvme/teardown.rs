@@ -187,7 +187,7 @@ fn check_claimed_path(
     array: Option<&str>,
 ) -> Result<()> {
     let Some(target) = host.canonical(&host.map_dev_path(path))? else {
-        tracing::warn!(path = %path.display(), "the recorded device is not on the host; going by the connection_info");
+        tracing::warn!(path = ?path, "the recorded device is not on the host; going by the connection_info");
         return Ok(());
     };
     for name in heads.iter().map(String::as_str).chain(array) {
@@ -199,7 +199,7 @@ fn check_claimed_path(
     let mut ours: Vec<&str> = heads.iter().map(String::as_str).collect();
     ours.extend(array);
     Err(Error::RecordMismatch {
-        what: format!("device {}", path.display()),
+        what: format!("device {path:?}"),
         reason: if ours.is_empty() {
             "the volume has no device on this host".to_string()
         } else {
