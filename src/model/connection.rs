@@ -51,7 +51,7 @@ impl FromStr for Protocol {
         match s.to_ascii_lowercase().as_str() {
             "iscsi" => Ok(Protocol::Iscsi),
             "iser" => Ok(Protocol::Iser),
-            "nvmeof" => Ok(Protocol::NvmeOf),
+            "nvmeof" | "nvme" => Ok(Protocol::NvmeOf),
             "rbd" => Ok(Protocol::Rbd),
             "local" => Ok(Protocol::Local),
             _ => Err(Error::InvalidConnectorProtocol {

@@ -59,21 +59,32 @@ impl NvmeDriver {
         };
         let mut ups: Vec<PortalUp> = Vec::new();
         let mut heads: Vec<String> = Vec::new();
-        let mut attempt = || -> Result<PathBuf> {
+        // The device to hand out, and whether it is the MD array.
+        let mut attempt = || -> Result<(PathBuf, bool)> {
             for copy in props.copies() {
                 let (head, copy_ups) = run.copy(props, copy)?;
                 heads.push(head);
                 ups.extend(copy_ups);
             }
+            let members: Vec<PathBuf> = heads
+                .iter()
+                .map(|h| PathBuf::from("/dev").join(h))
+                .collect();
             match (&props.alias, heads.len()) {
                 (Some(alias), n) if n > 1 => {
-                    let members: Vec<PathBuf> = heads
-                        .iter()
-                        .map(|h| PathBuf::from("/dev").join(h))
-                        .collect();
-                    md::assemble_or_create(op.runner(), alias, &members, op.deadline)
+                    md::assemble_or_create(op.runner(), host, alias, &members, op.deadline)
+                        .map(|p| (p, true))
                 }
-                _ => Ok(PathBuf::from("/dev").join(&heads[0])),
+                // One replica (`volume_replicas` with one entry): os-brick's
+                // `_handle_single_replica` assembles the array it already carries (a
+                // replicated volume that lost its other legs), else hands out the namespace.
+                (Some(alias), 1)
+                    if !props.replicas.is_empty()
+                        && md::has_superblock(op.runner(), &members[0], op.deadline)? =>
+                {
+                    md::assemble(op.runner(), host, alias, &members, op.deadline).map(|p| (p, true))
+                }
+                _ => Ok((members[0].clone(), false)),
             }
         };
         let result = attempt().and_then(|path| {
@@ -83,7 +94,7 @@ impl NvmeDriver {
             self.registry.put(&props.volume_key(), &attachment)?;
             Ok(path)
         });
-        let path = match result {
+        let (path, is_md) = match result {
             Ok(p) => p,
             Err(e) => {
                 drop(ups);
@@ -93,7 +104,7 @@ impl NvmeDriver {
         };
         let record = DeviceRecord {
             nvme_paths: ups.iter().map(|u| u.record.clone()).collect(),
-            md_alias: props.alias.clone().filter(|_| heads.len() > 1),
+            md_alias: props.alias.clone().filter(|_| is_md),
             ..DeviceRecord::block(Protocol::NvmeOf, path, props.volume_id.clone())
         };
         drop(ups);

@@ -40,6 +40,7 @@ pub(crate) use namespaces::head_name;
 use serde::{Deserialize, Serialize};
 
 use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
+use crate::devices::md;
 use crate::error::Result;
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::DeviceRecord;
@@ -146,12 +147,22 @@ impl Driver for NvmeDriver {
     fn volume_paths(&self, op: &Operation<'_>, props: &NvmeProperties) -> Result<Vec<PathBuf>> {
         let host = op.host();
         let (hostnqn, _) = self.identity(host, props)?;
-        Ok(
-            teardown::heads(host, props, &hostnqn, &mut ControllerFinder::new(host))?
-                .into_iter()
-                .map(|h| PathBuf::from("/dev").join(h))
-                .collect(),
-        )
+        let heads = teardown::heads(host, props, &hostnqn, &mut ControllerFinder::new(host))?;
+        // A replicated volume is its array when the array is up over its replicas
+        // (os-brick answers `/dev/md/<alias>` for a replicated volume).
+        if let Some(alias) = props
+            .alias
+            .as_deref()
+            .filter(|_| !props.replicas.is_empty())
+        {
+            if md::owned_array(host, alias, &heads)?.is_some() {
+                return Ok(vec![md::array_path(alias)]);
+            }
+        }
+        Ok(heads
+            .into_iter()
+            .map(|h| PathBuf::from("/dev").join(h))
+            .collect())
     }
 
     fn search_path(&self, _host: &Host) -> Option<PathBuf> {
