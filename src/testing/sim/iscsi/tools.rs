@@ -51,10 +51,19 @@ impl Tools<State> {
         if st.nodes.is_empty() {
             return CommandOutput::exit(21, "iscsiadm: No records found\n");
         }
+        // A record `--op new` made (`nodes/<iqn>/<address>,<port>`) has no portal group
+        // tag: iscsiadm prints -1 for it.
         let mut lines: Vec<String> = st
             .nodes
-            .keys()
-            .map(|(iqn, portal)| format!("{portal},1 {iqn}\n"))
+            .iter()
+            .map(|((iqn, portal), file)| {
+                let flat = file
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|d| d.to_string_lossy() == *iqn);
+                let tpgt = if flat { -1 } else { 1 };
+                format!("{portal},{tpgt} {iqn}\n")
+            })
             .collect();
         lines.sort();
         CommandOutput::ok(lines.concat())
