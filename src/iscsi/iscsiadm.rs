@@ -395,7 +395,6 @@ impl<'a> Iscsiadm<'a> {
 
     /// The targets the discovery database holds for sendtargets discovery at `portal`
     /// with this iface (`iscsiadm -m discoverydb -o show -P 1`); none is an empty list.
-    #[allow(dead_code)] // TEMP
     pub fn discoverydb_targets(&self, portal: &Portal) -> Result<Vec<NodeEntry>> {
         let cmd = self
             .cmd()
