@@ -124,8 +124,8 @@ pub fn parse_nodes(out: &str) -> Vec<NodeEntry> {
 /// SENDTARGETS:
 /// DiscoveryAddress: 192.168.1.2,3260
 /// Target: iqn.2004-04.com.qnap:ts-831x:iscsi.cinder-1
-/// 	Portal: 192.168.1.3:3260,1
-/// 		Iface Name: default
+///     Portal: 192.168.1.3:3260,1
+///         Iface Name: default
 /// DiscoveryAddress: 192.168.1.38,3260
 /// iSNS:
 /// No targets found.
