@@ -91,6 +91,49 @@ fn discovery_keeps_the_targets_of_an_array_with_a_name_per_portal() {
     sim.assert_clean();
 }
 
+/// A recorded path of another target name counts only when the host shows it with the
+/// WWID of the connection_info's target: one showing another volume is a mismatch, and
+/// nothing is touched.
+#[test]
+fn a_recorded_discovered_path_showing_another_volume_is_refused() {
+    let sim = IscsiSim::new();
+    sim.add_target_named(P1, "127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target_named(P2, "127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, MultipathMode::Optional);
+    let ci = info(json!({
+        "target_portal": "127.0.0.1:3260", "target_iqn": P1, "target_lun": 1,
+        "volume_id": "vol-n"
+    }));
+    let mut rec = c.connect_volume(&ci).unwrap();
+    // Another volume's LUN 1 on a third target, attached on its own.
+    sim.add_target_named(P3, "127.0.0.3:3260", &[(1, WWID_2, MIB)]);
+    let other = info(json!({
+        "target_portal": "127.0.0.3:3260", "target_iqn": P3, "target_lun": 1,
+        "volume_id": "vol-3"
+    }));
+    let off = connector(&sim, MultipathMode::Off);
+    let other_rec = off.connect_volume(&other).unwrap();
+    let mut forged = other_rec.paths[0].clone();
+    forged.lun = 1;
+    rec.paths.push(forged);
+    let before = sim.fake.devices().len();
+    let e = c
+        .disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::RecordMismatch { reason, .. } if reason.contains("came from discovery")),
+        "{e:?}"
+    );
+    assert_eq!(sim.fake.devices().len(), before);
+    assert_eq!(sim.session_count(), 3);
+    rec.paths.pop();
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    off.disconnect_volume(&other, Some(&other_rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
 /// A path only discovery offered is not taken for the volume unless a target of the
 /// connection_info shows the same WWID.
 #[test]

@@ -8,7 +8,11 @@
 //! does: `iscsiadm -m node ... --op new` writes `nodes/<iqn>/<address>,<port>` (no portal
 //! group tag), discovery writes `nodes/<iqn>/<address>,<port>,<tpgt>/<iface>`, a
 //! `discoverydb --op new` writes `send_targets/<address>,<port>/st_config`, and `--op update`
-//! rewrites a record in place (keeping its mode). A login reads the record file, so CHAP
+//! rewrites a record in place (keeping its mode). `iscsiadm -m node` prints a record
+//! `--op new` made with portal group tag -1; `-m discoverydb -o show -P 1` lists each
+//! discovery address with the node records its discovery made that are still there.
+//! Discovery at any portal reports every target added, whatever its name
+//! ([`IscsiSim::add_target_named`] makes an array with a target name per portal). A login reads the record file, so CHAP
 //! works only with the credentials in the file, whatever was on the command line; so does a
 //! discovery at a portal that [`IscsiSim::require_discovery_chap`] protects.
 //!
