@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::session::SessionFinder;
 use super::{
@@ -18,9 +18,12 @@ use crate::error::{AttemptFailure, Error, Result};
 use crate::iscsi::iscsiadm::NodeEntry;
 use crate::model::ids::Portal;
 use crate::model::record::{DeviceRecord, PathRecord};
-use crate::platform::cmd::Cancel;
+use crate::platform::cmd::{Cancel, Command};
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
+
+/// How long the multipathd liveness check of an enforced multipath connect may take.
+const MULTIPATHD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl IscsiDriver {
     pub(super) fn connect(
@@ -32,9 +35,7 @@ impl IscsiDriver {
         let mode = self.multipath_mode(props);
         // As os-brick's `check_multipath`: enforced multipath on a host without multipathd
         // fails before anything is logged in.
-        if mode.is_enforced()
-            && !multipath::multipathd_running(&*self.opts.context.runner, deadline)
-        {
+        if mode.is_enforced() && !self.multipathd_running(deadline) {
             return Err(Error::MultipathdNotRunning);
         }
         let mut discovered = Vec::new();
@@ -53,6 +54,15 @@ impl IscsiDriver {
             tracing::warn!(error = %e.chain(), "cannot note the attachment in the registry; an audit will list its session as unused");
         }
         Ok(record)
+    }
+
+    /// True when multipathd answers `multipathd show status` (exit 0) within
+    /// [`MULTIPATHD_CHECK_TIMEOUT`] (os-brick's `is_multipath_running`).
+    fn multipathd_running(&self, deadline: Instant) -> bool {
+        let cmd = Command::new("multipathd")
+            .args(["show", "status"])
+            .deadline(deadline.min(Instant::now() + MULTIPATHD_CHECK_TIMEOUT));
+        matches!(self.opts.context.runner.run(&cmd), Ok(out) if out.status.success())
     }
 
     /// The multipath mode of this connect: the connector's, raised to
