@@ -399,8 +399,12 @@ fn multipath_falls_back_to_single_path_unless_enforced() {
         sim.options().multipath(hostbrick::MultipathMode::Enforced),
     )
     .unwrap();
+    // As os-brick's `check_multipath`: enforced multipath without multipathd fails
+    // before any login.
+    sim.runner.clear_calls();
     let e = enforced.connect_volume(&ci).unwrap_err();
-    assert!(matches!(e, Error::MultipathAssembly { .. }), "{e:?}");
+    assert!(matches!(e, Error::MultipathdNotRunning), "{e:?}");
+    assert_eq!(sim.runner.count("--login"), 0);
     sim.assert_clean();
 }
 
