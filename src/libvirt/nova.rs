@@ -75,7 +75,8 @@ fn network_disk(net: &NetworkSource) -> Result<NetworkDisk> {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let port = match net.ports.get(i) {
+            // A `null` port (os-brick and Cinder send them): no port attribute.
+            let port = match net.ports.get(i).and_then(Option::as_ref) {
                 Some(p) => Some(p.parse::<u16>().map_err(|_| Error::InvalidDeviceRecord {
                     reason: format!("network source port {p:?} is not a port number"),
                 })?),

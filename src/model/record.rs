@@ -60,8 +60,8 @@ pub struct NetworkSource {
     pub name: String,
     /// Monitor (server) hosts.
     pub hosts: Vec<String>,
-    /// Their ports, one per host.
-    pub ports: Vec<String>,
+    /// Their ports, one per host; `None` (`null`) for a host without a port.
+    pub ports: Vec<Option<String>>,
     /// The user to authenticate as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_username: Option<String>,
