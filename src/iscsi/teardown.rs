@@ -387,7 +387,7 @@ impl IscsiDriver {
         let host = self.host();
         let runner = &*self.opts.context.runner;
         let dev = host.public_dev_path(&host.dev(&m.dm));
-        block::flush_before_removal(runner, &dev, force, deadline)?;
+        let mut carried = block::flush_before_removal(runner, &dev, force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
         if let Err(e) = multipath::flush_map(runner, &m.name, deadline) {
             if !force {
@@ -395,12 +395,14 @@ impl IscsiDriver {
             }
             tracing::warn!(map = %m.name, error = %e.chain(), "multipath -f failed; forcing removal");
             multipath::force_remove_map(runner, &m.name, deadline)?;
+            carried = carried.or(Some(e));
         }
-        watch.wait_for(
+        let removed = watch.wait_for(
             &format!("removal of multipath map {} ({})", m.name, m.dm),
             deadline,
             || Ok((!block::exists(host, &m.dm)).then_some(())),
-        )
+        );
+        block::then_report(removed, carried)
     }
 
     pub(super) fn remove_scsi_device(
@@ -414,10 +416,11 @@ impl IscsiDriver {
             return Ok(());
         }
         let dev = host.public_dev_path(&host.dev(&d.name));
-        block::flush_before_removal(&*self.opts.context.runner, &dev, force, deadline)?;
+        let carried =
+            block::flush_before_removal(&*self.opts.context.runner, &dev, force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
         scsi::delete(host, d.hctl)?;
-        watch.wait_for(
+        let removed = watch.wait_for(
             &format!("removal of {} ({})", d.name, d.hctl),
             deadline,
             || {
@@ -426,7 +429,8 @@ impl IscsiDriver {
                         .then_some(()),
                 )
             },
-        )
+        );
+        block::then_report(removed, carried)
     }
 
     /// Logs out of `t` when its session carries no LUNs, then (when asked) deletes the node

@@ -31,7 +31,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// The names accepted by [`Protocol::from_str`] (case-insensitive).
-    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof, rbd, local";
+    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof (nvme), rbd, local";
 
     /// The lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -494,7 +494,7 @@ mod tests {
         assert!(matches!(e, Error::InvalidConnectorProtocol { .. }));
         let msg = e.to_string();
         assert!(
-            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof, rbd, local"),
+            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof (nvme), rbd, local"),
             "{msg}"
         );
     }

@@ -150,12 +150,14 @@ impl NvmeDriver {
             )?;
         }
         if let Some(alias) = alias.filter(|_| array.is_some()) {
-            let r = flush(op, &md::array_path(alias), opts.force)
-                .and_then(|()| md::stop(op.runner(), host, alias, deadline));
+            let r = flush(op, &md::array_path(alias), opts.force).and_then(|carried| {
+                block::then_report(md::stop(op.runner(), host, alias, deadline), carried)
+            });
             failures.step(r)?;
         }
         for h in &heads {
-            failures.step(flush(op, &PathBuf::from("/dev").join(h), opts.force))?;
+            let r = flush(op, &PathBuf::from("/dev").join(h), opts.force);
+            failures.step(r.and_then(|carried| block::then_report(Ok(()), carried)))?;
         }
         failures.step(self.registry.remove(&props.volume_key()))?;
         let mut release = Release {
@@ -208,9 +210,9 @@ fn check_claimed_path(
     })
 }
 
-fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<()> {
+fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<Option<Error>> {
     if !op.host().map_dev_path(dev).exists() {
-        return Ok(());
+        return Ok(None);
     }
     block::flush_before_removal(op.runner(), dev, force, op.deadline)
 }
