@@ -617,3 +617,39 @@ fn os_brick_device_info_of_a_replicated_volume_names_the_array() {
     assert_eq!(sim.runner.count("mdadm --stop /dev/md/vol-r"), 1);
     sim.assert_clean();
 }
+
+/// A volume another tool (os-brick) detached leaves hostbrick's registry entry behind. The
+/// next connect that has to make the controller anew drops it, so the controller goes when
+/// its last real user disconnects.
+#[test]
+fn a_stale_entry_does_not_keep_a_new_controller() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, MIB)],
+    );
+    let c = connector(&sim);
+    let a = volume(UUID_1, &["127.0.0.1:4420"], "vol-a");
+    let rec = c.connect_volume(&a).unwrap();
+    let reg = hostbrick::internals::platform::Registry::new(&sim.fake.host(), "nvme");
+    let kept: Vec<(String, serde_json::Value)> = reg.entries().unwrap();
+    assert_eq!(kept.len(), 1);
+    // Detached behind hostbrick's back: the controller is gone, the entry stays.
+    c.disconnect_volume(&a, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    reg.put(&kept[0].0, &kept[0].1).unwrap();
+    assert!(sim.controllers().is_empty());
+    assert_eq!(sim.registry_entries(), 1);
+
+    let b = volume(UUID_2, &["127.0.0.1:4420"], "vol-b");
+    let rec = c.connect_volume(&b).unwrap();
+    assert_eq!(
+        sim.registry_entries(),
+        1,
+        "the stale entry of vol-a was dropped"
+    );
+    c.disconnect_volume(&b, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}

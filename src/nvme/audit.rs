@@ -7,7 +7,7 @@ use crate::platform::host::Host;
 use crate::platform::lock::LockDir;
 use crate::platform::registry::Registry;
 
-use super::controllers::controller;
+use super::controllers::{all_controllers, controller};
 use super::namespaces::namespaces;
 use super::{controller_lock_key, Attachment, NvmePortal, NvmeTransport, REGISTRY};
 
@@ -32,24 +32,10 @@ pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ctrls = Vec::new();
-    for name in host.list_dir(&host.sys("class/nvme"))? {
-        if let Some(c) = controller(host, &name)? {
-            ctrls.push(c);
-        }
-    }
+    let ctrls = all_controllers(host)?;
     Ok(entries
         .into_iter()
-        .filter(|(_, a)| {
-            !a.copies.iter().any(|copy| {
-                copy.portals.iter().any(|p| {
-                    // Whatever host NQN it connected with.
-                    ctrls
-                        .iter()
-                        .any(|c| c.serves(copy.nqn.as_str(), p, c.hostnqn.as_deref().unwrap_or("")))
-                })
-            })
-        })
+        .filter(|(_, a)| !a.has_controller(&ctrls))
         .map(|(entry, _)| StaleRecord {
             registry: REGISTRY.to_string(),
             entry,

@@ -71,6 +71,19 @@ impl Attachment {
             .iter()
             .any(|c| c.nqn.as_str() == nqn && c.portals.contains(portal))
     }
+
+    /// True when one of `ctrls` serves a copy of the volume at one of its portals
+    /// (whatever host NQN it connected with). An attachment without one is stale: another
+    /// tool detached the volume.
+    fn has_controller(&self, ctrls: &[controllers::Controller]) -> bool {
+        self.copies.iter().any(|copy| {
+            copy.portals.iter().any(|p| {
+                ctrls
+                    .iter()
+                    .any(|c| c.serves(copy.nqn.as_str(), p, c.hostnqn.as_deref().unwrap_or("")))
+            })
+        })
+    }
 }
 
 /// The lock connects through one controller share, and its disconnect check takes
