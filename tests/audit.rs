@@ -621,13 +621,16 @@ fn entries_of_volumes_another_tool_detached_are_stale() {
     let stale: Vec<(String, serde_json::Value)> =
         Registry::new(&sim.fake.host(), "iscsi").entries().unwrap();
     let again = c.connect_volume(&ci).unwrap();
-    assert_ne!(
-        again.paths[0].hctl, rec.paths[0].hctl,
-        "a new session, a new address"
-    );
+    assert_ne!(again.paths[0].session, rec.paths[0].session);
+    assert!(again.paths[0].session.is_some());
     let reg = Registry::new(&sim.fake.host(), "iscsi");
     reg.remove("volume-vol-1").unwrap();
-    reg.put(&stale[0].0, &stale[0].1).unwrap();
+    // The kernel reuses SCSI host numbers: the new session's LUN may have the very address
+    // the stale entry names. Only the session id tells them apart.
+    let mut old = stale[0].1.clone();
+    old["paths"][0]["hctl"] = serde_json::json!(again.paths[0].hctl.to_string());
+    old["paths"][0]["device"] = serde_json::json!(again.paths[0].device);
+    reg.put(&stale[0].0, &old).unwrap();
     let report = audit(&sim.context()).unwrap();
     assert_eq!(report.iscsi_sessions.len(), 1, "{report:?}");
     assert_eq!(report.stale_records.len(), 1, "{report:?}");

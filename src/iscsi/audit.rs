@@ -29,7 +29,7 @@ pub(crate) fn orphans(host: &Host, locks: &LockDir) -> Result<Found<OrphanSessio
 pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
     let mut out = Vec::new();
     for (entry, r) in Registry::new(host, REGISTRY).entries::<DeviceRecord>()? {
-        if !on_host(host, &r) {
+        if !on_host(host, &r)? {
             out.push(StaleRecord {
                 registry: REGISTRY.to_string(),
                 entry,
@@ -41,24 +41,36 @@ pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
     Ok(out)
 }
 
-/// True when the host still shows the volume of `r`: a recorded path's SCSI address
-/// carries the recorded WWID, or the recorded map exists. A record without paths cannot
-/// be checked and counts as shown.
-fn on_host(host: &Host, r: &DeviceRecord) -> bool {
+/// True when the host still shows the attachment of `r`: a recorded path's SCSI address
+/// carries the recorded WWID through the recorded session (a new session to the same LUN
+/// after another tool's logout gets the same address, but never the same session id).
+/// A record without paths cannot be checked and counts as shown; so does one that names
+/// no session (an earlier hostbrick's) while its map exists.
+fn on_host(host: &Host, r: &DeviceRecord) -> Result<bool> {
     if r.paths.is_empty() {
-        return true;
+        return Ok(true);
     }
-    let path_there = r.paths.iter().any(|p| {
-        scsi::device_exists(host, p.hctl)
-            && match (scsi::wwid(host, p.hctl).ok().flatten(), &r.scsi_wwn) {
-                (Some(have), Some(want)) => have.to_string() == *want,
-                _ => true,
-            }
-    });
-    path_there
-        || r.multipath_id
+    for p in &r.paths {
+        if !scsi::device_exists(host, p.hctl) {
+            continue;
+        }
+        let same_wwid = match (scsi::wwid(host, p.hctl).ok().flatten(), &r.scsi_wwn) {
+            (Some(have), Some(want)) => have.to_string() == *want,
+            _ => true,
+        };
+        let same_session = match p.session {
+            Some(sid) => session::session_of_hctl(host, p.hctl)? == Some(sid),
+            None => true,
+        };
+        if same_wwid && same_session {
+            return Ok(true);
+        }
+    }
+    let sessions_named = r.paths.iter().all(|p| p.session.is_some());
+    Ok(!sessions_named
+        && r.multipath_id
             .as_ref()
-            .is_some_and(|m| host.dev(format!("mapper/{m}")).exists())
+            .is_some_and(|m| host.dev(format!("mapper/{m}")).exists()))
 }
 
 /// What hostbrick recorded of its iSCSI volumes.
@@ -69,13 +81,13 @@ impl IscsiRecords {
     /// its volume) must not hide a session that now carries the same LUN unused.
     fn load(host: &Host) -> Result<Self> {
         let entries = Registry::new(host, REGISTRY).entries::<DeviceRecord>()?;
-        Ok(IscsiRecords(
-            entries
-                .into_iter()
-                .map(|(_, r)| r)
-                .filter(|r| on_host(host, r))
-                .collect(),
-        ))
+        let mut live = Vec::new();
+        for (_, r) in entries {
+            if on_host(host, &r)? {
+                live.push(r);
+            }
+        }
+        Ok(IscsiRecords(live))
     }
 
     /// True when a record names the device at `hctl` showing `wwid`.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::session::SessionFinder;
+use super::session::{self, SessionFinder};
 use super::{
     by_path_name, discovery_lock_key, ms, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget,
     VolumeDevice,
@@ -438,14 +438,17 @@ impl IscsiDriver {
             multipath_id: map.map(|m| m.name.clone()),
             paths: paths
                 .iter()
-                .map(|p| PathRecord {
-                    device: host.public_dev_path(&host.dev(&p.name)),
-                    hctl: p.hctl,
-                    portal: p.target.portal.clone(),
-                    iqn: p.target.iqn.clone(),
-                    lun: p.target.lun,
+                .map(|p| {
+                    Ok(PathRecord {
+                        device: host.public_dev_path(&host.dev(&p.name)),
+                        hctl: p.hctl,
+                        portal: p.target.portal.clone(),
+                        iqn: p.target.iqn.clone(),
+                        lun: p.target.lun,
+                        session: session::session_of_hctl(host, p.hctl)?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             ..DeviceRecord::block(self.protocol, path, props.volume_id.clone())
         })
     }

@@ -201,6 +201,11 @@ fn sid_of_sysfs_link(host: &Host, path: &Path) -> Result<Option<u32>> {
     Ok(host.canonical(path)?.as_deref().and_then(sid_in_path))
 }
 
+/// The session carrying the SCSI device at `hctl`, from its sysfs path.
+pub fn session_of_hctl(host: &Host, hctl: Hctl) -> Result<Option<u32>> {
+    sid_of_sysfs_link(host, &host.sys(format!("bus/scsi/devices/{hctl}")))
+}
+
 /// The session carrying `target`'s LUN, from udev's by-path link of the LUN: the link
 /// names the block device, whose sysfs path runs through the session.
 fn sid_of_lun(host: &Host, target: &IscsiTarget) -> Result<Option<u32>> {

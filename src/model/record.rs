@@ -33,6 +33,11 @@ pub struct PathRecord {
     pub iqn: Iqn,
     /// The LUN.
     pub lun: u64,
+    /// The iSCSI session (`sessionN` in sysfs) that carried it. Session ids are never
+    /// reused within a boot, where SCSI host numbers and so H:C:T:L are: a new session to
+    /// the same LUN gets the same address, never the same session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
 }
 
 /// One NVMe-oF path of an attached volume: a controller and the namespace it shows.
@@ -198,6 +203,7 @@ mod tests {
                 portal: "127.0.0.1:3260".parse().unwrap(),
                 iqn: "iqn.2003-01.org.linux-iscsi.vm:t1".parse().unwrap(),
                 lun: 1,
+                session: Some(3),
             }],
             nvme_paths: Vec::new(),
             md_alias: None,
