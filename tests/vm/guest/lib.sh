@@ -784,3 +784,103 @@ bench_line() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$(printf '%s' "$7" | tr '\t\n' '  ')" >> "$RESULTS/bench.tsv"
     log "bench: $*"
 }
+
+# ------------------------------------------------------------------ os-brick -----
+# os-brick (OpenStack's connector library) beside hostbrick, for the interop scenario. The
+# host installs it (tests/vm/osbrick.sh) and shares it as $SHARE/osbrick.tar; it is unpacked
+# into the guest's /tmp (imports over 9p are slow) and driven by one long-lived Python process
+# (guest/osbrick_driver.py: JSON lines on a coprocess' stdin/stdout; a warm import alone takes
+# ~20 s under emulation).
+OSBRICK_DIR=${OSBRICK_DIR:-/tmp/osbrick}
+OSBRICK_TIMEOUT=${OSBRICK_TIMEOUT:-300}
+
+# osbrick_start: unpack os-brick, start the driver, wait until it has imported os-brick.
+osbrick_start() {
+    local start line
+    [ -s "$SHARE/osbrick.error" ] && fail "$(cat "$SHARE/osbrick.error")"
+    [ -s "$SHARE/osbrick.tar" ] || fail "no os-brick in the share ($SHARE/osbrick.tar): run-suite.sh provisions it for scenarios marked '# vm-needs: osbrick'"
+    command -v python3 >/dev/null || fail "the guest has no python3"
+    if [ ! -d "$OSBRICK_DIR/os_brick" ]; then
+        start=$(now_ns)
+        mkdir -p "$OSBRICK_DIR" && tar -C "$OSBRICK_DIR" --strip-components=1 -xf "$SHARE/osbrick.tar" \
+            || fail "unpacking $SHARE/osbrick.tar into $OSBRICK_DIR failed"
+        log "os-brick unpacked into $OSBRICK_DIR in $(secs_since "$start")s ($(du -sh "$OSBRICK_DIR" | cut -f1)); $(tr '\n' ' ' < "$OSBRICK_DIR/MANIFEST.hostbrick" 2>/dev/null)"
+    fi
+    OSBRICK_LOG=$RESULTS/$SCENARIO.osbrick.log
+    : > "$OSBRICK_LOG"
+    start=$(now_ns)
+    coproc OSBRICK { PYTHONPATH=$OSBRICK_DIR exec python3 "$GUEST_DIR/osbrick_driver.py" 2>>"$OSBRICK_LOG"; }
+    OSBRICK_IN=${OSBRICK[1]} OSBRICK_OUT=${OSBRICK[0]}
+    IFS= read -r -t 240 line <&"$OSBRICK_OUT" \
+        || fail "the os-brick driver did not start within 240s: $(tail -n 5 "$OSBRICK_LOG" | tr '\n' ' ')"
+    jq -e '.ready == true' <<<"$line" >/dev/null \
+        || fail "the os-brick driver failed to start: $(jq -r '.error // .' <<<"$line" 2>/dev/null || echo "$line") $(tail -n 3 "$OSBRICK_LOG" | tr '\n' ' ')"
+    OSBRICK_STARTUP_S=$(secs_since "$start")
+    OSBRICK_VERSION=$(jq -r .version <<<"$line")
+    log "os-brick driver up in ${OSBRICK_STARTUP_S}s: $line"
+}
+
+# osbrick_call NAME REQUEST_JSON: one request; the answer goes to $WORK/NAME.osb, its
+# wall time to OSB_SECS; OSB_OK is true or false. Fails the scenario only when the driver
+# does not answer.
+osbrick_call() {
+    local name=$1 req=$2 start line
+    start=$(now_ns)
+    log "os-brick $(jq -r .op <<<"$req") ($name)"
+    printf '%s\n' "$(jq -c . <<<"$req")" >&"$OSBRICK_IN" || fail "os-brick driver gone (writing $name)"
+    IFS= read -r -t "$OSBRICK_TIMEOUT" line <&"$OSBRICK_OUT" \
+        || fail "os-brick driver: no answer to $name within ${OSBRICK_TIMEOUT}s: $(tail -n 5 "$OSBRICK_LOG" | tr '\n' ' ')"
+    printf '%s\n' "$line" > "$WORK/$name.osb"
+    OSB_SECS=$(secs_since "$start")
+    OSB_OK=$(jq -r '.ok' "$WORK/$name.osb")
+    {
+        echo "=== [$(up)] os-brick $name -> ok=$OSB_OK in ${OSB_SECS}s"
+        echo "--- request"; jq -c . <<<"$req"
+        echo "--- answer"; jq . "$WORK/$name.osb"
+    } >> "$RESULTS/$SCENARIO.attach.log"
+    log "os-brick $name -> ok=$OSB_OK in ${OSB_SECS}s$([ "$OSB_OK" = true ] || echo ": $(jq -r .error "$WORK/$name.osb")")"
+}
+osbrick_result() { jq -c '.result' "$WORK/$1.osb"; }
+osbrick_error() { jq -r '.error' "$WORK/$1.osb"; }
+
+# osbrick_stop: ask the driver to quit (its privsep daemons go with it).
+osbrick_stop() {
+    [ -n "${OSBRICK_IN:-}" ] || return 0
+    printf '{"op":"quit"}\n' >&"$OSBRICK_IN" 2>/dev/null
+    local line; IFS= read -r -t 30 line <&"$OSBRICK_OUT"
+    exec {OSBRICK_IN}>&- 2>/dev/null
+    [ -n "${OSBRICK_PID:-}" ] && wait "$OSBRICK_PID" 2>/dev/null
+    OSBRICK_IN=""
+}
+
+# Checks that go on after a failure (the scenario then fails at the end, listing them all):
+#   soft DESCRIPTION COMMAND...   runs COMMAND in a subshell (where `fail` only ends the
+#                                 subshell); on failure records DESCRIPTION and fail's message.
+SOFT_FAILS=()
+soft() {
+    local desc=$1 msg; shift
+    : > "$RES"
+    ( "$@" ) && return 0
+    msg=$(sed -n 's/^message=//p' "$RES" 2>/dev/null)
+    : > "$RES"
+    soft_fail "$desc${msg:+: $msg}"
+    return 1
+}
+soft_fail() { SOFT_FAILS+=("$*"); log "FAILED (going on): $*"; }
+# soft_verdict: fail with every recorded failure, if any.
+soft_verdict() {
+    [ ${#SOFT_FAILS[@]} = 0 ] && return 0
+    local m="${#SOFT_FAILS[@]} check(s) failed:" f
+    for f in "${SOFT_FAILS[@]}"; do m="$m [$f]"; done
+    fail "$m"
+}
+
+# hostbrick's attachment registry (/run/hostbrick/attachments/<protocol>/*.json).
+HOSTBRICK_REGISTRY=${HOSTBRICK_REGISTRY:-/run/hostbrick/attachments}
+registry_entries() { find "$HOSTBRICK_REGISTRY" -type f -name '*.json' ! -name '.*' 2>/dev/null | LC_ALL=C sort; }
+# check_registry_empty: no entry at all (callers attach one volume at a time)
+check_registry_empty() {
+    local e out=""
+    for e in $(registry_entries); do out="$out ${e#"$HOSTBRICK_REGISTRY"/}=$(tr -d '\n' < "$e" | cut -c1-300)"; done
+    [ -z "$out" ] || fail "hostbrick's registry still holds:$out"
+}
