@@ -1,0 +1,224 @@
+#!/bin/bash
+# vm-needs: osbrick
+# os-brick 7.1.1 (OpenStack's connector library) beside hostbrick on one host (issue #13):
+# a volume one tool attached, the other detaches, for iSCSI single path, iSCSI multipath over
+# two portals and NVMe/TCP:
+#   A. os-brick connect_volume -> `attach disconnect` given os-brick's device_info exactly as
+#      os-brick returned it (no protocol key; NVMe: type and path only);
+#   B. `attach connect` -> os-brick disconnect_volume given hostbrick's record as a dict.
+# Data: a pattern written through os-brick's device is on the target's backing file and reads
+# back through hostbrick's device of the next attach; hostbrick's pattern is on the backing
+# file after os-brick's detach. After each detach: no session, SCSI disk, multipath map, node
+# record or NVMe controller left, `attach audit` empty, hostbrick's registry empty.
+# Connector properties: `attach properties` and os-brick's get_connector_properties on the
+# same guest, key by key (with and without multipath).
+# Every check runs even when an earlier one failed; the verdict lists all failures.
+. "$GUEST_DIR/lib.sh"
+scenario_begin "$1"
+T0=$(now_ns)
+
+# Keys whose values may legitimately differ between the two tools on one host, with the
+# reason ("key=reason"). Ideally none.
+PROPS_MAY_DIFFER=()
+
+IQN1=iqn.2003-01.org.linux-iscsi.hostbrick:interop-single
+IQN2=iqn.2003-01.org.linux-iscsi.hostbrick:interop-mpath
+NQN=nqn.2014-08.org.hostbrick:interop
+SERIAL1=0b1c2d3e4f5061728394a5b6c7d8e9f0 SERIAL2=1c2d3e4f5061728394a5b6c7d8e9f0a1
+WWID1=$(lio_expected_wwid $SERIAL1) WWID2=$(lio_expected_wwid $SERIAL2)
+NVME_UUID=5e0b1c9a-3f52-4a55-9d7e-1800000000a1
+SIZE1=$((64 * 1024 * 1024)) SIZE2=$((80 * 1024 * 1024)) SIZE3=$((64 * 1024 * 1024))
+P1=127.0.0.1:3260 P2=127.0.0.2:3260
+
+check "LIO target (single path)" lio_simple_target $IQN1 interop1 $SIZE1 $SERIAL1 $P1
+check "LIO target (two portals)" lio_simple_target $IQN2 interop2 $SIZE2 $SERIAL2 $P1 $P2
+check "nvmet namespace" nvmet_namespace $NQN 1 $SIZE3 $NVME_UUID $NVME_UUID
+check "nvmet port" nvmet_port 1 127.0.0.1 4420
+check "nvmet export" nvmet_export $NQN 1
+
+conn_iscsi "$WORK/conn-iscsi.json" $P1 $IQN1 0 "$(new_uuid)"
+conn_iscsi "$WORK/conn-mpath.json" $P1 $IQN2 0 "$(new_uuid)" \
+    ".target_portals=[\"$P1\",\"$P2\"] | .target_iqns=[\"$IQN2\",\"$IQN2\"] | .target_luns=[0,0]"
+conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $NVME_UUID 1 "${NVME_UUID//-/}" "$(new_uuid)"
+
+osbrick_start
+note "os-brick driver start ${OSBRICK_STARTUP_S}s"
+
+# ------------------------------------------------------------ connector properties -----
+
+# compare_props LABEL ATTACH_FLAGS... : hostbrick's and os-brick's properties, key by key.
+compare_props() {
+    local label=$1 mp=false diffs allowed line key k r; shift
+    [[ " $* " == *" --multipath "* ]] && mp=true
+    osbrick_call "props-$label" "{\"op\":\"properties\",\"ip\":\"127.0.0.1\",\"multipath\":$mp,\"enforce_multipath\":false}"
+    [ "$OSB_OK" = true ] || { soft_fail "os-brick get_connector_properties ($label): $(osbrick_error "props-$label")"; return; }
+    osbrick_result "props-$label" > "$WORK/props-$label-osbrick.json"
+    attach_cmd "props-$label" properties --ip 127.0.0.1 "$@"
+    [ "$ATTACH_RC" = 0 ] || { soft_fail "attach properties $* failed (rc=$ATTACH_RC): $(attach_stderr_summary "props-$label")"; return; }
+    log "properties ($label), hostbrick: $(jq -S -c . "$WORK/props-$label.out")"
+    log "properties ($label), os-brick:  $(jq -S -c . "$WORK/props-$label-osbrick.json")"
+    diffs=$(jq -n -r --slurpfile a "$WORK/props-$label.out" --slurpfile b "$WORK/props-$label-osbrick.json" '
+        $a[0] as $h | $b[0] as $o
+        | (($h | keys) + ($o | keys) | unique)[] as $k
+        | select(($h | has($k) | not) or ($o | has($k) | not) or ($h[$k] != $o[$k]))
+        | "\($k)\t hostbrick=\(if $h | has($k) then $h[$k] | tojson else "(absent)" end) os-brick=\(if $o | has($k) then $o[$k] | tojson else "(absent)" end)"')
+    if [ -z "$diffs" ]; then
+        log "properties ($label): all $(jq 'keys | length' "$WORK/props-$label.out") keys equal"
+        return
+    fi
+    local bad=()
+    while IFS=$'\t' read -r key line; do
+        allowed=""
+        for k in "${PROPS_MAY_DIFFER[@]}"; do [ "${k%%=*}" = "$key" ] && allowed=${k#*=}; done
+        if [ -n "$allowed" ]; then
+            log "properties ($label): '$key' differs (allowed: $allowed):$line"
+        else
+            log "properties ($label): '$key' differs:$line"
+            bad+=("$key:$line")
+        fi
+    done <<<"$diffs"
+    [ ${#bad[@]} = 0 ] || soft_fail "connector properties ($label, attach properties --ip 127.0.0.1 $*) differ from os-brick's in ${#bad[@]} key(s): ${bad[*]}"
+}
+compare_props multipath --multipath
+compare_props no-multipath
+
+# ------------------------------------------------------------ one protocol, both ways -----
+
+# Per-protocol settings, set by use_case: CASE, CONN, HB_FLAGS (attach), OSB_PROTO, OSB_MP
+# (os-brick's use_multipath), BACKING (the target's backing file).
+use_case() {
+    CASE=$1
+    case $CASE in
+        iscsi) CONN=$WORK/conn-iscsi.json HB_FLAGS=() OSB_PROTO=ISCSI OSB_MP=false BACKING=$(lio_backstore_file interop1) ;;
+        mpath) CONN=$WORK/conn-mpath.json HB_FLAGS=(--multipath) OSB_PROTO=ISCSI OSB_MP=true BACKING=$(lio_backstore_file interop2) ;;
+        nvme)  CONN=$WORK/conn-nvme.json HB_FLAGS=() OSB_PROTO=NVME OSB_MP=false BACKING=$(nvmet_namespace_file $NQN 1) ;;
+    esac
+}
+
+# check_device PATH: the volume's device, as the case expects it.
+check_device() {
+    local dev=$1 real slaves
+    case $CASE in
+        iscsi) check_block_device "$dev" $SIZE1 "$WWID1" ;;
+        mpath)
+            check_block_device "$dev" $SIZE2 "$WWID2"
+            real=$(readlink -f "$dev")
+            case $real in /dev/dm-*) ;; *) fail "multipath device $dev ($real) is not a dm device" ;; esac
+            slaves=$(ls "/sys/block/${real##*/}/slaves" | tr '\n' ' ')
+            [ "$(echo $slaves | wc -w)" = 2 ] || fail "dm map ${real##*/} has paths '$slaves', expected 2" ;;
+        nvme) check_nvme_device "$dev" $SIZE3 $NVME_UUID ;;
+    esac
+}
+
+# check_backing TAG: the target's backing file holds TAG's pattern (what reached the target).
+check_backing() {
+    dd if="$BACKING" of="$WORK/backing-$1" bs=4096 skip=256 count=64 status=none \
+        && cmp -s "$WORK/pattern-$1" "$WORK/backing-$1" || fail "$BACKING does not hold the pattern '$1' at 1 MiB"
+}
+
+# check_clean WHAT DEVICE_PATH...: nothing of the case's volume is left on the host.
+check_clean() {
+    local what=$1 d; shift
+    for d in "$@"; do soft "$what: device gone" check_gone "$d"; done
+    case $CASE in
+        iscsi|mpath)
+            local iqn=$IQN1 wwid=$WWID1
+            [ "$CASE" = mpath ] && iqn=$IQN2 wwid=$WWID2
+            soft "$what: no multipath map" check_no_dm_map "$wwid"
+            soft "$what: no iSCSI session or node record" check_no_iscsi_leftovers "$iqn"
+            soft "$what: no SCSI disk" check_no_scsi_disks ;;
+        nvme)
+            soft "$what: no NVMe controller" check_no_nvme_leftovers ;;
+    esac
+    soft "$what: attach audit" check_audit_empty "audit-$what"
+    soft "$what: hostbrick's registry" check_registry_empty
+}
+
+# force_clean: whatever a failed step left, so the next step starts clean (no-op when clean).
+force_clean() {
+    udevadm settle --timeout=10
+    multipath -F >/dev/null 2>&1
+    iscsiadm -m node --logoutall=all >/dev/null 2>&1
+    iscsiadm -m node -o delete >/dev/null 2>&1
+    nvme disconnect -n $NQN >/dev/null 2>&1
+    wait_until 30 no_scsi_disks
+    udevadm settle --timeout=10
+    multipath -F >/dev/null 2>&1
+    rm -rf "${HOSTBRICK_REGISTRY:?}"/*/*.json
+}
+
+TIMES=()
+
+# A: os-brick attaches, hostbrick detaches with os-brick's device_info.
+osbrick_then_hostbrick() {
+    local dev real keys t_conn
+    osbrick_call "$CASE-osb-connect" "$(jq -c --arg p "$OSB_PROTO" --argjson mp $OSB_MP \
+        '{op: "connect", protocol: $p, use_multipath: $mp, connection_properties: .data}' "$CONN")"
+    [ "$OSB_OK" = true ] || { soft_fail "$CASE: os-brick connect_volume failed: $(osbrick_error "$CASE-osb-connect")"; force_clean; return; }
+    t_conn=$OSB_SECS
+    osbrick_result "$CASE-osb-connect" > "$WORK/$CASE-osb-device.json"
+    log "$CASE: os-brick device_info: $(cat "$WORK/$CASE-osb-device.json")"
+    dev=$(jq -r '.path // empty' "$WORK/$CASE-osb-device.json"); real=$(readlink -f "$dev")
+    keys=$(jq -r 'keys | join(",")' "$WORK/$CASE-osb-device.json")
+    case $CASE in
+        iscsi) [ "$keys" = path,scsi_wwn,type ] || soft_fail "$CASE: os-brick's device_info has keys $keys, expected path,scsi_wwn,type" ;;
+        mpath) [ "$keys" = multipath_id,path,scsi_wwn,type ] || soft_fail "$CASE: os-brick's device_info has keys $keys, expected multipath_id,path,scsi_wwn,type" ;;
+        nvme)  [ "$keys" = path,type ] || soft_fail "$CASE: os-brick's device_info has keys $keys, expected path,type" ;;
+    esac
+    soft "$CASE: os-brick's device" check_device "$dev"
+    soft "$CASE: I/O through os-brick's device" check_io "$dev" "osb-$CASE"
+    soft "$CASE: os-brick's write reached the target" check_backing "osb-$CASE"
+
+    attach_cmd "$CASE-hb-disconnect" disconnect "${HB_FLAGS[@]}" "$CONN" "$WORK/$CASE-osb-device.json"
+    if [ "$ATTACH_RC" != 0 ]; then
+        soft_fail "$CASE: attach disconnect with os-brick's device_info failed (rc=$ATTACH_RC): $(attach_stderr_summary "$CASE-hb-disconnect")"
+    else
+        TIMES+=("$CASE: os-brick connect ${t_conn}s, hostbrick disconnect ${ATTACH_SECS}s")
+        check_clean "$CASE-A" "$dev" "$real"
+    fi
+    force_clean
+}
+
+# B: hostbrick attaches, os-brick detaches with hostbrick's record.
+hostbrick_then_osbrick() {
+    local dev real t_conn
+    attach_cmd "$CASE-hb" connect "${HB_FLAGS[@]}" "$CONN"
+    if [ "$ATTACH_RC" != 0 ]; then
+        soft_fail "$CASE: attach connect failed (rc=$ATTACH_RC): $(attach_stderr_summary "$CASE-hb")"; force_clean; return
+    fi
+    t_conn=$ATTACH_SECS
+    cp "$WORK/$CASE-hb.out" "$WORK/$CASE-hb.json"
+    log "$CASE: hostbrick record: $(jq -c . "$WORK/$CASE-hb.json")"
+    dev=$(jq -r '.path // empty' "$WORK/$CASE-hb.json"); real=$(readlink -f "$dev")
+    soft "$CASE: hostbrick's device" check_device "$dev"
+    [ -n "$(registry_entries)" ] || note "$CASE: hostbrick's connect wrote no registry entry"
+    soft "$CASE: os-brick's data read through hostbrick's device" read_pattern "$dev" "osb-$CASE"
+    soft "$CASE: I/O through hostbrick's device" check_io "$dev" "hb-$CASE"
+
+    osbrick_call "$CASE-osb-disconnect" "$(jq -c -n --arg p "$OSB_PROTO" --argjson mp $OSB_MP \
+        --slurpfile c "$CONN" --slurpfile d "$WORK/$CASE-hb.json" \
+        '{op: "disconnect", protocol: $p, use_multipath: $mp, connection_properties: $c[0].data,
+          device_info: $d[0], force: false, ignore_errors: false}')"
+    if [ "$OSB_OK" != true ]; then
+        soft_fail "$CASE: os-brick disconnect_volume with hostbrick's record failed: $(osbrick_error "$CASE-osb-disconnect")"
+    else
+        TIMES+=("$CASE: hostbrick connect ${t_conn}s, os-brick disconnect ${OSB_SECS}s")
+        check_clean "$CASE-B" "$dev" "$real"
+        soft "$CASE: hostbrick's write reached the target" check_backing "hb-$CASE"
+    fi
+    force_clean
+}
+
+for c in iscsi mpath nvme; do
+    use_case $c
+    log "---- $c: os-brick connects, hostbrick disconnects"
+    osbrick_then_hostbrick
+    log "---- $c: hostbrick connects, os-brick disconnects"
+    hostbrick_then_osbrick
+done
+
+osbrick_stop
+note "$(IFS=';'; echo "${TIMES[*]}")"
+note "scenario $(secs_since "$T0")s"
+soft_verdict
+scenario_pass "os-brick $OSBRICK_VERSION and hostbrick: iSCSI, iSCSI multipath, NVMe/TCP attached by one and detached by the other, both ways; connector properties equal"
