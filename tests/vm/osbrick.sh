@@ -56,6 +56,8 @@ PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install --quiet --disable-pip-version-c
     "os-brick==$VM_OSBRICK_VERSION" >&2 \
     || vm_die "pip install os-brick==$VM_OSBRICK_VERSION failed (is the Python package index reachable?)"
 [ -d "$BUILD/osbrick/os_brick" ] || vm_die "pip install left no os_brick package in $BUILD/osbrick"
+# The packages' own test suites are never imported: left out (8 MB less to unpack in the guest).
+find "$BUILD/osbrick" -mindepth 2 -maxdepth 3 -type d -name tests -prune -exec rm -rf {} +
 # What was installed, for the scenario's log.
 (cd "$BUILD/osbrick" && ls -d ./*.dist-info | sed 's|^\./||; s|\.dist-info$||' | LC_ALL=C sort) > "$BUILD/osbrick/MANIFEST.hostbrick"
 tar -C "$BUILD" -cf "$TAR.tmp.$$" osbrick

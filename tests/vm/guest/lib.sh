@@ -794,31 +794,39 @@ bench_line() {
 OSBRICK_DIR=${OSBRICK_DIR:-/tmp/osbrick}
 OSBRICK_TIMEOUT=${OSBRICK_TIMEOUT:-300}
 
-# osbrick_start: unpack os-brick, start the driver, wait until it has imported os-brick.
-osbrick_start() {
-    local start line
+# osbrick_launch: start unpacking os-brick and the driver in the background (a coprocess);
+# osbrick_wait: wait until it has imported os-brick (sets OSBRICK_STARTUP_S, OSBRICK_VERSION).
+# osbrick_start: both. Between the two a scenario can set up targets and run hostbrick.
+osbrick_launch() {
     [ -s "$SHARE/osbrick.error" ] && fail "$(cat "$SHARE/osbrick.error")"
     [ -s "$SHARE/osbrick.tar" ] || fail "no os-brick in the share ($SHARE/osbrick.tar): run-suite.sh provisions it for scenarios marked '# vm-needs: osbrick'"
     command -v python3 >/dev/null || fail "the guest has no python3"
-    if [ ! -d "$OSBRICK_DIR/os_brick" ]; then
-        start=$(now_ns)
-        mkdir -p "$OSBRICK_DIR" && tar -C "$OSBRICK_DIR" --strip-components=1 -xf "$SHARE/osbrick.tar" \
-            || fail "unpacking $SHARE/osbrick.tar into $OSBRICK_DIR failed"
-        log "os-brick unpacked into $OSBRICK_DIR in $(secs_since "$start")s ($(du -sh "$OSBRICK_DIR" | cut -f1)); $(tr '\n' ' ' < "$OSBRICK_DIR/MANIFEST.hostbrick" 2>/dev/null)"
-    fi
     OSBRICK_LOG=$RESULTS/$SCENARIO.osbrick.log
     : > "$OSBRICK_LOG"
-    start=$(now_ns)
-    coproc OSBRICK { PYTHONPATH=$OSBRICK_DIR exec python3 "$GUEST_DIR/osbrick_driver.py" 2>>"$OSBRICK_LOG"; }
+    OSBRICK_T0=$(now_ns)
+    coproc OSBRICK {
+        if [ ! -d "$OSBRICK_DIR/os_brick" ]; then
+            mkdir -p "$OSBRICK_DIR" && tar -C "$OSBRICK_DIR" --strip-components=1 -xf "$SHARE/osbrick.tar" 2>>"$OSBRICK_LOG" \
+                || { echo '{"ready": false, "error": "unpacking the shared osbrick.tar failed"}'; exit 1; }
+            echo "os-brick unpacked into $OSBRICK_DIR in $(secs_since "$OSBRICK_T0")s ($(du -sh "$OSBRICK_DIR" | cut -f1)): $(tr '\n' ' ' < "$OSBRICK_DIR/MANIFEST.hostbrick" 2>/dev/null)" >> "$OSBRICK_LOG"
+        fi
+        PYTHONPATH=$OSBRICK_DIR exec python3 "$GUEST_DIR/osbrick_driver.py" 2>>"$OSBRICK_LOG"
+    }
     OSBRICK_IN=${OSBRICK[1]} OSBRICK_OUT=${OSBRICK[0]}
+    log "os-brick driver starting (pid $OSBRICK_PID)"
+}
+osbrick_wait() {
+    local line
     IFS= read -r -t 240 line <&"$OSBRICK_OUT" \
         || fail "the os-brick driver did not start within 240s: $(tail -n 5 "$OSBRICK_LOG" | tr '\n' ' ')"
+    grep -m1 '^os-brick unpacked' "$OSBRICK_LOG" | cut -c1-200 | while read -r l; do log "$l"; done
     jq -e '.ready == true' <<<"$line" >/dev/null \
         || fail "the os-brick driver failed to start: $(jq -r '.error // .' <<<"$line" 2>/dev/null || echo "$line") $(tail -n 3 "$OSBRICK_LOG" | tr '\n' ' ')"
-    OSBRICK_STARTUP_S=$(secs_since "$start")
+    OSBRICK_STARTUP_S=$(secs_since "$OSBRICK_T0")
     OSBRICK_VERSION=$(jq -r .version <<<"$line")
-    log "os-brick driver up in ${OSBRICK_STARTUP_S}s: $line"
+    log "os-brick driver up ${OSBRICK_STARTUP_S}s after its launch: $line"
 }
+osbrick_start() { osbrick_launch; osbrick_wait; }
 
 # osbrick_call NAME REQUEST_JSON: one request; the answer goes to $WORK/NAME.osb, its
 # wall time to OSB_SECS; OSB_OK is true or false. Fails the scenario only when the driver

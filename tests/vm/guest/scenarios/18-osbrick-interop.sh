@@ -9,7 +9,9 @@
 # Data: a pattern written through os-brick's device is on the target's backing file and reads
 # back through hostbrick's device of the next attach; hostbrick's pattern is on the backing
 # file after os-brick's detach. After each detach: no session, SCSI disk, multipath map, node
-# record or NVMe controller left, `attach audit` empty, hostbrick's registry empty.
+# record or NVMe controller left, `attach audit` empty, hostbrick's registry empty; and
+# hostbrick does not act later as if the volume os-brick detached were still attached (an
+# unused session to its LUN is audited; another namespace's detach drops the controller).
 # Connector properties: `attach properties` and os-brick's get_connector_properties on the
 # same guest, key by key (with and without multipath).
 # Every check runs even when an earlier one failed; the verdict lists all failures.
@@ -26,9 +28,13 @@ IQN2=iqn.2003-01.org.linux-iscsi.hostbrick:interop-mpath
 NQN=nqn.2014-08.org.hostbrick:interop
 SERIAL1=0b1c2d3e4f5061728394a5b6c7d8e9f0 SERIAL2=1c2d3e4f5061728394a5b6c7d8e9f0a1
 WWID1=$(lio_expected_wwid $SERIAL1) WWID2=$(lio_expected_wwid $SERIAL2)
-NVME_UUID=5e0b1c9a-3f52-4a55-9d7e-1800000000a1
+NVME_UUID=5e0b1c9a-3f52-4a55-9d7e-1800000000a1 NVME_UUID2=5e0b1c9a-3f52-4a55-9d7e-1800000000a2
 SIZE1=$((64 * 1024 * 1024)) SIZE2=$((80 * 1024 * 1024)) SIZE3=$((64 * 1024 * 1024))
 P1=127.0.0.1:3260 P2=127.0.0.2:3260
+
+# os-brick unpacks and imports (~30-50 s under emulation) while the targets come up and
+# hostbrick answers its part.
+osbrick_launch
 
 check "LIO target (single path)" lio_simple_target $IQN1 interop1 $SIZE1 $SERIAL1 $P1
 check "LIO target (two portals)" lio_simple_target $IQN2 interop2 $SIZE2 $SERIAL2 $P1 $P2
@@ -41,20 +47,23 @@ conn_iscsi "$WORK/conn-mpath.json" $P1 $IQN2 0 "$(new_uuid)" \
     ".target_portals=[\"$P1\",\"$P2\"] | .target_iqns=[\"$IQN2\",\"$IQN2\"] | .target_luns=[0,0]"
 conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $NVME_UUID 1 "${NVME_UUID//-/}" "$(new_uuid)"
 
-osbrick_start
-note "os-brick driver start ${OSBRICK_STARTUP_S}s"
-
 # ------------------------------------------------------------ connector properties -----
 
-# compare_props LABEL ATTACH_FLAGS... : hostbrick's and os-brick's properties, key by key.
+# hostbrick's properties first (os-brick is still importing), os-brick's once it is up.
+# props_hostbrick LABEL ATTACH_FLAGS...
+props_hostbrick() {
+    local label=$1; shift
+    attach_cmd "props-$label" properties --ip 127.0.0.1 "$@"
+    [ "$ATTACH_RC" = 0 ] || soft_fail "attach properties $* failed (rc=$ATTACH_RC): $(attach_stderr_summary "props-$label")"
+}
+# compare_props LABEL ATTACH_FLAGS...: os-brick's properties with the same options, key by key.
 compare_props() {
-    local label=$1 mp=false diffs allowed line key k r; shift
+    local label=$1 mp=false diffs allowed line key k bad=(); shift
     [[ " $* " == *" --multipath "* ]] && mp=true
+    [ -s "$WORK/props-$label.out" ] || return   # hostbrick's failed (recorded)
     osbrick_call "props-$label" "{\"op\":\"properties\",\"ip\":\"127.0.0.1\",\"multipath\":$mp,\"enforce_multipath\":false}"
     [ "$OSB_OK" = true ] || { soft_fail "os-brick get_connector_properties ($label): $(osbrick_error "props-$label")"; return; }
     osbrick_result "props-$label" > "$WORK/props-$label-osbrick.json"
-    attach_cmd "props-$label" properties --ip 127.0.0.1 "$@"
-    [ "$ATTACH_RC" = 0 ] || { soft_fail "attach properties $* failed (rc=$ATTACH_RC): $(attach_stderr_summary "props-$label")"; return; }
     log "properties ($label), hostbrick: $(jq -S -c . "$WORK/props-$label.out")"
     log "properties ($label), os-brick:  $(jq -S -c . "$WORK/props-$label-osbrick.json")"
     diffs=$(jq -n -r --slurpfile a "$WORK/props-$label.out" --slurpfile b "$WORK/props-$label-osbrick.json" '
@@ -66,7 +75,6 @@ compare_props() {
         log "properties ($label): all $(jq 'keys | length' "$WORK/props-$label.out") keys equal"
         return
     fi
-    local bad=()
     while IFS=$'\t' read -r key line; do
         allowed=""
         for k in "${PROPS_MAY_DIFFER[@]}"; do [ "${k%%=*}" = "$key" ] && allowed=${k#*=}; done
@@ -74,11 +82,16 @@ compare_props() {
             log "properties ($label): '$key' differs (allowed: $allowed):$line"
         else
             log "properties ($label): '$key' differs:$line"
-            bad+=("$key:$line")
+            bad+=("$key:$line;")
         fi
     done <<<"$diffs"
-    [ ${#bad[@]} = 0 ] || soft_fail "connector properties ($label, attach properties --ip 127.0.0.1 $*) differ from os-brick's in ${#bad[@]} key(s): ${bad[*]}"
+    [ ${#bad[@]} = 0 ] || soft_fail "connector properties ($label: attach properties --ip 127.0.0.1 $*) differ from os-brick's in ${#bad[@]} key(s): ${bad[*]}"
 }
+props_hostbrick multipath --multipath
+props_hostbrick no-multipath
+
+osbrick_wait
+note "os-brick driver up ${OSBRICK_STARTUP_S}s after its launch"
 compare_props multipath --multipath
 compare_props no-multipath
 
@@ -134,8 +147,11 @@ check_clean() {
     soft "$what: hostbrick's registry" check_registry_empty
 }
 
-# force_clean: whatever a failed step left, so the next step starts clean (no-op when clean).
+# force_clean: whatever a failed step left, so the next step starts clean. Only after a
+# failure (STEP_FAILS: the failure count when the step began).
 force_clean() {
+    [ ${#SOFT_FAILS[@]} -gt "${STEP_FAILS:-0}" ] || return 0
+    log "cleaning up after the failed step"
     udevadm settle --timeout=10
     multipath -F >/dev/null 2>&1
     iscsiadm -m node --logoutall=all >/dev/null 2>&1
@@ -152,6 +168,7 @@ TIMES=()
 # A: os-brick attaches, hostbrick detaches with os-brick's device_info.
 osbrick_then_hostbrick() {
     local dev real keys t_conn
+    STEP_FAILS=${#SOFT_FAILS[@]}
     osbrick_call "$CASE-osb-connect" "$(jq -c --arg p "$OSB_PROTO" --argjson mp $OSB_MP \
         '{op: "connect", protocol: $p, use_multipath: $mp, connection_properties: .data}' "$CONN")"
     [ "$OSB_OK" = true ] || { soft_fail "$CASE: os-brick connect_volume failed: $(osbrick_error "$CASE-osb-connect")"; force_clean; return; }
@@ -182,6 +199,7 @@ osbrick_then_hostbrick() {
 # B: hostbrick attaches, os-brick detaches with hostbrick's record.
 hostbrick_then_osbrick() {
     local dev real t_conn
+    STEP_FAILS=${#SOFT_FAILS[@]}
     attach_cmd "$CASE-hb" connect "${HB_FLAGS[@]}" "$CONN"
     if [ "$ATTACH_RC" != 0 ]; then
         soft_fail "$CASE: attach connect failed (rc=$ATTACH_RC): $(attach_stderr_summary "$CASE-hb")"; force_clean; return
@@ -205,8 +223,45 @@ hostbrick_then_osbrick() {
         TIMES+=("$CASE: hostbrick connect ${t_conn}s, os-brick disconnect ${OSB_SECS}s")
         check_clean "$CASE-B" "$dev" "$real"
         soft "$CASE: hostbrick's write reached the target" check_backing "hb-$CASE"
+        after_foreign_detach
     fi
     force_clean
+}
+
+# after_foreign_detach: once os-brick has detached hostbrick's attachment, hostbrick must not
+# act as if the volume were still attached (what a leftover registry entry would make it do):
+#   iscsi: an unused session to the same LUN, made by hand, is listed by `attach audit`;
+#   nvme:  hostbrick attaches and detaches another namespace of the same subsystem (added
+#          now: os-brick keeps a controller that serves other namespaces) and no controller is
+#          left.
+after_foreign_detach() {
+    case $CASE in
+        iscsi)
+            iscsiadm -m node -o new -T $IQN1 -p $P1 >/dev/null && iscsiadm -m node -T $IQN1 -p $P1 --login >/dev/null \
+                || { soft_fail "$CASE: iscsiadm login by hand failed"; return; }
+            wait_until 30 has_scsi_disk_of "$WWID1" || soft_fail "$CASE: no disk after the login by hand"
+            udevadm settle --timeout=10
+            soft "$CASE: after os-brick's detach, attach audit lists an unused session to the same LUN" audit_lists_one_session
+            multipath -F >/dev/null 2>&1
+            iscsiadm -m node -T $IQN1 --logout >/dev/null 2>&1; iscsiadm -m node -T $IQN1 -o delete >/dev/null 2>&1
+            wait_until 30 no_scsi_disks; udevadm settle --timeout=10; multipath -F >/dev/null 2>&1
+            ;;
+        nvme)
+            check "nvmet namespace 2" nvmet_namespace $NQN 2 $SIZE3 $NVME_UUID2 $NVME_UUID2
+            conn_nvme "$WORK/conn-nvme2.json" $NQN 127.0.0.1 4420 $NVME_UUID2 2 "${NVME_UUID2//-/}" "$(new_uuid)"
+            attach_cmd nvme2 connect "$WORK/conn-nvme2.json"
+            [ "$ATTACH_RC" = 0 ] || { soft_fail "$CASE: attach connect of namespace 2 failed (rc=$ATTACH_RC): $(attach_stderr_summary nvme2)"; return; }
+            attach_cmd nvme2-disconnect disconnect "$WORK/conn-nvme2.json" "$WORK/nvme2.out"
+            [ "$ATTACH_RC" = 0 ] || soft_fail "$CASE: attach disconnect of namespace 2 failed (rc=$ATTACH_RC): $(attach_stderr_summary nvme2-disconnect)"
+            soft "$CASE: after os-brick's detach, hostbrick's attach and detach of namespace 2 leave no controller" check_no_nvme_leftovers
+            nvme disconnect -n $NQN >/dev/null 2>&1
+            ;;
+    esac
+}
+audit_lists_one_session() {
+    audit_run audit-stale
+    [ "$(audit_count audit-stale iscsi_sessions)" = 1 ] \
+        || fail "attach audit lists $(audit_count audit-stale iscsi_sessions) iSCSI sessions, expected the one made by hand: $(jq -c . "$WORK/audit-stale.out")"
 }
 
 for c in iscsi mpath nvme; do
