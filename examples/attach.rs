@@ -174,14 +174,13 @@ fn run(a: &Args) -> hostbrick::Result<String> {
         Cmd::Properties => {
             let ip = a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string());
             let host = a.host.clone().unwrap_or_else(common::hostname);
-            let mut props = get_connector_properties(
+            let props = get_connector_properties(
                 &context(a),
                 &ip,
                 a.multipath,
                 a.enforce_multipath,
                 &host,
             )?;
-            props.do_local_attach = Some(!a.no_local_attach);
             serde_json::to_string_pretty(&props).map_err(|e| hostbrick::Error::Parse {
                 program: "attach".into(),
                 reason: e.to_string(),
@@ -203,7 +202,11 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 force: a.force,
                 ignore_errors: a.ignore_errors,
             };
-            connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            let done = connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            // --ignore-errors: what --force carried on past is told, and the call succeeds.
+            for e in &done.failures {
+                eprintln!("warning: disconnect step failed (ignored): {}", e.chain());
+            }
             Ok(String::new())
         }
         Cmd::Extend => {

@@ -304,7 +304,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A disconnect with `ignore_errors` finished but some steps failed.
+    /// A disconnect with `force` carried on past failed steps to the end.
     #[error("disconnect finished with {} failure(s): {}", failures.len(), list_errors(failures))]
     DisconnectIncomplete {
         /// Every failure, in order.
@@ -463,8 +463,8 @@ impl Error {
     }
 }
 
-/// Failures of a multi-step teardown: stop at the first, or (with `ignore_errors`) collect
-/// them all and report them together at the end.
+/// Failures of a multi-step teardown: stop at the first, or (with `force`) collect them
+/// all and report them together at the end.
 pub(crate) struct Failures {
     collect: bool,
     list: Vec<Error>,
@@ -492,13 +492,10 @@ impl Failures {
     }
 
     pub(crate) fn finish(self) -> Result<()> {
-        if self.list.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::DisconnectIncomplete {
-                failures: self.list,
-            })
+        crate::connector::Disconnected {
+            failures: self.list,
         }
+        .into_result()
     }
 }
 

@@ -103,7 +103,9 @@ pub use attach::{
     AttachRequest, AttachmentRecord, Domain, DomainFlags, Orchestrator, StorageService,
 };
 pub use audit::{audit, audit_with_locks, AuditReport};
-pub use connector::{Connector, ConnectorOptions, DisconnectOptions, HostContext, MultipathMode};
+pub use connector::{
+    Connector, ConnectorOptions, DisconnectOptions, Disconnected, HostContext, MultipathMode,
+};
 pub use error::{AttemptFailure, Error, ExitStatus, Result, RollbackFailure};
 pub use factory::connector_for;
 pub use libvirt::{DiskBus, DiskConfig, DiskTarget};

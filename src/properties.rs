@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::connector::HostContext;
-use crate::devices::multipath;
+use crate::devices::block;
 use crate::error::{Error, Result};
-use crate::nvme::{host_identity, native_multipath, system_uuid};
+use crate::nvme::{host_identity, native_multipath};
+use crate::platform::cmd::Command;
+use crate::platform::host::Host;
 
-/// What a storage service is told about this host (`get_connector_properties`).
+/// What a storage service is told about this host (`get_connector_properties`): for the
+/// same host, os-brick's answer key by key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectorProperties {
     /// The machine architecture, e.g. `x86_64`.
@@ -21,9 +24,10 @@ pub struct ConnectorProperties {
     pub ip: String,
     /// The host name.
     pub host: String,
-    /// True when multipath was asked for and multipathd is running.
+    /// Whether the caller asked for multipath (os-brick reports the request; whether
+    /// multipathd runs is checked at connect).
     pub multipath: bool,
-    /// Whether multipath is enforced.
+    /// Whether the caller asked for multipath to be enforced.
     pub enforce_multipath: bool,
     /// The iSCSI initiator name, from `/etc/iscsi/initiatorname.iscsi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,24 +38,36 @@ pub struct ConnectorProperties {
     /// The NVMe host id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvme_hostid: Option<String>,
-    /// The system UUID.
+    /// The UUID of the root filesystem (os-brick's `uuid`: `findmnt -v /` then `blkid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// The DMI product UUID as the firmware gives it (os-brick's `system uuid`).
+    #[serde(
+        rename = "system uuid",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_uuid: Option<String>,
     /// Whether the kernel's native NVMe multipath is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvme_native_multipath: Option<bool>,
-    /// Whether RBD volumes are mapped on this host (false: handed to the hypervisor).
+    /// os-brick's RBD connector default for mapping images on this host: false, as
+    /// os-brick reports (a caller asks per volume with `do_local_attach` in data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub do_local_attach: Option<bool>,
+    /// os-brick's LightOS discovery client answer: `"found"` when one answers, else `""`
+    /// (hostbrick has no LightOS connector, so `""`). Present with a host NQN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_dsc: Option<String>,
+    /// The host's IP addresses, loopback left out (IPv6 ones only when IPv6 is on), by
+    /// interface. Present with a host NQN, as os-brick's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ips: Option<Vec<String>>,
 }
 
-/// How long the multipathd liveness check may take.
-const MULTIPATHD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Gathers this host's connector properties.
-///
-/// `multipath` is reported true only when asked for and multipathd is running; with
-/// `enforce_multipath` and no multipathd the answer is [`Error::MultipathdNotRunning`].
+/// Gathers this host's connector properties, as os-brick's `get_connector_properties`
+/// does: `multipath` and `enforce_multipath` are the requested values (a connect checks
+/// multipathd), so this runs no command on a host whose root filesystem udev knows.
 pub fn get_connector_properties(
     ctx: &HostContext,
     my_ip: &str,
@@ -65,11 +81,6 @@ pub fn get_connector_properties(
             reason: "empty".into(),
         });
     }
-    let running = multipath
-        && multipath::multipathd_running(&*ctx.runner, Instant::now() + MULTIPATHD_CHECK_TIMEOUT);
-    if multipath && enforce_multipath && !running {
-        return Err(Error::MultipathdNotRunning);
-    }
     let initiator_path = ctx.host.etc("iscsi/initiatorname.iscsi");
     let initiator = ctx
         .host
@@ -81,17 +92,135 @@ pub fn get_connector_properties(
         os_type: "linux".to_string(),
         ip: my_ip.to_string(),
         host: host.to_string(),
-        multipath: running,
+        multipath,
         enforce_multipath,
         initiator,
         nqn: Some(nvme.hostnqn),
         nvme_hostid: Some(nvme.hostid),
-        uuid: system_uuid(&ctx.host)?,
+        uuid: root_fs_uuid(ctx)?,
+        system_uuid: dmi_product_uuid(&ctx.host)?,
         nvme_native_multipath: Some(native_multipath(&ctx.host)?),
-        // hostbrick maps RBD images itself unless a caller sets RbdOptions::attach
-        // to false (and reports that here).
-        do_local_attach: Some(true),
+        do_local_attach: Some(false),
+        found_dsc: Some(String::new()),
+        host_ips: Some(host_ips(&ctx.host)?),
     })
+}
+
+/// How long `blkid` may take, when udev does not know the root filesystem's UUID.
+const BLKID_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The UUID of the filesystem mounted on `/`: udev's `ID_FS_UUID` of its device, else
+/// `blkid` of its source. None for a filesystem without a device (overlay, tmpfs) or a UUID.
+fn root_fs_uuid(ctx: &HostContext) -> Result<Option<String>> {
+    let host = &ctx.host;
+    let Some(mountinfo) = host.read_attr_opt(&host.proc("self/mountinfo"))? else {
+        return Ok(None);
+    };
+    let Some(root) = parse_root_mount(&mountinfo) else {
+        return Ok(None);
+    };
+    if let Some(rec) = block::udev_record_of(host, &root.devnum)? {
+        if let Some(uuid) = rec.properties.get("ID_FS_UUID").filter(|u| !u.is_empty()) {
+            return Ok(Some(uuid.to_string()));
+        }
+    }
+    if !root.source.starts_with("/dev/") {
+        return Ok(None);
+    }
+    let cmd = Command::new("blkid")
+        .args([root.source.as_str(), "-s", "UUID", "-o", "value"])
+        .deadline(Instant::now() + BLKID_TIMEOUT);
+    match ctx.runner.run_ok(&cmd, &[]) {
+        Ok(out) => Ok(out
+            .stdout
+            .lines()
+            .next()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)),
+        Err(e) => {
+            tracing::debug!(error = %e.chain(), "blkid of the root filesystem failed");
+            Ok(None)
+        }
+    }
+}
+
+/// The mount on `/` that is visible (the last one in mountinfo order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootMount {
+    /// Its device's `major:minor`.
+    pub devnum: String,
+    /// The filesystem type.
+    pub fstype: String,
+    /// The mount source (e.g. `/dev/vda1`, `overlay`).
+    pub source: String,
+}
+
+/// The visible mount on `/` in `/proc/self/mountinfo` text.
+pub fn parse_root_mount(mountinfo: &str) -> Option<RootMount> {
+    mountinfo.lines().rev().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let head: Vec<&str> = head.split_whitespace().collect();
+        if head.get(4) != Some(&"/") {
+            return None;
+        }
+        let mut tail = tail.split_whitespace();
+        Some(RootMount {
+            devnum: head.get(2)?.to_string(),
+            fstype: tail.next()?.to_string(),
+            source: tail.next()?.to_string(),
+        })
+    })
+}
+
+/// The DMI product UUID as the kernel shows it (root-only readable on most systems).
+fn dmi_product_uuid(host: &Host) -> Result<Option<String>> {
+    match host.read_attr_opt(&host.sys("class/dmi/id/product_uuid")) {
+        Ok(v) => Ok(v.map(|u| u.trim().to_string()).filter(|u| !u.is_empty())),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The host's addresses, as os-brick lists them: interfaces in the kernel's order,
+/// loopback (`lo`) left out, IPv4 and (when IPv6 is on) IPv6 without a scope.
+fn host_ips(host: &Host) -> Result<Vec<String>> {
+    let ipv6 = host
+        .read_attr_opt(&host.proc("sys/net/ipv6/conf/default/disable_ipv6"))?
+        .is_some_and(|v| v.trim() == "0");
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the host's addresses");
+            return Ok(Vec::new());
+        }
+    };
+    let mut by_iface: Vec<(String, Vec<String>)> = Vec::new();
+    for a in addrs {
+        let pos = match by_iface.iter().position(|(n, _)| *n == a.interface_name) {
+            Some(p) => p,
+            None => {
+                by_iface.push((a.interface_name.clone(), Vec::new()));
+                by_iface.len() - 1
+            }
+        };
+        let Some(addr) = a.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            v4.ip().to_string()
+        } else if let Some(v6) = addr.as_sockaddr_in6().filter(|_| ipv6) {
+            v6.ip().to_string()
+        } else {
+            continue;
+        };
+        by_iface[pos].1.push(ip);
+    }
+    Ok(by_iface
+        .into_iter()
+        .filter(|(name, _)| name != "lo")
+        .flat_map(|(_, ips)| ips)
+        .collect())
 }
 
 fn machine() -> String {
@@ -124,5 +253,32 @@ mod tests {
         );
         assert_eq!(parse_initiator_name("# nothing\n"), None);
         assert_eq!(parse_initiator_name("InitiatorName=\n"), None);
+    }
+
+    #[test]
+    fn root_mount_is_the_last_mount_on_slash() {
+        let text = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    23 22 0:21 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            parse_root_mount(text),
+            Some(RootMount {
+                devnum: "254:0".into(),
+                fstype: "ext4".into(),
+                source: "/dev/vda".into(),
+            })
+        );
+        // Over-mounted (a container's overlay on top): the visible one counts.
+        let text = "22 1 8:2 / / rw - ext4 /dev/sda2 rw\n\
+                    90 22 0:50 / / rw - overlay overlay rw,lowerdir=/l\n";
+        assert_eq!(parse_root_mount(text).unwrap().source, "overlay");
+        // Optional fields of any number before the separator.
+        let text = "22 1 8:2 /@ / rw shared:1 master:2 - btrfs /dev/sda2 rw\n";
+        assert_eq!(parse_root_mount(text).unwrap().devnum, "8:2");
+        assert_eq!(
+            parse_root_mount("23 22 0:21 / /proc rw - proc proc rw\n"),
+            None
+        );
+        assert_eq!(parse_root_mount(""), None);
+        assert_eq!(parse_root_mount("garbage\n"), None);
     }
 }

@@ -12,8 +12,8 @@ use hostbrick::attach::{Attachment, ConnectorFactory, VirshDomain};
 use hostbrick::testing::{validate_disk_xml, FakeHost, FakeRunner};
 use hostbrick::{
     AttachRequest, AttachmentRecord, CommandOutput, ConnectionInfo, Connector, ConnectorProperties,
-    DeviceRecord, DisconnectOptions, DiskBus, DiskConfig, Domain, DomainFlags, Error, HostContext,
-    LockDir, Orchestrator, Protocol, Result, StorageService,
+    DeviceRecord, DisconnectOptions, Disconnected, DiskBus, DiskConfig, Domain, DomainFlags, Error,
+    HostContext, LockDir, Orchestrator, Protocol, Result, StorageService,
 };
 use serde_json::json;
 
@@ -163,7 +163,7 @@ impl Connector for FakeConnector {
         info: &ConnectionInfo,
         device: Option<&DeviceRecord>,
         _options: DisconnectOptions,
-    ) -> Result<()> {
+    ) -> Result<Disconnected> {
         let w = &self.0 .0;
         w.faults.check("disconnect_volume")?;
         assert!(device.is_some(), "the orchestrator passes the record");
@@ -171,7 +171,7 @@ impl Connector for FakeConnector {
             .lock()
             .unwrap()
             .remove(info.volume_id().unwrap());
-        Ok(())
+        Ok(Disconnected::default())
     }
     fn extend_volume(&self, _info: &ConnectionInfo) -> Result<u64> {
         Ok(0)

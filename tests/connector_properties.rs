@@ -1,7 +1,9 @@
 //! `get_connector_properties` on a fake host.
 
+use std::fs;
+
 use hostbrick::testing::sim::iscsi::IscsiSim;
-use hostbrick::{get_connector_properties, Error};
+use hostbrick::{get_connector_properties, CommandOutput};
 
 #[test]
 fn cinder_keys_and_multipath_state() {
@@ -26,16 +28,85 @@ fn cinder_keys_and_multipath_state() {
     assert_eq!(v["multipath"], true);
     assert_eq!(v["initiator"], "iqn.1993-08.org.debian:01:testhost");
 
+    // os-brick reports what was asked for: whether multipathd runs is a connect's concern.
     sim.set_multipathd(false);
-    let p =
-        get_connector_properties(&sim.context(), "192.0.2.5", true, false, "compute-1").unwrap();
-    assert!(!p.multipath);
-    let e =
-        get_connector_properties(&sim.context(), "192.0.2.5", true, true, "compute-1").unwrap_err();
-    assert!(matches!(e, Error::MultipathdNotRunning));
-    // Not asked for: not checked, not reported.
+    let p = get_connector_properties(&sim.context(), "192.0.2.5", true, true, "compute-1").unwrap();
+    assert!(p.multipath && p.enforce_multipath);
     let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
-    assert!(!p.multipath);
+    assert!(!p.multipath && !p.enforce_multipath);
+    assert!(
+        sim.runner.calls().is_empty(),
+        "no command runs: {:?}",
+        sim.runner.calls()
+    );
+}
+
+/// The keys os-brick 7.1.1 returns on a Linux host with open-iscsi and nvme-cli, beside
+/// the ones above: each with os-brick's meaning.
+#[test]
+fn os_brick_keys_and_meanings() {
+    let sim = IscsiSim::new();
+    let root = sim.fake.root();
+    fs::create_dir_all(root.join("proc/self")).unwrap();
+    fs::write(
+        root.join("proc/self/mountinfo"),
+        "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+         23 22 0:21 / /proc rw,nosuid - proc proc rw\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("run/udev/data")).unwrap();
+    fs::write(
+        root.join("run/udev/data/b254:1"),
+        "E:ID_FS_TYPE=ext4\nE:ID_FS_UUID=2f6b1c4e-8d0a-4c61-9d3e-5b7a9e0c1f22\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("sys/class/dmi/id")).unwrap();
+    fs::write(
+        root.join("sys/class/dmi/id/product_uuid"),
+        "4c4c4544-0042-3510-8052-b4c04f384d32\n",
+    )
+    .unwrap();
+    let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
+    let v = serde_json::to_value(&p).unwrap();
+    // `uuid` is the root filesystem's, `system uuid` the firmware's.
+    assert_eq!(v["uuid"], "2f6b1c4e-8d0a-4c61-9d3e-5b7a9e0c1f22", "{v}");
+    assert_eq!(
+        v["system uuid"], "4c4c4544-0042-3510-8052-b4c04f384d32",
+        "{v}"
+    );
+    assert_eq!(v["do_local_attach"], false);
+    assert_eq!(v["found_dsc"], "");
+    assert!(v["host_ips"].is_array(), "{v}");
+    assert!(
+        !v["host_ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ip| ip == "127.0.0.1"),
+        "loopback is left out: {v}"
+    );
+    for key in ["nqn", "nvme_hostid", "nvme_native_multipath"] {
+        assert!(v.get(key).is_some(), "{key} missing from {v}");
+    }
+
+    // Without udev's record of the root device, blkid is asked.
+    fs::remove_file(root.join("run/udev/data/b254:1")).unwrap();
+    sim.runner.on("blkid", &["/dev/vda1"], |_| {
+        CommandOutput::ok("0d9f3a52-1111-4222-8333-944455556666\n")
+    });
+    let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
+    assert_eq!(
+        p.uuid.as_deref(),
+        Some("0d9f3a52-1111-4222-8333-944455556666")
+    );
+    // A root without a device (a container's overlay) has no uuid.
+    fs::write(
+        root.join("proc/self/mountinfo"),
+        "90 1 0:50 / / rw - overlay overlay rw,lowerdir=/l\n",
+    )
+    .unwrap();
+    let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
+    assert_eq!(p.uuid, None);
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn hands_an_existing_block_device_through() {
         let info = local(&path);
         let rec = c.connect_volume(&info).unwrap();
         assert_eq!(rec.path, PathBuf::from(&path));
-        assert_eq!(rec.protocol, Protocol::Local);
+        assert_eq!(rec.protocol, Some(Protocol::Local));
         assert_eq!(rec.volume_id.as_deref(), Some("v1"));
         assert_eq!(c.get_volume_paths(&info).unwrap(), [PathBuf::from(&path)]);
         assert_eq!(c.extend_volume(&info).unwrap(), 8 << 20);

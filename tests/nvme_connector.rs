@@ -272,7 +272,7 @@ fn connector_properties_carry_the_nvme_identity() {
     let v = serde_json::to_value(&p).unwrap();
     assert_eq!(v["nqn"], HOSTNQN);
     assert_eq!(v["nvme_hostid"], HOSTID);
-    assert_eq!(v["uuid"], HOSTID);
+    assert_eq!(v["system uuid"], HOSTID, "the DMI UUID: {v}");
     assert_eq!(v["nvme_native_multipath"], true);
 }
 

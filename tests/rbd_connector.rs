@@ -178,3 +178,57 @@ fn an_image_name_that_leaves_dev_rbd_is_refused_and_nothing_runs() {
     );
     assert!(sim.mapped().is_empty());
 }
+
+/// os-brick reads `do_local_attach` per call from the connection_info, and Cinder sends
+/// `null` for a monitor without a port.
+#[test]
+fn per_call_do_local_attach_and_monitors_without_a_port() {
+    let sim = RbdSim::new();
+    sim.add_image("volumes/vol1", 64 * MIB);
+    let info = |local: Option<bool>| {
+        let mut data = serde_json::json!({
+            "name": "volumes/vol1", "hosts": ["127.0.0.1", "::1"], "ports": [null, "3300"],
+            "auth_enabled": true, "auth_username": "cinder",
+            "keyring": format!("[client.cinder]\n\tkey = {KEY}\n"), "volume_id": "vol1",
+        });
+        if let Some(l) = local {
+            data["do_local_attach"] = serde_json::json!(l);
+        }
+        hostbrick::ConnectionInfo::from_value(
+            &serde_json::json!({"driver_volume_type": "rbd", "data": data}),
+        )
+        .unwrap()
+    };
+    // A network-attach connector, asked to map this once.
+    let c = connector(&sim, RbdMapper::Krbd, false);
+    let rec = c.connect_volume(&info(Some(true))).unwrap();
+    assert_eq!(rec.kind, DeviceKind::Block);
+    assert_eq!(sim.mapped().len(), 1);
+    let map = sim
+        .runner
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("rbd map"))
+        .expect("rbd map ran");
+    assert!(map.contains("127.0.0.1,[::1]:3300"), "{map}");
+    c.disconnect_volume(&info(Some(true)), Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert!(sim.mapped().is_empty());
+
+    // A mapping connector, told not to map: a network record, its port-less host kept.
+    let c = connector(&sim, RbdMapper::Krbd, true);
+    let rec = c.connect_volume(&info(Some(false))).unwrap();
+    assert_eq!(rec.kind, DeviceKind::Network);
+    assert!(sim.mapped().is_empty());
+    let net = rec.network.as_ref().unwrap();
+    assert_eq!(net.hosts, ["127.0.0.1", "::1"]);
+    assert_eq!(net.ports, [None, Some("3300".to_string())]);
+    let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
+    assert_eq!(v["network"]["ports"], serde_json::json!([null, "3300"]));
+    // Without the key, the connector's default applies.
+    let rec = c.connect_volume(&info(None)).unwrap();
+    assert_eq!(rec.kind, DeviceKind::Block);
+    c.disconnect_volume(&info(None), Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert!(sim.mapped().is_empty());
+}

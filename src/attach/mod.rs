@@ -387,7 +387,8 @@ impl Orchestrator {
             self.disconnect,
         );
         steps.undo("connect_volume", move || {
-            c.disconnect_volume(&i, Some(&d), opts)
+            // Undoing a connect leaves nothing behind, or fails.
+            c.disconnect_volume(&i, Some(&d), opts)?.into_result()
         });
 
         let xml = steps.run("build_disk_xml", || {
@@ -456,7 +457,9 @@ impl Orchestrator {
             tracing::info!("the guest no longer has the disk; detaching from the host only");
         }
         steps.run("disconnect_volume", || {
-            connector.disconnect_volume(&info, Some(&record.device), self.disconnect)
+            connector
+                .disconnect_volume(&info, Some(&record.device), self.disconnect)
+                .map(drop)
         })?;
         steps.commit();
         let mut last = Steps::new("detach", &record.volume_id, &domain);

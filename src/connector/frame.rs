@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
+use crate::connector::{Connector, ConnectorOptions, DisconnectOptions, Disconnected};
 use crate::devices::block;
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
@@ -57,7 +57,7 @@ pub(crate) trait Driver: Send + Sync + fmt::Debug {
 
     /// Whether `record`, a record a connect returned, is of a volume this driver serves.
     fn accepts_record(&self, record: &DeviceRecord) -> bool {
-        record.protocol == self.protocol()
+        record.protocol == Some(self.protocol())
     }
 
     /// Attaches the volume.
@@ -271,17 +271,45 @@ impl<D: Driver> Connector for Framed<D> {
         info: &ConnectionInfo,
         device: Option<&DeviceRecord>,
         options: DisconnectOptions,
-    ) -> Result<()> {
+    ) -> Result<Disconnected> {
         let props = self.props(info)?;
+        // os-brick's device_info names no protocol: it is the connection_info's.
+        let filled;
+        let device = match device {
+            Some(r) if r.protocol.is_none() => {
+                filled = DeviceRecord {
+                    protocol: Some(self.driver.protocol()),
+                    ..r.clone()
+                };
+                Some(&filled)
+            }
+            other => other,
+        };
         if let Some(r) = device {
             if !self.driver.accepts_record(r) {
                 return Err(Error::InvalidDeviceRecord {
-                    reason: format!("the record is of a {} volume", r.protocol),
+                    reason: format!(
+                        "the record is of a {} volume",
+                        r.protocol
+                            .map_or_else(|| "?".to_string(), |p| p.to_string())
+                    ),
                 });
             }
         }
         self.run(OperationKind::Disconnect, props, Some(options), |op| {
-            self.driver.disconnect(op, props, device, options)
+            match self.driver.disconnect(op, props, device, options) {
+                Ok(()) => Ok(Disconnected::default()),
+                // With ignore_errors the failures force carried on past are reported,
+                // not raised (os-brick's meaning).
+                Err(Error::DisconnectIncomplete { failures }) if options.ignore_errors => {
+                    tracing::warn!(
+                        failures = failures.len(),
+                        "errors while removing the volume were ignored; leftovers may remain"
+                    );
+                    Ok(Disconnected { failures })
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 

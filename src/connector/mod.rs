@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::DeviceRecord;
 use crate::platform::cmd::{CommandRunner, SystemRunner};
@@ -56,11 +56,42 @@ impl fmt::Debug for HostContext {
 /// How a disconnect treats failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DisconnectOptions {
-    /// Remove devices even when flushing their buffers fails, and force-remove a
-    /// multipath map that will not flush (data not yet written may be lost).
+    /// Carry on past failures to remove whatever can be removed: devices whose buffers
+    /// will not flush, a multipath map that will not flush (force-removed; data not yet
+    /// written may be lost), targets that will not log out. The failures are reported
+    /// together at the end ([`Error::DisconnectIncomplete`]). os-brick's `force`.
     pub force: bool,
-    /// Carry on past failures and report all of them at the end.
+    /// Report the failures `force` carried on past in the result ([`Disconnected`])
+    /// instead of failing the call. Without `force` the first failure still ends the
+    /// disconnect with its error. os-brick's `ignore_errors`.
     pub ignore_errors: bool,
+}
+
+/// What a disconnect that returned successfully left undone.
+#[derive(Debug, Default)]
+pub struct Disconnected {
+    /// The failures `force` carried on past and `ignore_errors` let through, in order
+    /// (empty for a clean disconnect). Leftovers may remain on the host for each.
+    pub failures: Vec<Error>,
+}
+
+impl Disconnected {
+    /// True when nothing failed.
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The failures as an error ([`Error::DisconnectIncomplete`]), for a caller to whom
+    /// leftovers are a failure whatever `ignore_errors` said.
+    pub fn into_result(self) -> Result<()> {
+        if self.failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::DisconnectIncomplete {
+                failures: self.failures,
+            })
+        }
+    }
 }
 
 /// Attaches and detaches volumes of one protocol.
@@ -82,7 +113,7 @@ pub trait Connector: Send + Sync + fmt::Debug {
         info: &ConnectionInfo,
         device: Option<&DeviceRecord>,
         options: DisconnectOptions,
-    ) -> Result<()>;
+    ) -> Result<Disconnected>;
 
     /// Makes the host see the volume's new size; returns it in bytes.
     fn extend_volume(&self, info: &ConnectionInfo) -> Result<u64>;

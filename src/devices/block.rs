@@ -46,6 +46,11 @@ pub fn udev_record(host: &Host, name: &str) -> Result<Option<UdevRecord>> {
     let Some(devnum) = host.read_attr_opt(&host.sys(format!("block/{name}/dev")))? else {
         return Ok(None);
     };
+    udev_record_of(host, &devnum)
+}
+
+/// udev's database record of the block device numbered `devnum` (`major:minor`).
+pub fn udev_record_of(host: &Host, devnum: &str) -> Result<Option<UdevRecord>> {
     let path = host.run(format!("udev/data/b{devnum}"));
     let Some(text) = host.read_attr_opt(&path)? else {
         return Ok(None);

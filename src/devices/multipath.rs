@@ -79,14 +79,6 @@ pub fn map_by_name(host: &Host, name: &str) -> Result<Option<MultipathMap>> {
     map_info(host, dm)
 }
 
-/// True when multipathd answers (`multipathd show status` exits 0).
-pub fn multipathd_running(runner: &dyn CommandRunner, deadline: Instant) -> bool {
-    let cmd = Command::new("multipathd")
-        .args(["show", "status"])
-        .deadline(deadline);
-    matches!(runner.run(&cmd), Ok(out) if out.status.success())
-}
-
 /// Adds the WWID to multipath's wwids file so the map is made even with
 /// `find_multipaths` set: `multipath -a <wwid>`.
 pub fn add_wwid(runner: &dyn CommandRunner, wwid: &Wwid, deadline: Instant) -> Result<()> {

@@ -194,7 +194,7 @@ impl Driver for IscsiDriver {
 
     /// An iSCSI record detaches an iSER volume of the same target and the other way round.
     fn accepts_record(&self, record: &DeviceRecord) -> bool {
-        matches!(record.protocol, Protocol::Iscsi | Protocol::Iser)
+        matches!(record.protocol, Some(Protocol::Iscsi | Protocol::Iser))
     }
 
     fn connect(&self, op: &Operation<'_>, props: &IscsiProperties) -> Result<DeviceRecord> {

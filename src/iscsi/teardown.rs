@@ -39,7 +39,7 @@ impl IscsiDriver {
         let mut owned = self.owned(props, record, &mut sessions)?;
         // Nothing is flushed or removed unless all of it is free to go.
         self.check_unused(&mut owned)?;
-        let mut failures = Failures::new(opts.ignore_errors);
+        let mut failures = Failures::new(opts.force);
         for m in &owned.maps {
             failures.step(self.remove_map(m, opts.force, deadline))?;
         }

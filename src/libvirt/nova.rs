@@ -76,10 +76,12 @@ fn network_disk(net: &NetworkSource) -> Result<NetworkDisk> {
         .enumerate()
         .map(|(i, name)| {
             let port = match net.ports.get(i) {
-                Some(p) => Some(p.parse::<u16>().map_err(|_| Error::InvalidDeviceRecord {
-                    reason: format!("network source port {p:?} is not a port number"),
-                })?),
-                None => None,
+                Some(Some(p)) => {
+                    Some(p.parse::<u16>().map_err(|_| Error::InvalidDeviceRecord {
+                        reason: format!("network source port {p:?} is not a port number"),
+                    })?)
+                }
+                _ => None,
             };
             Ok(NetworkHost {
                 name: name.clone(),

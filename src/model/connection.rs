@@ -136,6 +136,9 @@ pub struct DiskProperties {
     pub serial: Option<String>,
     /// Top-level `multiattach`: the volume may be attached to several guests at once.
     pub multiattach: bool,
+    /// `data.encrypted`: the volume holds an encrypted (e.g. LUKS) payload that the host or
+    /// the hypervisor must open; carried through for every protocol.
+    pub encrypted: bool,
 }
 
 impl DiskProperties {
@@ -160,9 +163,9 @@ impl DiskProperties {
                 )),
             }
         };
-        let serial = match top.str_opt("serial")? {
-            Some(s) => Some(s.to_string()),
-            None => data.str_opt("volume_id")?.map(str::to_string),
+        let serial = match top.scalar_opt("serial")? {
+            Some(s) => Some(s),
+            None => data.scalar_opt("volume_id")?,
         };
         Ok(DiskProperties {
             access_mode: data.access_mode()?.unwrap_or_default(),
@@ -172,6 +175,7 @@ impl DiskProperties {
             physical_block_size: block_size("physical_block_size")?,
             serial,
             multiattach: top.bool_opt("multiattach")?.unwrap_or(false),
+            encrypted: data.bool_opt("encrypted")?.unwrap_or(false),
         })
     }
 }
@@ -225,6 +229,11 @@ impl ConnectionInfo {
     /// What the connection_info says about the guest's disk.
     pub fn disk(&self) -> &DiskProperties {
         &self.disk
+    }
+
+    /// Whether the volume is encrypted (`data.encrypted`).
+    pub fn encrypted(&self) -> bool {
+        self.disk.encrypted
     }
 
     /// The typed properties.
@@ -338,14 +347,29 @@ impl<'a> Fields<'a> {
             .map_err(|e: T::Err| Error::invalid(self.name(key), e.to_string()))
     }
 
-    /// `volume_id`, checked with `check_volume_id`.
+    /// A field that may be any JSON scalar, as text (Python's `str()` of it: os-brick's
+    /// callers pass numbers where others pass strings).
+    pub(crate) fn scalar_opt(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::Bool(b)) => Ok(Some(if *b { "True" } else { "False" }.to_string())),
+            Some(other) => Err(Error::invalid(
+                self.name(key),
+                format!("expected a string or a number, got {}", kind(other)),
+            )),
+        }
+    }
+
+    /// `volume_id`, any JSON scalar, checked with `check_volume_id`.
     pub(crate) fn volume_id(&self) -> Result<Option<String>> {
-        match self.str_opt("volume_id")? {
+        match self.scalar_opt("volume_id")? {
             None => Ok(None),
             Some(id) => {
-                check_volume_id(id)
+                check_volume_id(&id)
                     .map_err(|e| Error::invalid(self.name("volume_id"), e.to_string()))?;
-                Ok(Some(id.to_string()))
+                Ok(Some(id))
             }
         }
     }

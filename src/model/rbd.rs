@@ -111,17 +111,23 @@ impl<'de> Deserialize<'de> for ImageSpec {
 pub struct Monitor {
     /// Host name or IP address.
     pub host: String,
-    /// Port (as Cinder sends it: a string such as `6789`).
-    pub port: String,
+    /// Port (as Cinder sends it: a string such as `6789`); none when Cinder sent `null`
+    /// for it, and then Ceph's default ports apply.
+    pub port: Option<String>,
 }
 
 impl Monitor {
-    /// `host:port`, IPv6 bracketed, as Ceph's `-m` takes it.
+    /// `host:port` (or the host alone without a port), IPv6 bracketed, as Ceph's `-m`
+    /// and `mon_host` take it.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.host.clone()
+        };
+        match &self.port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
         }
     }
 }
@@ -154,13 +160,17 @@ pub struct RbdProperties {
     pub access_mode: AccessMode,
     /// `qos_specs`, kept as sent.
     pub qos_specs: Option<Value>,
+    /// `do_local_attach`: this call maps the image on the host (true) or hands the
+    /// hypervisor a network record (false), whatever the connector's default.
+    pub do_local_attach: Option<bool>,
 }
 
 impl RbdProperties {
     pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
         let image = f.parse_req::<ImageSpec>("name")?;
         let hosts = string_list(f, "hosts")?;
-        let ports = string_list(f, "ports")?;
+        // A `null` port is a host without a port (Nova writes `<host name=...>` alone).
+        let ports = optional_string_list(f, "ports")?;
         if hosts.len() != ports.len() {
             return Err(Error::invalid(
                 f.name("ports"),
@@ -178,19 +188,23 @@ impl RbdProperties {
                 .map_err(|e| Error::invalid(format!("{}[{i}]", f.name("hosts")), e.to_string()))?
                 .to_string();
             // Digits only: `u16::from_str` would take a `+` too.
-            let port = Some(&p)
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|p| p.parse::<u16>().ok())
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("{}[{i}]", f.name("ports")),
-                        format!("{p:?} is not a port (1-65535)"),
-                    )
-                })?;
+            let port = p
+                .map(|p| {
+                    Some(&p)
+                        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                format!("{}[{i}]", f.name("ports")),
+                                format!("{p:?} is not a port (1-65535)"),
+                            )
+                        })
+                })
+                .transpose()?;
             monitors.push(Monitor {
                 host,
-                port: port.to_string(),
+                port: port.map(|p| p.to_string()),
             });
         }
         let auth_enabled = f.bool_opt("auth_enabled")?.unwrap_or(false);
@@ -237,6 +251,7 @@ impl RbdProperties {
             discard: f.bool_opt("discard")?.unwrap_or(false),
             access_mode: f.access_mode()?.unwrap_or_default(),
             qos_specs: f.get("qos_specs").cloned(),
+            do_local_attach: f.bool_opt("do_local_attach")?,
         })
     }
 
@@ -297,15 +312,27 @@ pub fn monitor_host(h: &str) -> std::result::Result<&str, ParseIdError> {
 
 /// A list of strings (numbers allowed, as Cinder sends ports either way).
 fn string_list(f: &Fields<'_>, key: &str) -> Result<Vec<String>> {
+    optional_string_list(f, key)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.ok_or_else(|| Error::invalid(format!("{}[{i}]", f.name(key)), "expected a string"))
+        })
+        .collect()
+}
+
+/// A list of strings (numbers allowed) whose entries may be `null`.
+fn optional_string_list(f: &Fields<'_>, key: &str) -> Result<Vec<Option<String>>> {
     let Some(list) = f.list_opt(key)? else {
         return Ok(Vec::new());
     };
     list.iter()
         .enumerate()
         .map(|(i, v)| match v {
-            Value::String(s) => Ok(s.trim().to_string()),
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.trim().to_string())),
             Value::Number(_) => as_u64(v)
-                .map(|n| n.to_string())
+                .map(|n| Some(n.to_string()))
                 .map_err(|r| Error::invalid(format!("{}[{i}]", f.name(key)), r)),
             _ => Err(Error::invalid(
                 format!("{}[{i}]", f.name(key)),

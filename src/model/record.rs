@@ -60,8 +60,8 @@ pub struct NetworkSource {
     pub name: String,
     /// Monitor (server) hosts.
     pub hosts: Vec<String>,
-    /// Their ports, one per host.
-    pub ports: Vec<String>,
+    /// Their ports, one per host; `null` for a host without a port (Ceph's defaults).
+    pub ports: Vec<Option<String>>,
     /// The user to authenticate as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_username: Option<String>,
@@ -118,8 +118,10 @@ pub struct DeviceRecord {
     /// The dm-multipath map name, when a map was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multipath_id: Option<String>,
-    /// The protocol that attached it.
-    pub protocol: Protocol,
+    /// The protocol that attached it. os-brick's `device_info` has none: a disconnect
+    /// then takes the protocol of its connection_info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
     /// The volume id from the connection_info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_id: Option<String>,
@@ -151,7 +153,7 @@ impl DeviceRecord {
             path: path.into(),
             scsi_wwn: None,
             multipath_id: None,
-            protocol,
+            protocol: Some(protocol),
             volume_id,
             paths: Vec::new(),
             nvme_paths: Vec::new(),
@@ -188,7 +190,7 @@ mod tests {
             path: "/dev/dm-0".into(),
             scsi_wwn: Some("36001405abc".into()),
             multipath_id: Some("36001405abc".into()),
-            protocol: Protocol::Iscsi,
+            protocol: Some(Protocol::Iscsi),
             volume_id: None,
             paths: vec![PathRecord {
                 device: "/dev/sdb".into(),

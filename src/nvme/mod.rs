@@ -34,7 +34,6 @@ pub use crate::model::nvme::{
     NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
 pub(crate) use controllers::{native_multipath, ControllerFinder};
-pub(crate) use identity::system_uuid;
 pub use identity::{host_identity, IdentitySource, NvmeHostIdentity};
 pub(crate) use namespaces::head_name;
 

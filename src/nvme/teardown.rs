@@ -109,7 +109,7 @@ impl NvmeDriver {
         let host = op.host();
         let deadline = op.deadline;
         let (hostnqn, _) = self.identity(host, props)?;
-        let mut failures = Failures::new(opts.ignore_errors);
+        let mut failures = Failures::new(opts.force);
         let mut ctrls = ControllerFinder::new(host);
         for p in record.map_or(&[][..], |r| &r.nvme_paths[..]) {
             ctrls.hint(&p.controller);

@@ -1,6 +1,7 @@
 //! The `rbd` and `rbd-nbd` wrappers: map, unmap, list mappings, image size; the private
 //! keyring and ceph.conf files a command needs.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,13 +44,22 @@ impl Mapping {
     }
 }
 
-/// Parses a mapping list (both tools' JSON shapes); empty output is no mappings.
+/// Parses a mapping list (both tools' JSON shapes); empty output is no mappings. Ceph
+/// before 13.2 (Mimic) printed `rbd showmapped` as an object keyed by mapping id
+/// (`{"0": {...}}`, and `{}` for none); that shape is read too, in id order.
 pub fn parse_mappings(text: &str) -> std::result::Result<Vec<Mapping>, String> {
     let t = text.trim();
     if t.is_empty() {
         return Ok(Vec::new());
     }
-    serde_json::from_str(t).map_err(|e| e.to_string())
+    if !t.starts_with('{') {
+        return serde_json::from_str(t).map_err(|e| e.to_string());
+    }
+    let by_id: BTreeMap<String, Mapping> = serde_json::from_str(t).map_err(|e| e.to_string())?;
+    let mut v: Vec<(String, Mapping)> = by_id.into_iter().collect();
+    // Numeric ids in numeric order ("10" after "9").
+    v.sort_by(|(a, _), (b, _)| (a.len(), a).cmp(&(b.len(), b)));
+    Ok(v.into_iter().map(|(_, m)| m).collect())
 }
 
 /// The keyrings directory's name in the state directory.
@@ -420,6 +430,17 @@ mod tests {
         assert!(parse_mappings("").unwrap().is_empty());
         assert!(parse_mappings("[]\n").unwrap().is_empty());
         assert!(parse_mappings("{").is_err());
+        // Ceph before 13.2: an object keyed by id, `{}` for none.
+        let old = r#"{"10": {"pool":"volumes","namespace":"","name":"v10","snap":"-","device":"/dev/rbd10"},
+                     "9": {"pool":"volumes","name":"v9","snap":"-","device":"/dev/rbd9"}}"#;
+        let m = parse_mappings(old).unwrap();
+        assert_eq!(
+            m.iter().map(|m| m.device.as_str()).collect::<Vec<_>>(),
+            ["/dev/rbd9", "/dev/rbd10"]
+        );
+        assert_eq!(m[0].namespace, "");
+        assert!(parse_mappings("{}").unwrap().is_empty());
+        assert!(parse_mappings(r#"{"0": {"pool": "p"}}"#).is_err());
     }
 
     #[test]

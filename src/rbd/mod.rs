@@ -60,6 +60,16 @@ impl VolumeProps for RbdProperties {
     }
 }
 
+/// Where this call puts the image: the connection_info's `do_local_attach` when it has
+/// one (os-brick reads it per call), else the connector's [`RbdOptions::attach`].
+fn attach_mode(op: &Operation<'_>, props: &RbdProperties) -> RbdAttach {
+    match props.do_local_attach {
+        Some(true) => RbdAttach::Local,
+        Some(false) => RbdAttach::Network,
+        None => op.opts.rbd.attach,
+    }
+}
+
 fn dev_name(device: &str) -> &str {
     device.rsplit('/').next().unwrap_or(device)
 }
@@ -175,7 +185,7 @@ impl Driver for RbdDriver {
     }
 
     fn connect(&self, op: &Operation<'_>, props: &RbdProperties) -> Result<DeviceRecord> {
-        if op.opts.rbd.attach == RbdAttach::Network {
+        if attach_mode(op, props) == RbdAttach::Network {
             return Ok(DeviceRecord {
                 kind: DeviceKind::Network,
                 network: Some(network_source(props)),
@@ -220,7 +230,7 @@ impl Driver for RbdDriver {
         record: Option<&DeviceRecord>,
         options: DisconnectOptions,
     ) -> Result<()> {
-        if op.opts.rbd.attach == RbdAttach::Network
+        if attach_mode(op, props) == RbdAttach::Network
             && record.is_none_or(|r| r.kind == DeviceKind::Network)
         {
             return Ok(());
@@ -261,7 +271,7 @@ impl Driver for RbdDriver {
         let files = CephFiles::write(op.host(), props)?;
         let size = cli::image_size(op.runner(), props, &files, deadline)?;
         drop(files);
-        if op.opts.rbd.attach == RbdAttach::Network {
+        if attach_mode(op, props) == RbdAttach::Network {
             return Ok(size);
         }
         let Some(device) = existing(op, op.opts.rbd.mapper, props)? else {
@@ -285,7 +295,7 @@ impl Driver for RbdDriver {
     }
 
     fn volume_paths(&self, op: &Operation<'_>, props: &RbdProperties) -> Result<Vec<PathBuf>> {
-        if op.opts.rbd.attach == RbdAttach::Network {
+        if attach_mode(op, props) == RbdAttach::Network {
             return Ok(Vec::new());
         }
         Ok(existing(op, op.opts.rbd.mapper, props)?

@@ -36,7 +36,8 @@
 //! fn detach(options: ConnectorOptions, info: &ConnectionInfo, saved: &str) -> hostbrick::Result<()> {
 //!     let device = DeviceRecord::from_json(saved)?;
 //!     let connector = connector_for(info.protocol(), options)?;
-//!     connector.disconnect_volume(info, Some(&device), DisconnectOptions::default())
+//!     connector.disconnect_volume(info, Some(&device), DisconnectOptions::default())?;
+//!     Ok(())
 //! }
 //!
 //! fn attach_then_detach_leaves_the_host_clean() {
