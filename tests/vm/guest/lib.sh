@@ -53,8 +53,13 @@ scenario_pass() {
 }
 
 fail() {
+    local m="$*" f
+    # failures recorded by soft checks before this one (not inside a soft check itself)
+    if [ -z "${_IN_SOFT:-}" ] && [ "${#SOFT_FAILS[@]}" -gt 0 ]; then
+        m="$m; earlier:"; for f in "${SOFT_FAILS[@]}"; do m="$m [$f]"; done
+    fi
     log "FAIL: $*"
-    _res_write fail "$*"
+    _res_write fail "$m"
     kmsg "scenario $SCENARIO FAIL: $*"
     trap - EXIT
     exit 1
@@ -868,7 +873,7 @@ SOFT_FAILS=()
 soft() {
     local desc=$1 msg; shift
     : > "$RES"
-    ( "$@" ) && return 0
+    ( _IN_SOFT=1; "$@" ) && return 0
     msg=$(sed -n 's/^message=//p' "$RES" 2>/dev/null)
     : > "$RES"
     soft_fail "$desc${msg:+: $msg}"
@@ -880,6 +885,7 @@ soft_verdict() {
     [ ${#SOFT_FAILS[@]} = 0 ] && return 0
     local m="${#SOFT_FAILS[@]} check(s) failed:" f
     for f in "${SOFT_FAILS[@]}"; do m="$m [$f]"; done
+    SOFT_FAILS=()
     fail "$m"
 }
 

@@ -241,7 +241,14 @@ after_foreign_detach() {
                 || { soft_fail "$CASE: iscsiadm login by hand failed"; return; }
             wait_until 30 has_scsi_disk_of "$WWID1" || soft_fail "$CASE: no disk after the login by hand"
             udevadm settle --timeout=10
-            soft "$CASE: after os-brick's detach, attach audit lists an unused session to the same LUN" audit_lists_one_session
+            if ! soft "$CASE: after os-brick's detach, attach audit lists an unused session to the same LUN" audit_lists_one_session \
+                && [ -n "$(registry_entries)" ]; then
+                # control: the same audit without the registry entry left of the detached volume
+                rm -f $(registry_entries)
+                audit_run audit-control
+                log "control: with hostbrick's registry emptied, attach audit lists $(audit_count audit-control iscsi_sessions) iSCSI session(s)"
+                note "$CASE: with the registry entry of the volume os-brick detached removed, attach audit lists $(audit_count audit-control iscsi_sessions) session(s)"
+            fi
             multipath -F >/dev/null 2>&1
             iscsiadm -m node -T $IQN1 --logout >/dev/null 2>&1; iscsiadm -m node -T $IQN1 -o delete >/dev/null 2>&1
             wait_until 30 no_scsi_disks; udevadm settle --timeout=10; multipath -F >/dev/null 2>&1
@@ -253,7 +260,15 @@ after_foreign_detach() {
             [ "$ATTACH_RC" = 0 ] || { soft_fail "$CASE: attach connect of namespace 2 failed (rc=$ATTACH_RC): $(attach_stderr_summary nvme2)"; return; }
             attach_cmd nvme2-disconnect disconnect "$WORK/conn-nvme2.json" "$WORK/nvme2.out"
             [ "$ATTACH_RC" = 0 ] || soft_fail "$CASE: attach disconnect of namespace 2 failed (rc=$ATTACH_RC): $(attach_stderr_summary nvme2-disconnect)"
-            soft "$CASE: after os-brick's detach, hostbrick's attach and detach of namespace 2 leave no controller" check_no_nvme_leftovers
+            if ! soft "$CASE: after os-brick's detach, hostbrick's attach and detach of namespace 2 leave no controller" check_no_nvme_leftovers \
+                && [ -n "$(registry_entries)" ] && [ "$ATTACH_RC" = 0 ]; then
+                # control: the same detach again without the registry entry left of the detached volume
+                rm -f $(registry_entries)
+                attach_cmd nvme2-control disconnect "$WORK/conn-nvme2.json" "$WORK/nvme2.out"
+                udevadm settle --timeout=10
+                log "control: with hostbrick's registry emptied, a second detach of namespace 2 (rc=$ATTACH_RC) leaves controllers '$(nvme_ctrls_for $NQN)'"
+                note "$CASE: with the registry entry of the volume os-brick detached removed, a second detach of namespace 2 leaves controllers '$(nvme_ctrls_for $NQN)'"
+            fi
             nvme disconnect -n $NQN >/dev/null 2>&1
             ;;
     esac
