@@ -856,7 +856,8 @@ osbrick_call() {
 osbrick_result() { jq -c '.result' "$WORK/$1.osb"; }
 osbrick_error() { jq -r '.error' "$WORK/$1.osb"; }
 
-# osbrick_stop: ask the driver to quit (its privsep daemons go with it).
+# osbrick_stop: ask the driver to quit (its privsep daemons go with it) and free the unpacked
+# tree (tmpfs: guest memory).
 osbrick_stop() {
     [ -n "${OSBRICK_IN:-}" ] || return 0
     printf '{"op":"quit"}\n' >&"$OSBRICK_IN" 2>/dev/null
@@ -864,6 +865,7 @@ osbrick_stop() {
     exec {OSBRICK_IN}>&- 2>/dev/null
     [ -n "${OSBRICK_PID:-}" ] && wait "$OSBRICK_PID" 2>/dev/null
     OSBRICK_IN=""
+    rm -rf "$OSBRICK_DIR"
 }
 
 # Checks that go on after a failure (the scenario then fails at the end, listing them all):
