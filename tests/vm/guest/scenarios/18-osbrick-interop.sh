@@ -143,8 +143,22 @@ check_clean() {
         nvme)
             soft "$what: no NVMe controller" check_no_nvme_leftovers ;;
     esac
-    soft "$what: attach audit" check_audit_empty "audit-$what"
+    soft "$what: attach audit lists no orphan" check_audit_no_orphans "audit-$what"
+    soft "$what: attach audit lists no stale record" check_audit_no_stale "audit-$what"
     soft "$what: hostbrick's registry" check_registry_empty
+}
+# check_audit_no_orphans NAME: `attach audit` (-> $WORK/NAME.out) lists no session, map,
+# controller or mapping. check_audit_no_stale NAME: that audit lists no stale registry entry
+# (stale_records: entries of volumes the host no longer shows; older hostbricks lack the key).
+check_audit_no_orphans() {
+    audit_run "$1"
+    jq -e '[.iscsi_sessions, .multipath_maps, .nvme_controllers, .rbd_mappings | length] | add == 0' "$WORK/$1.out" >/dev/null \
+        || fail "attach audit lists orphans: $(jq -c 'del(.stale_records)' "$WORK/$1.out")"
+}
+check_audit_no_stale() {
+    [ -s "$WORK/$1.out" ] || fail "no audit output"
+    jq -e '(.stale_records // []) | length == 0' "$WORK/$1.out" >/dev/null \
+        || fail "attach audit lists stale records: $(jq -c .stale_records "$WORK/$1.out")"
 }
 
 # force_clean: whatever a failed step left, so the next step starts clean. Only after a
