@@ -8,7 +8,7 @@
 /// iSCSI: `iscsiadm` output and sysfs sessions.
 pub mod iscsi {
     pub use crate::iscsi::iscsiadm::{
-        parse_nodes, parse_sessions, IscsiadmStatus, NodeEntry, SessionEntry,
+        parse_discoverydb, parse_nodes, parse_sessions, IscsiadmStatus, NodeEntry, SessionEntry,
     };
     pub use crate::iscsi::records::record_value;
     pub use crate::iscsi::session::{

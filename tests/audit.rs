@@ -57,7 +57,8 @@ fn an_empty_host_has_nothing_orphaned() {
     assert!(report.is_empty(), "{report:?}");
     assert_eq!(
         serde_json::to_value(&report).unwrap(),
-        serde_json::json!({"iscsi_sessions": [], "multipath_maps": [], "nvme_controllers": [], "rbd_mappings": []})
+        serde_json::json!({"iscsi_sessions": [], "multipath_maps": [], "nvme_controllers": [],
+                           "rbd_mappings": [], "stale_records": []})
     );
 }
 
@@ -376,7 +377,16 @@ fn rbd_mappings_without_a_record_are_listed() {
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     assert!(sim.mapped().is_empty());
-    assert!(audit(&ctx).unwrap().is_empty());
+    // Only the planted entry is left, and the audit calls it stale: nbd9 maps nothing.
+    let r = audit(&ctx).unwrap();
+    assert!(r.rbd_mappings.is_empty(), "{r:?}");
+    assert_eq!(
+        r.stale_records
+            .iter()
+            .map(|s| s.entry.as_str())
+            .collect::<Vec<_>>(),
+        ["stale"]
+    );
     let left: Vec<String> = reg
         .entries::<DeviceRecord>()
         .unwrap()
@@ -567,4 +577,72 @@ impl CommandRunner for SlowMap {
         }
         out
     }
+}
+
+/// Another tool (os-brick) detaching a volume hostbrick attached leaves hostbrick's registry
+/// entry behind: the audit lists it as stale, for every protocol, and nothing else.
+#[test]
+fn entries_of_volumes_another_tool_detached_are_stale() {
+    fn detach_behind_the_registrys_back(
+        host: &hostbrick::Host,
+        registry: &str,
+        detach: impl FnOnce(),
+    ) -> usize {
+        let reg = Registry::new(host, registry);
+        let kept: Vec<(String, serde_json::Value)> = reg.entries().unwrap();
+        assert!(
+            !kept.is_empty(),
+            "{registry}: the connect recorded the volume"
+        );
+        detach();
+        for (key, value) in &kept {
+            reg.put(key, value).unwrap();
+        }
+        kept.len()
+    }
+
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let c = connector_for(Protocol::Iscsi, sim.options()).unwrap();
+    let ci = single("127.0.0.1:3260", 1, "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(audit(&sim.context()).unwrap().stale_records.is_empty());
+    detach_behind_the_registrys_back(&sim.fake.host(), "iscsi", || {
+        c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+            .unwrap();
+    });
+    let report = audit(&sim.context()).unwrap();
+    assert_eq!(report.stale_records.len(), 1, "{report:?}");
+    assert_eq!(report.stale_records[0].registry, "iscsi");
+    assert_eq!(report.stale_records[0].volume_id.as_deref(), Some("vol-1"));
+    assert!(!report.is_empty());
+
+    let sim = nvme::NvmeSim::new(true);
+    sim.add_subsystem(nvme::NQN, &["127.0.0.1:4420"], &[(1, nvme::UUID_1, MIB)]);
+    let c = connector_for(Protocol::NvmeOf, sim.options()).unwrap();
+    let ci = nvme::volume(nvme::UUID_1, &["127.0.0.1:4420"], "vol-n");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(audit(&sim.context()).unwrap().stale_records.is_empty());
+    detach_behind_the_registrys_back(&sim.fake.host(), "nvme", || {
+        c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+            .unwrap();
+    });
+    let report = audit(&sim.context()).unwrap();
+    assert_eq!(report.stale_records.len(), 1, "{report:?}");
+    assert_eq!(report.stale_records[0].registry, "nvme");
+
+    let sim = rbd::RbdSim::new();
+    sim.add_image("volumes/vol1", 64 * MIB);
+    let c = connector_for(Protocol::Rbd, sim.options()).unwrap();
+    let ci = rbd::rbd_info("volumes/vol1", rbd::KEY);
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(audit(&sim.context()).unwrap().stale_records.is_empty());
+    detach_behind_the_registrys_back(&sim.fake.host(), "rbd", || {
+        c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+            .unwrap();
+    });
+    let report = audit(&sim.context()).unwrap();
+    assert_eq!(report.stale_records.len(), 1, "{report:?}");
+    assert_eq!(report.stale_records[0].registry, "rbd");
+    assert!(report.rbd_mappings.is_empty(), "{report:?}");
 }

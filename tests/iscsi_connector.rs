@@ -399,8 +399,12 @@ fn multipath_falls_back_to_single_path_unless_enforced() {
         sim.options().multipath(hostbrick::MultipathMode::Enforced),
     )
     .unwrap();
+    // As os-brick's `check_multipath`: enforced multipath without multipathd fails
+    // before any login.
+    sim.runner.clear_calls();
     let e = enforced.connect_volume(&ci).unwrap_err();
-    assert!(matches!(e, Error::MultipathAssembly { .. }), "{e:?}");
+    assert!(matches!(e, Error::MultipathdNotRunning), "{e:?}");
+    assert_eq!(sim.runner.count("--login"), 0);
     sim.assert_clean();
 }
 
@@ -508,15 +512,27 @@ fn ignore_errors_alone_stops_at_the_first_failure() {
     assert_eq!(sim.fake.devices().len(), 1);
     // The session is kept: its LUN is still there.
     assert_eq!(sim.session_count(), 1);
-    c.disconnect_volume(
-        &ci,
-        Some(&rec),
-        DisconnectOptions {
-            force: true,
-            ignore_errors: false,
-        },
-    )
-    .unwrap();
+    // force: everything is removed, and the flush failure is raised at the end.
+    let e = c
+        .disconnect_volume(
+            &ci,
+            Some(&rec),
+            DisconnectOptions {
+                force: true,
+                ignore_errors: false,
+            },
+        )
+        .unwrap_err();
+    match e {
+        Error::DisconnectIncomplete { failures } => {
+            assert_eq!(failures.len(), 1, "{failures:?}");
+            assert!(
+                failures[0].chain().contains("Input/output error"),
+                "{failures:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     sim.assert_clean();
 }
 

@@ -3,7 +3,8 @@
 use hostbrick::testing::sim::nvme::*;
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
-    connector_for, get_connector_properties, Connector, DisconnectOptions, Error, Protocol,
+    connector_for, get_connector_properties, ConnectionInfo, Connector, DeviceRecord,
+    DisconnectOptions, Error, Protocol,
 };
 use serde_json::json;
 
@@ -340,4 +341,315 @@ fn namespaces_are_found_without_udev_links_among_unrelated_controllers() {
         Vec::<std::path::PathBuf>::new()
     );
     assert_eq!(sim.controllers(), vec!["nvme0", "nvme1", "nvme2"]);
+}
+
+/// A replica of a replicated volume: namespace `uuid` of subsystem `nqn` at 127.0.0.1.
+fn replica(nqn: &str, uuid: &str) -> serde_json::Value {
+    json!({"target_nqn": nqn, "portals": [["127.0.0.1", 4420, "tcp"]], "vol_uuid": uuid})
+}
+
+#[test]
+fn nvme_alias_and_unknown_transports_connect_over_tcp() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    // os-brick's factory takes NVME for NVMe-oF; its Portal reads any transport but
+    // rdma/RoCEv2 as tcp.
+    let ci = ConnectionInfo::from_value(&json!({"driver_volume_type": "NVME", "data": {
+        "target_nqn": NQN, "portals": [["127.0.0.1", 4420, "nvme-tcp"]], "vol_uuid": UUID_1}}))
+    .unwrap();
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    assert_eq!(
+        sim.runner.count("nvme connect -t tcp -a 127.0.0.1 -s 4420"),
+        1
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn host_nqn_in_the_data_is_the_connect_host_nqn() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let theirs = "nqn.2014-08.org.storage:initiator-7";
+    let ci = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_1, "host_nqn": theirs, "volume_id": "h"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    let connect = sim
+        .runner
+        .calls()
+        .into_iter()
+        .find(|c| c.starts_with("nvme connect"))
+        .unwrap();
+    assert!(
+        connect.contains(&format!("-q {theirs} -I {HOSTID}")),
+        "{connect}"
+    );
+    assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+
+    // A host_nqn that is no NQN is refused before anything runs.
+    sim.runner.clear_calls();
+    let bad = ConnectionInfo::from_value(&json!({"driver_volume_type": "nvmeof", "data": {
+        "target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "host_nqn": "host-7"}}));
+    match bad.unwrap_err() {
+        Error::InvalidConnectionInfo { field, .. } => assert_eq!(field, "data.host_nqn"),
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.runner.calls().is_empty());
+}
+
+#[test]
+fn a_single_replica_with_an_md_superblock_is_assembled() {
+    for incremental in [false, true] {
+        let sim = NvmeSim::new(true);
+        sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+        sim.put_md_superblock(UUID_1, "vol-r");
+        // udev may have assembled it as /dev/md127 already: os-brick stops that and
+        // assembles the array under its name.
+        sim.set_incremental_assembly(incremental);
+        let c = connector(&sim);
+        let ci = nvme_info(
+            json!({"volume_replicas": [replica(NQN, UUID_1)], "replica_count": 1,
+            "alias": "vol-r", "volume_id": "r1"}),
+        );
+        let rec = c.connect_volume(&ci).unwrap();
+        assert_eq!(rec.path.to_str(), Some("/dev/md/vol-r"), "{incremental}");
+        assert_eq!(rec.md_alias.as_deref(), Some("vol-r"));
+        assert_eq!(sim.runner.count("mdadm --create"), 0);
+        assert_eq!(
+            sim.runner
+                .count("mdadm --assemble --run /dev/md/vol-r /dev/nvme0n1"),
+            1
+        );
+        assert_eq!(
+            sim.runner.count("mdadm --stop /dev/md127"),
+            usize::from(incremental)
+        );
+        assert_eq!(
+            sim.md_arrays(),
+            [("md127".to_string(), Some("vol-r".to_string()))]
+        );
+        c.check_valid_device(&rec.path).unwrap();
+        c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+            .unwrap();
+        assert_eq!(sim.runner.count("mdadm --stop /dev/md/vol-r"), 1);
+        sim.assert_clean();
+    }
+}
+
+#[test]
+fn a_single_replica_without_a_superblock_is_the_namespace() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1)], "replica_count": 1,
+        "alias": "vol-r", "volume_id": "r1"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    assert_eq!(rec.md_alias, None);
+    assert_eq!(sim.runner.count("mdadm --examine /dev/nvme0n1"), 1);
+    assert_eq!(sim.runner.count("mdadm --assemble"), 0);
+    assert_eq!(sim.runner.count("mdadm --create"), 0);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn replicas_that_carry_the_array_are_assembled_not_created() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1), replica(nqn2, UUID_2)],
+        "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    // The second attach finds the superblocks the first made.
+    sim.runner.clear_calls();
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/md/vol-r"));
+    assert_eq!(sim.runner.count("mdadm --create"), 0);
+    assert_eq!(sim.runner.count("mdadm --assemble --run /dev/md/vol-r"), 1);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn extend_of_a_replicated_volume_grows_the_array() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1), replica(nqn2, UUID_2)],
+        "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    let rec = c.connect_volume(&ci).unwrap();
+    sim.resize(UUID_1, "nvme0n1", 4 * MIB);
+    sim.resize(UUID_2, "nvme1n1", 4 * MIB);
+    assert_eq!(c.extend_volume(&ci).unwrap(), 4 * MIB);
+    let calls = sim.runner.calls();
+    let grow = calls
+        .iter()
+        .position(|c| c == "mdadm --grow --size max /dev/md/vol-r")
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    // Both replicas were read at their new size before the array grew.
+    let id_ns: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts_with("nvme id-ns"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(id_ns.len(), 2, "{calls:?}");
+    assert!(id_ns.iter().all(|i| *i < grow), "{calls:?}");
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn os_brick_device_info_detaches_from_the_host() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, MIB)],
+    );
+    let c = connector(&sim);
+    let (a, b) = (
+        volume(UUID_1, &["127.0.0.1:4420"], "a"),
+        volume(UUID_2, &["127.0.0.1:4420"], "b"),
+    );
+    c.connect_volume(&a).unwrap();
+    c.connect_volume(&b).unwrap();
+    // os-brick's device_info for NVMe-oF: type and path, nothing else.
+    let os_brick = |path: &str| DeviceRecord::block(Protocol::NvmeOf, path, None);
+    assert!(os_brick("/dev/nvme0n2").nvme_paths.is_empty());
+
+    // b's info with a's device: refused, nothing flushed or dropped.
+    sim.runner.clear_calls();
+    match c
+        .disconnect_volume(
+            &b,
+            Some(&os_brick("/dev/nvme0n1")),
+            DisconnectOptions::default(),
+        )
+        .unwrap_err()
+    {
+        Error::RecordMismatch { what, reason } => {
+            assert!(what.contains("/dev/nvme0n1"), "{what}");
+            assert!(reason.contains("nvme0n2"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
+    // Nova's device_path is checked the same way when there is no record.
+    let b_path = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_2, "volume_id": "b", "device_path": "/dev/nvme0n1"}),
+    );
+    assert!(matches!(
+        c.disconnect_volume(&b_path, None, DisconnectOptions::default()),
+        Err(Error::RecordMismatch { .. })
+    ));
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
+    let with_path = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]],
+        "vol_uuid": UUID_2, "volume_id": "b", "device_path": "/dev/nvme0n2"}),
+    );
+
+    // The right path: b detaches; the controller stays for a.
+    c.disconnect_volume(
+        &with_path,
+        Some(&os_brick("/dev/nvme0n2")),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(sim.runner.count("blockdev --flushbufs /dev/nvme0n2"), 1);
+    assert_eq!(sim.controllers(), ["nvme0"]);
+    // A path the host no longer has is no claim: a goes by its connection_info.
+    c.disconnect_volume(
+        &a,
+        Some(&os_brick("/dev/nvme9n9")),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn os_brick_device_info_of_a_replicated_volume_names_the_array() {
+    let sim = NvmeSim::new(true);
+    let nqn2 = "nqn.2014-08.org.hostbrick:vm2";
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.add_subsystem(nqn2, &["127.0.0.1:4420"], &[(1, UUID_2, MIB)]);
+    let c = connector(&sim);
+    let ci = nvme_info(
+        json!({"volume_replicas": [replica(NQN, UUID_1), replica(nqn2, UUID_2)],
+        "replica_count": 2, "alias": "vol-r", "volume_id": "r"}),
+    );
+    c.connect_volume(&ci).unwrap();
+    assert_eq!(
+        c.get_volume_paths(&ci).unwrap(),
+        [std::path::PathBuf::from("/dev/md/vol-r")]
+    );
+    let rec = DeviceRecord::block(Protocol::NvmeOf, "/dev/md/vol-r", None);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert_eq!(sim.runner.count("mdadm --stop /dev/md/vol-r"), 1);
+    sim.assert_clean();
+}
+
+/// A volume another tool (os-brick) detached leaves hostbrick's registry entry behind. The
+/// next connect that has to make the controller anew drops it, so the controller goes when
+/// its last real user disconnects.
+#[test]
+fn a_stale_entry_does_not_keep_a_new_controller() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, MIB)],
+    );
+    let c = connector(&sim);
+    let a = volume(UUID_1, &["127.0.0.1:4420"], "vol-a");
+    let rec = c.connect_volume(&a).unwrap();
+    let reg = hostbrick::internals::platform::Registry::new(&sim.fake.host(), "nvme");
+    let kept: Vec<(String, serde_json::Value)> = reg.entries().unwrap();
+    assert_eq!(kept.len(), 1);
+    // Detached behind hostbrick's back: the controller is gone, the entry stays.
+    c.disconnect_volume(&a, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    reg.put(&kept[0].0, &kept[0].1).unwrap();
+    assert!(sim.controllers().is_empty());
+    assert_eq!(sim.registry_entries(), 1);
+
+    let b = volume(UUID_2, &["127.0.0.1:4420"], "vol-b");
+    let rec = c.connect_volume(&b).unwrap();
+    assert_eq!(
+        sim.registry_entries(),
+        1,
+        "the stale entry of vol-a was dropped"
+    );
+    c.disconnect_volume(&b, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
 }

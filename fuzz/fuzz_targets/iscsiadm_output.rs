@@ -1,4 +1,4 @@
-//! iscsiadm session and node listings and the initiator-name file: parsers never panic,
+//! iscsiadm session, node and discovery-database listings and the initiator-name file: parsers never panic,
 //! and what they return prints back to what they read.
 #![no_main]
 
@@ -19,6 +19,16 @@ fuzz_target!(|data: &[u8]| {
             n.portal, n.tpgt, n.iqn
         ));
         assert_eq!(again, vec![n]);
+    }
+    // The discovery database listing: whatever it returns is a target of the portal asked.
+    if let Ok(portal) = "10.0.0.1:3260".parse() {
+        for n in hostbrick::internals::iscsi::parse_discoverydb(&text, &portal, "default") {
+            let again = hostbrick::internals::iscsi::parse_nodes(&format!(
+                "{},{} {}\n",
+                n.portal, n.tpgt, n.iqn
+            ));
+            assert_eq!(again, vec![n]);
+        }
     }
     let _ = hostbrick::internals::iscsi::parse_initiator_name(&text);
 });

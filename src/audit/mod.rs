@@ -9,7 +9,11 @@
 //! - dm-multipath maps without paths;
 //! - NVMe-oF controllers (TCP, RDMA) without namespaces, or whose namespaces no hostbrick
 //!   attachment uses and nothing holds;
-//! - RBD mappings (kernel rbd and rbd-nbd) without a hostbrick record.
+//! - RBD mappings (kernel rbd and rbd-nbd) without a hostbrick record;
+//! - stale records: registry entries of volumes the host no longer shows (another tool,
+//!   such as os-brick, detached them): none of their SCSI paths or multipath map, no
+//!   controller of their subsystem at their portals, their image no longer mapped on
+//!   their device. They are harmless to delete (`entry` names the file).
 //!
 //! It reads sysfs and the registry and runs only the read-only listing commands of `rbd`
 //! and `rbd-nbd`, and those only when sysfs shows a kernel rbd device or a connected nbd
@@ -53,6 +57,9 @@ pub struct AuditReport {
     pub nvme_controllers: Vec<OrphanController>,
     /// RBD mappings without a hostbrick record.
     pub rbd_mappings: Vec<OrphanMapping>,
+    /// Registry entries of volumes the host no longer shows.
+    #[serde(default)]
+    pub stale_records: Vec<StaleRecord>,
     /// What would be listed above but for a hostbrick operation holding its target's lock
     /// at the time of the audit: most likely an attach or detach still under way. Look
     /// again once it is done; never clean these up.
@@ -91,7 +98,22 @@ impl AuditReport {
             && self.multipath_maps.is_empty()
             && self.nvme_controllers.is_empty()
             && self.rbd_mappings.is_empty()
+            && self.stale_records.is_empty()
     }
+}
+
+/// A registry entry whose volume the host no longer shows: detached by another tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleRecord {
+    /// The protocol's registry (`iscsi`, `nvme`, `rbd`).
+    pub registry: String,
+    /// The entry's file in that registry (under `/run/hostbrick/attachments/<registry>`).
+    pub entry: String,
+    /// The volume id it was recorded for, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    /// What the host no longer shows.
+    pub reason: String,
 }
 
 /// Why an iSCSI session is listed.
@@ -238,11 +260,15 @@ pub fn audit_with_locks(ctx: &HostContext, locks: &LockDir) -> Result<AuditRepor
     let sessions = iscsi::audit::orphans(host, locks)?;
     let controllers = nvme::audit::orphans(host, locks)?;
     let mappings = rbd::audit::orphans(ctx, locks)?;
+    let mut stale_records = iscsi::audit::stale_records(host)?;
+    stale_records.extend(nvme::audit::stale_records(host)?);
+    stale_records.extend(rbd::audit::stale_records(host)?);
     let report = AuditReport {
         iscsi_sessions: sessions.orphans,
         multipath_maps: multipath_maps(host)?,
         nvme_controllers: controllers.orphans,
         rbd_mappings: mappings.orphans,
+        stale_records,
         in_progress: InProgress {
             iscsi_sessions: sessions.in_progress,
             nvme_controllers: controllers.in_progress,
@@ -254,6 +280,7 @@ pub fn audit_with_locks(ctx: &HostContext, locks: &LockDir) -> Result<AuditRepor
         multipath_maps = report.multipath_maps.len(),
         nvme_controllers = report.nvme_controllers.len(),
         rbd_mappings = report.rbd_mappings.len(),
+        stale_records = report.stale_records.len(),
         in_progress = report.in_progress.len(),
         "audit done"
     );

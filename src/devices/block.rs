@@ -186,21 +186,30 @@ pub fn flush(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Resul
     runner.run_ok(&cmd, &[]).map(|_| ())
 }
 
-/// Flushes before a device is removed. With `force` a failed flush is only a warning (the
-/// removal goes on and unwritten data may be lost); without it the failure stops the removal.
+/// Flushes before a device is removed. Without `force` a failed flush stops the removal
+/// (the error); with it the removal goes on (unwritten data may be lost) and the failure is
+/// handed back for the caller to report once the device is gone (os-brick's `force`).
 pub fn flush_before_removal(
     runner: &dyn CommandRunner,
     dev: &Path,
     force: bool,
     deadline: Instant,
-) -> Result<()> {
+) -> Result<Option<Error>> {
     match flush(runner, dev, deadline) {
+        Ok(()) => Ok(None),
         Err(e) if force => {
             tracing::warn!(device = %dev.display(), error = %e.chain(), "flush failed; removing anyway (force)");
-            Ok(())
+            Ok(Some(e))
         }
-        other => other,
+        Err(e) => Err(e),
     }
+}
+
+/// `result`, unless it succeeded and `carried` holds a failure `force` carried on past:
+/// then that failure, reported once the step is done.
+pub fn then_report(result: Result<()>, carried: Option<Error>) -> Result<()> {
+    result?;
+    carried.map_or(Ok(()), Err)
 }
 
 /// Reads the first block of `path`: the device answers I/O.

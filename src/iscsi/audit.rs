@@ -1,6 +1,6 @@
 //! The iSCSI part of an audit: sessions none of whose LUNs is in use.
 
-use crate::audit::{split_busy, Found, OrphanLun, OrphanSession, SessionReason};
+use crate::audit::{split_busy, Found, OrphanLun, OrphanSession, SessionReason, StaleRecord};
 use crate::devices::block;
 use crate::devices::multipath::{self, MultipathMap};
 use crate::devices::scsi;
@@ -22,6 +22,42 @@ pub(crate) fn orphans(host: &Host, locks: &LockDir) -> Result<Found<OrphanSessio
         };
         locks.is_held(&target_lock_key_for(portal, &s.target))
     })
+}
+
+/// The registry entries of iSCSI volumes the host no longer shows: none of the recorded
+/// paths has a SCSI device with the recorded WWID, and the recorded map is gone.
+pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
+    let mut out = Vec::new();
+    for (entry, r) in Registry::new(host, REGISTRY).entries::<DeviceRecord>()? {
+        if r.paths.is_empty() {
+            continue; // nothing to check it against
+        }
+        let mut live = false;
+        for p in &r.paths {
+            if scsi::device_exists(host, p.hctl) {
+                let wwid = scsi::wwid(host, p.hctl)
+                    .ok()
+                    .flatten()
+                    .map(|w| w.to_string());
+                live |= match (&wwid, &r.scsi_wwn) {
+                    (Some(have), Some(want)) => have == want,
+                    _ => true,
+                };
+            }
+        }
+        if let Some(map) = &r.multipath_id {
+            live |= host.dev(format!("mapper/{map}")).exists();
+        }
+        if !live {
+            out.push(StaleRecord {
+                registry: REGISTRY.to_string(),
+                entry,
+                volume_id: r.volume_id,
+                reason: "none of its SCSI paths or its multipath map is on the host".into(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// What hostbrick recorded of its iSCSI volumes.

@@ -3,22 +3,27 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::session::SessionFinder;
 use super::{
     by_path_name, discovery_lock_key, ms, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget,
     VolumeDevice,
 };
+use crate::connector::MultipathMode;
 use crate::connector::Operation;
 use crate::devices::block;
 use crate::devices::multipath::{self, MultipathMap};
 use crate::error::{AttemptFailure, Error, Result};
+use crate::iscsi::iscsiadm::NodeEntry;
 use crate::model::ids::Portal;
 use crate::model::record::{DeviceRecord, PathRecord};
-use crate::platform::cmd::Cancel;
+use crate::platform::cmd::{Cancel, Command};
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
+
+/// How long the multipathd liveness check of an enforced multipath connect may take.
+const MULTIPATHD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl IscsiDriver {
     pub(super) fn connect(
@@ -27,12 +32,18 @@ impl IscsiDriver {
         props: &IscsiProperties,
     ) -> Result<DeviceRecord> {
         let deadline = op.deadline;
+        let mode = self.multipath_mode(props);
+        // As os-brick's `check_multipath`: enforced multipath on a host without multipathd
+        // fails before anything is logged in.
+        if mode.is_enforced() && !self.multipathd_running(deadline) {
+            return Err(Error::MultipathdNotRunning);
+        }
         let mut discovered = Vec::new();
         let result = self
-            .targets_for_connect(props, deadline, &mut discovered)
+            .targets_for_connect(props, mode, deadline, &mut discovered)
             .and_then(|targets| {
-                if self.opts.multipath.is_on() {
-                    self.connect_multipath(props, &targets, deadline)
+                if mode.is_on() {
+                    self.connect_multipath(props, mode, &targets, deadline)
                 } else {
                     self.connect_single(props, &targets, deadline)
                 }
@@ -45,12 +56,32 @@ impl IscsiDriver {
         Ok(record)
     }
 
+    /// True when multipathd answers `multipathd show status` (exit 0) within
+    /// [`MULTIPATHD_CHECK_TIMEOUT`] (os-brick's `is_multipath_running`).
+    fn multipathd_running(&self, deadline: Instant) -> bool {
+        let cmd = Command::new("multipathd")
+            .args(["show", "status"])
+            .deadline(deadline.min(Instant::now() + MULTIPATHD_CHECK_TIMEOUT));
+        matches!(self.opts.context.runner.run(&cmd), Ok(out) if out.status.success())
+    }
+
+    /// The multipath mode of this connect: the connector's, raised to
+    /// [`MultipathMode::Enforced`] by the connection_info's `enforce_multipath` when
+    /// multipath is on (as in os-brick, `enforce_multipath` alone does not turn it on).
+    pub(super) fn multipath_mode(&self, props: &IscsiProperties) -> MultipathMode {
+        match self.opts.multipath {
+            MultipathMode::Optional if props.enforce_multipath => MultipathMode::Enforced,
+            m => m,
+        }
+    }
+
     /// The targets to log in to: the given ones, plus (for multipath without target
     /// lists) the portals sendtargets discovery reports for the same IQN. The node records
     /// discovery created (not there before it) are added to `discovered`.
     fn targets_for_connect(
         &self,
         props: &IscsiProperties,
+        mode: MultipathMode,
         deadline: Instant,
         discovered: &mut Vec<IscsiTarget>,
     ) -> Result<Vec<IscsiTarget>> {
@@ -62,7 +93,9 @@ impl IscsiDriver {
                 limit,
             });
         }
-        let discover_for_paths = self.opts.multipath.is_on() && props.targets.len() == 1;
+        // As os-brick (`_get_ips_iqns_luns`): a multipath connect without target lists asks
+        // sendtargets discovery for the volume's paths.
+        let discover_for_paths = mode.is_on() && !props.listed_targets;
         if !props.wants_discovery() && !discover_for_paths {
             return Ok(props.targets.clone());
         }
@@ -99,13 +132,7 @@ impl IscsiDriver {
                     );
                     let mut targets = props.targets.clone();
                     if discover_for_paths {
-                        let base = props.primary();
-                        for n in found.into_iter().filter(|n| n.iqn == base.iqn) {
-                            let t = IscsiTarget {
-                                portal: n.portal,
-                                iqn: n.iqn,
-                                lun: base.lun,
-                            };
+                        for t in discovered_paths(&found, props.primary()) {
                             if !targets.contains(&t) {
                                 targets.push(t);
                             }
@@ -159,6 +186,7 @@ impl IscsiDriver {
     fn connect_multipath(
         &self,
         props: &IscsiProperties,
+        mode: MultipathMode,
         targets: &[IscsiTarget],
         deadline: Instant,
     ) -> Result<DeviceRecord> {
@@ -186,14 +214,14 @@ impl IscsiDriver {
                 });
             }
             drop(tx);
-            self.gather_paths(&rx, targets.len(), &cancel, deadline)
+            self.gather_paths(&rx, &props.targets, targets.len(), &cancel, deadline)
         });
         if paths.is_empty() {
             return Err(all_failed(errors));
         }
         match map {
             Ok(m) => self.record(props, &paths, Some(&m)),
-            Err(reason) if self.opts.multipath.is_enforced() => {
+            Err(reason) if mode.is_enforced() => {
                 let wwid = paths[0]
                     .wwid
                     .as_ref()
@@ -210,10 +238,16 @@ impl IscsiDriver {
 
     /// Collects path results as they arrive; builds the map from the first path up; gives
     /// the paths still logging in `extra_path_grace` once the map is usable, then stops them.
+    ///
+    /// The volume is what the connection_info's own targets (`given`) show: a path only
+    /// discovery offered (another target name, on an array with one per portal) waits
+    /// until a given target's path is up, and joins only with that path's WWID. When no
+    /// given target comes up, such paths are undone: nothing shows they are the volume.
     #[allow(clippy::type_complexity)]
     fn gather_paths(
         &self,
         rx: &mpsc::Receiver<(IscsiTarget, Result<AttachedPath>)>,
+        given: &[IscsiTarget],
         total: usize,
         cancel: &Cancel,
         deadline: Instant,
@@ -227,6 +261,8 @@ impl IscsiDriver {
         let mut map: Option<std::result::Result<MultipathMap, String>> = None;
         let mut grace_end: Option<Instant> = None;
         let mut pending = total;
+        // Discovered-only paths up before any given target's path.
+        let mut held: Vec<AttachedPath> = Vec::new();
         while pending > 0 {
             let msg = match grace_end {
                 Some(end) => match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
@@ -254,42 +290,75 @@ impl IscsiDriver {
                     continue;
                 }
             };
-            if let Some(first) = paths.first() {
-                if first.wwid != p.wwid {
-                    tracing::warn!(target = %t, first = ?first.wwid, this = ?p.wwid, "path shows another volume; detaching it");
-                    self.undo_paths(std::slice::from_ref(&p));
-                    errors.push((
-                        t,
-                        Error::MultipathAssembly {
-                            wwid: first
-                                .wwid
-                                .as_ref()
-                                .map_or_else(String::new, |w| w.to_string()),
-                            reason: format!("path {} has WWID {:?}", p.name, p.wwid),
-                        },
-                    ));
+            let mut ready = vec![p];
+            if paths.is_empty() {
+                if !given.contains(&ready[0].target) {
+                    tracing::debug!(target = %t, "discovered path up; waiting for a path of the connection_info's targets");
+                    held.append(&mut ready);
                     continue;
                 }
+                ready.append(&mut held);
             }
-            match &map {
-                None => {
-                    let r = self.assemble_map(&p, deadline);
-                    if r.is_ok() && pending > 0 {
-                        grace_end =
-                            Some((Instant::now() + self.opts.iscsi.extra_path_grace).min(deadline));
+            for p in ready {
+                let t = p.target.clone();
+                if let Some(first) = paths.first() {
+                    if first.wwid != p.wwid {
+                        tracing::warn!(target = %t, first = ?first.wwid, this = ?p.wwid, "path shows another volume; detaching it");
+                        self.undo_paths(std::slice::from_ref(&p));
+                        errors.push((
+                            t,
+                            Error::MultipathAssembly {
+                                wwid: first
+                                    .wwid
+                                    .as_ref()
+                                    .map_or_else(String::new, |w| w.to_string()),
+                                reason: format!("path {} has WWID {:?}", p.name, p.wwid),
+                            },
+                        ));
+                        continue;
                     }
-                    map = Some(r);
                 }
-                Some(Ok(_)) => {
-                    let dev = self.host().public_dev_path(&self.host().dev(&p.name));
-                    if let Err(e) = multipath::add_path(&*self.opts.context.runner, &dev, deadline)
-                    {
-                        tracing::warn!(device = %p.name, error = %e.chain(), "multipathd did not take the path");
+                match &map {
+                    None => {
+                        let r = self.assemble_map(&p, deadline);
+                        if r.is_ok() && pending > 0 {
+                            grace_end = Some(
+                                (Instant::now() + self.opts.iscsi.extra_path_grace).min(deadline),
+                            );
+                        }
+                        map = Some(r);
                     }
+                    Some(Ok(_)) => {
+                        let dev = self.host().public_dev_path(&self.host().dev(&p.name));
+                        if let Err(e) =
+                            multipath::add_path(&*self.opts.context.runner, &dev, deadline)
+                        {
+                            tracing::warn!(device = %p.name, error = %e.chain(), "multipathd did not take the path");
+                        }
+                    }
+                    Some(Err(_)) => {}
                 }
-                Some(Err(_)) => {}
+                paths.push(p);
             }
-            paths.push(p);
+        }
+        if !held.is_empty() {
+            tracing::warn!(
+                paths = held.len(),
+                "no path of the connection_info's targets came up; detaching the discovered ones"
+            );
+            self.undo_paths(&held);
+            for p in held {
+                errors.push((
+                    p.target.clone(),
+                    Error::MultipathAssembly {
+                        wwid: p.wwid.as_ref().map_or_else(String::new, |w| w.to_string()),
+                        reason: format!(
+                            "path {} came only from discovery and no target of the connection_info confirmed its volume",
+                            p.name
+                        ),
+                    },
+                ));
+            }
         }
         let map = map.unwrap_or_else(|| Err("no path came up".to_string()));
         (paths, errors, map)
@@ -400,6 +469,35 @@ impl IscsiDriver {
     }
 }
 
+/// The paths sendtargets discovery reports for the volume whose connection_info names one
+/// target (`base`), as os-brick's `_get_ips_iqns_luns` selects them: when every portal in
+/// the reply offers `base`'s IQN, `base`'s IQN at each of those portals (an array whose
+/// portals share one target name); otherwise every portal and IQN pair of the reply (an
+/// array with a different target name per portal). Each with `base`'s LUN, in the order of
+/// the reply, without repeats.
+pub(super) fn discovered_paths(found: &[NodeEntry], base: &IscsiTarget) -> Vec<IscsiTarget> {
+    let shared_name = found.iter().all(|n| {
+        found
+            .iter()
+            .any(|m| m.portal == n.portal && m.iqn == base.iqn)
+    });
+    let mut out: Vec<IscsiTarget> = Vec::new();
+    for n in found {
+        if shared_name && n.iqn != base.iqn {
+            continue;
+        }
+        let t = IscsiTarget {
+            portal: n.portal.clone(),
+            iqn: n.iqn.clone(),
+            lun: base.lun,
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
 /// The error for a connect whose every path failed: the authentication failure when that
 /// is what stopped every path, else "volume device not found" with each attempt.
 fn all_failed(errors: Vec<(IscsiTarget, Error)>) -> Error {
@@ -426,6 +524,63 @@ fn all_failed(errors: Vec<(IscsiTarget, Error)>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(portal: &str, iqn: &str) -> NodeEntry {
+        NodeEntry {
+            portal: portal.parse().unwrap(),
+            tpgt: 1,
+            iqn: iqn.parse().unwrap(),
+        }
+    }
+
+    /// os-brick's `_get_ips_iqns_luns` cases (`test_get_ips_iqns_luns_*`): one IQN shared
+    /// by every portal, or a different IQN per portal.
+    #[test]
+    fn discovered_paths_select_as_os_brick() {
+        let (a, b, c) = ("iqn.2003-01.x:a", "iqn.2003-01.x:b", "iqn.2003-01.x:c");
+        let base = IscsiTarget {
+            portal: "10.0.0.1:3260".parse().unwrap(),
+            iqn: a.parse().unwrap(),
+            lun: 7,
+        };
+        let pairs = |found: &[NodeEntry]| -> Vec<(String, String, u64)> {
+            discovered_paths(found, &base)
+                .into_iter()
+                .map(|t| (t.portal.to_string(), t.iqn.to_string(), t.lun))
+                .collect()
+        };
+        let p = |portal: &str, iqn: &str| (portal.to_string(), iqn.to_string(), 7);
+        // Every portal offers the volume's IQN (and others): the volume's IQN at each.
+        assert_eq!(
+            pairs(&[
+                node("10.0.0.1:3260", a),
+                node("10.0.0.1:3260", b),
+                node("10.0.0.2:3260", a),
+                node("10.0.0.2:3260", b),
+                node("10.0.0.2:3260", a),
+            ]),
+            vec![p("10.0.0.1:3260", a), p("10.0.0.2:3260", a)]
+        );
+        // A different IQN per portal: every pair is kept.
+        assert_eq!(
+            pairs(&[
+                node("10.0.0.1:3260", a),
+                node("10.0.0.2:3260", b),
+                node("10.0.0.3:3260", c),
+            ]),
+            vec![
+                p("10.0.0.1:3260", a),
+                p("10.0.0.2:3260", b),
+                p("10.0.0.3:3260", c)
+            ]
+        );
+        // None offers it: every pair too (os-brick's match set is empty).
+        assert_eq!(
+            pairs(&[node("10.0.0.2:3260", b)]),
+            vec![p("10.0.0.2:3260", b)]
+        );
+        assert!(pairs(&[]).is_empty());
+    }
 
     #[test]
     fn all_failed_prefers_authentication() {

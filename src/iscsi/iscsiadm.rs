@@ -55,11 +55,15 @@ pub struct SessionEntry {
     pub sid: u32,
     /// The portal.
     pub portal: Portal,
-    /// The target portal group tag.
-    pub tpgt: u32,
+    /// The target portal group tag ([`TPGT_NONE`] for none).
+    pub tpgt: i32,
     /// The target.
     pub iqn: Iqn,
 }
+
+/// The portal group tag iscsiadm prints for a node record made with `--op new`, which
+/// has none (`node.tpgt = -1`): `127.0.0.1:3260,-1 iqn...`.
+pub const TPGT_NONE: i32 = -1;
 
 /// Parses `iscsiadm -m session` output, e.g.
 /// `tcp: [1] 127.0.0.1:3260,1 iqn.2003-01.org.linux-iscsi.t:t1 (non-flash)`.
@@ -94,8 +98,8 @@ fn parse_session_line(line: &str) -> Option<SessionEntry> {
 pub struct NodeEntry {
     /// The portal.
     pub portal: Portal,
-    /// The target portal group tag.
-    pub tpgt: u32,
+    /// The target portal group tag ([`TPGT_NONE`] for a record made with `--op new`).
+    pub tpgt: i32,
     /// The target.
     pub iqn: Iqn,
 }
@@ -112,9 +116,83 @@ pub fn parse_nodes(out: &str) -> Vec<NodeEntry> {
         .collect()
 }
 
-fn parse_portal_tpgt(word: &str) -> Option<(Portal, u32)> {
+/// The targets sendtargets discovery at `discovery` recorded for `iface`, from
+/// `iscsiadm -m discoverydb -o show -P 1` (the shape os-brick's `_get_discoverydb_portals`
+/// reads), in the order printed:
+///
+/// ```text
+/// SENDTARGETS:
+/// DiscoveryAddress: 192.168.1.2,3260
+/// Target: iqn.2004-04.com.qnap:ts-831x:iscsi.cinder-1
+///     Portal: 192.168.1.3:3260,1
+///         Iface Name: default
+/// DiscoveryAddress: 192.168.1.38,3260
+/// iSNS:
+/// No targets found.
+/// ```
+///
+/// Only the SENDTARGETS section counts; a discovery address is `address,port` with or
+/// without brackets around an IPv6 address. Other lines are skipped.
+pub fn parse_discoverydb(out: &str, discovery: &Portal, iface: &str) -> Vec<NodeEntry> {
+    let mut found = Vec::new();
+    let mut in_sendtargets = false;
+    let mut at_discovery = false;
+    let mut target: Option<Iqn> = None;
+    let mut portal: Option<(Portal, i32)> = None;
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(section) = line.strip_suffix(':').filter(|s| !s.contains(' ')) {
+            in_sendtargets = section == "SENDTARGETS";
+            at_discovery = false;
+            continue;
+        }
+        if !in_sendtargets {
+            continue;
+        }
+        if let Some(addr) = line.strip_prefix("DiscoveryAddress:") {
+            at_discovery = discovery_address(addr.trim()).as_ref() == Some(discovery);
+            target = None;
+            portal = None;
+        } else if let Some(name) = line.strip_prefix("Target:") {
+            target = Iqn::from_str(name.trim()).ok();
+            portal = None;
+        } else if let Some(p) = line.strip_prefix("Portal:") {
+            portal = parse_portal_tpgt(p.trim());
+        } else if let Some(name) = line.strip_prefix("Iface Name:") {
+            if let (true, Some(iqn), Some((p, tpgt))) = (at_discovery, &target, portal.take()) {
+                if name.trim() == iface {
+                    found.push(NodeEntry {
+                        portal: p,
+                        tpgt,
+                        iqn: iqn.clone(),
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A discovery record's address as `-m discoverydb -P 1` prints it: `address,port`.
+fn discovery_address(word: &str) -> Option<Portal> {
+    let (addr, port) = word.rsplit_once(',')?;
+    let port: u16 = port.parse().ok()?;
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    let text = if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    };
+    Portal::from_str(&text).ok()
+}
+
+/// `address:port,tpgt`; the tag is 0 to 65535 (16 bits in iSCSI), or [`TPGT_NONE`].
+fn parse_portal_tpgt(word: &str) -> Option<(Portal, i32)> {
     let (portal, tpgt) = word.rsplit_once(',')?;
-    let tpgt = tpgt.parse().ok()?;
+    let tpgt: i32 = tpgt.parse().ok()?;
+    if tpgt != TPGT_NONE && !(0..=0xffff).contains(&tpgt) {
+        return None;
+    }
     // iscsiadm prints IPv6 portals bracketed; its "[addr]:port" form parses directly.
     Some((Portal::from_str(portal).ok()?, tpgt))
 }
@@ -315,6 +393,20 @@ impl<'a> Iscsiadm<'a> {
         self.run_tolerating_absent(&cmd).map(|_| ())
     }
 
+    /// The targets the discovery database holds for sendtargets discovery at `portal`
+    /// with this iface (`iscsiadm -m discoverydb -o show -P 1`); none is an empty list.
+    pub fn discoverydb_targets(&self, portal: &Portal) -> Result<Vec<NodeEntry>> {
+        let cmd = self
+            .cmd()
+            .args(["-m", "discoverydb", "-o", "show", "-P", "1"]);
+        let (out, status) = self.run(&cmd)?;
+        match status {
+            IscsiadmStatus::Success => Ok(parse_discoverydb(&out.stdout, portal, self.iface)),
+            IscsiadmStatus::NothingThere => Ok(Vec::new()),
+            _ => Err(cmd.failure(&out)),
+        }
+    }
+
     /// sendtargets discovery at `portal` (with discovery CHAP when given); the discovered
     /// node records are created by iscsiadm. With CHAP, the discovery record is made with
     /// `--op new` and the credentials are written into its file (never on a command line);
@@ -405,6 +497,115 @@ mod tests {
         );
         assert_eq!(s[2].transport, "iser");
         assert!(parse_sessions("").is_empty());
+    }
+
+    /// Node records made with `--op new` have no portal group tag: iscsiadm prints -1.
+    #[test]
+    fn records_without_a_portal_group_tag_parse() {
+        let table: &[(&str, Option<(&str, i32)>)] = &[
+            (
+                "127.0.0.1:3260,-1 iqn.2003-01.org.linux-iscsi.vm:t1",
+                Some(("127.0.0.1:3260", -1)),
+            ),
+            (
+                "[fe80::1]:3260,-1 iqn.2003-01.org.linux-iscsi.vm:t1",
+                Some(("[fe80::1]:3260", -1)),
+            ),
+            (
+                "127.0.0.1:3260,1 iqn.2003-01.org.linux-iscsi.vm:t1",
+                Some(("127.0.0.1:3260", 1)),
+            ),
+            (
+                "127.0.0.1:3260,65535 iqn.2003-01.org.linux-iscsi.vm:t1",
+                Some(("127.0.0.1:3260", 65535)),
+            ),
+            ("127.0.0.1:3260,-2 iqn.2003-01.org.linux-iscsi.vm:t1", None),
+            (
+                "127.0.0.1:3260,65536 iqn.2003-01.org.linux-iscsi.vm:t1",
+                None,
+            ),
+            ("127.0.0.1:3260, iqn.2003-01.org.linux-iscsi.vm:t1", None),
+        ];
+        for (line, want) in table {
+            let got: Vec<_> = parse_nodes(line)
+                .into_iter()
+                .map(|n| (n.portal.to_string(), n.tpgt))
+                .collect();
+            let want: Vec<_> = want.iter().map(|(p, t)| (p.to_string(), *t)).collect();
+            assert_eq!(got, want, "{line}");
+            let session = format!("tcp: [4] {line} (non-flash)");
+            let got: Vec<_> = parse_sessions(&session)
+                .into_iter()
+                .map(|s| (s.portal.to_string(), s.tpgt))
+                .collect();
+            assert_eq!(got, want, "{session}");
+        }
+        // What the fuzz target checks: a parsed entry prints back to itself.
+        for n in parse_nodes("10.0.0.1:3260,-1 iqn.2003-01.org.linux-iscsi.vm:t1\n") {
+            let again = parse_nodes(&format!("{},{} {}\n", n.portal, n.tpgt, n.iqn));
+            assert_eq!(again, vec![n]);
+        }
+    }
+
+    /// The shape of os-brick's `test_get_discoverydb_portals` and its error cases.
+    #[test]
+    fn discoverydb_lists_the_targets_of_one_discovery_portal_and_iface() {
+        let out = "SENDTARGETS:\n\
+                   DiscoveryAddress: 192.168.1.33,3260\n\
+                   Target: iqn.2004-04.com.qnap:other\n\
+                   \tPortal: 192.168.1.33:3260,1\n\
+                   \t\tIface Name: default\n\
+                   DiscoveryAddress: 10.0.0.1,3260\n\
+                   Target: iqn.2004-04.com.qnap:a\n\
+                   \tPortal: 10.0.0.2:3260,1\n\
+                   \t\tIface Name: default\n\
+                   \tPortal: 10.0.0.1:3260,1\n\
+                   \t\tIface Name: default\n\
+                   \tPortal: 10.0.0.1:3260,1\n\
+                   \t\tIface Name: iser\n\
+                   Target: iqn.2004-04.com.qnap:b\n\
+                   \tPortal: 10.0.0.2:3260,-1\n\
+                   \t\tIface Name: default\n\
+                   DiscoveryAddress: [fe80::1],3260\n\
+                   Target: iqn.2004-04.com.qnap:v6\n\
+                   \tPortal: [fe80::1]:3260,1\n\
+                   \t\tIface Name: default\n\
+                   DiscoveryAddress: 192.168.1.38,3260\n\
+                   iSNS:\n\
+                   No targets found.\n\
+                   STATIC:\n\
+                   Target: iqn.2004-04.com.qnap:static\n\
+                   \tPortal: 10.0.0.1:3260,1\n\
+                   \t\tIface Name: default\n\
+                   FIRMWARE:\n\
+                   No targets found.\n";
+        let pairs = |portal: &str, iface: &str| -> Vec<(String, String)> {
+            parse_discoverydb(out, &portal.parse().unwrap(), iface)
+                .into_iter()
+                .map(|n| (n.portal.to_string(), n.iqn.to_string()))
+                .collect()
+        };
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            pairs("10.0.0.1:3260", "default"),
+            vec![
+                s("10.0.0.2:3260", "iqn.2004-04.com.qnap:a"),
+                s("10.0.0.1:3260", "iqn.2004-04.com.qnap:a"),
+                s("10.0.0.2:3260", "iqn.2004-04.com.qnap:b"),
+            ]
+        );
+        assert_eq!(
+            pairs("10.0.0.1:3260", "iser"),
+            vec![s("10.0.0.1:3260", "iqn.2004-04.com.qnap:a")]
+        );
+        assert_eq!(
+            pairs("[fe80::1]:3260", "default"),
+            vec![s("[fe80::1]:3260", "iqn.2004-04.com.qnap:v6")]
+        );
+        // A discovery address without targets, one not listed, an empty output.
+        assert!(pairs("192.168.1.38:3260", "default").is_empty());
+        assert!(pairs("10.9.9.9:3260", "default").is_empty());
+        assert!(parse_discoverydb("", &"10.0.0.1:3260".parse().unwrap(), "default").is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use crate::connector::IscsiOptions;
-pub use crate::model::iscsi::{ChapCredentials, IscsiProperties, IscsiTarget};
+pub use crate::model::iscsi::{AddressingMode, ChapCredentials, IscsiProperties, IscsiTarget};
 pub(crate) use iscsiadm::{Iscsiadm, LoginOutcome, NodeParam};
 
 use crate::connector::{ms, ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
@@ -260,6 +260,11 @@ mod tests {
         assert_eq!(
             by_path_name(&p6, "iqn.2003-01.x:t", 256),
             "ip-fe80::1:3260-iscsi-iqn.2003-01.x:t-lun-0x0100000000000000"
+        );
+        // LUN 256 under SAM2 is the kernel's 16640, as os-brick's `_format_lun_id` names it.
+        assert_eq!(
+            by_path_name(&p, "iqn.2003-01.x:t", 16640),
+            "ip-127.0.0.1:3260-iscsi-iqn.2003-01.x:t-lun-0x4100000000000000"
         );
     }
 }

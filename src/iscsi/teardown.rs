@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::connect::discovered_paths;
 use super::session::{self, SessionFinder};
 use super::{ms, target_lock_key, IscsiDriver, IscsiProperties, IscsiTarget, VolumeDevice};
 use crate::connector::{DisconnectOptions, Operation};
@@ -36,7 +37,7 @@ impl IscsiDriver {
         let deadline = op.deadline;
         let host = self.host();
         let mut sessions = SessionFinder::new(host);
-        let mut owned = self.owned(props, record, &mut sessions)?;
+        let mut owned = self.owned(props, record, &mut sessions, deadline)?;
         // Nothing is flushed or removed unless all of it is free to go.
         self.check_unused(&mut owned)?;
         let mut failures = Failures::new(opts.force);
@@ -65,11 +66,17 @@ impl IscsiDriver {
     /// volume's devices and its WWID theirs. Recorded things the host no longer has are
     /// skipped; recorded things the host shows as something else are a
     /// [`Error::RecordMismatch`].
+    ///
+    /// A record without paths (os-brick's `{"type", "path", "scsi_wwn", "multipath_id"}`,
+    /// or none at all) for a connection_info without target lists, where the connect may
+    /// have found its paths by sendtargets discovery, adds the paths the discovery
+    /// database holds for the volume's portal ([`IscsiDriver::discovered_devices`]).
     fn owned(
         &self,
         props: &IscsiProperties,
         record: Option<&DeviceRecord>,
         sessions: &mut SessionFinder<'_>,
+        deadline: Instant,
     ) -> Result<Owned> {
         let host = self.host();
         let mut targets = props.targets.clone();
@@ -92,7 +99,24 @@ impl IscsiDriver {
             }
             devices = kept;
         }
+        // What the connection_info's own targets show is the proof a path of another
+        // target name (one discovery found) is the volume's; the record's WWID is not.
+        let host_wwid = self.common_wwid(&devices, None)?;
         let mut wwid = self.common_wwid(&devices, record)?;
+        let recorded_paths = record.is_some_and(|r| !r.paths.is_empty());
+        let mode = self.multipath_mode(props);
+        if !recorded_paths && !props.listed_targets && (mode.is_on() || props.wants_discovery()) {
+            for (t, d) in
+                self.discovered_devices(props, host_wwid.as_deref(), sessions, deadline)?
+            {
+                if !devices.iter().any(|x| x.hctl == d.hctl) {
+                    devices.push(d);
+                }
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+        }
         if let Some(r) = record {
             for p in &r.paths {
                 let t = IscsiTarget {
@@ -104,6 +128,10 @@ impl IscsiDriver {
                     .targets
                     .iter()
                     .any(|c| c.iqn == t.iqn && c.lun == t.lun);
+                // A target of another name at the volume's LUN, for a connection_info
+                // without target lists: one sendtargets discovery may have found (an array
+                // with a target name per portal), the volume's only when the host shows it.
+                let discovered = !ours && !props.listed_targets && t.lun == props.primary().lun;
                 // A recorded portal of the volume's target (one discovery found) is released
                 // like the others: only a session left without LUNs is logged out.
                 if ours && !targets.contains(&t) {
@@ -116,7 +144,7 @@ impl IscsiDriver {
                     what: format!("path {} ({name})", p.hctl),
                     reason,
                 };
-                if !ours {
+                if !ours && !discovered {
                     return Err(mismatch(format!(
                         "{t} is not a target of this volume's connection_info"
                     )));
@@ -129,6 +157,20 @@ impl IscsiDriver {
                     )));
                 }
                 let have = scsi::wwid(host, p.hctl)?;
+                if discovered {
+                    match (host_wwid.as_deref(), &have) {
+                        (Some(want), Some(have)) if want == have.as_str() => {}
+                        (Some(want), Some(have)) => {
+                            return Err(mismatch(format!(
+                                "{t} came from discovery and shows WWID {have}, the connection_info's targets {want}"
+                            )));
+                        }
+                        _ => {
+                            tracing::warn!(target = %t, device = %name, "a recorded path of a discovered target, unproven (no target of the connection_info shows the volume's WWID); leaving it");
+                            continue;
+                        }
+                    }
+                }
                 let recorded = r.scsi_wwn.as_deref();
                 match (&wwid, &have) {
                     // The volume's LUN serves another volume now (see above).
@@ -163,6 +205,65 @@ impl IscsiDriver {
             maps,
             targets,
         })
+    }
+
+    /// The volume's devices on targets the discovery database holds for its portal (what
+    /// a connect's sendtargets discovery found, selected as the connect selects them:
+    /// [`super::connect::discovered_paths`]), each with its target. A device counts only
+    /// when the host shows it as the volume's LUN on a session of that target and it
+    /// carries the volume's WWID (`wwid`, as the connection_info's own targets show it;
+    /// a record's is no proof): with no WWID known nothing discovered counts, and a target whose LUN shows
+    /// another WWID, or that has no session or no such LUN, is left alone. A discovery
+    /// database that cannot be read adds nothing (logged).
+    fn discovered_devices(
+        &self,
+        props: &IscsiProperties,
+        wwid: Option<&str>,
+        sessions: &mut SessionFinder<'_>,
+        deadline: Instant,
+    ) -> Result<Vec<(IscsiTarget, VolumeDevice)>> {
+        let host = self.host();
+        let base = props.primary();
+        let found = match self.adm(deadline).discoverydb_targets(&base.portal) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(portal = %base.portal, error = %e.chain(), "cannot read the discovery database; using the connection_info's targets only");
+                return Ok(Vec::new());
+            }
+        };
+        let candidates: Vec<IscsiTarget> = discovered_paths(&found, base)
+            .into_iter()
+            .filter(|t| !props.targets.contains(t))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(want) = wwid else {
+            tracing::warn!(
+                targets = candidates.len(),
+                "the volume's WWID is unknown: leaving the targets discovery found alone"
+            );
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for t in candidates {
+            let Some(hctl) = sessions.find(&t)?.and_then(|s| s.hctl(t.lun)) else {
+                continue;
+            };
+            let Some(name) = scsi::block_name(host, hctl)? else {
+                continue;
+            };
+            match scsi::wwid(host, hctl)? {
+                Some(have) if have.as_str() == want => {
+                    tracing::debug!(target = %t, device = %name, "a path discovery found");
+                    out.push((t, VolumeDevice { hctl, name }));
+                }
+                have => {
+                    tracing::debug!(target = %t, device = %name, ?have, want, "a discovered target's LUN is another volume; leaving it");
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Fails with [`Error::DeviceInUse`] unless every device and map of the volume is free
@@ -286,7 +387,7 @@ impl IscsiDriver {
         let host = self.host();
         let runner = &*self.opts.context.runner;
         let dev = host.public_dev_path(&host.dev(&m.dm));
-        block::flush_before_removal(runner, &dev, force, deadline)?;
+        let mut carried = block::flush_before_removal(runner, &dev, force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
         if let Err(e) = multipath::flush_map(runner, &m.name, deadline) {
             if !force {
@@ -294,12 +395,14 @@ impl IscsiDriver {
             }
             tracing::warn!(map = %m.name, error = %e.chain(), "multipath -f failed; forcing removal");
             multipath::force_remove_map(runner, &m.name, deadline)?;
+            carried = carried.or(Some(e));
         }
-        watch.wait_for(
+        let removed = watch.wait_for(
             &format!("removal of multipath map {} ({})", m.name, m.dm),
             deadline,
             || Ok((!block::exists(host, &m.dm)).then_some(())),
-        )
+        );
+        block::then_report(removed, carried)
     }
 
     pub(super) fn remove_scsi_device(
@@ -313,10 +416,11 @@ impl IscsiDriver {
             return Ok(());
         }
         let dev = host.public_dev_path(&host.dev(&d.name));
-        block::flush_before_removal(&*self.opts.context.runner, &dev, force, deadline)?;
+        let carried =
+            block::flush_before_removal(&*self.opts.context.runner, &dev, force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
         scsi::delete(host, d.hctl)?;
-        watch.wait_for(
+        let removed = watch.wait_for(
             &format!("removal of {} ({})", d.name, d.hctl),
             deadline,
             || {
@@ -325,7 +429,8 @@ impl IscsiDriver {
                         .then_some(()),
                 )
             },
-        )
+        );
+        block::then_report(removed, carried)
     }
 
     /// Logs out of `t` when its session carries no LUNs, then (when asked) deletes the node

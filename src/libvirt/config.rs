@@ -71,6 +71,23 @@ impl DiskBus {
 }
 
 xml_enum!(
+    /// `<disk device=...>`: what the guest sees.
+    DiskDevice { /// A hard disk.
+    Disk = "disk", /// A CD-ROM (read-only removable media).
+    Cdrom = "cdrom", /// SCSI passthrough of a host LUN (`scsi-block`): SCSI commands reach the
+    /// device itself; no serial, WWN or block sizes of its own.
+    Lun = "lun" }
+);
+
+xml_enum!(
+    /// `<disk sgio=...>` of a `device='lun'` disk: which SCSI commands the host passes on.
+    Sgio { /// Only commands the kernel allows for unprivileged use (libvirt's default).
+    Filtered = "filtered", /// Every command: written by older libvirt, refused by current
+    /// libvirt ("unfiltered sgio is no longer supported") and so refused here.
+    Unfiltered = "unfiltered" }
+);
+
+xml_enum!(
     /// A network disk's protocol.
     NetworkProtocol { /// Ceph RBD.
     Rbd = "rbd", /// iSCSI opened by QEMU itself.
@@ -147,9 +164,11 @@ impl DiskSource {
 pub struct NetworkDisk {
     /// The protocol.
     pub protocol: NetworkProtocol,
-    /// The export: `pool/image` for RBD, `iqn/lun` for iSCSI.
-    pub name: String,
-    /// The servers (RBD monitors).
+    /// The export: `pool/image` for RBD, `iqn/lun` for iSCSI; `None` only for NBD, whose
+    /// server then serves its default export.
+    pub name: Option<String>,
+    /// The servers: exactly one for iSCSI and NBD; RBD monitors, none when libvirt (QEMU's
+    /// librbd) should take them from the host's ceph.conf.
     pub hosts: Vec<NetworkHost>,
     /// Credentials, as a libvirt secret.
     pub auth: Option<DiskAuth>,
@@ -160,7 +179,8 @@ pub struct NetworkDisk {
 pub struct NetworkHost {
     /// Host name or address.
     pub name: String,
-    /// TCP port, when not the protocol's default.
+    /// TCP port; `None` writes no `port` attribute and the protocol's default applies (for
+    /// RBD, librbd's: 3300/6789).
     pub port: Option<u16>,
 }
 
@@ -274,13 +294,14 @@ pub enum DiskAddress {
 /// Declares [`IoTune`] from one list of libvirt's element names (also Cinder's qos keys).
 macro_rules! iotune {
     ($($field:ident),+ $(,)?) => {
-        /// `<iotune>`: I/O limits, from Cinder front-end `qos_specs`. A total limit and
-        /// its read/write pair exclude each other.
+        /// `<iotune>`: I/O limits, from Cinder front-end `qos_specs`. A non-zero total limit
+        /// and a non-zero read/write limit of the same kind exclude each other. Zero is
+        /// libvirt's "no limit": it is not written, and reads back as `None`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
         pub struct IoTune {
             $(
                 #[doc = concat!("`", stringify!($field), "`")]
-                #[serde(skip_serializing_if = "Option::is_none", default)]
+                #[serde(skip_serializing_if = "no_limit", default)]
                 pub $field: Option<u64>,
             )+
         }
@@ -293,8 +314,24 @@ macro_rules! iotune {
                     _ => None,
                 }
             }
+
+            /// Every limit, `Some(0)` as `None`, as libvirt reads and writes them.
+            pub fn normalized(mut self) -> IoTune {
+                $(self.$field = self.$field.filter(|n| *n != 0);)+
+                self
+            }
+
+            /// No limit is set (every one `None` or zero).
+            pub fn is_unlimited(&self) -> bool {
+                true $(&& no_limit(&self.$field))+
+            }
         }
     };
+}
+
+/// `None` or zero: libvirt's "no limit", which it neither checks nor writes.
+fn no_limit(v: &Option<u64>) -> bool {
+    matches!(v, None | Some(0))
 }
 
 iotune!(
@@ -320,30 +357,39 @@ iotune!(
 );
 
 impl IoTune {
-    /// Limits from Cinder `qos_specs` (values as numbers or decimal strings). Keys libvirt
-    /// has no limit for (back-end specs, `consumer`) are skipped; `None` when nothing is left.
+    /// Limits from Cinder `qos_specs` as Nova reads them (a `data.qos_specs` that is not a
+    /// JSON object is ignored with a warning when the connection_info is parsed); keys
+    /// libvirt has no limit for
+    /// (back-end specs, `consumer`) are skipped, and so is a `null` value (Nova leaves such a
+    /// limit unset); a limit is a non-negative integer, as a number or a decimal string. A
+    /// limit libvirt would refuse (`"lots"`, `1.5`, `-1`, `true`) is an error, as it fails
+    /// Nova's attach at libvirt. Zero means no limit. `None` when no limit is left.
     pub fn from_qos_specs(specs: &serde_json::Map<String, Value>) -> Result<Option<IoTune>> {
         let mut tune = IoTune::default();
-        let mut any = false;
         for (key, value) in specs {
             match tune.slot(key) {
+                Some(_) if value.is_null() => {
+                    tracing::debug!(key = %key, "qos_specs limit is null; left unset")
+                }
                 Some(slot) => {
                     let n = as_u64(value).map_err(|reason| {
                         Error::invalid(format!("data.qos_specs.{key}"), reason)
                     })?;
                     *slot = Some(n);
-                    any = true;
                 }
                 None => tracing::debug!(key = %key, "qos_specs key has no libvirt limit; skipped"),
             }
         }
-        if !any {
+        let tune = tune.normalized();
+        if tune.is_unlimited() {
             return Ok(None);
         }
         tune.check()?;
         Ok(Some(tune))
     }
 
+    /// libvirt's own rule: a total and a read or write limit of the same kind are not both
+    /// non-zero.
     fn check(&self) -> Result<()> {
         let pairs = [
             (
@@ -368,11 +414,12 @@ impl IoTune {
             ),
         ];
         for (what, total, rw) in pairs {
-            if total.is_some() && rw.iter().any(Option::is_some) {
+            if !no_limit(&total) && rw.iter().any(|v| !no_limit(v)) {
                 return Err(Error::InvalidDiskConfig {
                     field: "iotune",
                     reason: format!(
-                        "total_{what} cannot be combined with read_{what} or write_{what}"
+                        "a non-zero total_{what} cannot be combined with a non-zero \
+                         read_{what} or write_{what}"
                     ),
                 });
             }
@@ -381,26 +428,33 @@ impl IoTune {
     }
 }
 
-/// One `<disk device='disk'>` of a libvirt domain.
+/// One `<disk>` of a libvirt domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
+    /// `<disk device=...>`: disk, CD-ROM or SCSI passthrough LUN.
+    pub device: DiskDevice,
     /// Where the data comes from (decides `<disk type=...>`).
     pub source: DiskSource,
     /// `<driver>`.
     pub driver: DiskDriver,
     /// `<target>`.
     pub target: DiskTarget,
-    /// `<serial>`: what the guest reads as the disk's serial (the volume id).
+    /// `<serial>`: what the guest reads as the disk's serial (the volume id). Not for a LUN.
     pub serial: Option<String>,
-    /// `<wwn>`: 16 hex digits.
+    /// `<wwn>`: 16 hex digits. Not for a LUN.
     pub wwn: Option<String>,
+    /// `<alias name=...>`: a user alias, `ua-` and then letters, digits, `_` and `-` (Nova
+    /// writes `ua-<volume id>`). libvirt's own aliases (`virtio-disk1`) are not kept.
+    pub alias: Option<String>,
+    /// `<disk sgio=...>`, for a LUN only.
+    pub sgio: Option<Sgio>,
     /// `<readonly/>`.
     pub readonly: bool,
     /// `<shareable/>`: attached to several guests.
     pub shareable: bool,
     /// `<iotune>`.
     pub iotune: Option<IoTune>,
-    /// `<blockio>`.
+    /// `<blockio>`. Not for a LUN.
     pub blockio: Option<BlockIo>,
     /// `<address>`.
     pub address: Option<DiskAddress>,
@@ -410,11 +464,14 @@ impl DiskConfig {
     /// A disk with this source and target, a raw qemu driver and nothing else.
     pub fn new(source: DiskSource, target: DiskTarget) -> Self {
         DiskConfig {
+            device: DiskDevice::Disk,
             source,
             driver: DiskDriver::default(),
             target,
             serial: None,
             wwn: None,
+            alias: None,
+            sgio: None,
             readonly: false,
             shareable: false,
             iotune: None,
@@ -436,8 +493,8 @@ impl DiskConfig {
         disk
     }
 
-    /// Checks what libvirt would refuse: the target name, serial, WWN, network hosts, auth,
-    /// driver and I/O limits.
+    /// Checks what libvirt would refuse: the target name, serial, WWN, alias, network
+    /// source, auth, driver, I/O limits, and what a LUN cannot have.
     pub fn check(&self) -> Result<()> {
         let bad =
             |field: &'static str, reason: String| Err(Error::InvalidDiskConfig { field, reason });
@@ -465,6 +522,17 @@ impl DiskConfig {
                 return bad("wwn", format!("{wwn:?} is not 16 hex digits"));
             }
         }
+        if let Some(alias) = &self.alias {
+            if !patterns().user_alias.is_match(alias) {
+                return bad(
+                    "alias",
+                    format!(
+                        "{alias:?} is not a user alias: \"ua-\" and then letters, digits, _ and -"
+                    ),
+                );
+            }
+        }
+        self.check_device()?;
         for (field, value) in [
             ("driver.name", &self.driver.name),
             ("driver.type", &self.driver.format),
@@ -482,56 +550,154 @@ impl DiskConfig {
                     return bad("source", format!("{p:?} has control characters"));
                 }
             }
-            DiskSource::Network(net) => {
-                if net.name.is_empty() {
-                    return bad("source.name", "empty".into());
-                }
-                if net.name.chars().any(char::is_control) {
-                    return bad(
-                        "source.name",
-                        format!("{:?} has control characters", net.name),
-                    );
-                }
-                if net.hosts.is_empty() {
-                    return bad(
-                        "source.host",
-                        format!("a {} disk needs at least one host", net.protocol),
-                    );
-                }
-                if let Some(h) = net
-                    .hosts
-                    .iter()
-                    .find(|h| !patterns().host.is_match(&h.name))
-                {
-                    return bad(
-                        "source.host",
-                        format!("{:?} is not a host name or address", h.name),
-                    );
-                }
-                if let Some(auth) = &net.auth {
-                    if !patterns().generic_name.is_match(&auth.username) {
-                        return bad(
-                            "auth.username",
-                            format!(
-                                "{:?} has characters other than letters, digits and _ + -",
-                                auth.username
-                            ),
-                        );
-                    }
-                    if !patterns().uuid.is_match(&auth.secret_uuid) {
-                        return bad(
-                            "auth.secret.uuid",
-                            format!("{:?} is not a UUID", auth.secret_uuid),
-                        );
-                    }
-                }
-            }
+            DiskSource::Network(net) => net.check()?,
         }
         if let Some(t) = &self.iotune {
             t.check()?;
         }
         Ok(())
     }
+
+    /// What libvirt allows for each `device`: a CD-ROM is not on virtio; a LUN passes SCSI
+    /// commands to a raw host block device or an iSCSI LUN on a SCSI (or virtio) bus and has no serial, WWN or block
+    /// sizes of its own (libvirt refuses the first two, QEMU's scsi-block the last); `sgio`
+    /// is for a LUN only.
+    fn check_device(&self) -> Result<()> {
+        let bad =
+            |field: &'static str, reason: String| Err(Error::InvalidDiskConfig { field, reason });
+        if self.device == DiskDevice::Cdrom && self.target.bus == DiskBus::Virtio {
+            // libvirt 5.1 and later: virtio-blk has no removable media.
+            return bad(
+                "device",
+                "device='cdrom' needs bus='sata' or bus='scsi', not virtio".into(),
+            );
+        }
+        if self.device != DiskDevice::Lun {
+            if self.sgio.is_some() {
+                return bad(
+                    "sgio",
+                    format!("only for device='lun', not {}", self.device),
+                );
+            }
+            return Ok(());
+        }
+        if self.sgio == Some(Sgio::Unfiltered) {
+            return bad(
+                "sgio",
+                "unfiltered sgio is no longer supported by libvirt".into(),
+            );
+        }
+        if self.driver.format != "raw" {
+            return bad(
+                "device",
+                format!(
+                    "device='lun' needs type='raw', not {:?}",
+                    self.driver.format
+                ),
+            );
+        }
+        let passthrough = match &self.source {
+            DiskSource::Block(_) => true,
+            DiskSource::Network(net) => net.protocol == NetworkProtocol::Iscsi,
+            DiskSource::File(_) => false,
+        };
+        if !passthrough {
+            return bad(
+                "device",
+                "device='lun' needs a block device or an iSCSI network source".into(),
+            );
+        }
+        if self.target.bus == DiskBus::Sata {
+            return bad(
+                "device",
+                "device='lun' needs bus='scsi' or bus='virtio', not sata".into(),
+            );
+        }
+        for (field, set) in [
+            ("serial", self.serial.is_some()),
+            ("wwn", self.wwn.is_some()),
+            ("blockio", self.blockio.is_some()),
+        ] {
+            if set {
+                return bad(field, "not supported for device='lun'".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkDisk {
+    /// The protocol's rules in libvirt: a name except for NBD; one host for iSCSI and NBD,
+    /// any number (none: from ceph.conf) for RBD; host names and auth as the schema has them.
+    fn check(&self) -> Result<()> {
+        let bad =
+            |field: &'static str, reason: String| Err(Error::InvalidDiskConfig { field, reason });
+        match &self.name {
+            None if self.protocol != NetworkProtocol::Nbd => {
+                return bad(
+                    "source.name",
+                    format!(
+                        "missing (only an nbd source may have none), for {}",
+                        self.protocol
+                    ),
+                )
+            }
+            None => {}
+            Some(name) if name.is_empty() => return bad("source.name", "empty".into()),
+            Some(name) if name.chars().any(char::is_control) => {
+                return bad("source.name", format!("{name:?} has control characters"))
+            }
+            Some(_) => {}
+        }
+        match self.protocol {
+            NetworkProtocol::Rbd => {}
+            NetworkProtocol::Iscsi | NetworkProtocol::Nbd => {
+                if self.hosts.len() != 1 {
+                    return bad(
+                        "source.host",
+                        format!(
+                            "a {} disk needs exactly one host, not {}",
+                            self.protocol,
+                            self.hosts.len()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(h) = self
+            .hosts
+            .iter()
+            .find(|h| !patterns().host.is_match(&h.name))
+        {
+            return bad(
+                "source.host",
+                format!("{:?} is not a host name or address", h.name),
+            );
+        }
+        if let Some(auth) = &self.auth {
+            if !patterns().generic_name.is_match(&auth.username) {
+                return bad(
+                    "auth.username",
+                    format!(
+                        "{:?} has characters other than letters, digits and _ + -",
+                        auth.username
+                    ),
+                );
+            }
+            if !patterns().uuid.is_match(&auth.secret_uuid) {
+                return bad(
+                    "auth.secret.uuid",
+                    format!("{:?} is not a UUID", auth.secret_uuid),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `alias` is a user alias libvirt keeps (`ua-` and then `[A-Za-z0-9_-]`).
+pub(crate) fn is_user_alias(alias: &str) -> bool {
+    patterns().user_alias.is_match(alias)
 }
 
 struct Patterns {
@@ -542,6 +708,7 @@ struct Patterns {
     host: Regex,
     generic_name: Regex,
     uuid: Regex,
+    user_alias: Regex,
 }
 
 /// libvirt's own schema patterns (domaincommon.rng, basictypes.rng) for what it checks.
@@ -556,6 +723,9 @@ fn patterns() -> &'static Patterns {
             word: re(r"^[a-zA-Z0-9_\-]+$"),
             host: re(r"^[a-zA-Z0-9_.:\-\[\]]+$"),
             generic_name: re(r"^[a-zA-Z0-9_+\-]+$"),
+            // libvirt's USER_ALIAS_PREFIX and USER_ALIAS_CHARS (domain_conf.c): an alias it
+            // keeps on an inactive or hot-plugged device.
+            user_alias: re(r"^ua-[A-Za-z0-9_\-]+$"),
             uuid: re(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"),
         }
     })

@@ -15,6 +15,6 @@ mod wire;
 
 pub use config::{
     BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,
-    DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost, NetworkProtocol,
-    SecretType,
+    DiskDevice, DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost,
+    NetworkProtocol, SecretType, Sgio,
 };

@@ -6,26 +6,40 @@ use crate::model::connection::{AccessMode, ConnectionInfo};
 use crate::model::record::{DeviceKind, DeviceRecord, NetworkSource};
 
 use super::config::{
-    BlockIo, CacheMode, DiscardMode, DiskAuth, DiskConfig, DiskSource, DiskTarget, IoTune,
-    NetworkDisk, NetworkHost, NetworkProtocol,
+    is_user_alias, BlockIo, CacheMode, DiscardMode, DiskAuth, DiskConfig, DiskDevice, DiskSource,
+    DiskTarget, IoTune, NetworkDisk, NetworkHost, NetworkProtocol,
 };
 
 impl DiskConfig {
     /// The disk for an attached volume, with Nova's mapping: a block record (iSCSI,
     /// NVMe-oF, mapped RBD, local) becomes a block source at the record's path with
     /// `cache='none' io='native'`; an RBD network record becomes a network source with its
-    /// monitors and auth. `access_mode: ro` → `<readonly/>`, `discard` → `discard='unmap'`,
-    /// `multiattach` → `<shareable/>`, the serial (else the volume id) → `<serial>`,
-    /// `qos_specs` → `<iotune>`, block sizes → `<blockio>`.
+    /// monitors (none: librbd reads ceph.conf) and auth. `access_mode: ro` →
+    /// `<readonly/>`, `discard` → `discard='unmap'`, `multiattach` → `<shareable/>`, the
+    /// serial (else the volume id) → `<serial>` and the user alias `ua-<id>`, `qos_specs` →
+    /// `<iotune>`, block sizes → `<blockio>`. The same as
+    /// [`DiskConfig::for_volume_as`] with [`DiskDevice::Disk`].
     pub fn for_volume(
         info: &ConnectionInfo,
         device: &DeviceRecord,
         target: DiskTarget,
     ) -> Result<DiskConfig> {
-        let mut disk = match device.kind {
-            DeviceKind::Block => Self::block(&device.path, target),
+        Self::for_volume_as(info, device, target, DiskDevice::Disk)
+    }
+
+    /// [`DiskConfig::for_volume`] for a block device mapping's `device_type` (Nova's
+    /// `disk_info['type']`): for [`DiskDevice::Lun`] (SCSI passthrough), Nova writes no
+    /// `<serial>` and no `<blockio>`, and neither does this; the alias stays.
+    pub fn for_volume_as(
+        info: &ConnectionInfo,
+        record: &DeviceRecord,
+        target: DiskTarget,
+        device: DiskDevice,
+    ) -> Result<DiskConfig> {
+        let mut disk = match record.kind {
+            DeviceKind::Block => Self::block(&record.path, target),
             DeviceKind::Network => {
-                let net = device
+                let net = record
                     .network
                     .as_ref()
                     .ok_or_else(|| Error::InvalidDeviceRecord {
@@ -36,29 +50,43 @@ impl DiskConfig {
                 disk
             }
         };
+        disk.device = device;
         let props = info.disk();
         if props.discard {
             disk.driver.discard = Some(DiscardMode::Unmap);
         }
         disk.readonly = props.access_mode == AccessMode::Ro;
         disk.shareable = props.multiattach;
-        disk.serial = props.serial.clone().or_else(|| device.volume_id.clone());
+        let id = props.serial.clone().or_else(|| record.volume_id.clone());
+        // Nova's `make_libvirt_device_alias`. libvirt drops a user alias with other
+        // characters without a word; here it is left out with a warning.
+        disk.alias = id.as_ref().map(|id| format!("ua-{id}")).filter(|alias| {
+            let ok = is_user_alias(alias);
+            if !ok {
+                tracing::warn!(alias = %alias, "not a libvirt user alias; the disk gets none");
+            }
+            ok
+        });
         disk.iotune = match &props.qos_specs {
             Some(specs) => IoTune::from_qos_specs(specs)?,
             None => None,
         };
-        if props.logical_block_size.is_some() || props.physical_block_size.is_some() {
-            disk.blockio = Some(BlockIo {
-                logical_block_size: props.logical_block_size,
-                physical_block_size: props.physical_block_size,
-            });
+        if device != DiskDevice::Lun {
+            disk.serial = id;
+            if props.logical_block_size.is_some() || props.physical_block_size.is_some() {
+                disk.blockio = Some(BlockIo {
+                    logical_block_size: props.logical_block_size,
+                    physical_block_size: props.physical_block_size,
+                });
+            }
         }
         disk.check()?;
         Ok(disk)
     }
 }
 
-/// The RBD network source of a network record.
+/// The network source of a network record. A `null` port (os-brick and Cinder send them)
+/// writes a host without a port; no hosts at all leaves librbd to read ceph.conf.
 fn network_disk(net: &NetworkSource) -> Result<NetworkDisk> {
     let protocol: NetworkProtocol = net.protocol.parse()?;
     if !net.ports.is_empty() && net.ports.len() != net.hosts.len() {
@@ -75,13 +103,11 @@ fn network_disk(net: &NetworkSource) -> Result<NetworkDisk> {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let port = match net.ports.get(i) {
-                Some(Some(p)) => {
-                    Some(p.parse::<u16>().map_err(|_| Error::InvalidDeviceRecord {
-                        reason: format!("network source port {p:?} is not a port number"),
-                    })?)
-                }
-                _ => None,
+            let port = match net.ports.get(i).and_then(Option::as_ref) {
+                Some(p) => Some(p.parse::<u16>().map_err(|_| Error::InvalidDeviceRecord {
+                    reason: format!("network source port {p:?} is not a port number"),
+                })?),
+                None => None,
             };
             Ok(NetworkHost {
                 name: name.clone(),
@@ -107,7 +133,7 @@ fn network_disk(net: &NetworkSource) -> Result<NetworkDisk> {
     };
     Ok(NetworkDisk {
         protocol,
-        name: net.name.clone(),
+        name: Some(net.name.clone()),
         hosts,
         auth,
     })

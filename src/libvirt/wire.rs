@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 use super::config::{
-    BlockIo, DiskAddress, DiskAuth, DiskConfig, DiskDriver, DiskSource, DiskTarget, IoTune,
-    NetworkDisk, NetworkHost,
+    BlockIo, DiskAddress, DiskAuth, DiskConfig, DiskDevice, DiskDriver, DiskSource, DiskTarget,
+    IoTune, NetworkDisk, NetworkHost,
 };
 
 impl DiskConfig {
@@ -29,8 +29,11 @@ impl DiskConfig {
         Ok(out)
     }
 
-    /// Reads a `<disk device='disk'>` element (as written by [`DiskConfig::to_xml`] or by
-    /// `virsh dumpxml`; elements this config does not model are ignored).
+    /// Reads a `<disk>` element with `device` disk, cdrom or lun (as written by
+    /// [`DiskConfig::to_xml`] or by `virsh dumpxml`). Elements this config does not model
+    /// are ignored, and so are an `<address>` of a type it does not model (`ccw`, `usb`,
+    /// `virtio-mmio`, ...) and an alias libvirt generated (one without the `ua-` prefix);
+    /// zero I/O limits read as unset.
     pub fn from_xml(xml: &str) -> Result<DiskConfig> {
         let wire: WireDisk =
             quick_xml::de::from_str(xml).map_err(|e| Error::InvalidDiskConfig {
@@ -50,6 +53,8 @@ struct WireDisk {
     kind: String,
     #[serde(rename = "@device", default = "disk_device")]
     device: String,
+    #[serde(rename = "@sgio", skip_serializing_if = "Option::is_none", default)]
+    sgio: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     driver: Option<WireDriver>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -61,6 +66,8 @@ struct WireDisk {
     serial: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     wwn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    alias: Option<WireAlias>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     readonly: Option<Empty>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -79,6 +86,12 @@ fn parse_opt<T: FromStr<Err = Error>>(v: Option<String>) -> Result<Option<T>> {
 
 fn disk_device() -> String {
     "disk".into()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireAlias {
+    #[serde(rename = "@name")]
+    name: String,
 }
 
 /// An element with no content (`<readonly/>`).
@@ -204,7 +217,7 @@ impl From<&DiskConfig> for WireDisk {
                 });
                 WireSource {
                     protocol: Some(net.protocol.to_string()),
-                    name: Some(net.name.clone()),
+                    name: net.name.clone(),
                     host: net
                         .hosts
                         .iter()
@@ -220,7 +233,8 @@ impl From<&DiskConfig> for WireDisk {
         let opt = |v: Option<&dyn fmt::Display>| v.map(|v| v.to_string());
         WireDisk {
             kind: d.source.disk_type().into(),
-            device: disk_device(),
+            device: d.device.to_string(),
+            sgio: d.sgio.map(|s| s.to_string()),
             driver: Some(WireDriver {
                 name: d.driver.name.clone(),
                 format: d.driver.format.clone(),
@@ -237,9 +251,10 @@ impl From<&DiskConfig> for WireDisk {
             },
             serial: d.serial.clone(),
             wwn: d.wwn.clone(),
+            alias: d.alias.clone().map(|name| WireAlias { name }),
             readonly: d.readonly.then(Empty::default),
             shareable: d.shareable.then(Empty::default),
-            iotune: d.iotune,
+            iotune: d.iotune.filter(|t| !t.is_unlimited()),
             blockio: d.blockio,
             address: d.address.map(WireAddress::from),
         }
@@ -291,26 +306,30 @@ fn address_number<T: TryFrom<u64>>(field: &'static str, value: &Option<String>) 
     T::try_from(n).map_err(|_| bad(format!("{s:?} is out of range")))
 }
 
-impl TryFrom<&WireAddress> for DiskAddress {
-    type Error = Error;
-    fn try_from(a: &WireAddress) -> Result<Self> {
-        match a.kind.as_str() {
-            "drive" => Ok(DiskAddress::Drive {
-                controller: address_number("address.controller", &a.controller)?,
-                bus: address_number("address.bus", &a.bus)?,
-                target: address_number("address.target", &a.target)?,
-                unit: address_number("address.unit", &a.unit)?,
-            }),
-            "pci" => Ok(DiskAddress::Pci {
-                domain: address_number("address.domain", &a.domain)?,
-                bus: address_number("address.bus", &a.bus)?,
-                slot: address_number("address.slot", &a.slot)?,
-                function: address_number("address.function", &a.function)?,
-            }),
-            other => Err(Error::InvalidDiskConfig {
-                field: "address.type",
-                reason: format!("{other:?} is neither \"drive\" nor \"pci\""),
-            }),
+impl WireAddress {
+    /// The address, for the types [`DiskAddress`] models; `None` for the others (`ccw`,
+    /// `usb`, `virtio-mmio`, `virtio-s390`, `spapr-vio`, ...), which are left out.
+    fn modelled(&self) -> Result<Option<DiskAddress>> {
+        match self.kind.as_str() {
+            "drive" => Ok(Some(DiskAddress::Drive {
+                controller: address_number("address.controller", &self.controller)?,
+                bus: address_number("address.bus", &self.bus)?,
+                target: address_number("address.target", &self.target)?,
+                unit: address_number("address.unit", &self.unit)?,
+            })),
+            "pci" => Ok(Some(DiskAddress::Pci {
+                domain: address_number("address.domain", &self.domain)?,
+                bus: address_number("address.bus", &self.bus)?,
+                slot: address_number("address.slot", &self.slot)?,
+                function: address_number("address.function", &self.function)?,
+            })),
+            other => {
+                tracing::debug!(
+                    address_type = other,
+                    "disk address type not modelled; ignored"
+                );
+                Ok(None)
+            }
         }
     }
 }
@@ -319,15 +338,17 @@ impl TryFrom<WireDisk> for DiskConfig {
     type Error = Error;
     fn try_from(w: WireDisk) -> Result<Self> {
         let bad = |field: &'static str, reason: String| Error::InvalidDiskConfig { field, reason };
-        if w.device != "disk" {
-            return Err(bad(
-                "device",
-                format!(
-                    "{:?} is not a disk (only device='disk' is modelled)",
-                    w.device
-                ),
-            ));
-        }
+        let device = match w.device.as_str() {
+            "disk" => DiskDevice::Disk,
+            "cdrom" => DiskDevice::Cdrom,
+            "lun" => DiskDevice::Lun,
+            other => {
+                return Err(bad(
+                    "device",
+                    format!("{other:?} is not one of: disk, cdrom, lun (floppy is not modelled)"),
+                ))
+            }
+        };
         let src = w.source.unwrap_or_default();
         let need = |v: Option<String>, field: &'static str| {
             v.ok_or_else(|| bad(field, format!("missing for a {} disk", w.kind)))
@@ -345,7 +366,7 @@ impl TryFrom<WireDisk> for DiskConfig {
                 });
                 DiskSource::Network(NetworkDisk {
                     protocol: need(src.protocol, "source.protocol")?.parse()?,
-                    name: need(src.name, "source.name")?,
+                    name: src.name,
                     hosts: src
                         .host
                         .into_iter()
@@ -375,7 +396,17 @@ impl TryFrom<WireDisk> for DiskConfig {
             },
             None => DiskDriver::default(),
         };
+        let alias = match w.alias {
+            // A user alias is kept (and checked); libvirt generates the others.
+            Some(a) if a.name.starts_with("ua-") => Some(a.name),
+            Some(a) => {
+                tracing::debug!(alias = %a.name, "libvirt's own device alias; not kept");
+                None
+            }
+            None => None,
+        };
         Ok(DiskConfig {
+            device,
             source,
             driver,
             target: DiskTarget {
@@ -384,11 +415,19 @@ impl TryFrom<WireDisk> for DiskConfig {
             },
             serial: w.serial,
             wwn: w.wwn,
+            alias,
+            sgio: parse_opt(w.sgio)?,
             readonly: w.readonly.is_some(),
             shareable: w.shareable.is_some(),
-            iotune: w.iotune,
+            iotune: w
+                .iotune
+                .map(IoTune::normalized)
+                .filter(|t| !t.is_unlimited()),
             blockio: w.blockio,
-            address: w.address.as_ref().map(DiskAddress::try_from).transpose()?,
+            address: match &w.address {
+                Some(a) => a.modelled()?,
+                None => None,
+            },
         })
     }
 }

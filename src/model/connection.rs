@@ -31,7 +31,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// The names accepted by [`Protocol::from_str`] (case-insensitive).
-    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof, rbd, local";
+    pub const ACCEPTED: &'static str = "iscsi, iser, nvmeof (nvme), rbd, local";
 
     /// The lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -51,7 +51,7 @@ impl FromStr for Protocol {
         match s.to_ascii_lowercase().as_str() {
             "iscsi" => Ok(Protocol::Iscsi),
             "iser" => Ok(Protocol::Iser),
-            "nvmeof" => Ok(Protocol::NvmeOf),
+            "nvmeof" | "nvme" => Ok(Protocol::NvmeOf),
             "rbd" => Ok(Protocol::Rbd),
             "local" => Ok(Protocol::Local),
             _ => Err(Error::InvalidConnectorProtocol {
@@ -126,7 +126,8 @@ pub struct DiskProperties {
     pub access_mode: AccessMode,
     /// `data.discard`: pass discard (unmap) requests through.
     pub discard: bool,
-    /// `data.qos_specs`: front-end limits, as sent (keys such as `total_bytes_sec`).
+    /// `data.qos_specs`: front-end limits, as sent (keys such as `total_bytes_sec`); `None`
+    /// when absent or not an object (ignored with a warning, as Nova does).
     pub qos_specs: Option<Map<String, Value>>,
     /// `data.logical_block_size` in bytes.
     pub logical_block_size: Option<u32>,
@@ -146,11 +147,14 @@ impl DiskProperties {
         let qos_specs = match data.get("qos_specs") {
             None => None,
             Some(Value::Object(m)) => Some(m.clone()),
+            // Nova logs "Unknown content in connection_info/qos_specs" and sets no limits.
             Some(other) => {
-                return Err(Error::invalid(
-                    data.name("qos_specs"),
-                    format!("expected an object, got {}", kind(other)),
-                ))
+                tracing::warn!(
+                    field = %data.name("qos_specs"),
+                    got = kind(other),
+                    "not an object; ignored (no I/O limits)"
+                );
+                None
             }
         };
         let block_size = |key: &str| -> Result<Option<u32>> {
@@ -490,7 +494,7 @@ mod tests {
         assert!(matches!(e, Error::InvalidConnectorProtocol { .. }));
         let msg = e.to_string();
         assert!(
-            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof, rbd, local"),
+            msg.contains("fibre_channel") && msg.contains("iscsi, iser, nvmeof (nvme), rbd, local"),
             "{msg}"
         );
     }
@@ -515,6 +519,19 @@ mod tests {
                 }
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn qos_specs_that_are_not_an_object_are_ignored() {
+        // Nova (volume.py): "Unknown content in connection_info/qos_specs", no limits.
+        for specs in [r#""100""#, "[1, 2]", "7", "false", "null"] {
+            let text = format!(
+                r#"{{"driver_volume_type": "local",
+                    "data": {{"device_path": "/dev/sdb", "qos_specs": {specs}}}}}"#
+            );
+            let ci = ConnectionInfo::from_json(&text).unwrap();
+            assert_eq!(ci.disk().qos_specs, None, "{specs}");
         }
     }
 

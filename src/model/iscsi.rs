@@ -24,6 +24,91 @@ impl fmt::Display for IscsiTarget {
     }
 }
 
+/// How the storage array numbers its LUNs (`addressing_mode`), which decides the LUN
+/// number the kernel uses for the volume (os-brick's `lun_for_addressing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressingMode {
+    /// `SAM` (the default): the number is the kernel's LUN as it is.
+    #[default]
+    Sam,
+    /// `transparent`: as `SAM`, for arrays that put the addressing method in the number.
+    Transparent,
+    /// `SAM2`: peripheral addressing below 256, flat-space addressing from 256 on.
+    Sam2,
+    /// `SAM3-flat`: flat-space addressing for every LUN.
+    Sam3Flat,
+}
+
+impl AddressingMode {
+    /// Flat-space addressing: method `01b` in the top two bits of the 16-bit first level
+    /// (SAM-2/3), as the kernel's LUN number shows it.
+    pub const FLAT_SPACE: u64 = 0x4000;
+
+    /// The mode named `name`, spelled exactly as os-brick's `SCSI_ADDRESSING_MODES` are.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "SAM" => Some(AddressingMode::Sam),
+            "transparent" => Some(AddressingMode::Transparent),
+            "SAM2" => Some(AddressingMode::Sam2),
+            "SAM3-flat" => Some(AddressingMode::Sam3Flat),
+            _ => None,
+        }
+    }
+
+    /// The mode's name in connection_info.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressingMode::Sam => "SAM",
+            AddressingMode::Transparent => "transparent",
+            AddressingMode::Sam2 => "SAM2",
+            AddressingMode::Sam3Flat => "SAM3-flat",
+        }
+    }
+
+    /// The LUN number the kernel uses for the array's LUN `lun`: flat-space addressing
+    /// adds [`AddressingMode::FLAT_SPACE`] (`SAM3-flat` always, `SAM2` from 256 on).
+    /// Flat space holds 14 bits: a larger LUN cannot be addressed that way.
+    pub fn kernel_lun(self, lun: u64) -> std::result::Result<u64, String> {
+        let flat = match self {
+            AddressingMode::Sam | AddressingMode::Transparent => false,
+            AddressingMode::Sam2 => lun >= 256,
+            AddressingMode::Sam3Flat => true,
+        };
+        if !flat {
+            return Ok(lun);
+        }
+        if lun >= Self::FLAT_SPACE {
+            return Err(format!(
+                "LUN {lun} cannot be addressed in flat space (addressing_mode {}, at most {})",
+                self.as_str(),
+                Self::FLAT_SPACE - 1
+            ));
+        }
+        Ok(lun | Self::FLAT_SPACE)
+    }
+
+    fn from_fields(f: &Fields<'_>) -> Result<Self> {
+        let field = f.name("addressing_mode");
+        match f.get("addressing_mode") {
+            None | Some(serde_json::Value::Null) => Ok(AddressingMode::default()),
+            Some(serde_json::Value::String(s)) if s.is_empty() => Ok(AddressingMode::default()),
+            Some(serde_json::Value::String(s)) => Self::from_name(s).ok_or_else(|| {
+                Error::invalid(
+                    field,
+                    format!("{s:?} is not an addressing mode (SAM, transparent, SAM2, SAM3-flat)"),
+                )
+            }),
+            Some(_) => Err(Error::invalid(field, "expected a string")),
+        }
+    }
+}
+
+impl fmt::Display for AddressingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// CHAP credentials (`auth_*` or `discovery_auth_*`). Not `Clone`: the password has one
 /// owner (see [`Secret`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -38,10 +123,20 @@ pub struct ChapCredentials {
 #[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub struct IscsiProperties {
-    /// Every path, in the order to try them: the zipped `target_portals`/`target_iqns`/
-    /// `target_luns` lists when all three are present, else the single `target_portal`/
-    /// `target_iqn`/`target_lun` (LUN 0 by default).
+    /// Every path, in the order to try them: the zipped `target_portals`/`target_iqns`
+    /// lists when both are present, with `target_luns` or (when that is missing or empty)
+    /// `target_lun` for every one, else the single `target_portal`/`target_iqn`/
+    /// `target_lun` (LUN 0 by default). Each LUN is the kernel's number for it, after
+    /// [`IscsiProperties::addressing_mode`].
     pub targets: Vec<IscsiTarget>,
+    /// True when the targets came from the `target_portals`/`target_iqns` lists; without
+    /// them a multipath connect asks sendtargets discovery for the other portals.
+    pub listed_targets: bool,
+    /// `addressing_mode`, already applied to every target's LUN.
+    pub addressing_mode: AddressingMode,
+    /// `enforce_multipath`: with multipath on, this connect fails rather than fall back to
+    /// a single path (and fails at once when multipathd is not running).
+    pub enforce_multipath: bool,
     /// `volume_id`.
     pub volume_id: Option<String>,
     /// Session CHAP (`auth_method: CHAP`, `auth_username`, `auth_password`).
@@ -64,7 +159,9 @@ pub struct IscsiProperties {
 
 impl IscsiProperties {
     pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
-        let targets = targets(f)?;
+        let addressing_mode = AddressingMode::from_fields(f)?;
+        let targets = targets(f, addressing_mode)?;
+        let listed_targets = f.get("target_portals").is_some() && f.get("target_iqns").is_some();
         let auth = chap(f, "auth_method", "auth_username", "auth_password")?;
         let discovery_auth = chap(
             f,
@@ -74,6 +171,9 @@ impl IscsiProperties {
         )?;
         Ok(IscsiProperties {
             targets,
+            listed_targets,
+            addressing_mode,
+            enforce_multipath: f.bool_opt("enforce_multipath")?.unwrap_or(false),
             volume_id: f.volume_id()?,
             auth,
             discovery_auth,
@@ -110,17 +210,47 @@ impl IscsiProperties {
     }
 }
 
-fn targets(f: &Fields<'_>) -> Result<Vec<IscsiTarget>> {
-    let lists = (
-        f.list_opt("target_portals")?,
-        f.list_opt("target_iqns")?,
-        f.list_opt("target_luns")?,
-    );
-    if let (Some(portals), Some(iqns), Some(luns)) = lists {
+/// Where the LUNs of listed targets come from.
+#[derive(Clone, Copy)]
+enum Luns<'a> {
+    /// `target_luns`, one per target.
+    Listed(&'a Vec<serde_json::Value>),
+    /// `target_lun`, the same for every target.
+    Same(u64),
+}
+
+fn targets(f: &Fields<'_>, mode: AddressingMode) -> Result<Vec<IscsiTarget>> {
+    let kernel_lun = |lun: u64, field: String| {
+        mode.kernel_lun(lun)
+            .map_err(|reason| Error::invalid(field, reason))
+    };
+    // As os-brick (`_get_all_targets`): the lists are used when `target_portals` and
+    // `target_iqns` are both there; without `target_luns` (or with an empty one) every
+    // target gets `target_lun`.
+    if let (Some(portals), Some(iqns)) = (f.list_opt("target_portals")?, f.list_opt("target_iqns")?)
+    {
         if portals.is_empty() {
             return Err(Error::invalid(f.name("target_portals"), "empty list"));
         }
-        for (key, len) in [("target_iqns", iqns.len()), ("target_luns", luns.len())] {
+        let luns = match f.list_opt("target_luns")?.filter(|l| !l.is_empty()) {
+            Some(list) => Luns::Listed(list),
+            None => Luns::Same(f.u64_opt("target_lun")?.ok_or_else(|| {
+                Error::invalid(
+                    f.name("target_lun"),
+                    "missing (every target uses it when target_luns is not given)",
+                )
+            })?),
+        };
+        let listed_len = match luns {
+            Luns::Listed(l) => Some(l.len()),
+            Luns::Same(_) => None,
+        };
+        let lens = [
+            ("target_iqns", Some(iqns.len())),
+            ("target_luns", listed_len),
+        ];
+        for (key, len) in lens {
+            let Some(len) = len else { continue };
             if len != portals.len() {
                 return Err(Error::invalid(
                     f.name(key),
@@ -133,18 +263,25 @@ fn targets(f: &Fields<'_>) -> Result<Vec<IscsiTarget>> {
             }
         }
         let mut out = Vec::with_capacity(portals.len());
-        for (i, ((p, q), l)) in portals.iter().zip(iqns).zip(luns).enumerate() {
+        for (i, (p, q)) in portals.iter().zip(iqns).enumerate() {
             let item = |key: &str| format!("{}[{i}]", f.name(key));
             let portal = parse_str_item::<Portal>(p, item("target_portals"))?;
             let iqn = parse_str_item::<Iqn>(q, item("target_iqns"))?;
-            let lun = as_u64(l).map_err(|r| Error::invalid(item("target_luns"), r))?;
+            let (lun, field) = match luns {
+                Luns::Same(l) => (l, f.name("target_lun")),
+                Luns::Listed(list) => (
+                    as_u64(&list[i]).map_err(|r| Error::invalid(item("target_luns"), r))?,
+                    item("target_luns"),
+                ),
+            };
+            let lun = kernel_lun(lun, field)?;
             out.push(IscsiTarget { portal, iqn, lun });
         }
         return Ok(out);
     }
     let portal = f.parse_req::<Portal>("target_portal")?;
     let iqn = f.parse_req::<Iqn>("target_iqn")?;
-    let lun = f.u64_opt("target_lun")?.unwrap_or(0);
+    let lun = kernel_lun(f.u64_opt("target_lun")?.unwrap_or(0), f.name("target_lun"))?;
     Ok(vec![IscsiTarget { portal, iqn, lun }])
 }
 
@@ -298,6 +435,153 @@ mod tests {
             (t[1].portal.host(), t[1].iqn.as_str(), t[1].lun),
             ("10.0.0.2", "iqn.2010-10.org.openstack:v2", 2)
         );
+    }
+
+    fn luns_of(data: serde_json::Value) -> Vec<(String, u64)> {
+        let ci = parse(data).unwrap();
+        ci.iscsi()
+            .unwrap()
+            .targets
+            .iter()
+            .map(|t| (t.portal.to_string(), t.lun))
+            .collect()
+    }
+
+    /// os-brick's `_get_luns`: `target_luns or [target_lun] * len(target_iqns)`.
+    #[test]
+    fn lists_without_target_luns_use_target_lun_for_every_target() {
+        let q = "iqn.2010-10.org.openstack:v";
+        let lists = json!({
+            "target_portal": "10.0.0.1:3260", "target_iqn": q, "target_lun": 3,
+            "target_portals": ["10.0.0.1:3260", "10.0.0.2:3260"],
+            "target_iqns": [q, q],
+        });
+        let want = vec![
+            ("10.0.0.1:3260".to_string(), 3),
+            ("10.0.0.2:3260".to_string(), 3),
+        ];
+        assert_eq!(luns_of(lists.clone()), want);
+        let mut empty = lists.clone();
+        empty["target_luns"] = json!([]);
+        assert_eq!(luns_of(empty), want);
+        let mut listed = lists.clone();
+        listed["target_luns"] = json!([5, 6]);
+        assert_eq!(
+            luns_of(listed),
+            vec![
+                ("10.0.0.1:3260".to_string(), 5),
+                ("10.0.0.2:3260".to_string(), 6)
+            ]
+        );
+        assert!(parse(lists).unwrap().iscsi().unwrap().listed_targets);
+        // Without target_luns os-brick needs target_lun (a KeyError there).
+        let e = parse(json!({"target_portals": ["10.0.0.1"], "target_iqns": [q]})).unwrap_err();
+        assert_eq!(field_of(e), "data.target_lun");
+    }
+
+    /// os-brick's own expectations (`test_lun_for_addressing_*`).
+    #[test]
+    fn addressing_modes_give_the_kernel_lun() {
+        use super::AddressingMode::{self, *};
+        let table: &[(AddressingMode, u64, u64)] = &[
+            (Sam, 1, 1),
+            (Sam, 256, 256),
+            (Transparent, 1, 1),
+            (Transparent, 256, 256),
+            (Sam2, 1, 1),
+            (Sam2, 100, 100),
+            (Sam2, 255, 255),
+            (Sam2, 256, 16640),
+            (Sam2, 1010, 17394),
+            (Sam3Flat, 0, 16384),
+            (Sam3Flat, 100, 16484),
+            (Sam3Flat, 256, 16640),
+            (Sam3Flat, 1010, 17394),
+        ];
+        for (mode, lun, want) in table {
+            assert_eq!(mode.kernel_lun(*lun), Ok(*want), "{mode} {lun}");
+        }
+        assert!(Sam2.kernel_lun(16384).is_err());
+        assert!(Sam3Flat.kernel_lun(u64::MAX).is_err());
+        assert_eq!(Sam.kernel_lun(u64::MAX), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn addressing_mode_applies_to_every_target_and_refuses_unknown_names() {
+        let q = "iqn.2010-10.org.openstack:v";
+        let with = |mode: serde_json::Value| {
+            json!({
+                "target_portal": "10.0.0.1:3260", "target_iqn": q, "target_lun": 256,
+                "addressing_mode": mode,
+            })
+        };
+        assert_eq!(
+            luns_of(with(json!("SAM2"))),
+            vec![("10.0.0.1:3260".into(), 16640)]
+        );
+        assert_eq!(
+            luns_of(with(json!("SAM"))),
+            vec![("10.0.0.1:3260".into(), 256)]
+        );
+        assert_eq!(
+            luns_of(with(json!(null))),
+            vec![("10.0.0.1:3260".into(), 256)]
+        );
+        assert_eq!(
+            luns_of(with(json!(""))),
+            vec![("10.0.0.1:3260".into(), 256)]
+        );
+        let lists = json!({
+            "target_portals": ["10.0.0.1:3260", "10.0.0.2:3260"], "target_iqns": [q, q],
+            "target_luns": [0, 300], "addressing_mode": "SAM3-flat",
+        });
+        assert_eq!(
+            luns_of(lists),
+            vec![
+                ("10.0.0.1:3260".into(), 16384),
+                ("10.0.0.2:3260".into(), 16684)
+            ]
+        );
+        // os-brick's `test_lun_for_addressing_bad`, and its spelling "SAM3-flat" only.
+        for bad in [
+            json!(1),
+            json!("SAM3"),
+            json!("TRANSPARENT"),
+            json!("sam"),
+            json!("sam2"),
+            json!("SAM3_FLAT"),
+        ] {
+            let text = bad.to_string();
+            assert_eq!(
+                field_of(parse(with(bad)).unwrap_err()),
+                "data.addressing_mode",
+                "{text}"
+            );
+        }
+        let too_big = json!({
+            "target_portal": "10.0.0.1:3260", "target_iqn": q, "target_lun": 20000,
+            "addressing_mode": "SAM2",
+        });
+        assert_eq!(field_of(parse(too_big).unwrap_err()), "data.target_lun");
+    }
+
+    #[test]
+    fn enforce_multipath_is_read() {
+        let base =
+            json!({"target_portal": "10.0.0.1", "target_iqn": "iqn.2010-10.org.openstack:v"});
+        assert!(
+            !parse(base.clone())
+                .unwrap()
+                .iscsi()
+                .unwrap()
+                .enforce_multipath
+        );
+        let mut on = base.clone();
+        on["enforce_multipath"] = json!(true);
+        assert!(parse(on).unwrap().iscsi().unwrap().enforce_multipath);
+        let mut bad = base;
+        bad["enforce_multipath"] = json!("maybe");
+        assert_eq!(field_of(parse(bad).unwrap_err()), "data.enforce_multipath");
     }
 
     #[test]

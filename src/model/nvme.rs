@@ -3,6 +3,7 @@
 //! (`nqn`, `transport_type`, `target_portal`, `target_port`).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
@@ -119,6 +120,30 @@ impl NvmeTransport {
             NvmeTransport::Rdma => "rdma",
         }
     }
+
+    /// The transport a connection_info names, read as os-brick reads it: `rdma` and
+    /// `RoCEv2` (also `roce`; any letter case) are RDMA, `tcp` is TCP, and anything else
+    /// (a typo, `fc`, a number) is TCP too, with a warning naming `field`: os-brick's
+    /// `Portal` connects over TCP then, and a drop-in must not refuse a volume it attaches.
+    ///
+    /// This is for connection_info only: what the kernel reports (sysfs `transport`) is
+    /// read with the strict [`FromStr`].
+    pub(crate) fn from_connection_info(field: &str, value: Option<&Value>) -> NvmeTransport {
+        match value {
+            None => NvmeTransport::Tcp,
+            Some(Value::String(s)) => match s.parse::<NvmeTransport>() {
+                Ok(t) => t,
+                Err(_) => {
+                    tracing::warn!(field, value = ?s, "unknown NVMe-oF transport; using tcp as os-brick does");
+                    NvmeTransport::Tcp
+                }
+            },
+            Some(other) => {
+                tracing::warn!(field, value = ?other, "NVMe-oF transport is not a string; using tcp as os-brick does");
+                NvmeTransport::Tcp
+            }
+        }
+    }
 }
 
 impl FromStr for NvmeTransport {
@@ -210,7 +235,9 @@ pub struct NvmeProperties {
     pub replicas: Vec<NvmeTarget>,
     /// `alias`: the MD array name for a replicated volume (`/dev/md/<alias>`).
     pub alias: Option<String>,
-    /// `host_nqn`: the host NQN the storage exported to, when given.
+    /// `host_nqn`: the host NQN the storage exported to, when given (`nvme connect -q`
+    /// then uses it instead of the host's own). For a replicated volume, the replicas'
+    /// `host_nqn` (they must agree), else the one beside them.
     pub host_nqn: Option<Nqn>,
     /// `volume_id`.
     pub volume_id: Option<String>,
@@ -222,10 +249,18 @@ pub struct NvmeProperties {
     pub enforce_multipath: bool,
     /// `qos_specs`, kept as sent.
     pub qos_specs: Option<Value>,
+    /// `device_path`: the path Nova adds to the data after a connect. Like a device
+    /// record's `path`, a hint a disconnect checks against what the host shows, never
+    /// acted on by itself. (`cacheable`, which os-brick reads but never uses for NVMe-oF,
+    /// is accepted and ignored.)
+    pub device_path: Option<PathBuf>,
 }
 
 impl NvmeProperties {
     pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
+        // os-brick hands each replica's own `host_nqn` to its `nvme connect`; hostbrick
+        // connects a volume with one host NQN, so the replicas that name one must agree.
+        let mut replica_host_nqn: Option<Nqn> = None;
         let replicas = match f.list_opt("volume_replicas")? {
             None => Vec::new(),
             Some(list) => {
@@ -235,7 +270,19 @@ impl NvmeProperties {
                     let map = r
                         .as_object()
                         .ok_or_else(|| Error::invalid(&name, "expected an object"))?;
-                    out.push(target(&Fields::new(&name, map))?);
+                    let rf = Fields::new(&name, map);
+                    out.push(target(&rf)?);
+                    if let Some(n) = host_nqn(&rf)? {
+                        match &replica_host_nqn {
+                            Some(first) if *first != n => {
+                                return Err(Error::invalid(
+                                    rf.name("host_nqn"),
+                                    format!("is {n} but an earlier replica's is {first} (one host NQN per volume)"),
+                                ))
+                            }
+                            _ => replica_host_nqn = Some(n),
+                        }
+                    }
                 }
                 out
             }
@@ -266,13 +313,20 @@ impl NvmeProperties {
                 "missing (needed to name the RAID1 of the replicas)",
             ));
         }
-        let host_nqn = match f.str_opt("host_nqn")? {
-            Some(s) => Some(
-                s.parse::<Nqn>()
-                    .map_err(|e| Error::invalid(f.name("host_nqn"), e.to_string()))?,
-            ),
-            None => None,
+        let host_nqn = match (replica_host_nqn, host_nqn(f)?) {
+            (Some(r), Some(top)) if r != top => {
+                tracing::warn!(replicas = %r, data = %top, "the replicas' host_nqn differs from data.host_nqn; using the replicas' as os-brick does");
+                Some(r)
+            }
+            (r, top) => r.or(top),
         };
+        // Nova adds the path it was given as `device_path`; it is only a hint (checked
+        // against the host before a disconnect), so a value of another type is ignored.
+        let device_path = f
+            .get("device_path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
         Ok(NvmeProperties {
             target,
             replicas,
@@ -283,6 +337,7 @@ impl NvmeProperties {
             discard: f.bool_opt("discard")?.unwrap_or(false),
             enforce_multipath: f.bool_opt("enforce_multipath")?.unwrap_or(false),
             qos_specs: f.get("qos_specs").cloned(),
+            device_path,
         })
     }
 
@@ -334,6 +389,17 @@ pub fn check_md_alias(a: &str) -> std::result::Result<(), ParseIdError> {
         return bad("begins with '-' or '.'");
     }
     Ok(())
+}
+
+/// `host_nqn`, validated.
+fn host_nqn(f: &Fields<'_>) -> Result<Option<Nqn>> {
+    match f.str_opt("host_nqn")? {
+        Some(s) => s
+            .parse::<Nqn>()
+            .map(Some)
+            .map_err(|e| Error::invalid(f.name("host_nqn"), e.to_string())),
+        None => Ok(None),
+    }
 }
 
 fn has_target(f: &Fields<'_>) -> bool {
@@ -399,9 +465,8 @@ fn current_portals(f: &Fields<'_>) -> Result<Vec<NvmePortal>> {
             .as_str()
             .ok_or_else(|| Error::invalid(&name, "address is not a string"))?;
         let port = as_u64(&triple[1]).map_err(|r| Error::invalid(&name, format!("port: {r}")))?;
-        let transport = triple[2]
-            .as_str()
-            .ok_or_else(|| Error::invalid(&name, "transport is not a string"))?;
+        let transport =
+            NvmeTransport::from_connection_info(&name, Some(&triple[2]).filter(|v| !v.is_null()));
         out.push(portal(&name, address, port, transport)?);
     }
     Ok(out)
@@ -412,11 +477,12 @@ fn legacy_portal(f: &Fields<'_>) -> Result<NvmePortal> {
     let port = f
         .u64_opt("target_port")?
         .ok_or_else(|| Error::invalid(f.name("target_port"), "missing"))?;
-    let transport = f.str_opt("transport_type")?.unwrap_or("tcp");
+    let transport =
+        NvmeTransport::from_connection_info(&f.name("transport_type"), f.get("transport_type"));
     portal(&f.name("target_portal"), address, port, transport)
 }
 
-fn portal(field: &str, address: &str, port: u64, transport: &str) -> Result<NvmePortal> {
+fn portal(field: &str, address: &str, port: u64, transport: NvmeTransport) -> Result<NvmePortal> {
     let address = address.trim().trim_start_matches('[').trim_end_matches(']');
     let valid = address.parse::<std::net::IpAddr>().is_ok()
         || crate::model::ids::Portal::new(address, 1).is_ok();
@@ -430,9 +496,6 @@ fn portal(field: &str, address: &str, port: u64, transport: &str) -> Result<Nvme
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| Error::invalid(field, format!("port {port} is not 1-65535")))?;
-    let transport = transport
-        .parse::<NvmeTransport>()
-        .map_err(|e| Error::invalid(field, e.to_string()))?;
     Ok(NvmePortal {
         address: address.to_string(),
         port,
@@ -496,6 +559,180 @@ mod tests {
         assert_eq!(p.target.namespace.nsid, Some(2));
         assert!(p.discard);
         assert_eq!(p.volume_key(), "volume-v1");
+    }
+
+    #[test]
+    fn nvme_is_an_alias_of_nvmeof() {
+        // os-brick's connector factory maps driver_volume_type NVME to its NVMe-oF connector.
+        for name in ["NVME", "nvme", "NVMeOF"] {
+            let ci = ConnectionInfo::from_value(&json!({"driver_volume_type": name, "data": {
+                "target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]]}}))
+            .unwrap();
+            assert_eq!(ci.protocol(), crate::Protocol::NvmeOf, "{name}");
+            assert!(ci.nvme().is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn transports_map_as_os_brick_does() {
+        use super::NvmeTransport::{Rdma, Tcp};
+        // os-brick's Portal: 'rdma' and 'RoCEv2' are RDMA, anything else TCP (no refusal).
+        let cases = [
+            (json!("rdma"), Rdma),
+            (json!("RoCEv2"), Rdma),
+            (json!("RDMA"), Rdma),
+            (json!("roce"), Rdma),
+            (json!("tcp"), Tcp),
+            (json!("TCP"), Tcp),
+            (json!("fc"), Tcp),
+            (json!("iwarp"), Tcp),
+            (json!(""), Tcp),
+            (json!(7), Tcp),
+            (json!(null), Tcp),
+        ];
+        for (t, want) in cases {
+            let current = parse(json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, t]]}))
+                .unwrap_or_else(|e| panic!("portals {t}: {e}"));
+            assert_eq!(
+                current.nvme().unwrap().target.portals[0].transport,
+                want,
+                "portals {t}"
+            );
+            let legacy = parse(json!({"nqn": NQN, "transport_type": t, "target_portal": "127.0.0.1", "target_port": 4420}))
+                .unwrap_or_else(|e| panic!("transport_type {t}: {e}"));
+            assert_eq!(
+                legacy.nvme().unwrap().target.portals[0].transport,
+                want,
+                "transport_type {t}"
+            );
+        }
+        // The legacy shape without transport_type is TCP.
+        let ci =
+            parse(json!({"nqn": NQN, "target_portal": "127.0.0.1", "target_port": 4420})).unwrap();
+        assert_eq!(ci.nvme().unwrap().target.portals[0].transport, Tcp);
+        // What the kernel reports stays strict (the audit skips fc, loop and pcie controllers).
+        for k in ["fc", "loop", "pcie"] {
+            assert!(k.parse::<super::NvmeTransport>().is_err(), "{k}");
+        }
+    }
+
+    #[test]
+    fn host_nqn_in_either_shape_and_in_replicas() {
+        const H: &str = "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        const H2: &str = "nqn.2014-08.org.storage:initiator-2";
+        let host = |data| {
+            parse(data)
+                .unwrap()
+                .nvme()
+                .unwrap()
+                .host_nqn
+                .clone()
+                .map(|n| n.to_string())
+        };
+        assert_eq!(
+            host(
+                json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]], "host_nqn": H})
+            )
+            .as_deref(),
+            Some(H)
+        );
+        assert_eq!(host(json!({"nqn": NQN, "target_portal": "127.0.0.1", "target_port": 4420, "host_nqn": H})).as_deref(), Some(H));
+        assert_eq!(
+            host(json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]]})),
+            None
+        );
+        let r = |h: Option<&str>| {
+            let mut v = json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]]});
+            if let Some(h) = h {
+                v["host_nqn"] = json!(h);
+            }
+            v
+        };
+        // The replicas' own host_nqn, as os-brick passes each replica's to its connect.
+        assert_eq!(
+            host(json!({"volume_replicas": [r(Some(H2)), r(Some(H2))], "alias": "a"})).as_deref(),
+            Some(H2)
+        );
+        assert_eq!(
+            host(json!({"volume_replicas": [r(None), r(Some(H2))], "alias": "a"})).as_deref(),
+            Some(H2)
+        );
+        assert_eq!(
+            host(json!({"volume_replicas": [r(Some(H2))], "host_nqn": H, "alias": "a"})).as_deref(),
+            Some(H2)
+        );
+        // None on the replicas: the one beside them.
+        assert_eq!(
+            host(json!({"volume_replicas": [r(None), r(None)], "host_nqn": H, "alias": "a"}))
+                .as_deref(),
+            Some(H)
+        );
+    }
+
+    #[test]
+    fn cacheable_and_device_path_are_tolerated() {
+        let base = || json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "tcp"]]});
+        for (cacheable, device_path, want) in [
+            (json!(true), json!("/dev/nvme0n1"), Some("/dev/nvme0n1")),
+            (json!(false), json!(null), None),
+            (json!("yes"), json!(""), None),
+            (json!(null), json!(3), None),
+        ] {
+            let mut data = base();
+            data["cacheable"] = cacheable.clone();
+            data["device_path"] = device_path.clone();
+            let ci = parse(data).unwrap_or_else(|e| panic!("{cacheable} {device_path}: {e}"));
+            let p = ci.nvme().unwrap();
+            assert_eq!(
+                p.device_path.as_deref(),
+                want.map(std::path::Path::new),
+                "{device_path}"
+            );
+        }
+    }
+
+    /// Runs `f` and returns what it logged at WARN and above.
+    fn warnings(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || buf.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn an_unknown_transport_is_a_warning() {
+        let logged = warnings(|| {
+            parse(json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "fc\nforged"]]}))
+                .unwrap();
+        });
+        assert!(logged.contains("unknown NVMe-oF transport"), "{logged}");
+        assert!(logged.contains("data.portals[0]"), "{logged}");
+        // The value is quoted, so a newline in it cannot forge a log line.
+        assert!(logged.contains(r#""fc\nforged""#), "{logged}");
+        for known in ["tcp", "rdma", "RoCEv2"] {
+            let logged = warnings(|| {
+                parse(json!({"nqn": NQN, "transport_type": known, "target_portal": "127.0.0.1", "target_port": 4420})).unwrap();
+            });
+            assert_eq!(logged, "", "{known}");
+        }
     }
 
     #[test]
@@ -607,10 +844,6 @@ mod tests {
                 "data.portals[0]",
             ),
             (
-                json!({"target_nqn": NQN, "portals": [["127.0.0.1", 4420, "fc"]]}),
-                "data.portals[0]",
-            ),
-            (
                 json!({"target_nqn": NQN, "portals": [["127.0.0.1", 0, "tcp"]]}),
                 "data.portals[0]",
             ),
@@ -645,6 +878,28 @@ mod tests {
             (
                 json!({"volume_replicas": [{"target_nqn": NQN, "portals": ok_portals}], "replica_count": 3}),
                 "data.replica_count",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": ok_portals, "host_nqn": "iqn.1994-05.com.redhat:h"}),
+                "data.host_nqn",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": ok_portals, "host_nqn": "nqn.2014-08.org.h:a,hostid=x"}),
+                "data.host_nqn",
+            ),
+            (
+                json!({"target_nqn": NQN, "portals": ok_portals, "host_nqn": 5}),
+                "data.host_nqn",
+            ),
+            (
+                json!({"volume_replicas": [{"target_nqn": NQN, "portals": ok_portals, "host_nqn": "nqn.x"}], "alias": "a"}),
+                "data.volume_replicas[0].host_nqn",
+            ),
+            (
+                json!({"volume_replicas": [
+                    {"target_nqn": NQN, "portals": ok_portals, "host_nqn": "nqn.2014-08.org.h:a"},
+                    {"target_nqn": NQN, "portals": ok_portals, "host_nqn": "nqn.2014-08.org.h:b"}], "alias": "a"}),
+                "data.volume_replicas[1].host_nqn",
             ),
         ];
         for (data, want) in cases {

@@ -111,14 +111,13 @@ impl<'de> Deserialize<'de> for ImageSpec {
 pub struct Monitor {
     /// Host name or IP address.
     pub host: String,
-    /// Port (as Cinder sends it: a string such as `6789`); none when Cinder sent `null`
-    /// for it, and then Ceph's default ports apply.
+    /// Port (as Cinder sends it: a string such as `6789`); `None` when Cinder sends `null`
+    /// (Ceph's default ports apply).
     pub port: Option<String>,
 }
 
 impl Monitor {
-    /// `host:port` (or the host alone without a port), IPv6 bracketed, as Ceph's `-m`
-    /// and `mon_host` take it.
+    /// `host:port` (`host` alone without a port), IPv6 bracketed, as Ceph's `-m` takes it.
     pub fn address(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -169,7 +168,6 @@ impl RbdProperties {
     pub(crate) fn from_fields(f: &Fields<'_>) -> Result<Self> {
         let image = f.parse_req::<ImageSpec>("name")?;
         let hosts = string_list(f, "hosts")?;
-        // A `null` port is a host without a port (Nova writes `<host name=...>` alone).
         let ports = optional_string_list(f, "ports")?;
         if hosts.len() != ports.len() {
             return Err(Error::invalid(
@@ -187,13 +185,14 @@ impl RbdProperties {
             let host = monitor_host(&h)
                 .map_err(|e| Error::invalid(format!("{}[{i}]", f.name("hosts")), e.to_string()))?
                 .to_string();
-            // Digits only: `u16::from_str` would take a `+` too.
+            // Digits only: `u16::from_str` would take a `+` too. `null`: no port.
             let port = p
                 .map(|p| {
                     Some(&p)
                         .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
                         .and_then(|p| p.parse::<u16>().ok())
                         .filter(|p| *p != 0)
+                        .map(|p| p.to_string())
                         .ok_or_else(|| {
                             Error::invalid(
                                 format!("{}[{i}]", f.name("ports")),
@@ -202,10 +201,7 @@ impl RbdProperties {
                         })
                 })
                 .transpose()?;
-            monitors.push(Monitor {
-                host,
-                port: port.map(|p| p.to_string()),
-            });
+            monitors.push(Monitor { host, port });
         }
         let auth_enabled = f.bool_opt("auth_enabled")?.unwrap_or(false);
         let auth_username = f
@@ -310,18 +306,8 @@ pub fn monitor_host(h: &str) -> std::result::Result<&str, ParseIdError> {
     }
 }
 
-/// A list of strings (numbers allowed, as Cinder sends ports either way).
-fn string_list(f: &Fields<'_>, key: &str) -> Result<Vec<String>> {
-    optional_string_list(f, key)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.ok_or_else(|| Error::invalid(format!("{}[{i}]", f.name(key)), "expected a string"))
-        })
-        .collect()
-}
-
-/// A list of strings (numbers allowed) whose entries may be `null`.
+/// A list of strings and `null`s (os-brick and Cinder send `null` for a monitor without a
+/// port).
 fn optional_string_list(f: &Fields<'_>, key: &str) -> Result<Vec<Option<String>>> {
     let Some(list) = f.list_opt(key)? else {
         return Ok(Vec::new());
@@ -330,15 +316,33 @@ fn optional_string_list(f: &Fields<'_>, key: &str) -> Result<Vec<Option<String>>
         .enumerate()
         .map(|(i, v)| match v {
             Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s.trim().to_string())),
-            Value::Number(_) => as_u64(v)
-                .map(|n| Some(n.to_string()))
-                .map_err(|r| Error::invalid(format!("{}[{i}]", f.name(key)), r)),
-            _ => Err(Error::invalid(
-                format!("{}[{i}]", f.name(key)),
-                "expected a string",
-            )),
+            v => one_string(f, key, i, v).map(Some),
         })
+        .collect()
+}
+
+/// Entry `i` of the list `key`: a string, or a number (as Cinder sends ports either way).
+fn one_string(f: &Fields<'_>, key: &str, i: usize, v: &Value) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.trim().to_string()),
+        Value::Number(_) => as_u64(v)
+            .map(|n| n.to_string())
+            .map_err(|r| Error::invalid(format!("{}[{i}]", f.name(key)), r)),
+        _ => Err(Error::invalid(
+            format!("{}[{i}]", f.name(key)),
+            "expected a string",
+        )),
+    }
+}
+
+/// A list of strings (numbers allowed, as Cinder sends ports either way).
+fn string_list(f: &Fields<'_>, key: &str) -> Result<Vec<String>> {
+    let Some(list) = f.list_opt(key)? else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| one_string(f, key, i, v))
         .collect()
 }
 
@@ -497,6 +501,20 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
+        // os-brick and Cinder send `null` for a monitor without a port.
+        let ci = mons(
+            json!(["mon1", "::1", "10.0.0.1"]),
+            json!([null, null, "3300"]),
+        )
+        .unwrap();
+        let addrs: Vec<String> = ci
+            .rbd()
+            .unwrap()
+            .monitors
+            .iter()
+            .map(|m| m.address())
+            .collect();
+        assert_eq!(addrs, ["mon1", "[::1]", "10.0.0.1:3300"]);
         for bad in ["0", "65536", "+6789", "-1", "", "67 89"] {
             match mons(json!(["10.0.0.1"]), json!([bad])) {
                 Err(Error::InvalidConnectionInfo { field, .. }) => {

@@ -60,7 +60,7 @@ pub struct NetworkSource {
     pub name: String,
     /// Monitor (server) hosts.
     pub hosts: Vec<String>,
-    /// Their ports, one per host; `null` for a host without a port (Ceph's defaults).
+    /// Their ports, one per host; `None` (`null`) for a host without a port.
     pub ports: Vec<Option<String>>,
     /// The user to authenticate as.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,13 +1,13 @@
 //! The NVMe-oF part of an audit: controllers without namespaces in use.
 
-use crate::audit::{split_busy, ControllerReason, Found, OrphanController};
+use crate::audit::{split_busy, ControllerReason, Found, OrphanController, StaleRecord};
 use crate::devices::block;
 use crate::error::Result;
 use crate::platform::host::Host;
 use crate::platform::lock::LockDir;
 use crate::platform::registry::Registry;
 
-use super::controllers::controller;
+use super::controllers::{all_controllers, controller};
 use super::namespaces::namespaces;
 use super::{controller_lock_key, Attachment, NvmePortal, NvmeTransport, REGISTRY};
 
@@ -23,6 +23,26 @@ pub(crate) fn orphans(host: &Host, locks: &LockDir) -> Result<Found<OrphanContro
         };
         locks.is_held(&controller_lock_key(&c.subsysnqn, portal))
     })
+}
+
+/// The registry entries of NVMe volumes the host no longer shows: no controller of their
+/// subsystem at any of their portals.
+pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
+    let entries = Registry::new(host, REGISTRY).entries::<Attachment>()?;
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctrls = all_controllers(host)?;
+    Ok(entries
+        .into_iter()
+        .filter(|(_, a)| !a.has_controller(&ctrls))
+        .map(|(entry, _)| StaleRecord {
+            registry: REGISTRY.to_string(),
+            entry,
+            volume_id: None,
+            reason: "no controller of its subsystem at its portals".into(),
+        })
+        .collect())
 }
 
 /// Every fabrics controller on `host` without namespaces in use, held or not.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::cli::{self, ConnectOutcome};
-use super::controllers::{native_multipath, ControllerFinder};
+use super::controllers::{all_controllers, native_multipath, ControllerFinder};
 use super::namespaces::{resolve_namespace, Namespace, Resolved};
 use super::teardown::Release;
 use super::{
@@ -19,6 +19,7 @@ use crate::error::{AttemptFailure, Error, Result};
 use crate::model::connection::Protocol;
 use crate::model::record::{DeviceRecord, NvmePathRecord};
 use crate::platform::lock::{LockGuard, LockMode};
+use crate::platform::registry::Registry;
 use crate::platform::wait::DeviceWatch;
 
 /// One portal that came up.
@@ -39,6 +40,7 @@ struct ConnectRun<'a> {
     /// Controllers this connect created.
     made: Vec<(Nqn, NvmePortal)>,
     ctrls: ControllerFinder<'a>,
+    registry: &'a Registry,
 }
 
 impl NvmeDriver {
@@ -56,24 +58,36 @@ impl NvmeDriver {
             native: native_multipath(host)?,
             made: Vec::new(),
             ctrls: ControllerFinder::new(host),
+            registry: &self.registry,
         };
         let mut ups: Vec<PortalUp> = Vec::new();
         let mut heads: Vec<String> = Vec::new();
-        let mut attempt = || -> Result<PathBuf> {
+        // The device to hand out, and whether it is the MD array.
+        let mut attempt = || -> Result<(PathBuf, bool)> {
             for copy in props.copies() {
                 let (head, copy_ups) = run.copy(props, copy)?;
                 heads.push(head);
                 ups.extend(copy_ups);
             }
+            let members: Vec<PathBuf> = heads
+                .iter()
+                .map(|h| PathBuf::from("/dev").join(h))
+                .collect();
             match (&props.alias, heads.len()) {
                 (Some(alias), n) if n > 1 => {
-                    let members: Vec<PathBuf> = heads
-                        .iter()
-                        .map(|h| PathBuf::from("/dev").join(h))
-                        .collect();
-                    md::assemble_or_create(op.runner(), alias, &members, op.deadline)
+                    md::assemble_or_create(op.runner(), host, alias, &members, op.deadline)
+                        .map(|p| (p, true))
                 }
-                _ => Ok(PathBuf::from("/dev").join(&heads[0])),
+                // One replica (`volume_replicas` with one entry): os-brick's
+                // `_handle_single_replica` assembles the array it already carries (a
+                // replicated volume that lost its other legs), else hands out the namespace.
+                (Some(alias), 1)
+                    if !props.replicas.is_empty()
+                        && md::has_superblock(op.runner(), &members[0], op.deadline)? =>
+                {
+                    md::assemble(op.runner(), host, alias, &members, op.deadline).map(|p| (p, true))
+                }
+                _ => Ok((members[0].clone(), false)),
             }
         };
         let result = attempt().and_then(|path| {
@@ -83,7 +97,7 @@ impl NvmeDriver {
             self.registry.put(&props.volume_key(), &attachment)?;
             Ok(path)
         });
-        let path = match result {
+        let (path, is_md) = match result {
             Ok(p) => p,
             Err(e) => {
                 drop(ups);
@@ -93,7 +107,7 @@ impl NvmeDriver {
         };
         let record = DeviceRecord {
             nvme_paths: ups.iter().map(|u| u.record.clone()).collect(),
-            md_alias: props.alias.clone().filter(|_| heads.len() > 1),
+            md_alias: props.alias.clone().filter(|_| is_md),
             ..DeviceRecord::block(Protocol::NvmeOf, path, props.volume_id.clone())
         };
         drop(ups);
@@ -118,6 +132,29 @@ impl NvmeDriver {
 }
 
 impl ConnectRun<'_> {
+    /// Before a new controller for `copy` at `portal`: registry entries of volumes using
+    /// it that no controller serves any more were detached by another tool (os-brick);
+    /// left, they would keep the new controller from ever being dropped. Runs under the
+    /// controller lock, where no connect through it is half done.
+    fn drop_stale_entries(&self, copy: &NvmeTarget, portal: &NvmePortal) -> Result<()> {
+        let host = self.op.host();
+        let mut ctrls = None;
+        let dropped = self.registry.remove_where(|a: &Attachment| {
+            if !a.uses(copy.nqn.as_str(), portal) {
+                return Ok(false);
+            }
+            let ctrls = match &ctrls {
+                Some(c) => c,
+                None => ctrls.insert(all_controllers(host)?),
+            };
+            Ok(!a.has_controller(ctrls))
+        })?;
+        for entry in dropped {
+            tracing::info!(%entry, "dropped the registry entry of a volume another tool detached");
+        }
+        Ok(())
+    }
+
     /// Connects one copy of the volume: every portal with native multipath (all must work
     /// when multipath is enforced), else the first portal that works. Returns the head
     /// device and the portals that came up.
@@ -196,6 +233,7 @@ impl ConnectRun<'_> {
                 c.name
             }
             None => {
+                self.drop_stale_entries(copy, portal)?;
                 if let Some((other, other_nqn)) =
                     identity::conflicting_controller(host, self.hostnqn, self.hostid)?
                 {

@@ -62,6 +62,17 @@ pub fn parse_address(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Every controller the host has (`/sys/class/nvme`).
+pub fn all_controllers(host: &Host) -> Result<Vec<Controller>> {
+    let mut out = Vec::new();
+    for name in host.list_dir(&host.sys("class/nvme"))? {
+        if let Some(c) = controller(host, &name)? {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 /// The controller `name`, if it exists.
 pub fn controller(host: &Host, name: &str) -> Result<Option<Controller>> {
     let dir = host.sys(format!("class/nvme/{name}"));

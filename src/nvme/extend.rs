@@ -1,5 +1,6 @@
 //! Extend: rescan of the controllers that serve the volume, then the head device awaited at
-//! the size the controller reports.
+//! the size the controller reports; for a replicated volume, every replica's namespace,
+//! then the MD array grown over them (`mdadm --grow --size max`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use super::controllers::ControllerFinder;
 use super::teardown::heads;
 use super::{NvmeDriver, NvmeProperties};
 use crate::connector::Operation;
-use crate::devices::block;
+use crate::devices::{block, md};
 use crate::error::{AttemptFailure, Error, Result};
 use crate::platform::wait::DeviceWatch;
 
@@ -39,16 +40,40 @@ impl NvmeDriver {
                 }
             }
         }
-        // The controller's answer is the size; the rescan brings the block device to it in
-        // the background.
+        // A replicated volume whose array is up (os-brick: the path is under /dev/md):
+        // every replica's namespace grows, then the array grows over them.
+        let array = match props
+            .alias
+            .as_deref()
+            .filter(|_| !props.replicas.is_empty())
+        {
+            Some(alias) => md::owned_array(host, alias, &heads)?.map(|md| (alias, md)),
+            None => None,
+        };
+        let Some((alias, md)) = array else {
+            let size = self.settle(op, &mut watch, head)?;
+            tracing::debug!(size, device = %head, "namespace grown");
+            return Ok(size);
+        };
+        for h in &heads {
+            self.settle(op, &mut watch, h)?;
+        }
+        md::grow_to_max(op.runner(), alias, deadline)?;
+        let size = block::size_bytes(host, &md)?;
+        tracing::debug!(size, array = %alias, device = %md, "array grown");
+        Ok(size)
+    }
+
+    /// Waits (within the scan budget) for the namespace `head` to show the size its
+    /// controller reports; the rescan brings the block device to it in the background.
+    fn settle(&self, op: &Operation<'_>, watch: &mut DeviceWatch, head: &str) -> Result<u64> {
+        let host = op.host();
         let dev = PathBuf::from("/dev").join(head);
-        let want = cli::namespace_size(op.runner(), &dev, deadline)?;
-        let settle = deadline.min(Instant::now() + op.opts.scan_timeout);
-        let size = watch.wait_for(&format!("{head} to reach {want} bytes"), settle, || {
+        let want = cli::namespace_size(op.runner(), &dev, op.deadline)?;
+        let settle = op.deadline.min(Instant::now() + op.opts.scan_timeout);
+        watch.wait_for(&format!("{head} to reach {want} bytes"), settle, || {
             let now = block::size_bytes(host, head)?;
             Ok((now == want).then_some(now))
-        })?;
-        tracing::debug!(size, device = %head, "namespace grown");
-        Ok(size)
+        })
     }
 }

@@ -40,6 +40,7 @@ pub(crate) use namespaces::head_name;
 use serde::{Deserialize, Serialize};
 
 use crate::connector::{ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
+use crate::devices::md;
 use crate::error::Result;
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::DeviceRecord;
@@ -69,6 +70,19 @@ impl Attachment {
         self.copies
             .iter()
             .any(|c| c.nqn.as_str() == nqn && c.portals.contains(portal))
+    }
+
+    /// True when one of `ctrls` serves a copy of the volume at one of its portals
+    /// (whatever host NQN it connected with). An attachment without one is stale: another
+    /// tool detached the volume.
+    fn has_controller(&self, ctrls: &[controllers::Controller]) -> bool {
+        self.copies.iter().any(|copy| {
+            copy.portals.iter().any(|p| {
+                ctrls
+                    .iter()
+                    .any(|c| c.serves(copy.nqn.as_str(), p, c.hostnqn.as_deref().unwrap_or("")))
+            })
+        })
     }
 }
 
@@ -146,12 +160,22 @@ impl Driver for NvmeDriver {
     fn volume_paths(&self, op: &Operation<'_>, props: &NvmeProperties) -> Result<Vec<PathBuf>> {
         let host = op.host();
         let (hostnqn, _) = self.identity(host, props)?;
-        Ok(
-            teardown::heads(host, props, &hostnqn, &mut ControllerFinder::new(host))?
-                .into_iter()
-                .map(|h| PathBuf::from("/dev").join(h))
-                .collect(),
-        )
+        let heads = teardown::heads(host, props, &hostnqn, &mut ControllerFinder::new(host))?;
+        // A replicated volume is its array when the array is up over its replicas
+        // (os-brick answers `/dev/md/<alias>` for a replicated volume).
+        if let Some(alias) = props
+            .alias
+            .as_deref()
+            .filter(|_| !props.replicas.is_empty())
+        {
+            if md::owned_array(host, alias, &heads)?.is_some() {
+                return Ok(vec![md::array_path(alias)]);
+            }
+        }
+        Ok(heads
+            .into_iter()
+            .map(|h| PathBuf::from("/dev").join(h))
+            .collect())
     }
 
     fn search_path(&self, _host: &Host) -> Option<PathBuf> {

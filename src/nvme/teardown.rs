@@ -1,5 +1,9 @@
 //! Disconnect: the volume's head devices as the host shows them, the MD array and heads
 //! flushed, and each controller dropped unless another attachment still needs it.
+//!
+//! The volume is always found from the connection_info and the live host; a record (even
+//! os-brick's, only `type` and `path`, with no `nvme_paths`) or Nova's `device_path` only
+//! names a device that must be one of those found, else nothing is touched.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -118,14 +122,23 @@ impl NvmeDriver {
         let alias = props
             .alias
             .as_deref()
-            .filter(|_| props.replicas.len() > 1)
+            .filter(|_| !props.replicas.is_empty())
             .or_else(|| record.and_then(|r| r.md_alias.as_deref()));
         // Nothing is flushed or stopped unless the array is built over this volume's heads
         // only and neither it nor a head is used by anything else.
         let array = match alias {
-            Some(alias) => owned_array(host, alias, &heads)?,
+            Some(alias) => md::owned_array(host, alias, &heads)?,
             None => None,
         };
+        // A record without nvme_paths (os-brick's own: only `type` and `path`) or Nova's
+        // `device_path` names the device; the volume was found from connection_info and
+        // the host above, and the path must be one of its devices.
+        let claimed = record
+            .map(|r| r.path.as_path())
+            .or(props.device_path.as_deref());
+        if let Some(path) = claimed {
+            check_claimed_path(host, path, &heads, array.as_deref())?;
+        }
         if let Some(md) = &array {
             block::ensure_unused(host, md, &[])?;
         }
@@ -137,12 +150,14 @@ impl NvmeDriver {
             )?;
         }
         if let Some(alias) = alias.filter(|_| array.is_some()) {
-            let r = flush(op, &md::array_path(alias), opts.force)
-                .and_then(|()| md::stop(op.runner(), host, alias, deadline));
+            let r = flush(op, &md::array_path(alias), opts.force).and_then(|carried| {
+                block::then_report(md::stop(op.runner(), host, alias, deadline), carried)
+            });
             failures.step(r)?;
         }
         for h in &heads {
-            failures.step(flush(op, &PathBuf::from("/dev").join(h), opts.force))?;
+            let r = flush(op, &PathBuf::from("/dev").join(h), opts.force);
+            failures.step(r.and_then(|carried| block::then_report(Ok(()), carried)))?;
         }
         failures.step(self.registry.remove(&props.volume_key()))?;
         let mut release = Release {
@@ -162,33 +177,42 @@ impl NvmeDriver {
     }
 }
 
-/// The kernel name (`mdN`) of the array at `/dev/md/<alias>`, when it exists; a
-/// [`Error::RecordMismatch`] when a member is not one of the volume's `heads`.
-fn owned_array(host: &Host, alias: &str, heads: &[String]) -> Result<Option<String>> {
-    let Some(target) = host.canonical(&host.map_dev_path(&md::array_path(alias)))? else {
-        return Ok(None);
+/// Checks that `path`, the device a record or Nova's `device_path` names, is one of the
+/// volume's namespace heads or its MD array as the host shows them now (compared after
+/// resolving links, so `/dev/md/<alias>` and by-id links match): a
+/// [`Error::RecordMismatch`] otherwise. A path the host does not have is no claim on
+/// anything (the device is gone): a warning.
+fn check_claimed_path(
+    host: &Host,
+    path: &Path,
+    heads: &[String],
+    array: Option<&str>,
+) -> Result<()> {
+    let Some(target) = host.canonical(&host.map_dev_path(path))? else {
+        tracing::warn!(path = ?path, "the recorded device is not on the host; going by the connection_info");
+        return Ok(());
     };
-    let Some(md) = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-    else {
-        return Ok(None);
-    };
-    for member in block::slaves(host, &md)? {
-        if !heads.contains(&member) {
-            return Err(Error::RecordMismatch {
-                what: format!("MD array {alias} ({md})"),
-                reason: format!("its member {member} is not a namespace of this volume"),
-            });
+    for name in heads.iter().map(String::as_str).chain(array) {
+        let own = host.canonical(&host.map_dev_path(&Path::new("/dev").join(name)))?;
+        if own.as_deref() == Some(target.as_path()) {
+            return Ok(());
         }
     }
-    Ok(Some(md))
+    let mut ours: Vec<&str> = heads.iter().map(String::as_str).collect();
+    ours.extend(array);
+    Err(Error::RecordMismatch {
+        what: format!("device {path:?}"),
+        reason: if ours.is_empty() {
+            "the volume has no device on this host".to_string()
+        } else {
+            format!("it is none of the volume's devices ({})", ours.join(", "))
+        },
+    })
 }
 
-fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<()> {
+fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<Option<Error>> {
     if !op.host().map_dev_path(dev).exists() {
-        return Ok(());
+        return Ok(None);
     }
     block::flush_before_removal(op.runner(), dev, force, op.deadline)
 }

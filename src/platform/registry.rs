@@ -97,6 +97,36 @@ impl Registry {
     /// replaced by `_`). Entries that do not parse (another version's) and symlinks are
     /// skipped with a warning.
     pub fn entries<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        Ok(self
+            .read_all()?
+            .into_iter()
+            .map(|(_, name, v)| (name, v))
+            .collect())
+    }
+
+    /// Removes every entry that parses as `T` and for which `gone` says so; returns their
+    /// names (as [`Registry::entries`] shows them).
+    pub fn remove_where<T: DeserializeOwned>(
+        &self,
+        mut gone: impl FnMut(&T) -> Result<bool>,
+    ) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for (path, name, v) in self.read_all::<T>()? {
+            if gone(&v)? {
+                remove_file(&path)?;
+                removed.push(name);
+            }
+        }
+        if !removed.is_empty() {
+            if let Some(dir) = self.existing()? {
+                state::sync_dir(&dir)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every entry that parses as `T`: its file, its name and its value, by name.
+    fn read_all<T: DeserializeOwned>(&self) -> Result<Vec<(PathBuf, String, T)>> {
         let mut out = Vec::new();
         let Some(dir) = self.existing()? else {
             return Ok(out);
@@ -122,15 +152,15 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
-            let shown = state::strip_key_hash(stem).unwrap_or(stem);
+            let shown = state::strip_key_hash(stem).unwrap_or(stem).to_string();
             match serde_json::from_slice(&text) {
-                Ok(v) => out.push((shown.to_string(), v)),
+                Ok(v) => out.push((path, shown, v)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping unreadable registry entry")
                 }
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.1.cmp(&b.1));
         Ok(out)
     }
 

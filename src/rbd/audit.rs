@@ -2,14 +2,17 @@
 
 use std::time::Instant;
 
-use crate::audit::{split_busy, Found, MappingReason, OrphanMapping, AUDIT_COMMAND_TIMEOUT};
+use crate::audit::{
+    split_busy, Found, MappingReason, OrphanMapping, StaleRecord, AUDIT_COMMAND_TIMEOUT,
+};
 use crate::connector::HostContext;
 use crate::error::{Error, Result};
 use crate::model::record::DeviceRecord;
 use crate::platform::lock::LockDir;
 use crate::platform::registry::Registry;
 
-use super::{cli, image_lock_key, ImageSpec, RbdMapper, REGISTRY};
+use super::{cli, image_lock_key, krbd_mapping, ImageSpec, RbdMapper, REGISTRY};
+use crate::platform::host::Host;
 
 /// The RBD mappings on the host of `ctx` without a hostbrick record, split by whether a
 /// hostbrick operation holds their image lock in `locks`.
@@ -25,6 +28,32 @@ pub(crate) fn orphans(ctx: &HostContext, locks: &LockDir) -> Result<Found<Orphan
         };
         locks.is_held(&image_lock_key(&spec))
     })
+}
+
+/// The registry entries of RBD volumes the host no longer shows: their image is not
+/// mapped on their device (kernel rbd), or their nbd device is not connected (rbd-nbd).
+pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
+    let mut out = Vec::new();
+    for (entry, r) in Registry::new(host, REGISTRY).entries::<DeviceRecord>()? {
+        let Some(rec) = &r.rbd else { continue };
+        let name = rec.device.strip_prefix("/dev/").unwrap_or(&rec.device);
+        let live = match rec.mapper {
+            RbdMapper::Krbd => match rec.image.parse::<ImageSpec>() {
+                Ok(spec) => krbd_mapping(host, &spec)?.is_some_and(|d| d == rec.device),
+                Err(_) => continue,
+            },
+            RbdMapper::Nbd => host.sys(format!("block/{name}/pid")).exists(),
+        };
+        if !live {
+            out.push(StaleRecord {
+                registry: REGISTRY.to_string(),
+                entry,
+                volume_id: r.volume_id,
+                reason: format!("{} no longer maps {}", rec.device, rec.image),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Every RBD mapping on the host of `ctx` without a hostbrick record, held or not.

@@ -1,6 +1,7 @@
 //! NVMe-oF parts of the fake tree: fabrics controllers, namespaces as native multipath
-//! shows them (path entries, subsystem, head block device, by-id link), and the fake
-//! kernel's answer to `rescan_controller`.
+//! shows them (path entries, subsystem, head block device, by-id link), the fake
+//! kernel's answer to `rescan_controller`, and MD arrays over namespaces (the RAID1 of a
+//! replicated volume).
 
 use std::fs;
 use std::path::Path;
@@ -164,5 +165,52 @@ impl FakeHost {
         for (head, size) in pending {
             self.set_block_size(&head, size);
         }
+    }
+
+    /// Adds the MD array `md` (`mdN`) over `members` (block devices already in the tree),
+    /// as the kernel shows it: `sys/block/mdN` with `slaves`, each member's `holders`,
+    /// `/dev/mdN`, and with `alias` the `/dev/md/<alias>` link mdadm makes. Its size is its
+    /// smallest member's.
+    pub fn add_md_array(&self, md: &str, alias: Option<&str>, members: &[&str]) {
+        let size = members
+            .iter()
+            .filter_map(|m| fs::read_to_string(self.p(&format!("sys/block/{m}/size"))).ok())
+            .filter_map(|s| s.trim().parse::<u64>().ok())
+            .min()
+            .unwrap_or(0)
+            * 512;
+        let n: u32 = md.trim_start_matches("md").parse().expect("an mdN name");
+        self.add_block(md, size, &format!("9:{n}"));
+        for m in members {
+            self.add_multipath_slave(md, m);
+        }
+        if let Some(a) = alias {
+            link(
+                Path::new(&format!("../{md}")),
+                &self.p(&format!("dev/md/{a}")),
+            );
+        }
+    }
+
+    /// Removes the MD array `md` (`mdN`): its sysfs directory, its members' holder
+    /// entries, `/dev/mdN` and any `/dev/md/*` link to it.
+    pub fn remove_md_array(&self, md: &str) {
+        if let Ok(rd) = fs::read_dir(self.p(&format!("sys/block/{md}/slaves"))) {
+            for e in rd.flatten() {
+                let _ = fs::remove_dir_all(self.p(&format!(
+                    "sys/block/{}/holders/{md}",
+                    e.file_name().to_string_lossy()
+                )));
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.p("dev/md")) {
+            for e in rd.flatten() {
+                if fs::read_link(e.path()).is_ok_and(|t| t.file_name() == Some(md.as_ref())) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(self.p(&format!("sys/block/{md}")));
+        let _ = fs::remove_file(self.p(&format!("dev/{md}")));
     }
 }

@@ -1,5 +1,7 @@
 //! A simulated NVMe-oF initiator stack on a fake host tree: `nvme connect`, `disconnect`
-//! and `id-ns`, `mdadm` and `blockdev`, answering as the real tools do. A connect makes
+//! and `id-ns`, `mdadm` (`--examine`, `--create`, `--assemble`, `--grow --size max`,
+//! `--stop`, with superblocks kept on the target's namespaces) and `blockdev`, answering
+//! as the real tools do. A connect makes
 //! the controller and its namespaces in the tree, as native NVMe multipath shows them.
 //!
 //! ```
@@ -52,7 +54,13 @@ struct State {
     /// (controller number, nqn, address, port, hostnqn)
     controllers: Vec<(u32, String, String, u16, String)>,
     next_ctrl: u32,
-    arrays: Vec<String>,
+    /// Running MD arrays: (`mdN`, alias when `/dev/md/<alias>` names it).
+    arrays: Vec<(String, Option<String>)>,
+    /// MD superblocks on the target's namespaces: namespace uuid to array name.
+    superblocks: std::collections::HashMap<String, String>,
+    /// Assemble an array as `/dev/mdN` (no alias) when a namespace carrying a superblock
+    /// appears, as udev's incremental assembly does.
+    incremental: bool,
 }
 
 fn nguid_of(uuid: &str) -> String {
@@ -229,7 +237,7 @@ impl Tools<State> {
                 self.fake
                     .add_nvme_controller(ctrl, nqn, "tcp", addr, port, hostnqn);
                 for (nsid, uuid, size) in &sub.namespaces {
-                    self.fake.add_nvme_namespace(
+                    let head = self.fake.add_nvme_namespace(
                         ctrl,
                         sub.instance,
                         *nsid,
@@ -237,6 +245,7 @@ impl Tools<State> {
                         &nguid_of(uuid),
                         *size,
                     );
+                    self.incremental(&head);
                 }
                 CommandOutput::ok("")
             }
@@ -277,25 +286,148 @@ impl Tools<State> {
         let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
-            ["--examine", dev] => {
-                CommandOutput::exit(1, format!("mdadm: No md superblock detected on {dev}.\n"))
-            }
-            ["--create", array, ..] => {
+            ["--examine", dev] => match self.superblock(dev) {
+                Some(name) => CommandOutput::ok(format!(
+                    "{dev}:\n          Magic : a92b4efc\n        Version : 1.2\n    Feature Map : 0x1\n           Name : any:{name}\n     Raid Level : raid1\n   Raid Devices : 2\n"
+                )),
+                None => CommandOutput::exit(1, format!("mdadm: No md superblock detected on {dev}.\n")),
+            },
+            ["--create", array, rest @ ..] => {
                 let alias = array.trim_start_matches("/dev/md/").to_string();
-                let root = self.root();
-                std::fs::create_dir_all(root.join("dev/md")).unwrap();
-                std::fs::write(root.join(format!("dev/md/{alias}")), vec![0u8; 4096]).unwrap();
-                self.state().arrays.push(alias);
+                let members: Vec<&str> = rest.iter().copied().filter(|m| m.starts_with("/dev/")).collect();
+                for m in &members {
+                    let uuid = self.uuid_of(m);
+                    self.state().superblocks.insert(uuid, alias.clone());
+                }
+                self.md_up(Some(&alias), &members);
                 CommandOutput::exit(0, format!("mdadm: array {array} started.\n"))
             }
-            ["--stop", array] => {
-                let alias = array.trim_start_matches("/dev/md/").to_string();
-                let _ = std::fs::remove_file(self.root().join(format!("dev/md/{alias}")));
-                self.state().arrays.retain(|x| *x != alias);
-                CommandOutput::exit(0, format!("mdadm: stopped {array}\n"))
+            ["--assemble", "--run", array, members @ ..] => {
+                let alias = array.trim_start_matches("/dev/md/");
+                for m in members {
+                    if self.superblock(m).as_deref() != Some(alias) {
+                        return CommandOutput::exit(1, format!("mdadm: no RAID superblock on {m}\nmdadm: {m} has no superblock - assembly aborted\n"));
+                    }
+                    let head = m.trim_start_matches("/dev/");
+                    if names_in(&self.root().join(format!("sys/block/{head}/holders"))).iter().any(|h| h.starts_with("md")) {
+                        return CommandOutput::exit(1, format!("mdadm: {m} is busy - skipping\nmdadm: /dev/md/{alias} assembled from 0 drives - not enough to start the array.\n"));
+                    }
+                }
+                self.md_up(Some(alias), members);
+                CommandOutput::exit(0, format!("mdadm: /dev/md/{alias} has been started with {} drives.\n", members.len()))
             }
+            ["--grow", "--size", "max", array] => {
+                let Some(md) = self.md_named(array) else {
+                    return CommandOutput::exit(1, format!("mdadm: error opening {array}: No such file or directory\n"));
+                };
+                let members = names_in(&self.root().join(format!("sys/block/{md}/slaves")));
+                let size = members
+                    .iter()
+                    .filter_map(|m| std::fs::read_to_string(self.root().join(format!("sys/block/{m}/size"))).ok())
+                    .filter_map(|s| s.trim().parse::<u64>().ok())
+                    .min()
+                    .unwrap_or(0);
+                self.fake.set_block_size(&md, size * 512);
+                CommandOutput::ok("")
+            }
+            ["--stop", array] => match self.md_named(array) {
+                Some(md) => {
+                    self.fake.remove_md_array(&md);
+                    self.state().arrays.retain(|x| x.0 != md);
+                    CommandOutput::exit(0, format!("mdadm: stopped {array}\n"))
+                }
+                None => CommandOutput::exit(1, format!("mdadm: error opening {array}: No such file or directory\n")),
+            },
             _ => CommandOutput::exit(1, format!("mdadm: unsupported {a:?}\n")),
         }
+    }
+
+    /// The namespace uuid of the block device `dev` (`/dev/nvmeXnY`).
+    fn uuid_of(&self, dev: &str) -> String {
+        let head = dev.trim_start_matches("/dev/");
+        std::fs::read_to_string(self.root().join(format!("sys/block/{head}/uuid")))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// The array name in the MD superblock of `dev`, if it carries one.
+    fn superblock(&self, dev: &str) -> Option<String> {
+        let uuid = self.uuid_of(dev);
+        self.state().superblocks.get(&uuid).cloned()
+    }
+
+    /// The running array (`mdN`) `array` (`/dev/md/<alias>` or `/dev/mdN`) names.
+    fn md_named(&self, array: &str) -> Option<String> {
+        let st = self.state();
+        st.arrays
+            .iter()
+            .find(|(md, alias)| {
+                array
+                    .strip_prefix("/dev/md/")
+                    .is_some_and(|a| alias.as_deref() == Some(a))
+                    || array.strip_prefix("/dev/") == Some(md.as_str())
+            })
+            .map(|(md, _)| md.clone())
+    }
+
+    /// Starts an array over `members` (`/dev/...`), numbered down from `md127` as the
+    /// kernel numbers arrays without a fixed minor.
+    fn md_up(&self, alias: Option<&str>, members: &[&str]) -> String {
+        let md = {
+            let st = self.state();
+            (0..=127u32)
+                .rev()
+                .map(|n| format!("md{n}"))
+                .find(|m| !st.arrays.iter().any(|x| x.0 == *m))
+                .expect("a free md number")
+        };
+        let names: Vec<&str> = members
+            .iter()
+            .map(|m| m.trim_start_matches("/dev/"))
+            .collect();
+        self.fake.add_md_array(&md, alias, &names);
+        self.state()
+            .arrays
+            .push((md.clone(), alias.map(str::to_string)));
+        md
+    }
+
+    /// udev's incremental assembly after `head` appeared: an array `/dev/mdN` (no alias)
+    /// over it when it carries a superblock and is in no array yet.
+    fn incremental(&self, head: &str) {
+        if !self.state().incremental {
+            return;
+        }
+        let dev = format!("/dev/{head}");
+        let held = names_in(&self.root().join(format!("sys/block/{head}/holders")))
+            .iter()
+            .any(|h| h.starts_with("md"));
+        if !held && self.superblock(&dev).is_some() {
+            self.md_up(None, &[dev.as_str()]);
+        }
+    }
+}
+
+impl NvmeSim {
+    /// Puts an MD superblock of the array `name` on the target's namespace `uuid`, as a
+    /// replicated volume's earlier attachment left it.
+    pub fn put_md_superblock(&self, uuid: &str, name: &str) {
+        self.tools
+            .state()
+            .superblocks
+            .insert(uuid.to_string(), name.to_string());
+    }
+
+    /// Turns udev's incremental MD assembly on or off: with it on, a namespace that
+    /// carries a superblock is assembled as `/dev/mdN` (under no alias) when it appears.
+    pub fn set_incremental_assembly(&self, on: bool) {
+        self.tools.state().incremental = on;
+    }
+
+    /// The running MD arrays: (`mdN`, alias).
+    pub fn md_arrays(&self) -> Vec<(String, Option<String>)> {
+        self.tools.state().arrays.clone()
     }
 }
 

@@ -8,7 +8,11 @@
 //! does: `iscsiadm -m node ... --op new` writes `nodes/<iqn>/<address>,<port>` (no portal
 //! group tag), discovery writes `nodes/<iqn>/<address>,<port>,<tpgt>/<iface>`, a
 //! `discoverydb --op new` writes `send_targets/<address>,<port>/st_config`, and `--op update`
-//! rewrites a record in place (keeping its mode). A login reads the record file, so CHAP
+//! rewrites a record in place (keeping its mode). `iscsiadm -m node` prints a record
+//! `--op new` made with portal group tag -1; `-m discoverydb -o show -P 1` lists each
+//! discovery address with the node records its discovery made that are still there.
+//! Discovery at any portal reports every target added, whatever its name
+//! ([`IscsiSim::add_target_named`] makes an array with a target name per portal). A login reads the record file, so CHAP
 //! works only with the credentials in the file, whatever was on the command line; so does a
 //! discovery at a portal that [`IscsiSim::require_discovery_chap`] protects.
 //!
@@ -69,6 +73,11 @@ struct State {
     targets: Vec<Target>,
     /// (iqn, portal) → the record file
     nodes: HashMap<(String, String), PathBuf>,
+    /// (iqn, portal) of a node record discovery made → (discovery portal, iface): what
+    /// `-m discoverydb -o show -P 1` lists under the discovery address.
+    discovered_by: HashMap<(String, String), (Portal, String)>,
+    /// The discovery records, in the order made.
+    discovery_portals: Vec<Portal>,
     /// portal → discovery CHAP (user, password) it requires
     discovery_chap: HashMap<Portal, (String, String)>,
     sessions: Vec<Session>,
@@ -129,6 +138,22 @@ impl IscsiSim {
     pub fn add_target(&self, portal: &str, luns: &[(u64, &str, u64)]) {
         self.tools.state().targets.push(Target {
             iqn: IQN.to_string(),
+            portal: portal.parse().unwrap(),
+            luns: luns
+                .iter()
+                .map(|(l, w, s)| (*l, w.to_string(), *s))
+                .collect(),
+            chap: None,
+            reachable: true,
+        });
+    }
+
+    /// Adds target `iqn` at `portal` (`address:port`) with `luns`, as [`IscsiSim::add_target`]
+    /// does for [`IQN`]: an array with a different target name per portal. Sendtargets
+    /// discovery at any portal reports every target added.
+    pub fn add_target_named(&self, iqn: &str, portal: &str, luns: &[(u64, &str, u64)]) {
+        self.tools.state().targets.push(Target {
+            iqn: iqn.to_string(),
             portal: portal.parse().unwrap(),
             luns: luns
                 .iter()
@@ -218,6 +243,27 @@ impl IscsiSim {
     /// Whether a node record for `portal` (`address:port`) exists.
     pub fn has_node(&self, portal: &str) -> bool {
         self.tools.state().nodes.keys().any(|(_, p)| p == portal)
+    }
+
+    /// Whether a node record for target `iqn` at `portal` (`address:port`) exists.
+    pub fn has_node_of(&self, iqn: &str, portal: &str) -> bool {
+        self.tools
+            .state()
+            .nodes
+            .contains_key(&(iqn.to_string(), portal.to_string()))
+    }
+
+    /// The sessions as (target name, portal), sorted.
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = self
+            .tools
+            .state()
+            .sessions
+            .iter()
+            .map(|s| (s.iqn.clone(), s.portal.to_string()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The multipath maps' names (`/dev/mapper`), sorted.

@@ -22,6 +22,7 @@ impl Tools<State> {
         match a.as_slice() {
             ["-m", "session"] => self.session_list(),
             ["-m", "node"] => self.node_list(),
+            ["-m", "discoverydb", "-o", "show", "-P", "1"] => self.discoverydb_list(),
             ["-m", "node", "-T", iqn, "-p", portal, rest @ ..] => self.node_op(iqn, portal, rest),
             ["-m", "discoverydb", "-t", "sendtargets", "-p", portal, "--interface", iface, rest @ ..] => {
                 self.discovery(portal, iface, rest)
@@ -51,13 +52,54 @@ impl Tools<State> {
         if st.nodes.is_empty() {
             return CommandOutput::exit(21, "iscsiadm: No records found\n");
         }
+        // A record `--op new` made (`nodes/<iqn>/<address>,<port>`) has no portal group
+        // tag: iscsiadm prints -1 for it.
         let mut lines: Vec<String> = st
             .nodes
-            .keys()
-            .map(|(iqn, portal)| format!("{portal},1 {iqn}\n"))
+            .iter()
+            .map(|((iqn, portal), file)| {
+                let flat = file
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|d| d.to_string_lossy() == *iqn);
+                let tpgt = if flat { -1 } else { 1 };
+                format!("{portal},{tpgt} {iqn}\n")
+            })
             .collect();
         lines.sort();
         CommandOutput::ok(lines.concat())
+    }
+
+    /// `-m discoverydb -o show -P 1`: each discovery record with the node records its
+    /// discovery made (and that are still there), as open-iscsi prints them.
+    fn discoverydb_list(&self) -> CommandOutput {
+        let st = self.state();
+        let mut out = String::from("SENDTARGETS:\n");
+        if st.discovery_portals.is_empty() {
+            out.push_str("No targets found.\n");
+        }
+        for d in &st.discovery_portals {
+            out.push_str(&format!("DiscoveryAddress: {},{}\n", d.host(), d.port()));
+            let mut by_target: Vec<(&String, &String, &String)> = st
+                .discovered_by
+                .iter()
+                .filter(|(k, (dp, _))| dp == d && st.nodes.contains_key(*k))
+                .map(|((iqn, portal), (_, iface))| (iqn, portal, iface))
+                .collect();
+            by_target.sort();
+            let mut last: Option<&String> = None;
+            for (iqn, portal, iface) in by_target {
+                if last != Some(iqn) {
+                    out.push_str(&format!("Target: {iqn}\n"));
+                    last = Some(iqn);
+                }
+                out.push_str(&format!("\tPortal: {portal},1\n\t\tIface Name: {iface}\n"));
+            }
+        }
+        out.push_str(
+            "iSNS:\nNo targets found.\nSTATIC:\nNo targets found.\nFIRMWARE:\nNo targets found.\n",
+        );
+        CommandOutput::ok(out)
     }
 
     /// `nodes/<iqn>/<address>,<port>`: the record `--op new` makes (no portal group tag).
@@ -89,6 +131,7 @@ impl Tools<State> {
                     std::thread::sleep(Duration::from_millis(5));
                     st = self.state();
                 }
+                st.discovered_by.remove(&key);
                 let file = self.flat_record(iqn, &portal_p);
                 write_record(&file, &node_defaults(iqn, -1, iface, &portal_p));
                 st.nodes.insert(key, file);
@@ -108,6 +151,7 @@ impl Tools<State> {
             }
             ["--op", "delete"] => match st.nodes.remove(&key) {
                 Some(file) => {
+                    st.discovered_by.remove(&key);
                     remove_record(&file);
                     CommandOutput::ok("")
                 }
@@ -212,15 +256,16 @@ impl Tools<State> {
                         return CommandOutput::exit(24, format!("iscsiadm: Login failed to authenticate with target \niscsiadm: discovery login to {} rejected: initiator failed authorization\n\niscsiadm: Could not perform SendTargets discovery: iSCSI login failed due to authorization failure\n", p.host()));
                     }
                 }
-                let found: Vec<Target> = st
-                    .targets
-                    .iter()
-                    .filter(|x| x.iqn == t.iqn)
-                    .cloned()
-                    .collect();
+                // The array reports every target it has, whatever its name.
+                let found: Vec<Target> = st.targets.clone();
+                if !st.discovery_portals.contains(&t.portal) {
+                    st.discovery_portals.push(t.portal.clone());
+                }
                 let mut out = String::new();
                 for f in found {
                     let key = (f.iqn.clone(), f.portal.to_string());
+                    st.discovered_by
+                        .insert(key.clone(), (t.portal.clone(), iface.to_string()));
                     if let std::collections::hash_map::Entry::Vacant(e) = st.nodes.entry(key) {
                         let file = self.root().join(format!(
                             "etc/iscsi/nodes/{}/{},{},1/{iface}",
