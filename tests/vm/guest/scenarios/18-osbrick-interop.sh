@@ -94,6 +94,8 @@ props_hostbrick no-multipath
 
 osbrick_wait
 note "os-brick driver up ${OSBRICK_STARTUP_S}s after its launch"
+# Where the system UUID comes from on this guest (os-brick: sysfs, else `dmidecode -ssystem-uuid`).
+log "DMI: /sys/class/dmi/id/product_uuid: $(cat /sys/class/dmi/id/product_uuid 2>&1); dmidecode -ssystem-uuid: $(dmidecode -ssystem-uuid 2>&1)"
 compare_props multipath --multipath
 compare_props no-multipath
 
