@@ -98,7 +98,7 @@ pub fn get_connector_properties(
         nqn: Some(nvme.hostnqn),
         nvme_hostid: Some(nvme.hostid),
         uuid: root_fs_uuid(ctx)?,
-        system_uuid: dmi_product_uuid(&ctx.host)?,
+        system_uuid: system_uuid(ctx)?,
         nvme_native_multipath: Some(native_multipath(&ctx.host)?),
         do_local_attach: Some(false),
         found_dsc: Some(String::new()),
@@ -108,6 +108,9 @@ pub fn get_connector_properties(
 
 /// How long `blkid` may take, when udev does not know the root filesystem's UUID.
 const BLKID_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `dmidecode` may take, when the kernel shows no system UUID.
+const DMIDECODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The UUID of the filesystem mounted on `/`: udev's `ID_FS_UUID` of its device, else
 /// `blkid` of its source. None for a filesystem without a device (overlay, tmpfs) or a UUID.
@@ -173,14 +176,26 @@ pub fn parse_root_mount(mountinfo: &str) -> Option<RootMount> {
     })
 }
 
-/// The DMI product UUID as the kernel shows it (root-only readable on most systems).
-fn dmi_product_uuid(host: &Host) -> Result<Option<String>> {
+/// The DMI system UUID as os-brick reads it: the kernel's `product_uuid`, else what
+/// `dmidecode -s system-uuid` prints (the kernel leaves the file out for a placeholder UUID,
+/// which dmidecode prints as `Not Settable` or `Not Present`). None without either.
+fn system_uuid(ctx: &HostContext) -> Result<Option<String>> {
+    let host = &ctx.host;
     match host.read_attr_opt(&host.sys("class/dmi/id/product_uuid")) {
-        Ok(v) => Ok(v.map(|u| u.trim().to_string()).filter(|u| !u.is_empty())),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        Ok(Some(v)) if !v.trim().is_empty() => return Ok(Some(v.trim().to_string())),
+        Ok(_) => {}
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {}
+        Err(e) => return Err(e),
+    }
+    let cmd = Command::new("dmidecode")
+        .args(["-s", "system-uuid"])
+        .deadline(Instant::now() + DMIDECODE_TIMEOUT);
+    match ctx.runner.run_ok(&cmd, &[]) {
+        Ok(out) => Ok(Some(out.stdout.trim().to_string()).filter(|u| !u.is_empty())),
+        Err(e) => {
+            tracing::debug!(error = %e.chain(), "no system UUID from dmidecode");
             Ok(None)
         }
-        Err(e) => Err(e),
     }
 }
 

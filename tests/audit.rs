@@ -616,6 +616,21 @@ fn entries_of_volumes_another_tool_detached_are_stale() {
     assert_eq!(report.stale_records[0].registry, "iscsi");
     assert_eq!(report.stale_records[0].volume_id.as_deref(), Some("vol-1"));
     assert!(!report.is_empty());
+    // The same LUN logged in again by hand (here: attached, then its entry dropped): the
+    // stale entry's WWID must not hide the unused session.
+    let stale: Vec<(String, serde_json::Value)> =
+        Registry::new(&sim.fake.host(), "iscsi").entries().unwrap();
+    let again = c.connect_volume(&ci).unwrap();
+    assert_ne!(
+        again.paths[0].hctl, rec.paths[0].hctl,
+        "a new session, a new address"
+    );
+    let reg = Registry::new(&sim.fake.host(), "iscsi");
+    reg.remove("volume-vol-1").unwrap();
+    reg.put(&stale[0].0, &stale[0].1).unwrap();
+    let report = audit(&sim.context()).unwrap();
+    assert_eq!(report.iscsi_sessions.len(), 1, "{report:?}");
+    assert_eq!(report.stale_records.len(), 1, "{report:?}");
 
     let sim = nvme::NvmeSim::new(true);
     sim.add_subsystem(nvme::NQN, &["127.0.0.1:4420"], &[(1, nvme::UUID_1, MIB)]);

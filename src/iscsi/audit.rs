@@ -29,26 +29,7 @@ pub(crate) fn orphans(host: &Host, locks: &LockDir) -> Result<Found<OrphanSessio
 pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
     let mut out = Vec::new();
     for (entry, r) in Registry::new(host, REGISTRY).entries::<DeviceRecord>()? {
-        if r.paths.is_empty() {
-            continue; // nothing to check it against
-        }
-        let mut live = false;
-        for p in &r.paths {
-            if scsi::device_exists(host, p.hctl) {
-                let wwid = scsi::wwid(host, p.hctl)
-                    .ok()
-                    .flatten()
-                    .map(|w| w.to_string());
-                live |= match (&wwid, &r.scsi_wwn) {
-                    (Some(have), Some(want)) => have == want,
-                    _ => true,
-                };
-            }
-        }
-        if let Some(map) = &r.multipath_id {
-            live |= host.dev(format!("mapper/{map}")).exists();
-        }
-        if !live {
+        if !on_host(host, &r) {
             out.push(StaleRecord {
                 registry: REGISTRY.to_string(),
                 entry,
@@ -60,13 +41,41 @@ pub(crate) fn stale_records(host: &Host) -> Result<Vec<StaleRecord>> {
     Ok(out)
 }
 
+/// True when the host still shows the volume of `r`: a recorded path's SCSI address
+/// carries the recorded WWID, or the recorded map exists. A record without paths cannot
+/// be checked and counts as shown.
+fn on_host(host: &Host, r: &DeviceRecord) -> bool {
+    if r.paths.is_empty() {
+        return true;
+    }
+    let path_there = r.paths.iter().any(|p| {
+        scsi::device_exists(host, p.hctl)
+            && match (scsi::wwid(host, p.hctl).ok().flatten(), &r.scsi_wwn) {
+                (Some(have), Some(want)) => have.to_string() == *want,
+                _ => true,
+            }
+    });
+    path_there
+        || r.multipath_id
+            .as_ref()
+            .is_some_and(|m| host.dev(format!("mapper/{m}")).exists())
+}
+
 /// What hostbrick recorded of its iSCSI volumes.
 struct IscsiRecords(Vec<DeviceRecord>);
 
 impl IscsiRecords {
+    /// The records of volumes the host still shows: a stale one (another tool detached
+    /// its volume) must not hide a session that now carries the same LUN unused.
     fn load(host: &Host) -> Result<Self> {
         let entries = Registry::new(host, REGISTRY).entries::<DeviceRecord>()?;
-        Ok(IscsiRecords(entries.into_iter().map(|(_, r)| r).collect()))
+        Ok(IscsiRecords(
+            entries
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| on_host(host, r))
+                .collect(),
+        ))
     }
 
     /// True when a record names the device at `hctl` showing `wwid`.
