@@ -61,6 +61,24 @@ cp -a "$VM_SRC_DIR/guest" "$SHARE/guest"
 rm -rf "$SHARE/guest/image" "$SHARE/guest/packages.txt"
 # HOSTBRICK_VM_* and RUST_LOG/RUST_BACKTRACE travel to the guest (HOSTBRICK_VM_TRACE=1: set -x
 # timestamps in the raw-tool helpers).
+# os-brick for the scenarios that drive it beside hostbrick (a line '# vm-needs: osbrick' in the
+# scenario): installed once per version (tests/vm/osbrick.sh, cached in target/vm/), only when
+# such a scenario is selected. The tarball is linked into the share; a failed install is
+# written to share/osbrick.error and fails only those scenarios.
+osbrick_wanted=0
+for script in "$VM_SRC_DIR"/guest/scenarios/*.sh; do
+    grep -q '^# vm-needs: osbrick' "$script" || continue
+    name=$(basename "$script" .sh); name=${name#[0-9][0-9]-}
+    if [ -z "${HOSTBRICK_VM_SCENARIOS:-}" ] || [[ $name =~ ${HOSTBRICK_VM_SCENARIOS} ]]; then osbrick_wanted=1; fi
+done
+if [ "$osbrick_wanted" = 1 ]; then
+    if OSBRICK_TAR=$(bash "$VM_SRC_DIR/osbrick.sh" 2> >(tee "$VM_WORK_DIR/osbrick.log" >&2) | tail -n1) && [ -s "$OSBRICK_TAR" ]; then
+        ln -f "$OSBRICK_TAR" "$SHARE/osbrick.tar" 2>/dev/null || cp "$OSBRICK_TAR" "$SHARE/osbrick.tar"
+    else
+        echo "installing os-brick on the host failed (tests/vm/osbrick.sh): $(tail -n 3 "$VM_WORK_DIR/osbrick.log" | tr '\n' ' ')" > "$SHARE/osbrick.error"
+        vm_log "$(cat "$SHARE/osbrick.error")"
+    fi
+fi
 for v in $(compgen -v | grep -E '^(HOSTBRICK_VM_[A-Z_]+|RUST_LOG|RUST_BACKTRACE)$'); do
     printf 'export %s=%q\n' "$v" "${!v}"
 done > "$SHARE/suite.env"

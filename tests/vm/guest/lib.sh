@@ -53,8 +53,13 @@ scenario_pass() {
 }
 
 fail() {
+    local m="$*" f
+    # failures recorded by soft checks before this one (not inside a soft check itself)
+    if [ -z "${_IN_SOFT:-}" ] && [ "${#SOFT_FAILS[@]}" -gt 0 ]; then
+        m="$m; earlier:"; for f in "${SOFT_FAILS[@]}"; do m="$m [$f]"; done
+    fi
     log "FAIL: $*"
-    _res_write fail "$*"
+    _res_write fail "$m"
     kmsg "scenario $SCENARIO FAIL: $*"
     trap - EXIT
     exit 1
@@ -783,4 +788,115 @@ lt() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a < b)}'; }
 bench_line() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$(printf '%s' "$7" | tr '\t\n' '  ')" >> "$RESULTS/bench.tsv"
     log "bench: $*"
+}
+
+# ------------------------------------------------------------------ os-brick -----
+# os-brick (OpenStack's connector library) beside hostbrick, for the interop scenario. The
+# host installs it (tests/vm/osbrick.sh) and shares it as $SHARE/osbrick.tar; it is unpacked
+# into the guest's /tmp (imports over 9p are slow) and driven by one long-lived Python process
+# (guest/osbrick_driver.py: JSON lines on a coprocess' stdin/stdout; a warm import alone takes
+# ~20 s under emulation).
+OSBRICK_DIR=${OSBRICK_DIR:-/tmp/osbrick}
+OSBRICK_TIMEOUT=${OSBRICK_TIMEOUT:-300}
+
+# osbrick_launch: start unpacking os-brick and the driver in the background (a coprocess);
+# osbrick_wait: wait until it has imported os-brick (sets OSBRICK_STARTUP_S, OSBRICK_VERSION).
+# osbrick_start: both. Between the two a scenario can set up targets and run hostbrick.
+osbrick_launch() {
+    [ -s "$SHARE/osbrick.error" ] && fail "$(cat "$SHARE/osbrick.error")"
+    [ -s "$SHARE/osbrick.tar" ] || fail "no os-brick in the share ($SHARE/osbrick.tar): run-suite.sh provisions it for scenarios marked '# vm-needs: osbrick'"
+    command -v python3 >/dev/null || fail "the guest has no python3"
+    OSBRICK_LOG=$RESULTS/$SCENARIO.osbrick.log
+    : > "$OSBRICK_LOG"
+    OSBRICK_T0=$(now_ns)
+    coproc OSBRICK {
+        if [ ! -d "$OSBRICK_DIR/os_brick" ]; then
+            mkdir -p "$OSBRICK_DIR" && tar -C "$OSBRICK_DIR" --strip-components=1 -xf "$SHARE/osbrick.tar" 2>>"$OSBRICK_LOG" \
+                || { echo '{"ready": false, "error": "unpacking the shared osbrick.tar failed"}'; exit 1; }
+            echo "os-brick unpacked into $OSBRICK_DIR in $(secs_since "$OSBRICK_T0")s ($(du -sh "$OSBRICK_DIR" | cut -f1)): $(tr '\n' ' ' < "$OSBRICK_DIR/MANIFEST.hostbrick" 2>/dev/null)" >> "$OSBRICK_LOG"
+        fi
+        PYTHONPATH=$OSBRICK_DIR exec python3 "$GUEST_DIR/osbrick_driver.py" 2>>"$OSBRICK_LOG"
+    }
+    OSBRICK_IN=${OSBRICK[1]} OSBRICK_OUT=${OSBRICK[0]}
+    log "os-brick driver starting (pid $OSBRICK_PID)"
+}
+osbrick_wait() {
+    local line
+    IFS= read -r -t 240 line <&"$OSBRICK_OUT" \
+        || fail "the os-brick driver did not start within 240s: $(tail -n 5 "$OSBRICK_LOG" | tr '\n' ' ')"
+    grep -m1 '^os-brick unpacked' "$OSBRICK_LOG" | cut -c1-200 | while read -r l; do log "$l"; done
+    jq -e '.ready == true' <<<"$line" >/dev/null \
+        || fail "the os-brick driver failed to start: $(jq -r '.error // .' <<<"$line" 2>/dev/null || echo "$line") $(tail -n 3 "$OSBRICK_LOG" | tr '\n' ' ')"
+    OSBRICK_STARTUP_S=$(secs_since "$OSBRICK_T0")
+    OSBRICK_VERSION=$(jq -r .version <<<"$line")
+    log "os-brick driver up ${OSBRICK_STARTUP_S}s after its launch: $line"
+}
+osbrick_start() { osbrick_launch; osbrick_wait; }
+
+# osbrick_call NAME REQUEST_JSON: one request; the answer goes to $WORK/NAME.osb, its
+# wall time to OSB_SECS; OSB_OK is true or false. Fails the scenario only when the driver
+# does not answer.
+osbrick_call() {
+    local name=$1 req=$2 start line
+    start=$(now_ns)
+    log "os-brick $(jq -r .op <<<"$req") ($name)"
+    printf '%s\n' "$(jq -c . <<<"$req")" >&"$OSBRICK_IN" || fail "os-brick driver gone (writing $name)"
+    IFS= read -r -t "$OSBRICK_TIMEOUT" line <&"$OSBRICK_OUT" \
+        || fail "os-brick driver: no answer to $name within ${OSBRICK_TIMEOUT}s: $(tail -n 5 "$OSBRICK_LOG" | tr '\n' ' ')"
+    printf '%s\n' "$line" > "$WORK/$name.osb"
+    OSB_SECS=$(secs_since "$start")
+    OSB_OK=$(jq -r '.ok' "$WORK/$name.osb")
+    {
+        echo "=== [$(up)] os-brick $name -> ok=$OSB_OK in ${OSB_SECS}s"
+        echo "--- request"; jq -c . <<<"$req"
+        echo "--- answer"; jq . "$WORK/$name.osb"
+    } >> "$RESULTS/$SCENARIO.attach.log"
+    log "os-brick $name -> ok=$OSB_OK in ${OSB_SECS}s$([ "$OSB_OK" = true ] || echo ": $(jq -r .error "$WORK/$name.osb")")"
+}
+osbrick_result() { jq -c '.result' "$WORK/$1.osb"; }
+osbrick_error() { jq -r '.error' "$WORK/$1.osb"; }
+
+# osbrick_stop: ask the driver to quit (its privsep daemons go with it) and free the unpacked
+# tree (tmpfs: guest memory).
+osbrick_stop() {
+    [ -n "${OSBRICK_IN:-}" ] || return 0
+    printf '{"op":"quit"}\n' >&"$OSBRICK_IN" 2>/dev/null
+    local line; IFS= read -r -t 30 line <&"$OSBRICK_OUT"
+    exec {OSBRICK_IN}>&- 2>/dev/null
+    [ -n "${OSBRICK_PID:-}" ] && wait "$OSBRICK_PID" 2>/dev/null
+    OSBRICK_IN=""
+    rm -rf "$OSBRICK_DIR"
+}
+
+# Checks that go on after a failure (the scenario then fails at the end, listing them all):
+#   soft DESCRIPTION COMMAND...   runs COMMAND in a subshell (where `fail` only ends the
+#                                 subshell); on failure records DESCRIPTION and fail's message.
+SOFT_FAILS=()
+soft() {
+    local desc=$1 msg; shift
+    : > "$RES"
+    ( _IN_SOFT=1; "$@" ) && return 0
+    msg=$(sed -n 's/^message=//p' "$RES" 2>/dev/null)
+    : > "$RES"
+    soft_fail "$desc${msg:+: $msg}"
+    return 1
+}
+soft_fail() { SOFT_FAILS+=("$*"); log "FAILED (going on): $*"; }
+# soft_verdict: fail with every recorded failure, if any.
+soft_verdict() {
+    [ ${#SOFT_FAILS[@]} = 0 ] && return 0
+    local m="${#SOFT_FAILS[@]} check(s) failed:" f
+    for f in "${SOFT_FAILS[@]}"; do m="$m [$f]"; done
+    SOFT_FAILS=()
+    fail "$m"
+}
+
+# hostbrick's attachment registry (/run/hostbrick/attachments/<protocol>/*.json).
+HOSTBRICK_REGISTRY=${HOSTBRICK_REGISTRY:-/run/hostbrick/attachments}
+registry_entries() { find "$HOSTBRICK_REGISTRY" -type f -name '*.json' ! -name '.*' 2>/dev/null | LC_ALL=C sort; }
+# check_registry_empty: no entry at all (callers attach one volume at a time)
+check_registry_empty() {
+    local e out=""
+    for e in $(registry_entries); do out="$out ${e#"$HOSTBRICK_REGISTRY"/}=$(tr -d '\n' < "$e" | cut -c1-300)"; done
+    [ -z "$out" ] || fail "hostbrick's registry still holds:$out"
 }

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""os-brick behind a pipe, for the VM suite's interop scenario (18-osbrick-interop).
+
+One long-lived process (importing os-brick takes ~20 s under emulation): it reads one JSON
+request per line on stdin and answers one JSON line on stdout. Everything else (os-brick's
+and oslo's logging, stray prints) goes to stderr.
+
+    {"op": "properties", "ip": "127.0.0.1", "multipath": true, "enforce_multipath": false}
+    {"op": "connect", "protocol": "ISCSI", "use_multipath": false, "connection_properties": {...}}
+    {"op": "disconnect", "protocol": "ISCSI", "use_multipath": false,
+     "connection_properties": {...}, "device_info": {...}, "force": false, "ignore_errors": false}
+    {"op": "quit"}
+
+Answers: {"ok": true, "result": ..., "secs": S} or {"ok": false, "error": "Type: message",
+"traceback": "..."}. The first line written is {"ready": true, "version": ..., "import_s": S}.
+
+Only os-brick's public API is used: connector.get_connector_properties,
+InitiatorConnector.factory, connect_volume, disconnect_volume. connection_properties is the
+`data` of Cinder's connection_info, as Nova passes it.
+
+Privileges: the process runs as root with root_helper='' (os-brick then runs its commands
+through privsep, whose default helper is `sudo privsep-helper`; the guest has no sudo).
+OSBRICK_PRIVSEP=fork (default) starts os-brick's privsep daemons by forking this process
+(oslo.privsep's Method.FORK: a real privsep daemon with os-brick's capabilities, no second
+interpreter start-up); OSBRICK_PRIVSEP=inprocess runs the privileged functions in this process.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+
+
+def main():
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing but answers on the pipe
+    level = logging.DEBUG if os.environ.get("OSBRICK_DEBUG") == "1" else logging.INFO
+    logging.basicConfig(
+        stream=sys.stderr, level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def reply(obj):
+        out.write(json.dumps(obj, sort_keys=True) + "\n")
+        out.flush()
+
+    t0 = time.monotonic()
+    try:
+        from oslo_concurrency import lockutils
+        from oslo_config import cfg
+        from oslo_privsep import priv_context
+
+        import os_brick
+        from os_brick import privileged
+        from os_brick.initiator import connector
+
+        cfg.CONF([], project="hostbrick-osbrick-driver")
+        lock_path = os.environ.get("OSBRICK_LOCK_PATH", "/run/osbrick-locks")
+        os.makedirs(lock_path, exist_ok=True)
+        lockutils.set_defaults(lock_path)
+        os_brick.setup(cfg.CONF)
+
+        mode = os.environ.get("OSBRICK_PRIVSEP", "fork")
+        contexts = [privileged.default, privileged.brick_privsep_hide_output]
+        if mode == "fork":
+            for ctx in contexts:
+                ctx.start(priv_context.Method.FORK)
+        elif mode == "inprocess":
+            for ctx in contexts:
+                ctx.set_client_mode(False)
+        else:
+            raise ValueError(f"OSBRICK_PRIVSEP={mode!r}: expected fork or inprocess")
+        from importlib import metadata
+        version = metadata.version("os-brick")
+    except Exception as e:  # the scenario reports it
+        reply({"ready": False, "error": f"{type(e).__name__}: {e}",
+               "traceback": traceback.format_exc()})
+        return 1
+    reply({"ready": True, "version": version, "privsep": mode,
+           "import_s": round(time.monotonic() - t0, 3), "python": sys.version.split()[0]})
+
+    connectors = {}
+
+    def get_connector(req):
+        key = (req["protocol"].upper(), bool(req.get("use_multipath", False)),
+               int(req.get("device_scan_attempts", 3)))
+        if key not in connectors:
+            connectors[key] = connector.InitiatorConnector.factory(
+                key[0], root_helper="", use_multipath=key[1], device_scan_attempts=key[2])
+        return connectors[key]
+
+    def op_properties(req):
+        return connector.get_connector_properties(
+            root_helper="", my_ip=req["ip"], multipath=bool(req.get("multipath", False)),
+            enforce_multipath=bool(req.get("enforce_multipath", False)),
+            host=req.get("host"))
+
+    def op_connect(req):
+        return get_connector(req).connect_volume(req["connection_properties"])
+
+    def op_disconnect(req):
+        get_connector(req).disconnect_volume(
+            req["connection_properties"], req.get("device_info"),
+            force=bool(req.get("force", False)),
+            ignore_errors=bool(req.get("ignore_errors", False)))
+        return None
+
+    ops = {"properties": op_properties, "connect": op_connect, "disconnect": op_disconnect}
+
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        start = time.monotonic()
+        try:
+            req = json.loads(line)
+            if req.get("op") == "quit":
+                reply({"ok": True, "result": None, "secs": 0})
+                break
+            fn = ops.get(req.get("op"))
+            if fn is None:
+                raise ValueError(f"unknown op {req.get('op')!r}")
+            logging.info("request %s", req.get("op"))
+            result = fn(req)
+            reply({"ok": True, "result": result, "secs": round(time.monotonic() - start, 3)})
+        except Exception as e:
+            logging.exception("request failed")
+            reply({"ok": False, "error": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc(),
+                   "secs": round(time.monotonic() - start, 3)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
