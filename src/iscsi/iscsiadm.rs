@@ -55,7 +55,7 @@ pub struct SessionEntry {
     pub sid: u32,
     /// The portal.
     pub portal: Portal,
-    /// The target portal group tag ([`TPGT_NONE`] for none).
+    /// The target portal group tag (`-1` for none).
     pub tpgt: i32,
     /// The target.
     pub iqn: Iqn,
@@ -98,7 +98,7 @@ fn parse_session_line(line: &str) -> Option<SessionEntry> {
 pub struct NodeEntry {
     /// The portal.
     pub portal: Portal,
-    /// The target portal group tag ([`TPGT_NONE`] for a record made with `--op new`).
+    /// The target portal group tag (`-1` for a record made with `--op new`).
     pub tpgt: i32,
     /// The target.
     pub iqn: Iqn,
@@ -186,7 +186,7 @@ fn discovery_address(word: &str) -> Option<Portal> {
     Portal::from_str(&text).ok()
 }
 
-/// `address:port,tpgt`; the tag is 0 to 65535 (16 bits in iSCSI), or [`TPGT_NONE`].
+/// `address:port,tpgt`; the tag is 0 to 65535 (16 bits in iSCSI), or `-1` (none).
 fn parse_portal_tpgt(word: &str) -> Option<(Portal, i32)> {
     let (portal, tpgt) = word.rsplit_once(',')?;
     let tpgt: i32 = tpgt.parse().ok()?;
