@@ -128,7 +128,11 @@ fn check(info: &ConnectionInfo) {
         );
         for m in &p.monitors {
             assert!(!m.host.is_empty());
-            assert!(m.port.parse::<u16>().is_ok_and(|n| n != 0));
+            // A port is 1-65535; `null` (no port) leaves Ceph's defaults.
+            assert!(m
+                .port
+                .as_ref()
+                .is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n != 0)));
             let _ = m.address();
         }
         assert!(!p.user().is_empty());
