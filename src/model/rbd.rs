@@ -455,18 +455,20 @@ mod tests {
         let mons = |hosts: serde_json::Value, ports: serde_json::Value| {
             parse(json!({"name": "p/i", "hosts": hosts, "ports": ports}))
         };
+        let addresses = |ci: &ConnectionInfo| -> Vec<String> {
+            ci.rbd()
+                .unwrap()
+                .monitors
+                .iter()
+                .map(|m| m.address())
+                .collect()
+        };
         let ci = mons(
             json!(["mon1.example.org", "10.0.0.1", "[2001:db8::1]", "::1"]),
             json!(["6789", 3300, "6789", "3300"]),
         )
         .unwrap();
-        let addrs: Vec<String> = ci
-            .rbd()
-            .unwrap()
-            .monitors
-            .iter()
-            .map(|m| m.address())
-            .collect();
+        let addrs = addresses(&ci);
         assert_eq!(
             addrs,
             [
@@ -507,13 +509,7 @@ mod tests {
             json!([null, null, "3300"]),
         )
         .unwrap();
-        let addrs: Vec<String> = ci
-            .rbd()
-            .unwrap()
-            .monitors
-            .iter()
-            .map(|m| m.address())
-            .collect();
+        let addrs = addresses(&ci);
         assert_eq!(addrs, ["mon1", "[::1]", "10.0.0.1:3300"]);
         for bad in ["0", "65536", "+6789", "-1", "", "67 89"] {
             match mons(json!(["10.0.0.1"]), json!([bad])) {

@@ -136,16 +136,7 @@ impl IscsiSim {
     /// Adds target [`IQN`] at `portal` (`address:port`) with `luns`, each `(lun, sysfs
     /// wwid, size)`; it is reachable and needs no CHAP.
     pub fn add_target(&self, portal: &str, luns: &[(u64, &str, u64)]) {
-        self.tools.state().targets.push(Target {
-            iqn: IQN.to_string(),
-            portal: portal.parse().unwrap(),
-            luns: luns
-                .iter()
-                .map(|(l, w, s)| (*l, w.to_string(), *s))
-                .collect(),
-            chap: None,
-            reachable: true,
-        });
+        self.add_target_named(IQN, portal, luns);
     }
 
     /// Adds target `iqn` at `portal` (`address:port`) with `luns`, as [`IscsiSim::add_target`]
