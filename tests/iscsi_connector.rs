@@ -484,13 +484,11 @@ fn ignore_errors_alone_stops_at_the_first_failure() {
     let c = connector(&sim, false);
     let ci = single("127.0.0.1:3260", 1, "vol-1");
     let rec = c.connect_volume(&ci).unwrap();
-    sim.runner.on("blockdev", &["--flushbufs"], |_| {
-        hostbrick::CommandOutput::exit(1, "blockdev: Input/output error\n")
-    });
+    sim.fake.fail_flush("/dev/sda", nix::libc::EIO);
     let e = c
         .disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap_err();
-    assert!(matches!(e, Error::CommandFailed { .. }), "{e:?}");
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert_eq!(
         sim.fake.devices().len(),
         1,
@@ -508,7 +506,7 @@ fn ignore_errors_alone_stops_at_the_first_failure() {
             },
         )
         .unwrap_err();
-    assert!(matches!(e, Error::CommandFailed { .. }), "{e:?}");
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert_eq!(sim.fake.devices().len(), 1);
     // The session is kept: its LUN is still there.
     assert_eq!(sim.session_count(), 1);

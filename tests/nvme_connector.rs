@@ -583,7 +583,7 @@ fn os_brick_device_info_detaches_from_the_host() {
         DisconnectOptions::default(),
     )
     .unwrap();
-    assert_eq!(sim.runner.count("blockdev --flushbufs /dev/nvme0n2"), 1);
+    assert_eq!(sim.fake.flushes(), ["/dev/nvme0n2"]);
     assert_eq!(sim.controllers(), ["nvme0"]);
     // A path the host no longer has is no claim: a goes by its connection_info.
     c.disconnect_volume(

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::platform::cmd::{Command, CommandRunner};
 use crate::platform::host::Host;
 use crate::platform::uevent::UdevRecord;
 
@@ -177,28 +176,22 @@ pub fn ensure_unused(host: &Host, name: &str, allowed: &[&str]) -> Result<()> {
     }
 }
 
-/// Writes the device's dirty buffers out: `blockdev --flushbufs`.
-pub fn flush(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Result<()> {
-    let cmd = Command::new("blockdev")
-        .arg("--flushbufs")
-        .arg(dev.to_string_lossy())
-        .deadline(deadline);
-    runner.run_ok(&cmd, &[]).map(|_| ())
-}
-
-/// Flushes before a device is removed. Without `force` a failed flush stops the removal
-/// (the error); with it the removal goes on (unwritten data may be lost) and the failure is
-/// handed back for the caller to report once the device is gone (os-brick's `force`).
+/// Flushes block device `dev` (a path in `host`'s /dev) before it is removed: its dirty
+/// buffers are written out as `blockdev --flushbufs` would, in this process
+/// ([`Host::flush_device`]). Without `force` a failed flush stops the removal (the error);
+/// with it the removal goes on (unwritten data may be lost) and the failure is handed back
+/// for the caller to report once the device is gone (os-brick's `force`).
 pub fn flush_before_removal(
-    runner: &dyn CommandRunner,
+    host: &Host,
     dev: &Path,
     force: bool,
     deadline: Instant,
 ) -> Result<Option<Error>> {
-    match flush(runner, dev, deadline) {
+    let shown = host.public_dev_path(dev);
+    match host.flush_device(dev, deadline) {
         Ok(()) => Ok(None),
         Err(e) if force => {
-            tracing::warn!(device = %dev.display(), error = %e.chain(), "flush failed; removing anyway (force)");
+            tracing::warn!(device = %shown.display(), error = %e.chain(), "flush failed; removing anyway (force)");
             Ok(Some(e))
         }
         Err(e) => Err(e),

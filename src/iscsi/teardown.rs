@@ -386,8 +386,7 @@ impl IscsiDriver {
     fn remove_map(&self, m: &MultipathMap, force: bool, deadline: Instant) -> Result<()> {
         let host = self.host();
         let runner = &*self.opts.context.runner;
-        let dev = host.public_dev_path(&host.dev(&m.dm));
-        let mut carried = block::flush_before_removal(runner, &dev, force, deadline)?;
+        let mut carried = block::flush_before_removal(host, &host.dev(&m.dm), force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
         if let Err(e) = multipath::flush_map(runner, &m.name, deadline) {
             if !force {
@@ -415,9 +414,7 @@ impl IscsiDriver {
         if !scsi::device_exists(host, d.hctl) {
             return Ok(());
         }
-        let dev = host.public_dev_path(&host.dev(&d.name));
-        let carried =
-            block::flush_before_removal(&*self.opts.context.runner, &dev, force, deadline)?;
+        let carried = block::flush_before_removal(host, &host.dev(&d.name), force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
         scsi::delete(host, d.hctl)?;
         let removed = watch.wait_for(

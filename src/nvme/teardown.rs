@@ -211,8 +211,9 @@ fn check_claimed_path(
 }
 
 fn flush(op: &Operation<'_>, dev: &Path, force: bool) -> Result<Option<Error>> {
-    if !op.host().map_dev_path(dev).exists() {
+    let dev = op.host().map_dev_path(dev);
+    if !dev.exists() {
         return Ok(None);
     }
-    block::flush_before_removal(op.runner(), dev, force, op.deadline)
+    block::flush_before_removal(op.host(), &dev, force, op.deadline)
 }

@@ -8,6 +8,7 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -17,6 +18,10 @@ pub(crate) const LOCKS_SUBDIR: &str = "locks";
 /// Called after every attribute write through a [`Host`] with the path and value, so a
 /// fake tree can answer as the kernel does: synchronously, inside the write.
 pub type WriteHook = Arc<dyn Fn(&Path, &str) + Send + Sync>;
+
+/// Called in place of the kernel's buffer flush ([`Host::flush_device`]) on a fake tree,
+/// with the device's path in the tree; its error is the flush's.
+pub type FlushHook = Arc<dyn Fn(&Path) -> std::io::Result<()> + Send + Sync>;
 
 /// Where the host's kernel and system files live.
 #[derive(Clone)]
@@ -28,6 +33,7 @@ pub struct Host {
     proc: PathBuf,
     real: bool,
     write_hook: Option<WriteHook>,
+    flush_hook: Option<FlushHook>,
 }
 
 impl std::fmt::Debug for Host {
@@ -39,6 +45,7 @@ impl std::fmt::Debug for Host {
             .field("run", &self.run)
             .field("proc", &self.proc)
             .field("write_hook", &self.write_hook.is_some())
+            .field("flush_hook", &self.flush_hook.is_some())
             .finish()
     }
 }
@@ -77,6 +84,7 @@ impl Host {
             proc: PathBuf::from("/proc"),
             real: true,
             write_hook: None,
+            flush_hook: None,
         }
     }
 
@@ -93,12 +101,20 @@ impl Host {
             proc: root.join("proc"),
             real,
             write_hook: None,
+            flush_hook: None,
         }
     }
 
     /// Calls `hook` after every attribute write (for fake trees; see [`WriteHook`]).
     pub fn with_write_hook(mut self, hook: WriteHook) -> Self {
         self.write_hook = Some(hook);
+        self
+    }
+
+    /// Calls `hook` for every device flush instead of the kernel (for fake trees; see
+    /// [`FlushHook`]).
+    pub fn with_flush_hook(mut self, hook: FlushHook) -> Self {
+        self.flush_hook = Some(hook);
         self
     }
 
@@ -219,6 +235,38 @@ impl Host {
         Ok(())
     }
 
+    /// Writes block device `dev`'s dirty buffers out, in this process: an `fsync` of the
+    /// device, which writes its dirty pages, waits for them and asks the device to write
+    /// its own cache (the kernel's `blkdev_fsync`). That is what `blockdev --flushbufs`
+    /// (`BLKFLSBUF`) does before a removal, without its process, plus the cache flush; the
+    /// clean pages `BLKFLSBUF` would also drop go with the device.
+    ///
+    /// The flush waits for the device's writes to complete, which a device whose target is
+    /// gone may never do: it runs on a thread of its own, and when `deadline` passes first
+    /// this returns a [`Error::Timeout`] and leaves that thread to finish (or stay blocked
+    /// in the kernel) on its own, as a timed-out `blockdev` process would.
+    pub fn flush_device(&self, dev: &Path, deadline: Instant) -> Result<()> {
+        if let Some(hook) = &self.flush_hook {
+            return hook(dev).map_err(|e| Error::io(dev, e));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dev.to_path_buf();
+        let started = Instant::now();
+        std::thread::Builder::new()
+            .name("hostbrick-flush".into())
+            .spawn(move || {
+                let _ = tx.send(flush_buffers(&path));
+            })
+            .map_err(|e| Error::io(dev, e))?;
+        match rx.recv_timeout(deadline.saturating_duration_since(started)) {
+            Ok(done) => done.map_err(|e| Error::io(dev, e)),
+            Err(_) => Err(Error::Timeout {
+                what: format!("the buffer flush of {}", dev.display()),
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
     /// Names of the entries of a directory, sorted; empty when it does not exist.
     pub fn list_dir(&self, path: &Path) -> Result<Vec<String>> {
         let rd = match fs::read_dir(path) {
@@ -307,9 +355,71 @@ impl Host {
     }
 }
 
+/// `fsync` of the block device at `path` (refused for anything else).
+fn flush_buffers(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_block_device() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a block device",
+        ));
+    }
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_flush_is_of_a_block_device_and_bounded_by_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::with_root(dir.path());
+        let soon = || Instant::now() + Duration::from_secs(5);
+        // Not a block device: refused, not fsynced as if it were one.
+        let file = dir.path().join("plain");
+        fs::write(&file, "x").unwrap();
+        let e = host.flush_device(&file, soon()).unwrap_err();
+        assert_eq!(e.kind(), "io", "{e}");
+        assert!(e.chain().contains("not a block device"), "{}", e.chain());
+        // Gone: the open's error.
+        let e = host
+            .flush_device(&dir.path().join("absent"), soon())
+            .unwrap_err();
+        assert!(e.chain().contains("No such file"), "{}", e.chain());
+        // A flush that does not come back (here an open that blocks: a FIFO without a
+        // writer) ends at the deadline; the thread is left to finish on its own.
+        let fifo = dir.path().join("stuck");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let t0 = Instant::now();
+        let e = host
+            .flush_device(&fifo, Instant::now() + Duration::from_millis(100))
+            .unwrap_err();
+        assert_eq!(e.kind(), "timeout", "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        // Let the blocked open finish (it then finds no block device).
+        drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    }
+
+    #[test]
+    fn a_flush_hook_answers_for_a_fake_tree() {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let host = Host::with_root("/tmp/fake").with_flush_hook(Arc::new(move |p| {
+            seen.lock().unwrap().push(p.to_path_buf());
+            Err(std::io::Error::from_raw_os_error(nix::libc::EIO))
+        }));
+        let e = host
+            .flush_device(Path::new("/tmp/fake/dev/sda"), Instant::now())
+            .unwrap_err();
+        assert!(e.chain().contains("Input/output error"), "{}", e.chain());
+        assert_eq!(*calls.lock().unwrap(), [PathBuf::from("/tmp/fake/dev/sda")]);
+    }
 
     #[test]
     fn roots_and_mapping() {

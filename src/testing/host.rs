@@ -18,6 +18,10 @@ pub(super) struct State {
     pub(super) nvme_pending_sizes: HashMap<String, u64>,
     pub(super) offered: HashMap<u32, Vec<LunSpec>>,
     pub(super) devices: HashMap<Hctl, String>,
+    /// Every device flush asked of the kernel, by its `/dev` name, in order.
+    flushes: Vec<String>,
+    /// Devices whose flush fails, with the errno it fails with.
+    failing_flushes: HashMap<String, i32>,
     pub(super) next_disk: u32,
     next_dm: u32,
 }
@@ -108,11 +112,30 @@ impl FakeHost {
     /// A [`Host`] handle on the tree; its attribute writes reach the fake kernel.
     pub fn host(&self) -> Host {
         let weak = Arc::downgrade(&self.inner);
-        Host::with_root(self.root()).with_write_hook(Arc::new(move |path, value| {
-            if let Some(inner) = weak.upgrade() {
-                FakeHost { inner }.on_write(path, value);
-            }
-        }))
+        let flushing = weak.clone();
+        Host::with_root(self.root())
+            .with_write_hook(Arc::new(move |path, value| {
+                if let Some(inner) = weak.upgrade() {
+                    FakeHost { inner }.on_write(path, value);
+                }
+            }))
+            .with_flush_hook(Arc::new(move |path| match flushing.upgrade() {
+                Some(inner) => FakeHost { inner }.on_flush(path),
+                None => Ok(()),
+            }))
+    }
+
+    /// The `/dev` names of the devices flushed through [`FakeHost::host`] so far, in order.
+    pub fn flushes(&self) -> Vec<String> {
+        lock(&self.inner.state).flushes.clone()
+    }
+
+    /// Makes every later flush of `dev` (a `/dev` name, e.g. `/dev/sda`) fail with `errno`
+    /// (e.g. `libc::EIO`), as a device whose writes fail does.
+    pub fn fail_flush(&self, dev: &str, errno: i32) {
+        lock(&self.inner.state)
+            .failing_flushes
+            .insert(dev.to_string(), errno);
     }
 
     pub(super) fn p(&self, rel: &str) -> PathBuf {
@@ -211,6 +234,24 @@ impl FakeHost {
         }
         let _ = fs::remove_dir_all(self.p(&format!("sys/block/{dm}")));
         let _ = fs::remove_file(self.p(&format!("dev/{dm}")));
+    }
+
+    /// The fake kernel's flush of the device at `path` (in the tree): it must be there, and
+    /// fails as [`FakeHost::fail_flush`] asked.
+    fn on_flush(&self, path: &Path) -> std::io::Result<()> {
+        let name = match path.strip_prefix(self.p("dev")) {
+            Ok(rel) => Path::new("/dev").join(rel).display().to_string(),
+            Err(_) => path.display().to_string(),
+        };
+        let mut st = lock(&self.inner.state);
+        st.flushes.push(name.clone());
+        if !path.exists() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        match st.failing_flushes.get(&name) {
+            Some(&errno) => Err(std::io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
     }
 
     /// The fake kernel: answers a write to a `scan`, `delete` or `rescan` attribute.

@@ -4,8 +4,8 @@
 //! target, kernel module or root.
 //!
 //! - [`iscsi`]: `iscsiadm` (node records, discovery, logins with CHAP, sessions),
-//!   `multipath`/`multipathd`, `dmsetup remove` and `blockdev`, over SCSI LUNs.
-//! - [`nvme`]: `nvme connect`/`disconnect`/`id-ns`, `mdadm` and `blockdev`, over NVMe-oF
+//!   `multipath`/`multipathd`, `dmsetup remove`, over SCSI LUNs; the fake kernel flushes.
+//! - [`nvme`]: `nvme connect`/`disconnect`/`id-ns`, `mdadm`, over NVMe-oF
 //!   subsystems with native or no multipath.
 //! - [`rbd`]: `rbd` and `rbd-nbd` `map`/`showmapped`/`unmap`/`info` over Ceph images, with
 //!   the keyring check of a cluster that requires `cephx`.
@@ -41,7 +41,7 @@
 //! }
 //!
 //! fn attach_then_detach_leaves_the_host_clean() {
-//!     let sim = IscsiSim::new(); // a fake host tree; scripted iscsiadm, multipathd, blockdev
+//!     let sim = IscsiSim::new(); // a fake host tree; scripted iscsiadm and multipathd
 //!     sim.add_target("192.0.2.10:3260", &[(1, WWID_1, 64 * MIB)]);
 //!     let info = single("192.0.2.10:3260", 1, "vol-1");
 //!     let saved = attach(sim.options(), &info).unwrap();
@@ -130,23 +130,6 @@ pub(crate) fn args(c: &Command) -> Vec<String> {
             Arg::Secret(s) => s.expose().to_string(),
         })
         .collect()
-}
-
-/// Answers `blockdev --flushbufs DEV` as the real one does: success for a device present
-/// in `fake`'s tree, "No such file or directory" otherwise.
-pub(crate) fn answer_flushbufs(fake: &FakeHost, runner: &FakeRunner) {
-    let root = fake.root().to_path_buf();
-    runner.on("blockdev", &["--flushbufs"], move |c| {
-        let dev = args(c).last().cloned().unwrap_or_default();
-        if root.join(dev.trim_start_matches('/')).exists() {
-            CommandOutput::ok("")
-        } else {
-            CommandOutput::exit(
-                1,
-                format!("blockdev: cannot open {dev}: No such file or directory\n"),
-            )
-        }
-    });
 }
 
 /// A [`HostContext`] on `fake`'s tree whose commands `runner` answers.

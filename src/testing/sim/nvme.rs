@@ -1,7 +1,7 @@
 //! A simulated NVMe-oF initiator stack on a fake host tree: `nvme connect`, `disconnect`
 //! and `id-ns`, `mdadm` (`--examine`, `--create`, `--assemble`, `--grow --size max`,
-//! `--stop`, with superblocks kept on the target's namespaces) and `blockdev`, answering
-//! as the real tools do. A connect makes
+//! `--stop`, with superblocks kept on the target's namespaces), answering as the real tools
+//! do. A connect makes
 //! the controller and its namespaces in the tree, as native NVMe multipath shows them.
 //!
 //! ```
@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{answer_flushbufs, args, connection_info, names_in, Tools};
+use super::{args, connection_info, names_in, Tools};
 use crate::testing::{FakeHost, FakeRunner};
 use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
 
@@ -67,8 +67,8 @@ fn nguid_of(uuid: &str) -> String {
     uuid.replace('-', "")
 }
 
-/// The simulated NVMe-oF stack: a fake host tree and a runner whose `nvme`, `mdadm` and
-/// `blockdev` act on it. Cloning shares both.
+/// The simulated NVMe-oF stack: a fake host tree and a runner whose `nvme` and `mdadm` act
+/// on it. Cloning shares both.
 #[derive(Clone)]
 pub struct NvmeSim {
     /// The host tree the simulated tools change (host NQN and id set).
@@ -104,7 +104,6 @@ impl NvmeSim {
         let (t, r) = (&sim.tools, &*sim.runner);
         t.answer(r, "nvme", &[], |t, c| t.nvme(c));
         t.answer(r, "mdadm", &[], |t, c| t.mdadm(c));
-        answer_flushbufs(&sim.fake, r);
         sim
     }
 

@@ -1,6 +1,6 @@
 //! A simulated iSCSI initiator stack on a fake host tree: `iscsiadm` (node records, logins
 //! with or without CHAP, sessions, SendTargets discovery), `multipath`/`multipathd`,
-//! `dmsetup remove` and `blockdev`, answering with the text the real tools print. A login
+//! and `dmsetup remove`, answering with the text the real tools print. A login
 //! makes the session and its SCSI host in the tree; with `node.session.scan = manual` the
 //! target's LUNs wait to be scanned, otherwise they appear at once, as with open-iscsi.
 //!
@@ -38,7 +38,7 @@ use std::time::Duration;
 
 mod tools;
 
-use super::{answer_flushbufs, args, connection_info, names_in, Tools};
+use super::{args, connection_info, names_in, Tools};
 use crate::testing::{FakeHost, FakeRunner};
 use crate::Portal;
 use crate::{ConnectionInfo, ConnectorOptions, HostContext};
@@ -87,7 +87,7 @@ struct State {
 }
 
 /// The simulated iSCSI stack: a fake host tree and a runner whose `iscsiadm`,
-/// `multipath`, `multipathd`, `dmsetup` and `blockdev` act on it. Cloning shares both.
+/// `multipath`, `multipathd` and `dmsetup` act on it. Cloning shares both.
 #[derive(Clone)]
 pub struct IscsiSim {
     /// The host tree the simulated tools change (initiator name set, multipathd running).
@@ -129,7 +129,6 @@ impl IscsiSim {
             let name = args(c).last().cloned().unwrap_or_default();
             t.remove_map(&name)
         });
-        answer_flushbufs(&sim.fake, r);
         sim
     }
 
