@@ -17,6 +17,11 @@ pub mod iscsi {
     pub use crate::properties::parse_initiator_name;
 }
 
+/// Host identity: what `get_connector_properties` reads from host files.
+pub mod properties {
+    pub use crate::properties::{parse_root_mount, smbios_system_uuid};
+}
+
 /// The checks connection_info identifiers pass at parse time (the typed ones, [`crate::Iqn`],
 /// [`crate::nvme::Nqn`] and [`crate::rbd::ImageSpec`], check in their `FromStr`).
 pub mod ids {

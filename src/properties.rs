@@ -179,6 +179,10 @@ pub fn parse_root_mount(mountinfo: &str) -> Option<RootMount> {
 /// The DMI system UUID as os-brick reads it: the kernel's `product_uuid`, else what
 /// `dmidecode -s system-uuid` prints (the kernel leaves the file out for a placeholder UUID,
 /// which dmidecode prints as `Not Settable` or `Not Present`). None without either.
+///
+/// dmidecode's answer is read from the SMBIOS tables the kernel exports
+/// (`/sys/firmware/dmi/tables`, [`smbios_system_uuid`]), as dmidecode itself reads them; only
+/// where those are not readable does `dmidecode` run.
 fn system_uuid(ctx: &HostContext) -> Result<Option<String>> {
     let host = &ctx.host;
     match host.read_attr_opt(&host.sys("class/dmi/id/product_uuid")) {
@@ -186,6 +190,13 @@ fn system_uuid(ctx: &HostContext) -> Result<Option<String>> {
         Ok(_) => {}
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {}
         Err(e) => return Err(e),
+    }
+    let tables = host.sys("firmware/dmi/tables");
+    if let (Ok(entry), Ok(table)) = (
+        std::fs::read(tables.join("smbios_entry_point")),
+        std::fs::read(tables.join("DMI")),
+    ) {
+        return Ok(smbios_system_uuid(&entry, &table));
     }
     let cmd = Command::new("dmidecode")
         .args(["-s", "system-uuid"])
@@ -197,6 +208,69 @@ fn system_uuid(ctx: &HostContext) -> Result<Option<String>> {
             Ok(None)
         }
     }
+}
+
+/// The SMBIOS version of an entry point (`smbios_entry_point`), `major << 8 | minor`, with
+/// dmidecode's fix-ups of two versions firmware got wrong (2.33 is 2.3, 2.51 is 2.6).
+fn smbios_version(entry: &[u8]) -> Option<u16> {
+    let (major, minor) = if entry.starts_with(b"_SM3_") {
+        (*entry.get(7)?, *entry.get(8)?)
+    } else if entry.starts_with(b"_SM_") {
+        (*entry.get(6)?, *entry.get(7)?)
+    } else {
+        return None;
+    };
+    Some(match u16::from_be_bytes([major, minor]) {
+        0x0233 => 0x0203,
+        0x0251 => 0x0206,
+        v => v,
+    })
+}
+
+/// What `dmidecode -s system-uuid` prints for SMBIOS tables: the UUID of the System
+/// Information structure (type 1), upper case, its first three fields little-endian from
+/// SMBIOS 2.6 on; `Not Present` for all-ones and `Not Settable` for all-zeroes. None when
+/// the tables hold no such structure (dmidecode prints nothing then).
+pub fn smbios_system_uuid(entry_point: &[u8], table: &[u8]) -> Option<String> {
+    let version = smbios_version(entry_point)?;
+    let mut at = 0usize;
+    while at + 4 <= table.len() {
+        let kind = table[at];
+        let len = usize::from(table[at + 1]);
+        if len < 4 {
+            return None;
+        }
+        if kind == 1 && len >= 0x18 {
+            let u = table.get(at + 8..at + 24)?;
+            if u.iter().all(|&b| b == 0xff) {
+                return Some("Not Present".into());
+            }
+            if u.iter().all(|&b| b == 0) {
+                return Some("Not Settable".into());
+            }
+            let order: [usize; 16] = if version >= 0x0206 {
+                [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15]
+            } else {
+                std::array::from_fn(|i| i)
+            };
+            let mut out = String::with_capacity(36);
+            for (i, &k) in order.iter().enumerate() {
+                if matches!(i, 4 | 6 | 8 | 10) {
+                    out.push('-');
+                }
+                out.push_str(&format!("{:02X}", u[k]));
+            }
+            return Some(out);
+        }
+        if kind == 127 {
+            return None;
+        }
+        // The strings after the formatted area end with two NULs.
+        let strings = at.checked_add(len)?;
+        let end = table.get(strings..)?.windows(2).position(|w| w == [0, 0])?;
+        at = strings + end + 2;
+    }
+    None
 }
 
 /// The host's addresses, as os-brick lists them: interfaces in the kernel's order,
@@ -257,6 +331,83 @@ pub fn parse_initiator_name(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SMBIOS tables: a BIOS structure (type 0, with strings), a System Information one
+    /// (type 1) holding `uuid`, and the end of table.
+    fn smbios_table(uuid: [u8; 16]) -> Vec<u8> {
+        let mut t = vec![0u8, 0x18, 0x00, 0x00];
+        t.extend([1u8, 2, 0xe8, 0x03]);
+        t.resize(0x18, 0);
+        t.extend(b"SeaBIOS\01.16.2\0\0");
+        let mut sys = vec![1u8, 0x1b, 0x01, 0x01, 1, 2, 3, 4];
+        sys.extend(uuid);
+        sys.resize(0x1b, 0);
+        t.extend(sys);
+        t.extend(b"QEMU\0Standard PC\0\0");
+        t.extend([127u8, 4, 0xff, 0xfe, 0, 0]);
+        t
+    }
+
+    fn entry_point(major: u8, minor: u8) -> Vec<u8> {
+        let mut e = b"_SM3_".to_vec();
+        e.extend([0, 0x18, major, minor, 0]);
+        e
+    }
+
+    #[test]
+    fn smbios_system_uuid_reads_as_dmidecode_prints_it() {
+        let uuid = [
+            0x44, 0x45, 0x4c, 0x4c, 0x42, 0x00, 0x10, 0x35, 0x80, 0x52, 0xb4, 0xc0, 0x4f, 0x38,
+            0x4d, 0x32,
+        ];
+        // SMBIOS 2.6 and later: the first three fields are little-endian.
+        assert_eq!(
+            smbios_system_uuid(&entry_point(3, 0), &smbios_table(uuid)).as_deref(),
+            Some("4C4C4544-0042-3510-8052-B4C04F384D32")
+        );
+        // Before 2.6, the bytes in order; a 32-bit entry point keeps its version at 6..8.
+        let mut old = b"_SM_".to_vec();
+        old.extend([0, 0x1f, 2, 5]);
+        assert_eq!(
+            smbios_system_uuid(&old, &smbios_table(uuid)).as_deref(),
+            Some("44454C4C-4200-1035-8052-B4C04F384D32")
+        );
+        // dmidecode's fix-up: 2.51 is 2.6.
+        let mut fixed = b"_SM_".to_vec();
+        fixed.extend([0, 0x1f, 2, 0x51]);
+        assert_eq!(
+            smbios_system_uuid(&fixed, &smbios_table(uuid)).as_deref(),
+            Some("4C4C4544-0042-3510-8052-B4C04F384D32")
+        );
+        // The placeholders the kernel leaves out of product_uuid (QEMU without -uuid: zeroes).
+        assert_eq!(
+            smbios_system_uuid(&entry_point(3, 0), &smbios_table([0; 16])).as_deref(),
+            Some("Not Settable")
+        );
+        assert_eq!(
+            smbios_system_uuid(&entry_point(2, 8), &smbios_table([0xff; 16])).as_deref(),
+            Some("Not Present")
+        );
+    }
+
+    #[test]
+    fn smbios_tables_without_a_system_uuid() {
+        let table = smbios_table([7; 16]);
+        assert_eq!(smbios_system_uuid(b"junk", &table), None);
+        assert_eq!(smbios_system_uuid(&entry_point(3, 0), &[]), None);
+        // Only the BIOS structure and the end: no type 1.
+        let mut short = table[..0x18 + 17].to_vec();
+        short.extend([127u8, 4, 0, 0, 0, 0]);
+        assert_eq!(smbios_system_uuid(&entry_point(3, 0), &short), None);
+        // Cut anywhere, or with a structure length below its header: never a panic.
+        for cut in 0..table.len() {
+            let _ = smbios_system_uuid(&entry_point(3, 0), &table[..cut]);
+        }
+        assert_eq!(
+            smbios_system_uuid(&entry_point(3, 0), &[1, 2, 0, 0, 0, 0]),
+            None
+        );
+    }
 
     #[test]
     fn initiator_file_shapes() {

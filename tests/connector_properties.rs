@@ -94,13 +94,32 @@ fn os_brick_keys_and_meanings() {
     // Everything was in files and sysfs: no process ran.
     assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
 
-    // No system UUID in sysfs (the kernel leaves a placeholder out): dmidecode's answer.
+    // No system UUID in sysfs (the kernel leaves a placeholder out): dmidecode's answer,
+    // read from the SMBIOS tables the kernel exports, as dmidecode reads them (QEMU's
+    // all-zero UUID) ...
     fs::remove_file(root.join("sys/class/dmi/id/product_uuid")).unwrap();
+    let tables = root.join("sys/firmware/dmi/tables");
+    fs::create_dir_all(&tables).unwrap();
+    fs::write(
+        tables.join("smbios_entry_point"),
+        b"_SM3_\x00\x18\x03\x00\x00",
+    )
+    .unwrap();
+    let mut table = vec![1u8, 0x1b, 0x00, 0x01];
+    table.resize(0x1b, 0);
+    table.extend(b"QEMU\0\0\x7f\x04\x01\x01\0\0");
+    fs::write(tables.join("DMI"), &table).unwrap();
+    let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
+    assert_eq!(p.system_uuid.as_deref(), Some("Not Settable"));
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
+    // ... and from dmidecode itself where the tables cannot be read.
+    fs::remove_dir_all(&tables).unwrap();
     sim.runner.on("dmidecode", &["-s", "system-uuid"], |_| {
         CommandOutput::ok("Not Settable\n")
     });
     let p = get_connector_properties(&sim.context(), "192.0.2.5", false, false, "h").unwrap();
     assert_eq!(p.system_uuid.as_deref(), Some("Not Settable"));
+    assert_eq!(sim.runner.count("dmidecode"), 1);
 
     // Without udev's record of the root device, blkid is asked.
     fs::remove_file(root.join("run/udev/data/b254:1")).unwrap();
