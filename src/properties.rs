@@ -338,7 +338,7 @@ mod tests {
         let mut t = vec![0u8, 0x18, 0x00, 0x00];
         t.extend([1u8, 2, 0xe8, 0x03]);
         t.resize(0x18, 0);
-        t.extend(b"SeaBIOS\01.16.2\0\0");
+        t.extend(b"SeaBIOS\x001.16.2\x00\x00");
         let mut sys = vec![1u8, 0x1b, 0x01, 0x01, 1, 2, 3, 4];
         sys.extend(uuid);
         sys.resize(0x1b, 0);
