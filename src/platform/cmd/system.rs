@@ -21,6 +21,8 @@ pub(super) enum Event {
     /// The stream went past the output limit; its reader stopped.
     Overflow(Stream),
     Cancelled,
+    /// The child exited (it is not reaped yet).
+    Exited,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +216,7 @@ impl CommandRunner for SystemRunner {
             program: cmd.program.clone(),
             source,
         })?;
+        spawn_exit_watch(child.id(), tx.clone());
         spawn_reader(
             child.stdout.take(),
             Stream::Stdout,
@@ -293,8 +296,9 @@ impl SystemRunner {
     }
 }
 
-/// How often a running command is checked for having exited.
-const EXIT_POLL: Duration = Duration::from_millis(10);
+/// How often a running command is checked for having exited when nothing woke the wait:
+/// the exit watch ([`spawn_exit_watch`]) announces it at once, this is the fall-back.
+const EXIT_POLL: Duration = Duration::from_millis(100);
 
 /// The most a pipe reader reads at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -334,9 +338,11 @@ impl Running {
             if now >= deadline {
                 return Err(Stop::TimedOut);
             }
-            // Woken by output, a pipe closing or a cancellation; else checks for the exit.
+            // Woken by output, a pipe closing, the exit or a cancellation; else checks for
+            // the exit anyway now and then.
             match self.rx.recv_timeout((deadline - now).min(EXIT_POLL)) {
                 Ok(Event::Cancelled) => return Err(Stop::Cancelled),
+                Ok(Event::Exited) => {}
                 Ok(ev) => {
                     if let Some(s) = self.take(ev) {
                         return Err(Stop::Overflow(s));
@@ -390,7 +396,7 @@ impl Running {
                 return Some(s);
             }
             // Past the exit a cancellation has nothing left to stop.
-            Event::Cancelled => {}
+            Event::Cancelled | Event::Exited => {}
         }
         None
     }
@@ -423,6 +429,22 @@ fn kill_and_reap(mut child: std::process::Child, cmd: &Command) {
     tracing::warn!(command = %cmd, "killed program not reaped yet (stuck in the kernel?); leaving it to a background reaper");
     std::thread::spawn(move || {
         let _ = child.wait();
+    });
+}
+
+/// Announces the exit of child `pid` on `tx` without reaping it (`waitid` with `WNOWAIT`),
+/// so that a call returns as soon as its program ends, not at the next poll, and the pid
+/// stays the child's (and its group's) until the call reaps it. The thread ends with the
+/// child; one whose child never ends (stuck in the kernel) stays blocked, as the child does.
+fn spawn_exit_watch(pid: u32, tx: mpsc::Sender<Event>) {
+    use nix::errno::Errno;
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    use nix::unistd::Pid;
+    let Ok(pid) = i32::try_from(pid) else { return };
+    std::thread::spawn(move || {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        while let Err(Errno::EINTR) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {}
+        let _ = tx.send(Event::Exited);
     });
 }
 
