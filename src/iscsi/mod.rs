@@ -19,6 +19,7 @@
 pub(crate) mod audit;
 mod connect;
 mod extend;
+pub(crate) mod idbm;
 pub(crate) mod iscsiadm;
 mod login;
 pub(crate) mod records;
@@ -26,6 +27,7 @@ pub(crate) mod session;
 mod teardown;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 pub use crate::connector::IscsiOptions;
@@ -54,6 +56,9 @@ pub(crate) struct IscsiDriver {
     iface: String,
     locks: LockDir,
     registry: Registry,
+    /// Node records are written into open-iscsi's files (where its database is the known
+    /// one) until a login shows iscsiadm reads them from elsewhere.
+    direct_records: AtomicBool,
 }
 
 /// One path that came up during a connect.
@@ -142,6 +147,7 @@ impl IscsiDriver {
             iface,
             locks,
             registry,
+            direct_records: AtomicBool::new(true),
         })
     }
 
