@@ -1,8 +1,11 @@
 //! The iSCSI (and iSER) connector.
 //!
-//! Connect, per path: node record → manual-scan setting → CHAP → login (or reuse) →
-//! `node.startup=automatic` → targeted scan of the one LUN → block device (udev-driven wait)
-//! → WWID. Single path tries the targets in order; multipath logs in to all of them at once
+//! Connect, per path: node record (written into open-iscsi's files with the manual-scan
+//! setting, login timeouts, `node.startup=automatic` and CHAP, under open-iscsi's database
+//! lock) → login (or reuse; the one iscsiadm a cold path runs) → targeted scan of the one
+//! LUN → block device (udev-driven wait) → WWID. Disconnect logs out and removes the record
+//! file. Where open-iscsi's database is not the one hostbrick knows, iscsiadm makes and
+//! deletes the records (`--op new`, `--op update`, `--op delete`). Single path tries the targets in order; multipath logs in to all of them at once
 //! and assembles a dm-multipath map as soon as one path is up. Every failed attempt undoes
 //! what it created.
 //!
@@ -13,8 +16,9 @@
 //!
 //! Inside: `connect` (target choice, single path and multipath), `login` (one path: node
 //! record, login, targeted scan, device wait), `teardown` (disconnect), `extend`,
-//! `iscsiadm` (the CLI wrapper and its parsers), `records` (CHAP written into open-iscsi's
-//! record files, never on a command line), `session` (sessions in sysfs) and `audit`.
+//! `iscsiadm` (the CLI wrapper and its parsers), `idbm` (the node record open-iscsi writes),
+//! `records` (open-iscsi's record files and lock: node records, CHAP never on a command
+//! line), `session` (sessions in sysfs) and `audit`.
 
 pub(crate) mod audit;
 mod connect;

@@ -1,7 +1,10 @@
-//! open-iscsi's record database (`/etc/iscsi`, its `ISCSI_DB_ROOT`): hostbrick writes the
-//! CHAP settings of node and discovery records into the record files itself, so that no
-//! password is ever on an iscsiadm command line (every local user can read a running
-//! program's arguments in `/proc/PID/cmdline`).
+//! open-iscsi's record database (`/etc/iscsi`, its `ISCSI_DB_ROOT`): hostbrick writes node
+//! records itself, whole, as `iscsiadm --op new` and `--op update` would leave them
+//! ([`ensure_node`], the text from [`super::idbm`]), removes them as `--op delete` does
+//! ([`delete_node`]), and writes the CHAP settings of node and discovery records into the
+//! record files, so that a connect runs only the login and no password is ever on an
+//! iscsiadm command line (every local user can read a running program's arguments in
+//! `/proc/PID/cmdline`).
 //!
 //! The layout and format are open-iscsi 2.1.8's (`usr/idbm.c`):
 //!
@@ -10,23 +13,32 @@
 //!   writes for a record made without a portal group tag, as `iscsiadm -m node -T T -p A:P
 //!   --op new` makes it (tpgt -1). `idbm_for_each_portal` reads both, splitting an entry's
 //!   name at its first comma. The address is the `-p` argument's, without the brackets of an
-//!   IPv6 one (`str_to_ipport`): `fe80::1,3260`.
+//!   IPv6 one (`str_to_ipport`): `fe80::1,3260`. Directories are 0700 and records 0600
+//!   (iscsiadm runs with umask 077).
 //! - A sendtargets discovery record is `send_targets/<address>,<port>/st_config`
 //!   (`idbm_discovery_write`, through `idbm_open_rec_w`, which turns an older flat file
 //!   `send_targets/<address>,<port>` into that directory; `idbm_open_rec_r` reads either).
+//!   The node records its discovery made are portal directories, each linked from the
+//!   discovery record's directory (`<target>,<address>,<port>,<tpgt>,<iface>`): those are
+//!   left to `iscsiadm --op delete`, which removes the link too.
 //! - A record is `# BEGIN RECORD <version>`, one `name = value` line per setting and
 //!   `# END RECORD` (`idbm_print`). `idbm_recinfo_config` reads it back line by line: a line
 //!   without its newline is dropped, the line is stripped at both ends, `#` lines are
 //!   skipped, the name ends at white space or `=`, the value is the rest after `=` and any
 //!   spaces, and a later line for a name wins. A password's `*_length` setting is derived
 //!   when its line is read (`idbm_rec_update_param`), so it is not written.
+//! - Every iscsiadm reading or writing records takes the database lock (`idbm_lock`): a hard
+//!   link `/run/lock/iscsi/lock.write` of `/run/lock/iscsi/lock`, made or waited for every
+//!   10 ms ([`lock_db`]). hostbrick takes it around each record write and removal, bounded
+//!   by the operation's deadline.
 //!
 //! A rewrite keeps every other line, drops the old lines of the settings it writes, and
 //! puts the new ones before `# END RECORD`. It goes to a temporary file, created exclusively
 //! with mode 0600, in the directory that holds the portal entries (its name has no comma, so
 //! no open-iscsi walk takes it for a record, as one would inside a portal directory), is
 //! flushed to disk and renamed over the record. iscsiadm later rewrites a record in place
-//! (`fopen(path, "w")`), which keeps its mode and the settings it read from it.
+//! (`fopen(path, "w")`), which keeps its mode and the settings it read from it. A symbolic
+//! link where the database has a directory or a record is refused.
 //!
 //! The callers hold the target's setup lock (node records) or the portal's discovery lock
 //! (discovery records), so no other hostbrick connect changes the record meanwhile.
@@ -308,6 +320,15 @@ pub(crate) fn ensure_node(
     let _db = lock_db(host, deadline)?;
     let files = node_record_files(host, t)?;
     if !files.is_empty() {
+        for file in &files {
+            let text = Zeroizing::new(fs::read_to_string(file).map_err(|e| Error::io(file, e))?);
+            if record_value(&text, "node.name") != Some(t.iqn.as_str()) {
+                return Err(Error::UnexpectedContent {
+                    path: file.clone(),
+                    reason: format!("the node record of {t} names another target"),
+                });
+            }
+        }
         let pairs: Vec<(&str, &str)> = values
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -86,6 +86,8 @@ struct State {
     discovery_chap: HashMap<Portal, (String, String)>,
     sessions: Vec<Session>,
     next_sid: u32,
+    /// Where the simulated iscsiadm keeps node records, under the tree's root.
+    nodes_dir: &'static str,
     multipathd: bool,
     wwids: Vec<String>,
 }
@@ -124,6 +126,7 @@ impl IscsiSim {
                 State {
                     next_sid: 1,
                     multipathd: true,
+                    nodes_dir: "etc/iscsi/nodes",
                     ..State::default()
                 },
             ),
@@ -180,7 +183,7 @@ impl IscsiSim {
 
     /// The node record file of target [`IQN`] at `portal` (`address:port`), if there is one.
     pub fn node_record(&self, portal: &str) -> Option<PathBuf> {
-        tools::node_files(self.fake.root())
+        tools::node_files(&self.tools.nodes_dir())
             .into_iter()
             .find(|n| n.iqn == IQN && n.portal == portal)
             .map(|n| n.file)
@@ -210,6 +213,12 @@ impl IscsiSim {
         }
     }
 
+    /// Makes the simulated iscsiadm keep its node records in `/var/lib/iscsi/nodes` (as
+    /// builds with another `ISCSI_DB_ROOT` do), while `/etc/iscsi/iscsid.conf` stays.
+    pub fn records_elsewhere(&self) {
+        self.tools.state().nodes_dir = "var/lib/iscsi/nodes";
+    }
+
     /// Starts or stops multipathd.
     pub fn set_multipathd(&self, running: bool) {
         self.tools.state().multipathd = running;
@@ -233,19 +242,19 @@ impl IscsiSim {
 
     /// How many node records there are (record files, one per target, portal and iface).
     pub fn node_count(&self) -> usize {
-        tools::node_files(self.fake.root()).len()
+        tools::node_files(&self.tools.nodes_dir()).len()
     }
 
     /// Whether a node record for `portal` (`address:port`) exists.
     pub fn has_node(&self, portal: &str) -> bool {
-        tools::node_files(self.fake.root())
+        tools::node_files(&self.tools.nodes_dir())
             .iter()
             .any(|n| n.portal == portal)
     }
 
     /// Whether a node record for target `iqn` at `portal` (`address:port`) exists.
     pub fn has_node_of(&self, iqn: &str, portal: &str) -> bool {
-        tools::node_files(self.fake.root())
+        tools::node_files(&self.tools.nodes_dir())
             .iter()
             .any(|n| n.iqn == iqn && n.portal == portal)
     }
@@ -277,11 +286,13 @@ impl IscsiSim {
     pub fn assert_clean(&self) {
         assert_eq!(self.session_count(), 0, "sessions left");
         assert_eq!(self.node_count(), 0, "node records left");
-        assert_eq!(
-            names_in(&self.fake.root().join("etc/iscsi/nodes")),
-            Vec::<String>::new(),
-            "node record files left"
-        );
+        for dir in ["etc/iscsi/nodes", "var/lib/iscsi/nodes"] {
+            assert_eq!(
+                names_in(&self.fake.root().join(dir)),
+                Vec::<String>::new(),
+                "node record files left in {dir}"
+            );
+        }
         assert_eq!(self.fake.devices(), vec![], "SCSI disks left");
         assert_eq!(self.maps(), Vec::<String>::new(), "multipath maps left");
         let links: Vec<_> = std::fs::read_dir(self.fake.root().join("dev/disk/by-path"))

@@ -49,7 +49,7 @@ impl Tools<State> {
     }
 
     fn node_list(&self) -> CommandOutput {
-        let nodes = node_files(self.root());
+        let nodes = node_files(&self.nodes_dir());
         if nodes.is_empty() {
             return CommandOutput::exit(21, "iscsiadm: No records found\n");
         }
@@ -67,8 +67,8 @@ impl Tools<State> {
     /// `-m discoverydb -o show -P 1`: each discovery record with the node records its
     /// discovery made (and that are still there), as open-iscsi prints them.
     fn discoverydb_list(&self) -> CommandOutput {
+        let nodes = node_files(&self.nodes_dir());
         let st = self.state();
-        let nodes = node_files(self.root());
         let mut out = String::from("SENDTARGETS:\n");
         if st.discovery_portals.is_empty() {
             out.push_str("No targets found.\n");
@@ -100,21 +100,23 @@ impl Tools<State> {
     }
 
     /// `nodes/<iqn>/<address>,<port>`: the record `--op new` makes (no portal group tag).
-    fn flat_record(&self, iqn: &str, portal: &Portal) -> PathBuf {
-        self.root().join(format!(
-            "etc/iscsi/nodes/{iqn}/{},{}",
-            portal.host(),
-            portal.port()
-        ))
+    fn flat_record(nodes_dir: &Path, iqn: &str, portal: &Portal) -> PathBuf {
+        nodes_dir.join(format!("{iqn}/{},{}", portal.host(), portal.port()))
+    }
+
+    /// The node records' directory the simulated iscsiadm uses.
+    pub(super) fn nodes_dir(&self) -> PathBuf {
+        self.root().join(self.state().nodes_dir)
     }
 
     fn node_op(&self, iqn: &str, portal: &str, rest: &[&str]) -> CommandOutput {
         let key = (iqn.to_string(), portal.to_string());
         let portal_p: Portal = portal.parse().unwrap();
         let bracket = format!("{},{}", portal_p.host(), portal_p.port());
+        let nodes_dir = self.nodes_dir();
         let mut st = self.state();
         let no_records = || CommandOutput::exit(21, "iscsiadm: No records found\n");
-        let files: Vec<NodeFile> = node_files(self.root())
+        let files: Vec<NodeFile> = node_files(&nodes_dir)
             .into_iter()
             .filter(|n| n.iqn == iqn && n.portal == portal_p.to_string())
             .collect();
@@ -135,7 +137,7 @@ impl Tools<State> {
                     st = self.state();
                 }
                 st.discovered_by.remove(&key);
-                let file = self.flat_record(iqn, &portal_p);
+                let file = Self::flat_record(&nodes_dir, iqn, &portal_p);
                 write_record(
                     &file,
                     &node_defaults(self.root(), iqn, -1, iface, &portal_p),
@@ -284,6 +286,7 @@ impl Tools<State> {
                 CommandOutput::ok("")
             }
             ["--discover"] => {
+                let nodes_dir = self.nodes_dir();
                 let mut st = self.state();
                 let Some(t) = st
                     .targets
@@ -313,12 +316,12 @@ impl Tools<State> {
                     let key = (f.iqn.clone(), f.portal.to_string());
                     st.discovered_by
                         .insert(key.clone(), (t.portal.clone(), iface.to_string()));
-                    let there = node_files(self.root())
+                    let there = node_files(&nodes_dir)
                         .iter()
                         .any(|n| n.iqn == key.0 && n.portal == key.1);
                     if !there {
-                        let file = self.root().join(format!(
-                            "etc/iscsi/nodes/{}/{},{},1/{iface}",
+                        let file = nodes_dir.join(format!(
+                            "{}/{},{},1/{iface}",
                             f.iqn,
                             f.portal.host(),
                             f.portal.port()
@@ -440,10 +443,10 @@ pub(super) struct NodeFile {
     pub(super) file: PathBuf,
 }
 
-/// Every node record file under the tree's `/etc/iscsi/nodes`: flat `<target>/<address>,<port>`
-/// files and `<target>/<address>,<port>,<tpgt>/<iface>` ones (entries without a comma, like
-/// a writer's temporary file, are not records).
-pub(super) fn node_files(root: &Path) -> Vec<NodeFile> {
+/// Every node record file under `nodes` (the tree's `/etc/iscsi/nodes`): flat
+/// `<target>/<address>,<port>` files and `<target>/<address>,<port>,<tpgt>/<iface>` ones
+/// (entries without a comma, like a writer's temporary file, are not records).
+pub(super) fn node_files(nodes: &Path) -> Vec<NodeFile> {
     let mut out = Vec::new();
     let names = |d: &Path| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(d)
@@ -456,8 +459,7 @@ pub(super) fn node_files(root: &Path) -> Vec<NodeFile> {
         v.sort();
         v
     };
-    let nodes = root.join("etc/iscsi/nodes");
-    for iqn in names(&nodes) {
+    for iqn in names(nodes) {
         let tdir = nodes.join(&iqn);
         for entry in names(&tdir) {
             let mut parts = entry.split(',');
@@ -507,9 +509,27 @@ pub(super) fn node_files(root: &Path) -> Vec<NodeFile> {
 /// the tree's iscsid.conf.
 fn node_defaults(root: &Path, iqn: &str, tpgt: i32, iface: &str, portal: &Portal) -> String {
     let conf = std::fs::read_to_string(root.join("etc/iscsi/iscsid.conf")).unwrap_or_default();
-    let rec = NodeRecord::new(iqn, portal.host(), portal.port(), tpgt, iface, &conf)
-        .expect("the simulator's iscsid.conf and iface make a record");
-    rec.text().to_string()
+    // An iface of /etc/iscsi/ifaces (none of whose settings the simulator keeps): the
+    // default iface's record under its name.
+    let builtin = matches!(iface, "default" | "iser");
+    let rec = NodeRecord::new(
+        iqn,
+        portal.host(),
+        portal.port(),
+        tpgt,
+        if builtin { iface } else { "default" },
+        &conf,
+    )
+    .expect("the simulator's iscsid.conf makes a record");
+    let text = rec.text().to_string();
+    if builtin {
+        text
+    } else {
+        text.replace(
+            "iface.iscsi_ifacename = default",
+            &format!("iface.iscsi_ifacename = {iface}"),
+        )
+    }
 }
 
 /// A new sendtargets discovery record.
