@@ -39,30 +39,28 @@ fn single_path_attach_and_detach() {
     assert_eq!(rec.paths[0].device.to_str(), Some("/dev/sda"));
     // Manual scan: only LUN 1 was scanned, LUN 0 stays invisible.
     assert_eq!(sim.fake.devices().len(), 1);
-    let calls = sim.runner.calls();
-    let order = [
-        "--interface default --op new",
-        "-n node.session.scan -v manual",
-        "--login",
-    ];
-    let pos: Vec<usize> = order
-        .iter()
-        .map(|o| {
-            calls
-                .iter()
-                .position(|c| c.contains(o))
-                .unwrap_or_else(|| panic!("{o} not run: {calls:#?}"))
-        })
-        .collect();
-    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{calls:#?}");
-    let update = &calls[pos[1]];
-    for setting in [
-        "node.startup -v automatic",
-        "node.session.initial_login_retry_max -v 1",
-        "node.conn[0].timeo.login_timeout -v 5",
-    ] {
-        assert!(update.contains(setting), "{setting} not in {update}");
-    }
+    // The node record is written directly, as `--op new` and hostbrick's `--op update`
+    // would leave it: the one iscsiadm of the connect is the login.
+    assert_eq!(
+        iscsiadm_calls(&sim),
+        vec![format!(
+            "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface default --login"
+        )]
+    );
+    let file = sim.node_record("127.0.0.1:3260").unwrap();
+    assert_eq!(
+        file,
+        sim.fake
+            .root()
+            .join(format!("etc/iscsi/nodes/{IQN}/127.0.0.1,3260"))
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), expected_record());
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    assert!(
+        !sim.fake.root().join("run/lock/iscsi/lock.write").exists(),
+        "open-iscsi's database lock is left held"
+    );
     assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
     assert_eq!(
         c.get_all_available_volumes().unwrap(),
@@ -70,10 +68,44 @@ fn single_path_attach_and_detach() {
     );
     c.check_valid_device(&rec.path).unwrap();
 
+    sim.runner.clear_calls();
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
+    // The record file goes without iscsiadm: the one iscsiadm of the disconnect is the
+    // logout.
+    assert_eq!(
+        iscsiadm_calls(&sim),
+        vec![format!(
+            "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface default --logout"
+        )]
+    );
     sim.assert_clean();
+    assert!(!sim
+        .fake
+        .root()
+        .join(format!("etc/iscsi/nodes/{IQN}"))
+        .exists());
     assert!(c.check_valid_device(&rec.path).is_err());
+}
+
+/// The iscsiadm commands run, in order.
+fn iscsiadm_calls(sim: &IscsiSim) -> Vec<String> {
+    sim.runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("iscsiadm"))
+        .collect()
+}
+
+/// What the Debian guest's iscsiadm wrote for `--op new` and hostbrick's `--op update` of
+/// today (tests/fixtures/iscsi/records/node-new-default-updated), for [`IQN`] at 127.0.0.1.
+fn expected_record() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/iscsi/records/node-new-default-updated"
+    ))
+    .unwrap()
+    .replace("iqn.2003-01.org.linux-iscsi.hostbrick:records", IQN)
 }
 
 #[test]
@@ -608,11 +640,21 @@ fn iser_uses_the_iser_iface() {
     let c = connector_for(Protocol::Iser, sim.options()).unwrap();
     let ci = single("127.0.0.1:3260", 0, "vol-1");
     let rec = c.connect_volume(&ci).unwrap();
-    assert!(sim
-        .runner
-        .calls()
-        .iter()
-        .any(|c| c.contains("--interface iser --op new")));
+    // The record is iscsiadm's for the built-in iSER iface (iface name and transport).
+    assert_eq!(
+        iscsiadm_calls(&sim),
+        vec![format!(
+            "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface iser --login"
+        )]
+    );
+    let text = std::fs::read_to_string(sim.node_record("127.0.0.1:3260").unwrap()).unwrap();
+    let want = expected_record()
+        .replace(
+            "iface.iscsi_ifacename = default",
+            "iface.iscsi_ifacename = iser",
+        )
+        .replace("iface.transport_name = tcp", "iface.transport_name = iser");
+    assert_eq!(text, want);
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
@@ -749,10 +791,10 @@ fn concurrent_connects_of_one_target_set_it_up_and_log_in_once() {
     for ((l, w), r) in luns.iter().zip(&recs) {
         assert_eq!(r.scsi_wwn.as_deref(), Some(&*udev_wwid(w)), "LUN {l}");
     }
-    // Concurrent `--op new`/`--op update` of one record race inside open-iscsi: one
-    // connect sets the record up and logs in, the others use its session.
-    assert_eq!(sim.runner.count("--op new"), 1);
+    // One connect sets the record up and logs in, the others use its session.
+    assert_eq!(sim.runner.count("--op"), 0);
     assert_eq!(sim.runner.count("--login"), 1);
+    assert_eq!(sim.node_count(), 1);
     assert_eq!(sim.session_count(), 1);
     std::thread::scope(|s| {
         for (ci, r) in cis.iter().zip(&recs) {

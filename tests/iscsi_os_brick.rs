@@ -357,3 +357,60 @@ fn a_disconnect_without_a_record_takes_only_discovered_paths_of_the_same_volume(
         .unwrap();
     sim.assert_clean();
 }
+
+/// A node record and session os-brick made (`iscsiadm --op new` of its own, then its
+/// login): hostbrick's disconnect from os-brick's device_info logs out and removes the
+/// record file itself; its only iscsiadm is the logout.
+#[test]
+fn an_os_brick_made_node_record_is_removed_without_iscsiadm() {
+    use hostbrick::{Command, CommandRunner};
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    let iscsiadm = |args: &[&str]| {
+        let out = sim
+            .runner
+            .run(&Command::new("iscsiadm").args(args.iter().copied()))
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    let node = ["-m", "node", "-T", IQN, "-p", "127.0.0.1:3260"];
+    iscsiadm(&[&node[..], &["--interface", "default", "--op", "new"]].concat());
+    iscsiadm(
+        &[
+            &node[..],
+            &["--op", "update", "-n", "node.startup", "-v", "automatic"],
+        ]
+        .concat(),
+    );
+    // The simulated host's iscsid.conf says `node.session.scan = auto`: the LUN appears at
+    // login, as after os-brick's connect.
+    iscsiadm(&[&node[..], &["--interface", "default", "--login"]].concat());
+    assert_eq!(sim.fake.devices().len(), 1);
+    let by_path = format!("/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-{IQN}-lun-0");
+    let rec = DeviceRecord::from_json(&format!(
+        r#"{{"type":"block","path":"{by_path}","scsi_wwn":"{}"}}"#,
+        udev_wwid(WWID_1)
+    ))
+    .unwrap();
+    sim.runner.clear_calls();
+    let c = connector(&sim, MultipathMode::Off);
+    c.disconnect_volume(
+        &single("127.0.0.1:3260", 0, "vol-o"),
+        Some(&rec),
+        DisconnectOptions::default(),
+    )
+    .unwrap();
+    let calls: Vec<String> = sim
+        .runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("iscsiadm"))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![format!(
+            "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface default --logout"
+        )]
+    );
+    sim.assert_clean();
+}

@@ -328,6 +328,16 @@ impl IscsiDriver {
                         }
                         map = Some(r);
                     }
+                    // A path multipathd already put into the map (it adds every path of
+                    // a WWID it knows on the path's own uevent) needs no `add path`.
+                    Some(Ok(_))
+                        if multipath::holder_map(self.host(), &p.name)
+                            .ok()
+                            .flatten()
+                            .is_some() =>
+                    {
+                        tracing::debug!(device = %p.name, "multipathd took the path itself");
+                    }
                     Some(Ok(_)) => {
                         let dev = self.host().public_dev_path(&self.host().dev(&p.name));
                         if let Err(e) =
@@ -504,12 +514,18 @@ pub(super) fn discovered_paths(found: &[NodeEntry], base: &IscsiTarget) -> Vec<I
 /// The error for a connect whose every path failed: the authentication failure when that
 /// is what stopped every path, else "volume device not found" with each attempt.
 fn all_failed(errors: Vec<(IscsiTarget, Error)>) -> Error {
+    // Every path refused for the same reason the caller can act on (credentials, a lock
+    // someone else holds): that error itself.
     let all_auth = !errors.is_empty()
         && errors
             .iter()
             .all(|(_, e)| matches!(e, Error::AuthenticationFailed { .. }));
+    let all_locked = !errors.is_empty()
+        && errors
+            .iter()
+            .all(|(_, e)| matches!(e, Error::LockTimeout { .. }));
     let mut it = errors.into_iter();
-    if all_auth {
+    if all_auth || all_locked {
         if let Some((_, e)) = it.next() {
             return e;
         }

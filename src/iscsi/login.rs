@@ -1,8 +1,10 @@
 //! One path's attach: node record and its settings, login (or reuse of the session), the
 //! targeted scan of the LUN and the wait for its block device; the undo of a failed attempt.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::records::{self, NodeWrite};
 use super::session::{self, Session, SessionFinder};
 use super::{
     ms, target_lock_key, target_setup_key, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget,
@@ -73,21 +75,19 @@ impl IscsiDriver {
             // sessions that appeared since are read.
             match sessions.find(t)? {
                 Some(s) => (s, true),
-                None => (self.log_in(props, t, adm, made, sessions)?, false),
+                None => (self.log_in(props, t, adm, made, sessions, deadline)?, false),
             }
         };
         if reused {
             tracing::debug!(sid = session.sid, "reusing session");
             // A logout needs the record: give a session that lost it one back (checked
             // outside the lock, so concurrent connects of the target do not queue on it).
-            if !adm.node_exists(t)? {
+            if !self.node_exists(t, adm)? {
                 let _setup =
                     self.locks
                         .lock_until(&target_setup_key(t), LockMode::Exclusive, deadline)?;
-                if !adm.node_exists(t)? {
-                    adm.node_new(t)?;
-                    made.node = true;
-                    self.configure_node(props, t, adm)?;
+                if !self.node_exists(t, adm)? {
+                    self.set_up_node(props, t, adm, made, deadline)?;
                 }
             }
         }
@@ -147,15 +147,27 @@ impl IscsiDriver {
         adm: &Iscsiadm<'_>,
         made: &mut Made,
         sessions: &mut SessionFinder<'_>,
+        deadline: Instant,
     ) -> Result<Session> {
         let host = self.host();
-        if !adm.node_exists(t)? {
-            adm.node_new(t)?;
-            made.node = true;
-        }
-        self.configure_node(props, t, adm)?;
+        let direct = self.set_up_node(props, t, adm, made, deadline)?;
         let started = Instant::now();
-        if adm.login(t, self.login_limit())? == LoginOutcome::LoggedIn {
+        let outcome = match adm.login(t, self.login_limit()) {
+            // iscsiadm finds no record where this one was written: its database is
+            // elsewhere. The record goes, and iscsiadm makes it from now on.
+            Err(Error::CommandFailed { status, .. }) if direct && status.code() == Some(21) => {
+                tracing::warn!(target = %t, "iscsiadm does not read the node record written into /etc/iscsi (its record database is elsewhere); using iscsiadm for node records from now on");
+                self.direct_records.store(false, Ordering::Relaxed);
+                if made.node {
+                    records::delete_node(host, t, deadline)?;
+                    made.node = false;
+                }
+                self.set_up_node(props, t, adm, made, deadline)?;
+                adm.login(t, self.login_limit())?
+            }
+            r => r?,
+        };
+        if outcome == LoginOutcome::LoggedIn {
             made.session = true;
         }
         tracing::info!(
@@ -169,33 +181,100 @@ impl IscsiDriver {
         })
     }
 
-    /// Writes the node settings in one iscsiadm call: manual scan, login timeout and
-    /// retries, start-up at boot. An iscsiadm without the manual-scan setting gets the rest
-    /// without it (the kernel then scans every LUN at login). CHAP goes into the record
-    /// file afterwards, never on iscsiadm's command line. The caller holds the target's
-    /// setup lock.
+    /// Whether the target has a node record at its portal (any iface's): a look at the
+    /// record files where the database is the known one, else `iscsiadm -m node -T -p`.
+    fn node_exists(&self, t: &IscsiTarget, adm: &Iscsiadm<'_>) -> Result<bool> {
+        if self.direct_records.load(Ordering::Relaxed)
+            && records::known_database(self.host())?.is_some()
+        {
+            return Ok(!records::node_record_files(self.host(), t)?.is_empty());
+        }
+        adm.node_exists(t)
+    }
+
+    /// The node record with hostbrick's settings ([`IscsiDriver::node_settings`], CHAP):
+    /// written into open-iscsi's files directly where the database is the known one
+    /// ([`records::ensure_node`], as `--op new` and `--op update` would leave it, under
+    /// open-iscsi's database lock), else with iscsiadm ([`IscsiDriver::configure_node`]).
+    /// Notes in `made` a record it created; returns whether it wrote the files itself. The
+    /// caller holds the target's setup lock.
+    fn set_up_node(
+        &self,
+        props: &IscsiProperties,
+        t: &IscsiTarget,
+        adm: &Iscsiadm<'_>,
+        made: &mut Made,
+        deadline: Instant,
+    ) -> Result<bool> {
+        let host = self.host();
+        if self.direct_records.load(Ordering::Relaxed) {
+            if let Some(conf) = records::known_database(host)? {
+                let settings = self.node_settings();
+                let settings: Vec<(&str, String)> =
+                    settings.iter().map(|(k, v)| (*k, v.clone())).collect();
+                match records::ensure_node(
+                    host,
+                    t,
+                    &self.iface,
+                    &conf,
+                    &settings,
+                    props.auth.as_ref(),
+                    deadline,
+                )? {
+                    NodeWrite::Made(path) => {
+                        tracing::debug!(path = %path.display(), "node record written");
+                        made.node = true;
+                        return Ok(true);
+                    }
+                    NodeWrite::Updated => return Ok(true),
+                    NodeWrite::Unsupported => {
+                        tracing::debug!(iface = %self.iface, "node record left to iscsiadm (iface or iscsid.conf not one hostbrick writes records for)");
+                    }
+                }
+            }
+        }
+        if !adm.node_exists(t)? {
+            adm.node_new(t)?;
+            made.node = true;
+        }
+        self.configure_node(props, t, adm)?;
+        Ok(false)
+    }
+
+    /// hostbrick's node settings: manual scan, login timeout and retries, start-up at boot.
+    fn node_settings(&self) -> [(&'static str, String); 4] {
+        [
+            ("node.session.scan", "manual".to_string()),
+            (
+                "node.conn[0].timeo.login_timeout",
+                self.opts.iscsi.login_timeout.as_secs().max(1).to_string(),
+            ),
+            (
+                "node.session.initial_login_retry_max",
+                self.opts.iscsi.login_retries.to_string(),
+            ),
+            ("node.startup", "automatic".to_string()),
+        ]
+    }
+
+    /// Writes the node settings ([`IscsiDriver::node_settings`]) with iscsiadm in one call. An
+    /// iscsiadm without the manual-scan setting gets the rest without it (the kernel then
+    /// scans every LUN at login). CHAP goes into the record file afterwards, never on
+    /// iscsiadm's command line. The caller holds the target's setup lock.
     fn configure_node(
         &self,
         props: &IscsiProperties,
         t: &IscsiTarget,
         adm: &Iscsiadm<'_>,
     ) -> Result<()> {
-        let params = vec![
-            NodeParam::new(
-                "node.conn[0].timeo.login_timeout",
-                self.opts.iscsi.login_timeout.as_secs().max(1).to_string(),
-            ),
-            NodeParam::new(
-                "node.session.initial_login_retry_max",
-                self.opts.iscsi.login_retries.to_string(),
-            ),
-            NodeParam::new("node.startup", "automatic"),
-        ];
-        let mut with_scan = vec![NodeParam::new("node.session.scan", "manual")];
-        with_scan.extend(params.iter().cloned());
-        if let Err(e) = adm.node_update(t, &with_scan) {
+        let all: Vec<NodeParam> = self
+            .node_settings()
+            .iter()
+            .map(|(k, v)| NodeParam::new(k, v.clone()))
+            .collect();
+        if let Err(e) = adm.node_update(t, &all) {
             tracing::debug!(error = %e.chain(), "iscsiadm refused the settings with manual scan; retrying without it");
-            adm.node_update(t, &params)?;
+            adm.node_update(t, &all[1..])?;
         }
         match &props.auth {
             Some(chap) => adm.node_chap(t, chap),

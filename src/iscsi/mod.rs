@@ -1,8 +1,11 @@
 //! The iSCSI (and iSER) connector.
 //!
-//! Connect, per path: node record → manual-scan setting → CHAP → login (or reuse) →
-//! `node.startup=automatic` → targeted scan of the one LUN → block device (udev-driven wait)
-//! → WWID. Single path tries the targets in order; multipath logs in to all of them at once
+//! Connect, per path: node record (written into open-iscsi's files with the manual-scan
+//! setting, login timeouts, `node.startup=automatic` and CHAP, under open-iscsi's database
+//! lock) → login (or reuse; the one iscsiadm a cold path runs) → targeted scan of the one
+//! LUN → block device (udev-driven wait) → WWID. Disconnect logs out and removes the record
+//! file. Where open-iscsi's database is not the one hostbrick knows, iscsiadm makes and
+//! deletes the records (`--op new`, `--op update`, `--op delete`). Single path tries the targets in order; multipath logs in to all of them at once
 //! and assembles a dm-multipath map as soon as one path is up. Every failed attempt undoes
 //! what it created.
 //!
@@ -13,12 +16,14 @@
 //!
 //! Inside: `connect` (target choice, single path and multipath), `login` (one path: node
 //! record, login, targeted scan, device wait), `teardown` (disconnect), `extend`,
-//! `iscsiadm` (the CLI wrapper and its parsers), `records` (CHAP written into open-iscsi's
-//! record files, never on a command line), `session` (sessions in sysfs) and `audit`.
+//! `iscsiadm` (the CLI wrapper and its parsers), `idbm` (the node record open-iscsi writes),
+//! `records` (open-iscsi's record files and lock: node records, CHAP never on a command
+//! line), `session` (sessions in sysfs) and `audit`.
 
 pub(crate) mod audit;
 mod connect;
 mod extend;
+pub(crate) mod idbm;
 pub(crate) mod iscsiadm;
 mod login;
 pub(crate) mod records;
@@ -26,6 +31,7 @@ pub(crate) mod session;
 mod teardown;
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 pub use crate::connector::IscsiOptions;
@@ -54,6 +60,9 @@ pub(crate) struct IscsiDriver {
     iface: String,
     locks: LockDir,
     registry: Registry,
+    /// Node records are written into open-iscsi's files (where its database is the known
+    /// one) until a login shows iscsiadm reads them from elsewhere.
+    direct_records: AtomicBool,
 }
 
 /// One path that came up during a connect.
@@ -142,6 +151,7 @@ impl IscsiDriver {
             iface,
             locks,
             registry,
+            direct_records: AtomicBool::new(true),
         })
     }
 

@@ -1,7 +1,10 @@
-//! open-iscsi's record database (`/etc/iscsi`, its `ISCSI_DB_ROOT`): hostbrick writes the
-//! CHAP settings of node and discovery records into the record files itself, so that no
-//! password is ever on an iscsiadm command line (every local user can read a running
-//! program's arguments in `/proc/PID/cmdline`).
+//! open-iscsi's record database (`/etc/iscsi`, its `ISCSI_DB_ROOT`): hostbrick writes node
+//! records itself, whole, as `iscsiadm --op new` and `--op update` would leave them
+//! ([`ensure_node`], the text from [`super::idbm`]), removes them as `--op delete` does
+//! ([`delete_node`]), and writes the CHAP settings of node and discovery records into the
+//! record files, so that a connect runs only the login and no password is ever on an
+//! iscsiadm command line (every local user can read a running program's arguments in
+//! `/proc/PID/cmdline`).
 //!
 //! The layout and format are open-iscsi 2.1.8's (`usr/idbm.c`):
 //!
@@ -10,35 +13,46 @@
 //!   writes for a record made without a portal group tag, as `iscsiadm -m node -T T -p A:P
 //!   --op new` makes it (tpgt -1). `idbm_for_each_portal` reads both, splitting an entry's
 //!   name at its first comma. The address is the `-p` argument's, without the brackets of an
-//!   IPv6 one (`str_to_ipport`): `fe80::1,3260`.
+//!   IPv6 one (`str_to_ipport`): `fe80::1,3260`. Directories are 0700 and records 0600
+//!   (iscsiadm runs with umask 077).
 //! - A sendtargets discovery record is `send_targets/<address>,<port>/st_config`
 //!   (`idbm_discovery_write`, through `idbm_open_rec_w`, which turns an older flat file
 //!   `send_targets/<address>,<port>` into that directory; `idbm_open_rec_r` reads either).
+//!   The node records its discovery made are portal directories, each linked from the
+//!   discovery record's directory (`<target>,<address>,<port>,<tpgt>,<iface>`): those are
+//!   left to `iscsiadm --op delete`, which removes the link too.
 //! - A record is `# BEGIN RECORD <version>`, one `name = value` line per setting and
 //!   `# END RECORD` (`idbm_print`). `idbm_recinfo_config` reads it back line by line: a line
 //!   without its newline is dropped, the line is stripped at both ends, `#` lines are
 //!   skipped, the name ends at white space or `=`, the value is the rest after `=` and any
 //!   spaces, and a later line for a name wins. A password's `*_length` setting is derived
 //!   when its line is read (`idbm_rec_update_param`), so it is not written.
+//! - Every iscsiadm reading or writing records takes the database lock (`idbm_lock`): a hard
+//!   link `/run/lock/iscsi/lock.write` of `/run/lock/iscsi/lock`, made or waited for every
+//!   10 ms ([`lock_db`]). hostbrick takes it around each record write and removal, bounded
+//!   by the operation's deadline.
 //!
 //! A rewrite keeps every other line, drops the old lines of the settings it writes, and
 //! puts the new ones before `# END RECORD`. It goes to a temporary file, created exclusively
 //! with mode 0600, in the directory that holds the portal entries (its name has no comma, so
 //! no open-iscsi walk takes it for a record, as one would inside a portal directory), is
 //! flushed to disk and renamed over the record. iscsiadm later rewrites a record in place
-//! (`fopen(path, "w")`), which keeps its mode and the settings it read from it.
+//! (`fopen(path, "w")`), which keeps its mode and the settings it read from it. A symbolic
+//! link where the database has a directory or a record is refused.
 //!
 //! The callers hold the target's setup lock (node records) or the portal's discovery lock
 //! (discovery records), so no other hostbrick connect changes the record meanwhile.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::idbm::NodeRecord;
 use crate::error::{Error, Result};
 use crate::model::ids::Portal;
 use crate::model::iscsi::{record_value_problem, ChapCredentials, IscsiTarget};
@@ -57,9 +71,14 @@ pub(crate) const DISCOVERY_AUTH: &str = "discovery.sendtargets.auth";
 /// How a record ends (`ISCSI_END_REC`).
 const END_RECORD: &str = "# END RECORD";
 
-/// The record files of target `t` (every iface's), found as open-iscsi finds them.
+/// The record files of target `t` (every iface's), found as open-iscsi finds them. A
+/// symbolic link where open-iscsi keeps a directory or a record (the node records', the
+/// target's, a portal's, a record file) is refused ([`Error::UnexpectedContent`]): nothing is
+/// read or written through it.
 pub(crate) fn node_record_files(host: &Host, t: &IscsiTarget) -> Result<Vec<PathBuf>> {
     let dir = target_dir(host, t)?;
+    refuse_symlink(&host.etc(NODES))?;
+    refuse_symlink(&dir)?;
     let mut files = Vec::new();
     for name in host.list_dir(&dir)? {
         let Some((address, rest)) = name.split_once(',') else {
@@ -73,13 +92,14 @@ pub(crate) fn node_record_files(host: &Host, t: &IscsiTarget) -> Result<Vec<Path
             continue;
         }
         let path = dir.join(&name);
-        let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        let meta =
+            refuse_symlink(&path)?.ok_or_else(|| Error::io(&path, ErrorKind::NotFound.into()))?;
         match tpgt {
             None if meta.is_file() => files.push(path),
             Some(_) if meta.is_dir() => {
                 for iface in host.list_dir(&path)? {
                     let file = path.join(iface);
-                    if fs::metadata(&file).map(|m| m.is_file()).unwrap_or(false) {
+                    if refuse_symlink(&file)?.is_some_and(|m| m.is_file()) {
                         files.push(file);
                     }
                 }
@@ -132,6 +152,285 @@ pub(crate) fn write_discovery_chap(
 ) -> Result<()> {
     let file = discovery_record_file(host, portal)?;
     set_chap(&file, &host.etc(SEND_TARGETS), DISCOVERY_AUTH, chap)
+}
+
+/// `path`'s own metadata (`None` when it does not exist); a symbolic link is refused.
+fn refuse_symlink(path: &Path) -> Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::UnexpectedContent {
+            path: path.to_path_buf(),
+            reason: "a symbolic link in open-iscsi's record database; refusing to follow it".into(),
+        }),
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// open-iscsi's lock directory (`LOCK_DIR` of Debian's build, under the host's /run).
+const LOCK_DIR: &str = "lock/iscsi";
+/// How often a held database lock is tried again (`DB_LOCK_USECS_WAIT`).
+const DB_LOCK_RETRY: Duration = Duration::from_millis(10);
+/// The key [`Error::LockTimeout`] names for open-iscsi's database lock.
+pub(crate) const DB_LOCK_KEY: &str = "open-iscsi record database";
+
+/// open-iscsi's record database lock, held: `idbm_lock`'s hard link `lock.write` of
+/// `lock`, removed when dropped (`idbm_unlock`). Every iscsiadm that reads or writes a
+/// record takes it, so no iscsiadm sees a record while it is being written or removed.
+#[derive(Debug)]
+pub(crate) struct DbLock {
+    write: PathBuf,
+}
+
+impl Drop for DbLock {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.write) {
+            tracing::warn!(path = %self.write.display(), error = %e, "cannot release open-iscsi's database lock");
+        }
+    }
+}
+
+/// Takes open-iscsi's database lock as iscsiadm does (`idbm_lock`): makes the lock
+/// directory (0700 under iscsiadm's umask) and its `lock` file if missing, then links
+/// `lock.write` to `lock`, trying again every 10 ms while it exists, until `deadline`
+/// ([`Error::LockTimeout`]). The lock has no owner to check: one left by a killed
+/// iscsiadm stays until it is removed by hand (or the host reboots, /run being memory), and
+/// iscsiadm waits for it as this does.
+pub(crate) fn lock_db(host: &Host, deadline: Instant) -> Result<DbLock> {
+    let dir = host.run(LOCK_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
+    let lock = dir.join("lock");
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&lock)
+        .map_err(|e| Error::io(&lock, e))?;
+    let write = dir.join("lock.write");
+    let started = Instant::now();
+    loop {
+        match fs::hard_link(&lock, &write) {
+            Ok(()) => return Ok(DbLock { write }),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::LockTimeout {
+                        key: DB_LOCK_KEY.into(),
+                        path: write,
+                        waited: now - started,
+                    });
+                }
+                std::thread::sleep(DB_LOCK_RETRY.min(deadline - now));
+            }
+            Err(e) => return Err(Error::io(&write, e)),
+        }
+    }
+}
+
+/// The text of open-iscsi's configuration file when the record database is the one this
+/// module knows: `/etc/iscsi` a directory (not a link) holding `iscsid.conf` as a regular
+/// file, as Debian's and upstream's builds lay it out. `None` otherwise (a database
+/// elsewhere, a host without open-iscsi's files): the caller uses iscsiadm.
+pub(crate) fn known_database(host: &Host) -> Result<Option<Zeroizing<String>>> {
+    let etc = host.etc("iscsi");
+    match fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&etc, e)),
+    }
+    let conf = etc.join("iscsid.conf");
+    match fs::symlink_metadata(&conf) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&conf, e)),
+    }
+    let bytes = Zeroizing::new(fs::read(&conf).map_err(|e| Error::io(&conf, e))?);
+    // open-iscsi reads bytes; a file that is not UTF-8 is left to it.
+    Ok(std::str::from_utf8(&bytes)
+        .ok()
+        .map(|s| Zeroizing::new(s.to_string())))
+}
+
+/// What [`ensure_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeWrite {
+    /// It wrote a new record, this file.
+    Made(PathBuf),
+    /// Records were there: it set the settings in each.
+    Updated,
+    /// The configuration or the iface is not one this module writes a record for: nothing
+    /// was written, iscsiadm is to make the record.
+    Unsupported,
+}
+
+/// Makes target `t`'s node record for `iface` as `--op new` would (from configuration
+/// text `conf`), with `settings` and `chap` set in it as `--op update` would, or, when the
+/// target already has records at that portal (any iface's, as `iscsiadm -m node -T -p`
+/// finds them), sets them in each of those. Under open-iscsi's database lock, waited for
+/// until `deadline`. A new record goes where `idbm_rec_write` puts one without a portal
+/// group tag: the flat file `nodes/<target>/<address>,<port>`, or, when a portal directory
+/// `<address>,<port>,<tpgt>` is there (without records), `<tpgt>` is taken from its name and
+/// the record is its `<iface>` file. Directories are made 0700 and records 0600, as the
+/// guest's iscsiadm makes them.
+pub(crate) fn ensure_node(
+    host: &Host,
+    t: &IscsiTarget,
+    iface: &str,
+    conf: &str,
+    settings: &[(&str, String)],
+    chap: Option<&ChapCredentials>,
+    deadline: Instant,
+) -> Result<NodeWrite> {
+    let mut values: Vec<(String, Zeroizing<String>)> = settings
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), Zeroizing::new(v.clone())))
+        .collect();
+    if let Some(c) = chap {
+        values.push((
+            format!("{NODE_AUTH}.authmethod"),
+            Zeroizing::new("CHAP".into()),
+        ));
+        values.push((
+            format!("{NODE_AUTH}.username"),
+            Zeroizing::new(c.username.as_str().to_string()),
+        ));
+        values.push((
+            format!("{NODE_AUTH}.password"),
+            Zeroizing::new(c.password.expose().to_string()),
+        ));
+    }
+    let address = path_part(t.portal.host())?;
+    let dir = target_dir(host, t)?;
+    let Some(mut rec) = NodeRecord::new(t.iqn.as_str(), address, t.portal.port(), -1, iface, conf)
+    else {
+        return Ok(NodeWrite::Unsupported);
+    };
+    for (k, v) in &values {
+        rec.set(k, v)?;
+    }
+    let _db = lock_db(host, deadline)?;
+    let files = node_record_files(host, t)?;
+    if !files.is_empty() {
+        for file in &files {
+            let text = Zeroizing::new(fs::read_to_string(file).map_err(|e| Error::io(file, e))?);
+            if record_value(&text, "node.name") != Some(t.iqn.as_str()) {
+                return Err(Error::UnexpectedContent {
+                    path: file.clone(),
+                    reason: format!("the node record of {t} names another target"),
+                });
+            }
+        }
+        let pairs: Vec<(&str, &str)> = values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for file in &files {
+            set_values(file, &dir, &pairs, &[])?;
+        }
+        return Ok(NodeWrite::Updated);
+    }
+    let nodes = host.etc(NODES);
+    for d in [&nodes, &dir] {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(d, e)),
+        }
+    }
+    // A portal directory without records: `idbm_rec_write_old` takes its tag.
+    let prefix = format!("{address},{},", t.portal.port());
+    let mut file = dir.join(format!("{address},{}", t.portal.port()));
+    for name in host.list_dir(&dir)? {
+        let Some(tpgt) = name
+            .strip_prefix(&prefix)
+            .and_then(|g| g.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if refuse_symlink(&dir.join(&name))?.is_some_and(|m| m.is_dir()) {
+            rec = NodeRecord::new(
+                t.iqn.as_str(),
+                address,
+                t.portal.port(),
+                tpgt.into(),
+                iface,
+                conf,
+            )
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "iscsi_iface".into(),
+                reason: format!("{iface:?} is not a built-in iface"),
+            })?;
+            for (k, v) in &values {
+                rec.set(k, v)?;
+            }
+            file = dir.join(name).join(iface);
+            break;
+        }
+    }
+    if refuse_symlink(&file)?.is_some() {
+        return Err(Error::UnexpectedContent {
+            path: file,
+            reason: "in the way of the node record (not a record open-iscsi reads)".into(),
+        });
+    }
+    // The temporary file goes beside the portal entries (its name has no comma).
+    replace_private(&file, &dir, rec.text().as_bytes())?;
+    Ok(NodeWrite::Made(file))
+}
+
+/// What [`delete_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeDelete {
+    /// The records are gone (or there were none).
+    Done,
+    /// A record of the target at that portal is one discovery made (a portal directory, which
+    /// open-iscsi links from its discovery record): nothing was removed, iscsiadm is to
+    /// delete them.
+    Discovered,
+}
+
+/// Removes target `t`'s node records at its portal (every iface's, as `--op delete`
+/// without an iface) and the target's directory if that leaves it empty, under open-iscsi's
+/// database lock (waited for until `deadline`). Only flat records (`--op new`'s, hostbrick's
+/// and os-brick's) are removed here; a file there that names another target in its
+/// `node.name` is left (and logged).
+pub(crate) fn delete_node(host: &Host, t: &IscsiTarget, deadline: Instant) -> Result<NodeDelete> {
+    let dir = target_dir(host, t)?;
+    let _db = lock_db(host, deadline)?;
+    let files = node_record_files(host, t)?;
+    if files.iter().any(|f| f.parent() != Some(dir.as_path())) {
+        return Ok(NodeDelete::Discovered);
+    }
+    for file in &files {
+        let text = Zeroizing::new(fs::read_to_string(file).map_err(|e| Error::io(file, e))?);
+        if record_value(&text, "node.name") != Some(t.iqn.as_str()) {
+            tracing::warn!(path = %file.display(), target = %t, "a node record file that names another target; leaving it");
+            continue;
+        }
+        match fs::remove_file(file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(file, e)),
+        }
+    }
+    if !files.is_empty() {
+        // `idbm_delete_node` removes the target's directory when it is empty.
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty) => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    Ok(NodeDelete::Done)
 }
 
 /// `nodes/<target>`.
@@ -187,15 +486,35 @@ fn set_chap(file: &Path, tmp_dir: &Path, prefix: &str, chap: &ChapCredentials) -
             });
         }
     }
-    let keys =
-        ["authmethod", "username", "password", "password_length"].map(|k| format!("{prefix}.{k}"));
+    let (m, u, p) = (
+        format!("{prefix}.authmethod"),
+        format!("{prefix}.username"),
+        format!("{prefix}.password"),
+    );
+    set_values(
+        file,
+        tmp_dir,
+        &[(&m, "CHAP"), (&u, username), (&p, password)],
+        &[&format!("{prefix}.password_length")],
+    )
+}
+
+/// Rewrites record `file` with a `name = value` line for each of `values` in place of any
+/// earlier lines for them (and for the names in `drop`), before `# END RECORD`.
+fn set_values(file: &Path, tmp_dir: &Path, values: &[(&str, &str)], drop: &[&str]) -> Result<()> {
     let old = Zeroizing::new(fs::read_to_string(file).map_err(|e| Error::io(file, e))?);
-    let ours = Zeroizing::new(format!(
-        "{prefix}.authmethod = CHAP\n{prefix}.username = {username}\n{prefix}.password = {password}\n"
-    ));
+    let mut ours = Zeroizing::new(String::new());
+    for (k, v) in values {
+        ours.push_str(k);
+        ours.push_str(" = ");
+        ours.push_str(v);
+        ours.push('\n');
+    }
     let lines: Vec<&str> = old
         .lines()
-        .filter(|l| !line_name(l).is_some_and(|n| keys.iter().any(|k| k == n)))
+        .filter(|l| {
+            !line_name(l).is_some_and(|n| values.iter().any(|(k, _)| *k == n) || drop.contains(&n))
+        })
         .collect();
     let end = lines
         .iter()

@@ -1,11 +1,15 @@
 //! Disconnect: the volume's devices on the host, removal of its multipath maps and SCSI
 //! devices, and the logout of targets no LUN uses any more.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::connect::discovered_paths;
+use super::records::{self, NodeDelete};
 use super::session::{self, SessionFinder};
-use super::{ms, target_lock_key, IscsiDriver, IscsiProperties, IscsiTarget, VolumeDevice};
+use super::{
+    ms, target_lock_key, IscsiDriver, IscsiProperties, IscsiTarget, Iscsiadm, VolumeDevice,
+};
 use crate::connector::{DisconnectOptions, Operation};
 use crate::devices::multipath::{self, MultipathMap};
 use crate::devices::{block, scsi};
@@ -455,8 +459,23 @@ impl IscsiDriver {
             tracing::info!(phase = "logout", elapsed_ms = ms(started.elapsed()), target = %t, "logged out");
         }
         if delete_node {
-            adm.node_delete(t)?;
+            self.delete_node(t, &adm, deadline)?;
         }
         Ok(())
+    }
+
+    /// Deletes the target's node records at its portal: the files themselves where open-iscsi's
+    /// database is the known one and the records are flat ones (`--op new`'s: hostbrick's,
+    /// os-brick's), under open-iscsi's database lock; else, and for records discovery made,
+    /// `iscsiadm --op delete`.
+    fn delete_node(&self, t: &IscsiTarget, adm: &Iscsiadm<'_>, deadline: Instant) -> Result<()> {
+        let host = self.host();
+        if self.direct_records.load(Ordering::Relaxed)
+            && records::known_database(host)?.is_some()
+            && records::delete_node(host, t, deadline)? == NodeDelete::Done
+        {
+            return Ok(());
+        }
+        adm.node_delete(t)
     }
 }

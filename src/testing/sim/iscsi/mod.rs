@@ -43,6 +43,12 @@ use crate::testing::{FakeHost, FakeRunner};
 use crate::Portal;
 use crate::{ConnectionInfo, ConnectorOptions, HostContext};
 
+/// Debian 12's `/etc/iscsi/iscsid.conf` (open-iscsi 2.1.8), as the simulated host has it.
+pub const ISCSID_CONF: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/iscsi/records/iscsid.conf"
+));
+
 /// The target name every simulated target has.
 pub const IQN: &str = "iqn.2003-01.org.linux-iscsi.vm:t1";
 /// A LUN's `wwid` as sysfs shows it (`naa.` + the NAA identifier).
@@ -71,8 +77,6 @@ struct Session {
 #[derive(Default)]
 struct State {
     targets: Vec<Target>,
-    /// (iqn, portal) → the record file
-    nodes: HashMap<(String, String), PathBuf>,
     /// (iqn, portal) of a node record discovery made → (discovery portal, iface): what
     /// `-m discoverydb -o show -P 1` lists under the discovery address.
     discovered_by: HashMap<(String, String), (Portal, String)>,
@@ -82,6 +86,8 @@ struct State {
     discovery_chap: HashMap<Portal, (String, String)>,
     sessions: Vec<Session>,
     next_sid: u32,
+    /// Where the simulated iscsiadm keeps node records, under the tree's root.
+    nodes_dir: &'static str,
     multipathd: bool,
     wwids: Vec<String>,
 }
@@ -109,6 +115,9 @@ impl IscsiSim {
     pub fn new() -> Self {
         let fake = FakeHost::new();
         fake.set_initiator_name("iqn.1993-08.org.debian:01:testhost");
+        // open-iscsi's configuration as the Debian 12 guest has it: the record database is
+        // the one hostbrick writes node records into.
+        std::fs::write(fake.root().join("etc/iscsi/iscsid.conf"), ISCSID_CONF).unwrap();
         let sim = IscsiSim {
             fake: fake.clone(),
             runner: Arc::new(FakeRunner::new()),
@@ -117,6 +126,7 @@ impl IscsiSim {
                 State {
                     next_sid: 1,
                     multipathd: true,
+                    nodes_dir: "etc/iscsi/nodes",
                     ..State::default()
                 },
             ),
@@ -172,12 +182,10 @@ impl IscsiSim {
 
     /// The node record file of target [`IQN`] at `portal` (`address:port`), if there is one.
     pub fn node_record(&self, portal: &str) -> Option<PathBuf> {
-        self.tools
-            .state()
-            .nodes
-            .iter()
-            .find(|((_, p), _)| p == portal)
-            .map(|(_, f)| f.clone())
+        tools::node_files(&self.tools.nodes_dir())
+            .into_iter()
+            .find(|n| n.iqn == IQN && n.portal == portal)
+            .map(|n| n.file)
     }
 
     /// The sendtargets discovery record file of `portal` (`address:port`) (it may not exist).
@@ -204,6 +212,12 @@ impl IscsiSim {
         }
     }
 
+    /// Makes the simulated iscsiadm keep its node records in `/var/lib/iscsi/nodes` (as
+    /// builds with another `ISCSI_DB_ROOT` do), while `/etc/iscsi/iscsid.conf` stays.
+    pub fn records_elsewhere(&self) {
+        self.tools.state().nodes_dir = "var/lib/iscsi/nodes";
+    }
+
     /// Starts or stops multipathd.
     pub fn set_multipathd(&self, running: bool) {
         self.tools.state().multipathd = running;
@@ -225,22 +239,23 @@ impl IscsiSim {
         self.tools.state().sessions.len()
     }
 
-    /// How many node records there are.
+    /// How many node records there are (record files, one per target, portal and iface).
     pub fn node_count(&self) -> usize {
-        self.tools.state().nodes.len()
+        tools::node_files(&self.tools.nodes_dir()).len()
     }
 
     /// Whether a node record for `portal` (`address:port`) exists.
     pub fn has_node(&self, portal: &str) -> bool {
-        self.tools.state().nodes.keys().any(|(_, p)| p == portal)
+        tools::node_files(&self.tools.nodes_dir())
+            .iter()
+            .any(|n| n.portal == portal)
     }
 
     /// Whether a node record for target `iqn` at `portal` (`address:port`) exists.
     pub fn has_node_of(&self, iqn: &str, portal: &str) -> bool {
-        self.tools
-            .state()
-            .nodes
-            .contains_key(&(iqn.to_string(), portal.to_string()))
+        tools::node_files(&self.tools.nodes_dir())
+            .iter()
+            .any(|n| n.iqn == iqn && n.portal == portal)
     }
 
     /// The sessions as (target name, portal), sorted.
@@ -270,11 +285,13 @@ impl IscsiSim {
     pub fn assert_clean(&self) {
         assert_eq!(self.session_count(), 0, "sessions left");
         assert_eq!(self.node_count(), 0, "node records left");
-        assert_eq!(
-            names_in(&self.fake.root().join("etc/iscsi/nodes")),
-            Vec::<String>::new(),
-            "node record files left"
-        );
+        for dir in ["etc/iscsi/nodes", "var/lib/iscsi/nodes"] {
+            assert_eq!(
+                names_in(&self.fake.root().join(dir)),
+                Vec::<String>::new(),
+                "node record files left in {dir}"
+            );
+        }
         assert_eq!(self.fake.devices(), vec![], "SCSI disks left");
         assert_eq!(self.maps(), Vec::<String>::new(), "multipath maps left");
         let links: Vec<_> = std::fs::read_dir(self.fake.root().join("dev/disk/by-path"))

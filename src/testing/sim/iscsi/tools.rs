@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::super::{args, Tools};
 use super::{Session, State, Target};
 use crate::iscsi::by_path_name;
+use crate::iscsi::idbm::NodeRecord;
 use crate::iscsi::records::{line_name, record_value};
 use crate::testing::LunSpec;
 use crate::{Command, CommandOutput};
@@ -48,31 +49,25 @@ impl Tools<State> {
     }
 
     fn node_list(&self) -> CommandOutput {
-        let st = self.state();
-        if st.nodes.is_empty() {
+        let nodes = node_files(&self.nodes_dir());
+        if nodes.is_empty() {
             return CommandOutput::exit(21, "iscsiadm: No records found\n");
         }
         // A record `--op new` made (`nodes/<iqn>/<address>,<port>`) has no portal group
         // tag: iscsiadm prints -1 for it.
-        let mut lines: Vec<String> = st
-            .nodes
+        let mut lines: Vec<String> = nodes
             .iter()
-            .map(|((iqn, portal), file)| {
-                let flat = file
-                    .parent()
-                    .and_then(Path::file_name)
-                    .is_some_and(|d| d.to_string_lossy() == *iqn);
-                let tpgt = if flat { -1 } else { 1 };
-                format!("{portal},{tpgt} {iqn}\n")
-            })
+            .map(|n| format!("{},{} {}\n", n.portal, n.tpgt, n.iqn))
             .collect();
         lines.sort();
+        lines.dedup();
         CommandOutput::ok(lines.concat())
     }
 
     /// `-m discoverydb -o show -P 1`: each discovery record with the node records its
     /// discovery made (and that are still there), as open-iscsi prints them.
     fn discoverydb_list(&self) -> CommandOutput {
+        let nodes = node_files(&self.nodes_dir());
         let st = self.state();
         let mut out = String::from("SENDTARGETS:\n");
         if st.discovery_portals.is_empty() {
@@ -83,7 +78,9 @@ impl Tools<State> {
             let mut by_target: Vec<(&String, &String, &String)> = st
                 .discovered_by
                 .iter()
-                .filter(|(k, (dp, _))| dp == d && st.nodes.contains_key(*k))
+                .filter(|((iqn, portal), (dp, _))| {
+                    dp == d && nodes.iter().any(|n| &n.iqn == iqn && &n.portal == portal)
+                })
                 .map(|((iqn, portal), (_, iface))| (iqn, portal, iface))
                 .collect();
             by_target.sort();
@@ -103,42 +100,54 @@ impl Tools<State> {
     }
 
     /// `nodes/<iqn>/<address>,<port>`: the record `--op new` makes (no portal group tag).
-    fn flat_record(&self, iqn: &str, portal: &Portal) -> PathBuf {
-        self.root().join(format!(
-            "etc/iscsi/nodes/{iqn}/{},{}",
-            portal.host(),
-            portal.port()
-        ))
+    fn flat_record(nodes_dir: &Path, iqn: &str, portal: &Portal) -> PathBuf {
+        nodes_dir.join(format!("{iqn}/{},{}", portal.host(), portal.port()))
+    }
+
+    /// The node records' directory the simulated iscsiadm uses.
+    pub(super) fn nodes_dir(&self) -> PathBuf {
+        self.root().join(self.state().nodes_dir)
     }
 
     fn node_op(&self, iqn: &str, portal: &str, rest: &[&str]) -> CommandOutput {
         let key = (iqn.to_string(), portal.to_string());
         let portal_p: Portal = portal.parse().unwrap();
         let bracket = format!("{},{}", portal_p.host(), portal_p.port());
+        let nodes_dir = self.nodes_dir();
         let mut st = self.state();
         let no_records = || CommandOutput::exit(21, "iscsiadm: No records found\n");
+        let files: Vec<NodeFile> = node_files(&nodes_dir)
+            .into_iter()
+            .filter(|n| n.iqn == iqn && n.portal == portal_p.to_string())
+            .collect();
         match rest {
-            [] => match st.nodes.get(&key) {
-                Some(_) => CommandOutput::ok(format!("# BEGIN RECORD 2.1.8\nnode.name = {iqn}\nnode.conn[0].address = {}\n# END RECORD\n", portal_p.host())),
+            [] => match files.first() {
+                Some(f) => CommandOutput::ok(std::fs::read_to_string(&f.file).unwrap_or_default()),
                 None => no_records(),
             },
             ["--interface", iface, "--op", "new"] => {
                 // As open-iscsi does: `--op new` of an existing record rewrites it with the
                 // defaults, and it is missing while that happens.
-                if let Some(old) = st.nodes.remove(&key) {
-                    remove_record(&old);
+                if !files.is_empty() {
+                    for f in &files {
+                        remove_record(&f.file);
+                    }
                     drop(st);
                     std::thread::sleep(Duration::from_millis(5));
                     st = self.state();
                 }
                 st.discovered_by.remove(&key);
-                let file = self.flat_record(iqn, &portal_p);
-                write_record(&file, &node_defaults(iqn, -1, iface, &portal_p));
-                st.nodes.insert(key, file);
+                let file = Self::flat_record(&nodes_dir, iqn, &portal_p);
+                write_record(
+                    &file,
+                    &node_defaults(self.root(), iqn, -1, iface, &portal_p),
+                );
                 CommandOutput::ok(format!("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] {bracket},-1 {iqn}] added\n"))
             }
             ["--op", "update", pairs @ ..] => {
-                let Some(file) = st.nodes.get(&key) else { return no_records() };
+                if files.is_empty() {
+                    return no_records();
+                }
                 let mut settings = Vec::new();
                 for kv in pairs.chunks(4) {
                     match kv {
@@ -146,27 +155,53 @@ impl Tools<State> {
                         _ => return CommandOutput::exit(7, "iscsiadm: invalid update arguments\n"),
                     }
                 }
-                update_record(file, &settings);
+                for f in &files {
+                    update_record(&f.file, &settings);
+                }
                 CommandOutput::ok("")
             }
-            ["--op", "delete"] => match st.nodes.remove(&key) {
-                Some(file) => {
-                    st.discovered_by.remove(&key);
-                    remove_record(&file);
-                    CommandOutput::ok("")
+            ["--op", "delete"] => {
+                if files.is_empty() {
+                    return no_records();
                 }
-                None => no_records(),
-            },
+                st.discovered_by.remove(&key);
+                for f in &files {
+                    remove_record(&f.file);
+                }
+                CommandOutput::ok("")
+            }
             ["--interface", iface, "--login"] => {
-                let Some(file) = st.nodes.get(&key) else { return no_records() };
-                // iscsiadm logs in with what the record file says.
-                let record = std::fs::read_to_string(file).unwrap_or_default();
+                // iscsiadm logs in with what the record file of that iface says: a flat
+                // record's iface is the one it names, a portal directory's its file name.
+                let Some(file) = files.iter().find(|f| f.iface == *iface) else {
+                    return no_records();
+                };
+                let record = std::fs::read_to_string(&file.file).unwrap_or_default();
                 let setting = |name: &str| record_value(&record, name).map(str::to_string);
+                if !record.starts_with("# BEGIN RECORD ")
+                    || !record.ends_with("# END RECORD\n")
+                    || setting("node.name").as_deref() != Some(iqn)
+                    || setting("node.conn[0].address").as_deref() != Some(portal_p.host())
+                {
+                    return CommandOutput::exit(
+                        6,
+                        format!("iscsiadm: could not read record {}\n", file.file.display()),
+                    );
+                }
                 let what = format!("[iface: {iface}, target: {iqn}, portal: {bracket}]");
-                if st.sessions.iter().any(|s| s.iqn == iqn && s.portal == portal_p) {
+                if st
+                    .sessions
+                    .iter()
+                    .any(|s| s.iqn == iqn && s.portal == portal_p)
+                {
                     return CommandOutput::exit(15, format!("iscsiadm: {iface}: 1 session requested, but 1 already present.\niscsiadm: Could not log into all portals\nLogging in to {what}\n"));
                 }
-                let Some(t) = st.targets.iter().find(|t| t.iqn == iqn && t.portal == portal_p && t.reachable).cloned() else {
+                let Some(t) = st
+                    .targets
+                    .iter()
+                    .find(|t| t.iqn == iqn && t.portal == portal_p && t.reachable)
+                    .cloned()
+                else {
                     return CommandOutput::exit(8, format!("Logging in to {what}\niscsiadm: Could not login to {what}.\niscsiadm: initiator reported error (8 - connection timed out)\niscsiadm: Could not log into all portals\n"));
                 };
                 if let Some((u, p)) = &t.chap {
@@ -180,21 +215,32 @@ impl Tools<State> {
                 let sid = st.next_sid;
                 st.next_sid += 1;
                 let host_no = sid + 1;
-                st.sessions.push(Session { sid, iqn: iqn.into(), portal: portal_p.clone() });
+                st.sessions.push(Session {
+                    sid,
+                    iqn: iqn.into(),
+                    portal: portal_p.clone(),
+                });
                 let manual = setting("node.session.scan").as_deref() == Some("manual");
                 drop(st);
                 self.fake.add_iscsi_session(sid, host_no, 0, iqn, &portal_p);
                 for (lun, wwid, size) in &t.luns {
-                    let spec = LunSpec::new(0, 0, *lun, wwid, *size).by_path(by_path_name(&portal_p, iqn, *lun));
+                    let spec = LunSpec::new(0, 0, *lun, wwid, *size)
+                        .by_path(by_path_name(&portal_p, iqn, *lun));
                     if !manual {
                         self.fake.add_scsi_disk(host_no, &spec);
                     }
                     self.fake.offer_lun(host_no, spec);
                 }
-                CommandOutput::ok(format!("Logging in to {what}\nLogin to {what} successful.\n"))
+                CommandOutput::ok(format!(
+                    "Logging in to {what}\nLogin to {what} successful.\n"
+                ))
             }
             ["--interface", _, "--logout"] => {
-                let Some(pos) = st.sessions.iter().position(|s| s.iqn == iqn && s.portal == portal_p) else {
+                let Some(pos) = st
+                    .sessions
+                    .iter()
+                    .position(|s| s.iqn == iqn && s.portal == portal_p)
+                else {
                     return CommandOutput::exit(21, "iscsiadm: No matching sessions found\n");
                 };
                 let s = st.sessions.remove(pos);
@@ -202,7 +248,10 @@ impl Tools<State> {
                 self.fake.remove_iscsi_session(s.sid);
                 CommandOutput::ok(format!("Logging out of session [sid: {}, target: {iqn}, portal: {bracket}]\nLogout of [sid: {}, target: {iqn}, portal: {bracket}] successful.\n", s.sid, s.sid))
             }
-            _ => CommandOutput::exit(7, format!("iscsiadm: unsupported node arguments {rest:?}\n")),
+            _ => CommandOutput::exit(
+                7,
+                format!("iscsiadm: unsupported node arguments {rest:?}\n"),
+            ),
         }
     }
 
@@ -237,6 +286,7 @@ impl Tools<State> {
                 CommandOutput::ok("")
             }
             ["--discover"] => {
+                let nodes_dir = self.nodes_dir();
                 let mut st = self.state();
                 let Some(t) = st
                     .targets
@@ -266,15 +316,20 @@ impl Tools<State> {
                     let key = (f.iqn.clone(), f.portal.to_string());
                     st.discovered_by
                         .insert(key.clone(), (t.portal.clone(), iface.to_string()));
-                    if let std::collections::hash_map::Entry::Vacant(e) = st.nodes.entry(key) {
-                        let file = self.root().join(format!(
-                            "etc/iscsi/nodes/{}/{},{},1/{iface}",
+                    let there = node_files(&nodes_dir)
+                        .iter()
+                        .any(|n| n.iqn == key.0 && n.portal == key.1);
+                    if !there {
+                        let file = nodes_dir.join(format!(
+                            "{}/{},{},1/{iface}",
                             f.iqn,
                             f.portal.host(),
                             f.portal.port()
                         ));
-                        write_record(&file, &node_defaults(&f.iqn, 1, iface, &f.portal));
-                        e.insert(file);
+                        write_record(
+                            &file,
+                            &node_defaults(self.root(), &f.iqn, 1, iface, &f.portal),
+                        );
                     }
                     out.push_str(&format!("{},1 {}\n", f.portal, f.iqn));
                 }
@@ -378,17 +433,103 @@ impl Tools<State> {
     }
 }
 
-/// A new node record as `idbm_print` writes it (the settings the simulator reads, and a
-/// few more).
-fn node_defaults(iqn: &str, tpgt: i32, iface: &str, portal: &Portal) -> String {
-    format!(
-        "# BEGIN RECORD 2.1.8\nnode.name = {iqn}\nnode.tpgt = {tpgt}\nnode.startup = manual\n\
-         iface.iscsi_ifacename = {iface}\nnode.session.scan = auto\n\
-         node.session.auth.authmethod = None\nnode.session.auth.chap_algs = MD5\n\
-         node.conn[0].address = {}\nnode.conn[0].port = {}\n# END RECORD\n",
+/// One node record file in the tree, as open-iscsi finds it.
+pub(super) struct NodeFile {
+    pub(super) iqn: String,
+    /// `address:port` (IPv6 in brackets), as the simulator's keys spell it.
+    pub(super) portal: String,
+    pub(super) tpgt: i32,
+    pub(super) iface: String,
+    pub(super) file: PathBuf,
+}
+
+/// Every node record file under `nodes` (the tree's `/etc/iscsi/nodes`): flat
+/// `<target>/<address>,<port>` files and `<target>/<address>,<port>,<tpgt>/<iface>` ones
+/// (entries without a comma, like a writer's temporary file, are not records).
+pub(super) fn node_files(nodes: &Path) -> Vec<NodeFile> {
+    let mut out = Vec::new();
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for iqn in names(nodes) {
+        let tdir = nodes.join(&iqn);
+        for entry in names(&tdir) {
+            let mut parts = entry.split(',');
+            let (Some(address), Some(port)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let tpgt = parts.next();
+            let portal = if address.contains(':') {
+                format!("[{address}]:{port}")
+            } else {
+                format!("{address}:{port}")
+            };
+            let path = tdir.join(&entry);
+            match tpgt {
+                None if path.is_file() => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let iface = record_value(&text, "iface.iscsi_ifacename")
+                        .unwrap_or("default")
+                        .to_string();
+                    out.push(NodeFile {
+                        iqn: iqn.clone(),
+                        portal,
+                        tpgt: -1,
+                        iface,
+                        file: path,
+                    });
+                }
+                Some(g) if path.is_dir() => {
+                    for iface in names(&path) {
+                        out.push(NodeFile {
+                            iqn: iqn.clone(),
+                            portal: portal.clone(),
+                            tpgt: g.parse().unwrap_or(-1),
+                            iface: iface.clone(),
+                            file: path.join(iface),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// A new node record as `--op new` (or discovery, with a portal group tag) writes it, from
+/// the tree's iscsid.conf.
+fn node_defaults(root: &Path, iqn: &str, tpgt: i32, iface: &str, portal: &Portal) -> String {
+    let conf = std::fs::read_to_string(root.join("etc/iscsi/iscsid.conf")).unwrap_or_default();
+    // An iface of /etc/iscsi/ifaces (none of whose settings the simulator keeps): the
+    // default iface's record under its name.
+    let builtin = matches!(iface, "default" | "iser");
+    let rec = NodeRecord::new(
+        iqn,
         portal.host(),
-        portal.port()
+        portal.port(),
+        tpgt,
+        if builtin { iface } else { "default" },
+        &conf,
     )
+    .expect("the simulator's iscsid.conf makes a record");
+    let text = rec.text().to_string();
+    if builtin {
+        text
+    } else {
+        text.replace(
+            "iface.iscsi_ifacename = default",
+            &format!("iface.iscsi_ifacename = {iface}"),
+        )
+    }
 }
 
 /// A new sendtargets discovery record.
