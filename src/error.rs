@@ -195,6 +195,20 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// The kernel did not make the NVMe-oF controller a connect asked for: the write of the
+    /// connect's options to `/dev/nvme-fabrics` failed with `source`, whose errno says why
+    /// (`ECONNREFUSED`: nothing listens at the portal; `EINVAL`: options the kernel does
+    /// not take, or no driver for the transport; `EIO`: the target refused the subsystem or
+    /// host; `ETIMEDOUT`, `EHOSTUNREACH`, ...).
+    #[error("NVMe-oF connect to {target} failed")]
+    NvmeConnect {
+        /// The portal and subsystem, e.g. `tcp:192.0.2.10:4420 nqn.2014-08.org.example:vol`.
+        target: String,
+        /// The write's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Reading or writing a host file failed.
     #[error("cannot access {}", path.display())]
     Io {
@@ -402,6 +416,7 @@ impl Error {
             Error::OutputTooLarge { .. } => "output_too_large",
             Error::TooManyTargets { .. } => "too_many_targets",
             Error::AuthenticationFailed { .. } => "authentication_failed",
+            Error::NvmeConnect { .. } => "nvme_connect",
             Error::Io { .. } => "io",
             Error::UnexpectedContent { .. } => "unexpected_content",
             Error::Parse { .. } => "parse",

@@ -31,12 +31,14 @@ pub mod ids {
     pub use crate::model::rbd::{check_ceph_name, monitor_host, CEPH_NAME_MAX};
 }
 
-/// NVMe-oF: controllers and namespaces in sysfs, `nvme` output.
+/// NVMe-oF: controllers and namespaces in sysfs, the fabrics device's option string and
+/// answer, `nvme` output.
 pub mod nvme {
-    pub use crate::nvme::cli::{is_already_connected, parse_id_ns_size};
+    pub use crate::nvme::cli::parse_id_ns_size;
     pub use crate::nvme::controllers::{
         find_controller, native_multipath, parse_address, Controller, ControllerFinder,
     };
+    pub use crate::nvme::fabrics::{connect_options, parse_answer, ConnectArgs, FabricsAnswer};
     pub use crate::nvme::identity::{conflicting_controller, system_uuid};
     pub use crate::nvme::namespaces::{find_namespace, head_name, Namespace};
 }

@@ -118,6 +118,6 @@ pub use model::record::{
 };
 pub use model::secret::Secret;
 pub use platform::cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner};
-pub use platform::host::{FlushHook, Host, WriteHook};
+pub use platform::host::{ExchangeHook, FlushHook, Host, WriteHook};
 pub use platform::lock::{LockDir, LockGuard, LockMode};
 pub use properties::{get_connector_properties, ConnectorProperties};

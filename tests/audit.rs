@@ -280,29 +280,22 @@ fn nvme_controllers_without_namespaces_in_use_are_listed() {
         .unwrap();
     assert!(audit(&ctx).unwrap().is_empty());
 
-    // A connect killed after `nvme connect`: a controller with the namespace, no record.
-    let out = run(
-        &sim.runner,
-        "nvme",
-        &[
-            "connect",
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            "4420",
-            "-n",
-            nvme::NQN,
-            "-q",
-            nvme::HOSTNQN,
-            "-I",
-            nvme::HOSTID,
-            "-l",
-            "600",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    // A connect killed once the kernel made the controller (its write to /dev/nvme-fabrics
+    // returned): a controller with the namespace, no record.
+    let host = sim.fake.host();
+    let answer = host
+        .exchange(
+            &host.dev("nvme-fabrics"),
+            &format!(
+                "nqn={},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={},hostid={},ctrl_loss_tmo=600",
+                nvme::NQN,
+                nvme::HOSTNQN,
+                nvme::HOSTID
+            ),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("instance="), "{answer:?}");
     let r = audit(&ctx).unwrap();
     assert_eq!(r.nvme_controllers.len(), 1, "{r:?}");
     let o = &r.nvme_controllers[0];

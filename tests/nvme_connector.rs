@@ -1,4 +1,5 @@
-//! The NVMe-oF connector end to end on a fake host tree with simulated nvme-cli and mdadm.
+//! The NVMe-oF connector end to end on a fake host tree whose kernel answers
+//! `/dev/nvme-fabrics` and `delete_controller`, with simulated `nvme id-ns` and mdadm.
 
 use hostbrick::testing::sim::nvme::*;
 use hostbrick::testing::sim::MIB;
@@ -24,16 +25,12 @@ fn attach_and_detach_one_namespace() {
     assert_eq!(v["path"], "/dev/nvme0n1");
     assert_eq!(v["nvme_paths"][0]["controller"], "nvme0");
     assert_eq!(v["nvme_paths"][0]["uuid"], UUID_1);
-    let connect = sim
-        .runner
-        .calls()
-        .into_iter()
-        .find(|c| c.starts_with("nvme connect"))
-        .unwrap();
-    assert!(
-        connect.contains(&format!("-q {HOSTNQN} -I {HOSTID}")),
-        "{connect}"
+    // The kernel's interface, as nvme-cli uses it: one option string, no process.
+    assert_eq!(
+        sim.fabrics_requests(),
+        [format!("nqn={NQN},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID},ctrl_loss_tmo=600")]
     );
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
     assert_eq!(sim.registry_entries(), 1);
     assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);
     c.check_valid_device(&rec.path).unwrap();
@@ -41,10 +38,65 @@ fn attach_and_detach_one_namespace() {
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
+    // The head was flushed in process and the controller went through sysfs
+    // (`delete_controller`): no process ran.
+    assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
+    assert_eq!(sim.fake.flushes(), ["/dev/nvme0n1"]);
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     c.disconnect_volume(&ci, None, DisconnectOptions::default())
         .unwrap();
+    let programs: Vec<String> = sim
+        .runner
+        .commands()
+        .iter()
+        .map(|c| c.program().to_string())
+        .collect();
+    assert!(programs.iter().all(|p| p == "blockdev"), "{programs:?}");
+    // Attached again after the delete: the kernel's list no longer has the controller.
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(sim.fabrics_requests().len(), 2);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn the_fabrics_module_is_loaded_when_its_device_is_missing() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.unload_fabrics_module();
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "m");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(sim.runner.calls(), ["modprobe nvme-fabrics"]);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    c.connect_volume(&ci).unwrap();
+    assert_eq!(sim.runner.count("modprobe"), 1, "loaded once");
+    assert_eq!(sim.fabrics_requests().len(), 2);
+}
+
+#[test]
+fn a_portal_address_cannot_carry_connect_options() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    for addr in [
+        "127.0.0.1,hostnqn=nqn.2014-08.org.evil:h",
+        "127.0.0.1,duplicate_connect",
+        "127.0.0.1=",
+        "127.0.0.1\nnqn=x",
+    ] {
+        let ci = ConnectionInfo::from_value(&json!({"driver_volume_type": "nvmeof", "data": {
+            "target_nqn": NQN, "portals": [[addr, 4420, "tcp"]], "vol_uuid": UUID_1}}));
+        match ci.unwrap_err() {
+            Error::InvalidConnectionInfo { field, .. } => {
+                assert_eq!(field, "data.portals[0]", "{addr:?}")
+            }
+            other => panic!("{addr:?}: {other:?}"),
+        }
+    }
+    assert!(sim.fabrics_requests().is_empty());
 }
 
 #[test]
@@ -67,7 +119,7 @@ fn two_namespaces_share_a_controller_and_detach_independently() {
         (Some("/dev/nvme0n1"), Some("/dev/nvme0n2"))
     );
     assert_eq!(
-        sim.runner.count("nvme connect"),
+        sim.fabrics_requests().len(),
         1,
         "the second volume reuses the controller"
     );
@@ -262,6 +314,11 @@ fn unreachable_target_is_a_typed_error() {
         .unwrap_err();
     assert_eq!(e.kind(), "volume_device_not_found");
     assert!(e.chain().contains("Connection refused"), "{}", e.chain());
+    assert!(
+        e.chain().contains("NVMe-oF connect to tcp:127.0.0.1:4420"),
+        "{}",
+        e.chain()
+    );
     sim.assert_clean();
 }
 
@@ -299,7 +356,7 @@ fn a_host_nqn_that_clashes_with_the_host_id_is_refused_before_connecting() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(sim.runner.count("nvme connect"), 1);
+    assert_eq!(sim.fabrics_requests().len(), 1);
     c.disconnect_volume(&mine, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
@@ -360,9 +417,11 @@ fn nvme_alias_and_unknown_transports_connect_over_tcp() {
     .unwrap();
     let rec = c.connect_volume(&ci).unwrap();
     assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
-    assert_eq!(
-        sim.runner.count("nvme connect -t tcp -a 127.0.0.1 -s 4420"),
-        1
+    let connects = sim.fabrics_requests();
+    assert_eq!(connects.len(), 1);
+    assert!(
+        connects[0].contains(",transport=tcp,traddr=127.0.0.1,trsvcid=4420,"),
+        "{connects:?}"
     );
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
@@ -380,14 +439,9 @@ fn host_nqn_in_the_data_is_the_connect_host_nqn() {
         "vol_uuid": UUID_1, "host_nqn": theirs, "volume_id": "h"}),
     );
     let rec = c.connect_volume(&ci).unwrap();
-    let connect = sim
-        .runner
-        .calls()
-        .into_iter()
-        .find(|c| c.starts_with("nvme connect"))
-        .unwrap();
+    let connect = sim.fabrics_requests().pop().unwrap();
     assert!(
-        connect.contains(&format!("-q {theirs} -I {HOSTID}")),
+        connect.contains(&format!(",hostnqn={theirs},hostid={HOSTID},")),
         "{connect}"
     );
     assert_eq!(c.get_volume_paths(&ci).unwrap(), vec![rec.path.clone()]);

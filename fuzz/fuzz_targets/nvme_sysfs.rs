@@ -1,20 +1,27 @@
-//! NVMe sysfs attribute values: a controller's `address` (`traddr=..,trsvcid=..`), namespace
-//! entry names, and a namespace's `nsid`, `uuid` and `nguid`. The parsers never panic, and
-//! what they return is normalized and consistent with itself.
+//! NVMe kernel text: a controller's `address` (`traddr=..,trsvcid=..`), namespace entry
+//! names, a namespace's `nsid`, `uuid` and `nguid`, and `/dev/nvme-fabrics`'s answer to a
+//! connect (`instance=N,cntlid=M`). The parsers never panic, and what they return is
+//! normalized and consistent with itself. Also the other way: a connect's option string,
+//! with the input as the portal address and host NQN, is refused or holds exactly its seven
+//! options (nothing spliced in).
 //!
 //! The whole input is first given to each single-value parser; then its lines are read as
 //! one directory's attributes: entry name, nsid, uuid, nguid (a namespace), then address,
 //! transport, subsysnqn, hostnqn (a controller). A missing line is a missing file.
 #![no_main]
 
-use hostbrick::internals::nvme::{head_name, parse_address, Controller, Namespace};
-use hostbrick::nvme::{NamespaceId, NvmePortal};
+use hostbrick::internals::nvme::{
+    connect_options, head_name, parse_address, parse_answer, ConnectArgs, Controller, Namespace,
+};
+use hostbrick::nvme::{NamespaceId, Nqn, NvmePortal, NvmeTransport};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     check_address(&text);
     check_head(&text);
+    check_fabrics_answer(&text);
+    check_connect_options(&text);
 
     let mut lines = text.split('\n');
     let mut next = || lines.next();
@@ -84,6 +91,66 @@ fn check_address(text: &str) {
         assert_eq!(k, k.trim());
         assert_eq!(v, v.trim());
         assert!(!k.contains([',', '=']) && !v.contains(','), "{k:?}={v:?}");
+    }
+}
+
+fn check_fabrics_answer(text: &str) {
+    let Ok(a) = parse_answer(text) else {
+        return;
+    };
+    assert!(text.contains(&format!("instance={}", a.instance)), "{a:?}");
+    assert_eq!(a.controller(), format!("nvme{}", a.instance));
+    let again = parse_answer(&format!("instance={},cntlid={}\n", a.instance, a.cntlid));
+    assert_eq!(again, Ok(a));
+}
+
+fn check_connect_options(text: &str) {
+    // Host names would be resolved (a DNS lookup per input): addresses only.
+    let line = text.lines().next().unwrap_or("");
+    if line.parse::<std::net::IpAddr>().is_err() && !line.contains([',', '=', '\n', ' ']) {
+        return;
+    }
+    let nqn: Nqn = "nqn.2014-08.org.hostbrick:fuzz".parse().unwrap();
+    let portal = NvmePortal {
+        address: line.to_string(),
+        port: 4420,
+        transport: NvmeTransport::Tcp,
+    };
+    let hostid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    for (portal, hostnqn) in [
+        (
+            portal.clone(),
+            "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e",
+        ),
+        (
+            NvmePortal {
+                address: "127.0.0.1".into(),
+                ..portal
+            },
+            text,
+        ),
+    ] {
+        let args = ConnectArgs {
+            nqn: &nqn,
+            portal: &portal,
+            hostnqn,
+            hostid,
+            ctrl_loss_tmo: std::time::Duration::from_secs(600),
+        };
+        let Ok(s) = connect_options(&args) else {
+            continue;
+        };
+        let keys: Vec<&str> = s
+            .split([',', '\n'])
+            .map(|f| f.split_once('=').map_or(f, |(k, _)| k))
+            .collect();
+        assert_eq!(
+            keys,
+            ["nqn", "transport", "traddr", "trsvcid", "hostnqn", "hostid", "ctrl_loss_tmo"],
+            "{s:?}"
+        );
+        assert!(s.contains(&format!(",hostnqn={hostnqn},")), "{s:?}");
+        assert!(!s.contains(char::is_whitespace), "{s:?}");
     }
 }
 

@@ -199,7 +199,7 @@ pub enum ControllerReason {
 /// An NVMe-oF controller without namespaces in use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrphanController {
-    /// The controller, `nvmeN` (`nvme disconnect -d nvmeN`).
+    /// The controller, `nvmeN` (`/sys/class/nvme/nvmeN`).
     pub name: String,
     /// The subsystem NQN.
     pub subsysnqn: String,

@@ -139,7 +139,7 @@ impl Default for IscsiOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NvmeOptions {
     /// How long the kernel keeps reconnecting a lost controller before giving it up
-    /// (`nvme connect --ctrl-loss-tmo`).
+    /// (the connect's `ctrl_loss_tmo` option, `nvme connect --ctrl-loss-tmo`).
     pub ctrl_loss_timeout: Duration,
 }
 

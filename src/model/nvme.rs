@@ -235,8 +235,8 @@ pub struct NvmeProperties {
     pub replicas: Vec<NvmeTarget>,
     /// `alias`: the MD array name for a replicated volume (`/dev/md/<alias>`).
     pub alias: Option<String>,
-    /// `host_nqn`: the host NQN the storage exported to, when given (`nvme connect -q`
-    /// then uses it instead of the host's own). For a replicated volume, the replicas'
+    /// `host_nqn`: the host NQN the storage exported to, when given (the connect's
+    /// `hostnqn` option then is it instead of the host's own). For a replicated volume, the replicas'
     /// `host_nqn` (they must agree), else the one beside them.
     pub host_nqn: Option<Nqn>,
     /// `volume_id`.

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::cli::{self, ConnectOutcome};
 use super::controllers::{all_controllers, native_multipath, ControllerFinder};
+use super::fabrics::{self, ConnectOutcome};
 use super::namespaces::{resolve_namespace, Namespace, Resolved};
 use super::teardown::Release;
 use super::{
@@ -242,24 +242,31 @@ impl ConnectRun<'_> {
                         reason: format!("controller {other} already uses host id {} with host NQN {other_nqn}; the kernel refuses {} with the same host id", self.hostid, self.hostnqn),
                     });
                 }
-                let args = cli::ConnectArgs {
+                let args = fabrics::ConnectArgs {
                     nqn: &copy.nqn,
                     portal,
                     hostnqn: self.hostnqn,
                     hostid: self.hostid,
                     ctrl_loss_tmo: op.opts.nvme.ctrl_loss_timeout,
                 };
-                if cli::connect(op.runner(), &args, deadline)? == ConnectOutcome::Connected {
-                    self.made.push((copy.nqn.clone(), portal.clone()));
+                match fabrics::connect(op.runner(), host, &args, deadline)? {
+                    // The kernel answers once the controller is live, its sysfs entry made.
+                    ConnectOutcome::Connected(name) => {
+                        self.made.push((copy.nqn.clone(), portal.clone()));
+                        self.ctrls.hint(&name);
+                        name
+                    }
+                    // Another connect made it after the lookup above: it shows in sysfs.
+                    ConnectOutcome::AlreadyConnected => {
+                        let what = format!("controller for {} at {portal}", copy.nqn);
+                        let (ctrls, hostnqn) = (&mut self.ctrls, self.hostnqn);
+                        watch.wait_for(&what, deadline, || {
+                            Ok(ctrls
+                                .find(copy.nqn.as_str(), portal, hostnqn)?
+                                .map(|c| c.name))
+                        })?
+                    }
                 }
-                // Each check reads only the controllers that appeared since the last.
-                let what = format!("controller for {} at {portal}", copy.nqn);
-                let (ctrls, hostnqn) = (&mut self.ctrls, self.hostnqn);
-                watch.wait_for(&what, deadline, || {
-                    Ok(ctrls
-                        .find(copy.nqn.as_str(), portal, hostnqn)?
-                        .map(|c| c.name))
-                })?
             }
         };
         tracing::info!(phase = "connect", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "controller ready");

@@ -1,7 +1,8 @@
 //! The NVMe-oF connector (TCP, RDMA).
 //!
 //! Connect, per portal: reuse a live controller for (subsystem, transport, address, port,
-//! host NQN) and rescan it, else `nvme connect` with the host NQN and host id; then the
+//! host NQN) and rescan it, else a new one from the kernel (the connect's options written
+//! to `/dev/nvme-fabrics`, as nvme-cli does, with no process); then the
 //! namespace by UUID, NGUID or namespace id, awaited through udev, as its multipath head
 //! device. With native multipath every portal is connected, otherwise the first that works.
 //! A replicated volume gets an MD RAID1 over its replicas. A controller is shared by every
@@ -15,14 +16,16 @@
 //!
 //! Inside: `connect` (portals, controllers, the namespace wait, MD over replicas), `teardown`
 //! (disconnect, controller release), `extend`, `controllers` and `namespaces` (sysfs lookups,
-//! with the one namespace resolver), `identity` (host NQN and host id), `cli` (the `nvme`
-//! wrapper) and `audit`.
+//! with the one namespace resolver), `identity` (host NQN and host id), `fabrics` (the
+//! kernel's connect and disconnect interface), `cli` (the `nvme` wrapper, for `id-ns`) and
+//! `audit`.
 
 pub(crate) mod audit;
 pub(crate) mod cli;
 mod connect;
 pub(crate) mod controllers;
 mod extend;
+pub(crate) mod fabrics;
 pub(crate) mod identity;
 pub(crate) mod namespaces;
 mod teardown;

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::cli;
 use super::controllers::ControllerFinder;
+use super::fabrics;
 use super::namespaces::{self, resolve_namespace, Resolved};
 use super::{controller_lock_key, Attachment, Nqn, NvmeDriver, NvmePortal, NvmeProperties};
 use crate::connector::{ms, DisconnectOptions, Operation};
@@ -64,7 +64,8 @@ impl Release<'_> {
         }
         let started = Instant::now();
         let mut watch = DeviceWatch::open(host, &["nvme", "block"]);
-        cli::disconnect(op.runner(), &ctrl.name, self.deadline)?;
+        // The kernel removes the controller inside the write; the wait only confirms it.
+        fabrics::delete_controller(host, &ctrl.name)?;
         watch.wait_for(
             &format!("removal of controller {}", ctrl.name),
             self.deadline,

@@ -22,6 +22,11 @@ pub type WriteHook = Arc<dyn Fn(&Path, &str) + Send + Sync>;
 /// Called in place of the kernel's buffer flush ([`Host::flush_device`]) on a fake tree,
 /// with the device's path in the tree; its error is the flush's.
 pub type FlushHook = Arc<dyn Fn(&Path) -> std::io::Result<()> + Send + Sync>;
+/// Answers an [exchange](Host::exchange) with a kernel control device in place of the
+/// kernel, for fake trees: gets the device's path and the request written, returns what the
+/// kernel would give back on the same open file, or the error (with the kernel's errno,
+/// [`std::io::Error::from_raw_os_error`]) the write would fail with.
+pub type ExchangeHook = Arc<dyn Fn(&Path, &str) -> std::io::Result<String> + Send + Sync>;
 
 /// Where the host's kernel and system files live.
 #[derive(Clone)]
@@ -34,6 +39,7 @@ pub struct Host {
     real: bool,
     write_hook: Option<WriteHook>,
     flush_hook: Option<FlushHook>,
+    exchange_hook: Option<ExchangeHook>,
 }
 
 impl std::fmt::Debug for Host {
@@ -46,6 +52,7 @@ impl std::fmt::Debug for Host {
             .field("proc", &self.proc)
             .field("write_hook", &self.write_hook.is_some())
             .field("flush_hook", &self.flush_hook.is_some())
+            .field("exchange_hook", &self.exchange_hook.is_some())
             .finish()
     }
 }
@@ -85,6 +92,7 @@ impl Host {
             real: true,
             write_hook: None,
             flush_hook: None,
+            exchange_hook: None,
         }
     }
 
@@ -102,6 +110,7 @@ impl Host {
             real,
             write_hook: None,
             flush_hook: None,
+            exchange_hook: None,
         }
     }
 
@@ -115,6 +124,13 @@ impl Host {
     /// [`FlushHook`]).
     pub fn with_flush_hook(mut self, hook: FlushHook) -> Self {
         self.flush_hook = Some(hook);
+        self
+    }
+
+    /// Answers every [exchange](Host::exchange) with `hook` instead of the device (for fake
+    /// trees; see [`ExchangeHook`]).
+    pub fn with_exchange_hook(mut self, hook: ExchangeHook) -> Self {
+        self.exchange_hook = Some(hook);
         self
     }
 
@@ -265,6 +281,48 @@ impl Host {
                 waited: started.elapsed(),
             }),
         }
+    }
+
+    /// One request to a kernel control device that answers on the same open file (e.g.
+    /// `/dev/nvme-fabrics`): the device is opened read-write, `request` goes in one write
+    /// call, and what one read then returns is the answer.
+    ///
+    /// The outer result is the device's: an [`Error::Io`] when it cannot be opened (`ENOENT`:
+    /// not there) or its answer cannot be read. The inner one is the kernel's answer to the
+    /// request: the text, or the error the write failed with, carrying the kernel's errno
+    /// ([`std::io::Error::raw_os_error`]). The write blocks for as long as the kernel works
+    /// on the request. With an [exchange hook](Host::with_exchange_hook) the device is opened
+    /// (so a missing one fails the same way) and the hook answers in place of the kernel.
+    pub fn exchange(&self, path: &Path, request: &str) -> Result<std::io::Result<String>> {
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        if let Some(hook) = &self.exchange_hook {
+            drop(f);
+            return Ok(hook(path, request));
+        }
+        match f.write(request.as_bytes()) {
+            Ok(n) if n == request.len() => {}
+            Ok(n) => {
+                return Err(Error::UnexpectedContent {
+                    path: path.to_path_buf(),
+                    reason: format!("the kernel took {n} of the {} bytes written", request.len()),
+                })
+            }
+            Err(e) => return Ok(Err(e)),
+        }
+        // The answer is one short line: what the kernel has fits one read.
+        let mut buf = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(path, e))?;
+        buf.truncate(n);
+        String::from_utf8(buf)
+            .map(Ok)
+            .map_err(|_| Error::UnexpectedContent {
+                path: path.to_path_buf(),
+                reason: "the answer is not UTF-8".into(),
+            })
     }
 
     /// Names of the entries of a directory, sorted; empty when it does not exist.
@@ -460,5 +518,34 @@ mod tests {
             h.list_dir(&d.path().join("nope")).unwrap(),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn exchanges() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = d.path().join("dev/ctl");
+        std::fs::create_dir_all(dev.parent().unwrap()).unwrap();
+        // No device: the open fails, nothing is asked.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let h = Host::with_root(d.path()).with_exchange_hook(Arc::new(move |p, req| {
+            s.lock().unwrap().push((p.to_path_buf(), req.to_string()));
+            match req {
+                "busy" => Err(std::io::Error::from_raw_os_error(nix::libc::EALREADY)),
+                _ => Ok(format!("got {req}\n")),
+            }
+        }));
+        assert!(h.exchange(&dev, "x").unwrap_err().is_not_found());
+        assert!(seen.lock().unwrap().is_empty());
+        std::fs::write(&dev, "").unwrap();
+        assert_eq!(h.exchange(&dev, "a=1").unwrap().unwrap(), "got a=1\n");
+        let refused = h.exchange(&dev, "busy").unwrap().unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(nix::libc::EALREADY));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert_eq!(seen.lock().unwrap()[0], (dev.clone(), "a=1".to_string()));
+        // Without a hook a plain file takes the write and has nothing more to read.
+        let plain = Host::with_root(d.path());
+        assert_eq!(plain.exchange(&dev, "a=1").unwrap().unwrap(), "");
+        assert_eq!(std::fs::read_to_string(&dev).unwrap(), "a=1");
     }
 }

@@ -26,14 +26,25 @@ pub(super) struct State {
     next_dm: u32,
 }
 
+/// Answers exchanges with one control device of the tree in place of the kernel: gets the
+/// tree and the request.
+pub(crate) type ExchangeAnswer =
+    Arc<dyn Fn(&FakeHost, &str) -> std::io::Result<String> + Send + Sync>;
+
 struct Inner {
     dir: tempfile::TempDir,
     state: Mutex<State>,
+    /// Control devices (path relative to the root) and what answers them.
+    answers: Mutex<Vec<(PathBuf, ExchangeAnswer)>>,
+    /// Every exchange so far: the device (relative to the root) and the request.
+    exchanges: Mutex<Vec<(PathBuf, String)>>,
 }
 
 /// A fake host tree in a temporary directory (`sys`, `dev`, `etc`, `run`), laid out like
-/// the kernel's, with a "kernel" that answers writes of `scan`, `delete` and `rescan`
-/// attributes made through [`FakeHost::host`]. Cloning shares the tree; it is removed when
+/// the kernel's, with a "kernel" that answers writes of `scan`, `delete`, `rescan`,
+/// `rescan_controller` and `delete_controller` attributes made through [`FakeHost::host`],
+/// and, where a simulator set one up, exchanges with a control device (the NVMe simulator's
+/// `/dev/nvme-fabrics`), which it records ([`FakeHost::exchanges`]). Cloning shares the tree; it is removed when
 /// the last clone goes.
 #[derive(Clone)]
 pub struct FakeHost {
@@ -100,6 +111,8 @@ impl FakeHost {
             inner: Arc::new(Inner {
                 dir,
                 state: Mutex::new(State::default()),
+                answers: Mutex::new(Vec::new()),
+                exchanges: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -109,10 +122,12 @@ impl FakeHost {
         self.inner.dir.path()
     }
 
-    /// A [`Host`] handle on the tree; its attribute writes reach the fake kernel.
+    /// A [`Host`] handle on the tree; its attribute writes and its exchanges with control
+    /// devices ([`Host::exchange`]) reach the fake kernel.
     pub fn host(&self) -> Host {
         let weak = Arc::downgrade(&self.inner);
         let flushing = weak.clone();
+        let weak2 = weak.clone();
         Host::with_root(self.root())
             .with_write_hook(Arc::new(move |path, value| {
                 if let Some(inner) = weak.upgrade() {
@@ -122,6 +137,10 @@ impl FakeHost {
             .with_flush_hook(Arc::new(move |path| match flushing.upgrade() {
                 Some(inner) => FakeHost { inner }.on_flush(path),
                 None => Ok(()),
+            }))
+            .with_exchange_hook(Arc::new(move |path, request| match weak2.upgrade() {
+                Some(inner) => FakeHost { inner }.on_exchange(path, request),
+                None => Err(std::io::Error::from_raw_os_error(nix::libc::ENODEV)),
             }))
     }
 
@@ -136,6 +155,34 @@ impl FakeHost {
         lock(&self.inner.state)
             .failing_flushes
             .insert(dev.to_string(), errno);
+    }
+
+    /// Answers exchanges with the control device `rel` (relative to the root, e.g.
+    /// `dev/nvme-fabrics`) with `answer`, in place of the kernel. A device nothing answers
+    /// fails every request with `ENODEV`.
+    pub(crate) fn answer_exchanges(&self, rel: &str, answer: ExchangeAnswer) {
+        lock(&self.inner.answers).push((PathBuf::from(rel), answer));
+    }
+
+    /// Every request written to a control device through [`FakeHost::host`] so far, in
+    /// order: the device's path relative to the root (e.g. `dev/nvme-fabrics`) and the
+    /// request.
+    pub fn exchanges(&self) -> Vec<(PathBuf, String)> {
+        lock(&self.inner.exchanges).clone()
+    }
+
+    fn on_exchange(&self, path: &Path, request: &str) -> std::io::Result<String> {
+        let rel = path.strip_prefix(self.root()).unwrap_or(path).to_path_buf();
+        lock(&self.inner.exchanges).push((rel.clone(), request.to_string()));
+        let answer = lock(&self.inner.answers)
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == rel)
+            .map(|(_, a)| a.clone());
+        match answer {
+            Some(a) => a(self, request),
+            None => Err(std::io::Error::from_raw_os_error(nix::libc::ENODEV)),
+        }
     }
 
     pub(super) fn p(&self, rel: &str) -> PathBuf {

@@ -4,9 +4,10 @@
 //! target, kernel module or root.
 //!
 //! - [`iscsi`]: `iscsiadm` (node records, discovery, logins with CHAP, sessions),
-//!   `multipath`/`multipathd`, `dmsetup remove`, over SCSI LUNs; the fake kernel flushes.
-//! - [`nvme`]: `nvme connect`/`disconnect`/`id-ns`, `mdadm`, over NVMe-oF
-//!   subsystems with native or no multipath.
+//!   `multipath`/`multipathd` and `dmsetup remove`, over SCSI LUNs; the fake kernel flushes.
+//! - [`nvme`]: the kernel's `/dev/nvme-fabrics` connects and `delete_controller`, `modprobe
+//!   nvme-fabrics`, `nvme id-ns` and `mdadm`, over NVMe-oF subsystems with native or no
+//!   multipath.
 //! - [`rbd`]: `rbd` and `rbd-nbd` `map`/`showmapped`/`unmap`/`info` over Ceph images, with
 //!   the keyring check of a cluster that requires `cephx`.
 //!
@@ -118,6 +119,29 @@ impl<S: Send + 'static> Tools<S> {
     ) {
         let tools = self.clone();
         runner.on(program, prefix, move |c| answer(&tools, c));
+    }
+}
+
+impl<S: Send + 'static> Tools<S> {
+    /// Answers exchanges with the control device `rel` of the tree (e.g. `dev/nvme-fabrics`)
+    /// in place of the kernel: `answer` gets these tools and the request. The tree holds the
+    /// answer; it keeps only the state, so no reference cycle keeps the tree alive.
+    pub(crate) fn answer_exchanges(
+        &self,
+        rel: &str,
+        answer: impl Fn(&Self, &str) -> std::io::Result<String> + Send + Sync + 'static,
+    ) {
+        let state = self.state.clone();
+        self.fake.answer_exchanges(
+            rel,
+            Arc::new(move |fake, request| {
+                let tools = Tools {
+                    fake: fake.clone(),
+                    state: state.clone(),
+                };
+                answer(&tools, request)
+            }),
+        );
     }
 }
 

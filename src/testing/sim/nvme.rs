@@ -1,8 +1,10 @@
-//! A simulated NVMe-oF initiator stack on a fake host tree: `nvme connect`, `disconnect`
-//! and `id-ns`, `mdadm` (`--examine`, `--create`, `--assemble`, `--grow --size max`,
-//! `--stop`, with superblocks kept on the target's namespaces), answering as the real tools
-//! do. A connect makes
-//! the controller and its namespaces in the tree, as native NVMe multipath shows them.
+//! A simulated NVMe-oF initiator stack on a fake host tree: the kernel's `/dev/nvme-fabrics`
+//! (a connect's option string in, `instance=N,cntlid=M` or the kernel's errno out; every
+//! request recorded, [`NvmeSim::fabrics_requests`]) and `delete_controller`, `modprobe
+//! nvme-fabrics`, `nvme id-ns`, `mdadm` (`--examine`, `--create`, `--assemble`, `--grow
+//! --size max`, `--stop`, with superblocks kept on the target's namespaces),
+//! answering as the kernel and the real tools do. A connect makes the controller and its
+//! namespaces in the tree, as native NVMe multipath shows them.
 //!
 //! ```
 //! use hostbrick::testing::sim::nvme::{volume, NvmeSim, NQN, UUID_1};
@@ -25,6 +27,9 @@ use std::time::Duration;
 use super::{args, connection_info, names_in, Tools};
 use crate::testing::{FakeHost, FakeRunner};
 use crate::{Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
+
+/// The fabrics control device, relative to the tree's root.
+const FABRICS_DEVICE: &str = "dev/nvme-fabrics";
 
 /// The subsystem NQN of the volumes [`volume`] describes.
 pub const NQN: &str = "nqn.2014-08.org.hostbrick:vm1";
@@ -67,8 +72,9 @@ fn nguid_of(uuid: &str) -> String {
     uuid.replace('-', "")
 }
 
-/// The simulated NVMe-oF stack: a fake host tree and a runner whose `nvme` and `mdadm` act
-/// on it. Cloning shares both.
+/// The simulated NVMe-oF stack: a fake host tree whose kernel answers NVMe-oF connects,
+/// controller deletes and flushes, and a runner whose `modprobe`, `nvme` and `mdadm` act on
+/// it. Cloning shares both.
 #[derive(Clone)]
 pub struct NvmeSim {
     /// The host tree the simulated tools change (host NQN and id set).
@@ -101,7 +107,13 @@ impl NvmeSim {
             std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
             std::fs::write(root.join(p), format!("{v}\n")).unwrap();
         }
+        std::fs::write(root.join(FABRICS_DEVICE), "").unwrap();
         let (t, r) = (&sim.tools, &*sim.runner);
+        t.answer_exchanges(FABRICS_DEVICE, |t, request| t.fabrics_connect(request));
+        t.answer(r, "modprobe", &["nvme-fabrics"], |t, _| {
+            std::fs::write(t.root().join(FABRICS_DEVICE), "").unwrap();
+            CommandOutput::ok("")
+        });
         t.answer(r, "nvme", &[], |t, c| t.nvme(c));
         t.answer(r, "mdadm", &[], |t, c| t.mdadm(c));
         sim
@@ -127,6 +139,23 @@ impl NvmeSim {
                 .map(|(n, u, s)| (*n, u.to_string(), *s))
                 .collect(),
         });
+    }
+
+    /// Every connect written to `/dev/nvme-fabrics` so far: the kernel's option strings, in
+    /// order.
+    pub fn fabrics_requests(&self) -> Vec<String> {
+        self.fake
+            .exchanges()
+            .into_iter()
+            .filter(|(p, _)| p.as_path() == std::path::Path::new(FABRICS_DEVICE))
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Unloads the `nvme-fabrics` module: `/dev/nvme-fabrics` is gone until a `modprobe
+    /// nvme-fabrics` loads it again.
+    pub fn unload_fabrics_module(&self) {
+        let _ = std::fs::remove_file(self.fake.root().join(FABRICS_DEVICE));
     }
 
     /// Makes connects to `address` be refused (`up` false) or work again.
@@ -201,65 +230,6 @@ impl Tools<State> {
         let a = args(c);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         match a.as_slice() {
-            ["connect", "-t", "tcp", "-a", addr, "-s", port, "-n", nqn, "-q", hostnqn, "-I", _hostid, "-l", _tmo] =>
-            {
-                let port: u16 = port.parse().unwrap();
-                let mut st = self.state();
-                let Some(sub) = st
-                    .subsystems
-                    .iter()
-                    .find(|s| {
-                        s.nqn == *nqn
-                            && s.portals.iter().any(|p| p.0 == *addr && p.1 == port && p.2)
-                    })
-                    .cloned()
-                else {
-                    return CommandOutput::exit(1, "Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: failed to write to nvme-fabrics device\n");
-                };
-                if st
-                    .controllers
-                    .iter()
-                    .any(|x| x.1 == *nqn && x.2 == *addr && x.3 == port && x.4 == *hostnqn)
-                {
-                    return CommandOutput::exit(1, "already connected\n");
-                }
-                let ctrl = st.next_ctrl;
-                st.next_ctrl += 1;
-                st.controllers.push((
-                    ctrl,
-                    nqn.to_string(),
-                    addr.to_string(),
-                    port,
-                    hostnqn.to_string(),
-                ));
-                drop(st);
-                self.fake
-                    .add_nvme_controller(ctrl, nqn, "tcp", addr, port, hostnqn);
-                for (nsid, uuid, size) in &sub.namespaces {
-                    let head = self.fake.add_nvme_namespace(
-                        ctrl,
-                        sub.instance,
-                        *nsid,
-                        uuid,
-                        &nguid_of(uuid),
-                        *size,
-                    );
-                    self.incremental(&head);
-                }
-                CommandOutput::ok("")
-            }
-            ["disconnect", "-d", name] => {
-                let n: u32 = name.trim_start_matches("nvme").parse().unwrap();
-                let mut st = self.state();
-                let Some(pos) = st.controllers.iter().position(|x| x.0 == n) else {
-                    return CommandOutput::exit(0, format!("Did not find device {name}\n"));
-                };
-                let nqn = st.controllers.remove(pos).1;
-                drop(st);
-                self.fake.remove_nvme_controller(name);
-                let _ = nqn;
-                CommandOutput::ok("")
-            }
             ["id-ns", dev, "-o", "json"] => {
                 let head = dev.trim_start_matches("/dev/");
                 let uuid =
@@ -279,6 +249,92 @@ impl Tools<State> {
             }
             _ => CommandOutput::exit(1, format!("nvme: unsupported {a:?}\n")),
         }
+    }
+
+    /// The kernel's answer to a connect written to `/dev/nvme-fabrics`: the options parsed
+    /// as the kernel parses them (unknown or missing ones are `EINVAL`), `ECONNREFUSED` where
+    /// no reachable portal offers the subsystem, `EALREADY` for a controller that exists
+    /// (the tree's controllers are the kernel's list), else the controller made with its
+    /// namespaces and `instance=N,cntlid=M`.
+    fn fabrics_connect(&self, request: &str) -> std::io::Result<String> {
+        use nix::libc;
+        let err = std::io::Error::from_raw_os_error;
+        let mut opts = std::collections::HashMap::new();
+        for field in request.split([',', '\n']).filter(|f| !f.is_empty()) {
+            let Some((k, v)) = field.split_once('=') else {
+                return Err(err(libc::EINVAL));
+            };
+            if !matches!(
+                k,
+                "nqn" | "transport" | "traddr" | "trsvcid" | "hostnqn" | "hostid" | "ctrl_loss_tmo"
+            ) || opts.insert(k, v).is_some()
+            {
+                return Err(err(libc::EINVAL));
+            }
+        }
+        let (Some(nqn), Some(&"tcp"), Some(addr), Some(hostnqn)) = (
+            opts.get("nqn").copied(),
+            opts.get("transport"),
+            opts.get("traddr").copied(),
+            opts.get("hostnqn").copied(),
+        ) else {
+            return Err(err(libc::EINVAL));
+        };
+        let port: u16 = match opts.get("trsvcid") {
+            Some(p) => p.parse().map_err(|_| err(libc::EINVAL))?,
+            None => 4420,
+        };
+        if opts.get("hostid").is_some_and(|id| id.len() != 36)
+            || opts
+                .get("ctrl_loss_tmo")
+                .is_some_and(|t| t.parse::<i32>().is_err())
+        {
+            return Err(err(libc::EINVAL));
+        }
+        let root = self.root().to_path_buf();
+        let mut st = self.state();
+        let Some(sub) = st
+            .subsystems
+            .iter()
+            .find(|s| s.nqn == nqn && s.portals.iter().any(|p| p.0 == addr && p.1 == port && p.2))
+            .cloned()
+        else {
+            return Err(err(libc::ECONNREFUSED));
+        };
+        // A controller deleted through sysfs is gone from the kernel's list.
+        st.controllers
+            .retain(|x| root.join(format!("sys/class/nvme/nvme{}", x.0)).exists());
+        if st
+            .controllers
+            .iter()
+            .any(|x| x.1 == nqn && x.2 == addr && x.3 == port && x.4 == hostnqn)
+        {
+            return Err(err(libc::EALREADY));
+        }
+        let ctrl = st.next_ctrl;
+        st.next_ctrl += 1;
+        st.controllers.push((
+            ctrl,
+            nqn.to_string(),
+            addr.to_string(),
+            port,
+            hostnqn.to_string(),
+        ));
+        drop(st);
+        self.fake
+            .add_nvme_controller(ctrl, nqn, "tcp", addr, port, hostnqn);
+        for (nsid, uuid, size) in &sub.namespaces {
+            let head = self.fake.add_nvme_namespace(
+                ctrl,
+                sub.instance,
+                *nsid,
+                uuid,
+                &nguid_of(uuid),
+                *size,
+            );
+            self.incremental(&head);
+        }
+        Ok(format!("instance={ctrl},cntlid={}\n", ctrl + 1))
     }
 
     fn mdadm(&self, c: &Command) -> CommandOutput {

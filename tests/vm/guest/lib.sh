@@ -706,6 +706,37 @@ exit \$rc
 WRAP
     chmod +x "$FAULT_BIN/$prog"
 }
+# fault_on_nvme_ctrl NQN HOOK...: fault_wrap for NVMe connects, which run no program a
+# wrapper could stand in for (hostbrick writes to /dev/nvme-fabrics itself): a watcher polls
+# sysfs from now on and, once a controller of NQN exists, runs the hook once, as fault_wrap's
+# hooks run ($FAULT_PARENT: the attach process), then marks it fired (fault_fired nvme).
+# Only a hook that does not race the connect is deterministic: keep what hostbrick waits for
+# next (the namespace) away until the hook has run. fault_watch_end waits for the watcher.
+fault_on_nvme_ctrl() {
+    local nqn=$1 exe; shift
+    exe=$(readlink -f "$ATTACH")
+    mkdir -p "$FAULT_BIN"
+    printf '%s\n' "$*" > "$FAULT_BIN/nvme.hook"
+    rm -rf "$FAULT_BIN/nvme.fired"
+    (
+        deadline=$(( $(date +%s) + 60 ))
+        while [ "$(date +%s)" -lt "$deadline" ]; do
+            if [ -n "$(nvme_ctrls_for "$nqn")" ]; then
+                pid=
+                for p in /proc/[0-9]*; do
+                    [ "$(readlink "$p/exe" 2>/dev/null)" = "$exe" ] && { pid=${p#/proc/}; break; }
+                done
+                mkdir "$FAULT_BIN/nvme.fired"
+                FAULT_PARENT=$pid GUEST_DIR="$GUEST_DIR" WORK="$WORK" RESULTS="$RESULTS" SCENARIO="${SCENARIO:-}-hook" \
+                    bash -c '. "$GUEST_DIR/lib.sh"; . "$0"' "$FAULT_BIN/nvme.hook" >> "$WORK/fault-hook.log" 2>&1
+                exit 0
+            fi
+            sleep 0.01
+        done
+    ) &
+    FAULT_WATCH_PID=$!
+}
+fault_watch_end() { [ -n "${FAULT_WATCH_PID:-}" ] && wait "$FAULT_WATCH_PID"; FAULT_WATCH_PID=; }
 fault_fired() { [ -d "$FAULT_BIN/$1.fired" ]; }
 fault_clear() { rm -rf "$FAULT_BIN"; }
 # attach_faulty NAME ARGS...: attach_cmd with the fault wrappers first on PATH.

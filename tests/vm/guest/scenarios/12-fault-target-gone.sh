@@ -1,13 +1,14 @@
 #!/bin/bash
-# Target disappears mid-connect, deterministically: a wrapper around the real tool tears the
-# target down right after it succeeded, before hostbrick goes on.
+# Target disappears mid-connect, deterministically: a wrapper around the real tool (iSCSI), or
+# a watcher that sees the new controller in sysfs (NVMe: hostbrick runs no program to connect),
+# tears the target down right after the step succeeded, before hostbrick gets further.
 #   iSCSI: sendtargets discovery (target_discovered), login, then the TPG is disabled and its
 #   portal removed (LIO drops the session, re-logins are refused) before the LUN scan. The
 #   connect must fail with error[volume_device_not_found] within its --timeout and leave no
 #   session, no node record (not even the one discovery made), no SCSI disk, no map.
-#   NVMe/TCP: `nvme connect`, then the port is removed before any namespace shows (the
-#   subsystem's namespace is enabled only later, never in time): the same error within the
-#   deadline, no controller left.
+#   NVMe/TCP: the connect (the write to /dev/nvme-fabrics), then the port is removed before
+#   any namespace shows (the subsystem's namespace is disabled, never enabled in time): the
+#   same error within the deadline, no controller left.
 # `attach audit` lists nothing afterwards.
 . "$GUEST_DIR/lib.sh"
 scenario_begin "$1"
@@ -48,13 +49,14 @@ check "nvmet export" nvmet_export $NQN 1
 conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $UUID 1 "${UUID//-/}" "$(new_uuid)"
 
 NVME_TIMEOUT=10
-fault_wrap nvme connect "nvmet_port_down 1 $NQN"
+fault_on_nvme_ctrl $NQN "nvmet_port_down 1 $NQN"
 attach_faulty gone-nvme connect --timeout $NVME_TIMEOUT "$WORK/conn-nvme.json"
+fault_watch_end
 log "hook: $(tr '\n' ' ' < "$WORK/fault-hook.log" 2>/dev/null)"
-fault_fired nvme || fail "nvme connect never ran (the fault hook did not fire)"
+fault_fired nvme || fail "no controller showed (the fault hook did not fire)"
 grep -q "port 1 down" "$WORK/fault-hook.log" || fail "the port teardown hook failed: $(tail -n 3 "$WORK/fault-hook.log" | tr '\n' ' ')"
 expect_error gone-nvme volume_device_not_found
-# the deadline plus the undo (an nvme disconnect of a controller that is reconnecting)
+# the deadline plus the undo (the delete of a controller that is reconnecting)
 lt "$ATTACH_SECS" $((NVME_TIMEOUT + 5)) || fail "the failed NVMe connect took ${ATTACH_SECS}s (deadline ${NVME_TIMEOUT}s)"
 note "NVMe: failed after ${ATTACH_SECS}s with --timeout $NVME_TIMEOUT"
 fault_clear

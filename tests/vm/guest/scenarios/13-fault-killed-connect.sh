@@ -1,14 +1,16 @@
 #!/bin/bash
 # A connect SIGKILLed half way (a wrapper around the real tool kills the attach process right
-# after the tool succeeded), then `attach audit` and a disconnect with the same connection_info
+# after the tool succeeded; for NVMe, which runs no program to connect, a watcher that sees
+# the new controller in sysfs), then `attach audit` and a disconnect with the same connection_info
 # and no saved device record:
 #   iSCSI single path, killed right after the login: audit lists the session (no LUNs), and
 #   lists it as in progress while the connect is still alive;
 #   iSCSI multipath over two portals, killed once the second portal's login is done and the
 #   first path's disk is up: audit lists both sessions (one with its disk unused, one without
 #   LUNs);
-#   NVMe/TCP, killed right after `nvme connect`: audit lists the controller (as in progress
-#   while the connect is alive).
+#   NVMe/TCP, killed once the controller is up (the namespace is enabled on the target only
+#   after the kill, so the connect is still waiting for it): audit lists the controller (as in
+#   progress while the connect is alive).
 # Each time the disconnect cleans up fully (no session, node record, disk, map, controller)
 # and audit then lists nothing. Also: a dm-multipath map without paths is listed by audit.
 . "$GUEST_DIR/lib.sh"
@@ -101,15 +103,24 @@ jq -e --arg w $ORPHAN_WWID '.multipath_maps | length == 1 and .[0].wwid == $w an
     "$WORK/audit-map.out" >/dev/null || fail "audit does not list the pathless map: $(jq -c .multipath_maps "$WORK/audit-map.out")"
 check_audit_empty audit-map-after
 
-# ---------------------------------------------------------------- NVMe/TCP, after nvme connect -----
+# ---------------------------------------------------------------- NVMe/TCP, after the connect -----
 NQN=nqn.2014-08.org.hostbrick:killed
 UUID=c1110000-0000-4000-8000-000000000c11
 check "nvmet namespace" nvmet_namespace $NQN 1 $SIZE $UUID
+echo 0 > "$NVMET/subsystems/$NQN/namespaces/1/enable" || fail "cannot disable namespace 1"
 check "nvmet port" nvmet_port 1 127.0.0.1 4420
 check "nvmet export" nvmet_export $NQN 1
 conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $UUID 1 "${UUID//-/}" "$(new_uuid)"
-KILL_AFTER='"$ATTACH" audit > "$WORK/audit-nvme-held.out" 2> "$WORK/audit-nvme-held.err"' \
-    killed_connect nvme nvme connect "$WORK/conn-nvme.json"
+# The connect writes to /dev/nvme-fabrics itself: the kill comes from a watcher once the
+# controller is up, while the connect waits for the (disabled) namespace; the namespace is
+# enabled after the kill, as it would have shown after a connect killed a moment later.
+fault_on_nvme_ctrl $NQN '"$ATTACH" audit > "$WORK/audit-nvme-held.out" 2> "$WORK/audit-nvme-held.err";'" kill -KILL \"\$FAULT_PARENT\"; echo 1 > \"\$NVMET/subsystems/$NQN/namespaces/1/enable\""
+attach_faulty nvme connect "$WORK/conn-nvme.json"
+fault_watch_end
+fault_fired nvme || fail "no controller showed: the kill did not happen"
+[ "$ATTACH_RC" = 137 ] || fail "attach connect was not killed (rc=$ATTACH_RC)"
+fault_clear
+udevadm settle --timeout=10
 [ -n "$(nvme_ctrls_for $NQN)" ] || fail "no controller after the killed connect"
 log "audit during the connect: $(jq -c . "$WORK/audit-nvme-held.out" 2>&1 | cut -c1-600)"
 jq -e --arg n $NQN '(.nvme_controllers | length) == 0 and (.in_progress.nvme_controllers | length) == 1
