@@ -108,7 +108,14 @@ fn existing(
 /// The kernel rbd device mapping the head of `spec`, from the kernel's mapping list
 /// (`/sys/bus/rbd/devices/N/{pool,pool_ns,name,current_snap}`; `rbdN` is its block device).
 pub(crate) fn krbd_mapping(host: &Host, spec: &ImageSpec) -> Result<Option<String>> {
+    Ok(krbd_mappings(host, spec)?.into_iter().next())
+}
+
+/// Every kernel rbd device mapping the head of `spec` (an image may be mapped more than
+/// once), from the kernel's mapping list, as `rbd showmapped` reads it.
+pub(crate) fn krbd_mappings(host: &Host, spec: &ImageSpec) -> Result<Vec<String>> {
     let dir = host.sys("bus/rbd/devices");
+    let mut found = Vec::new();
     for id in host.list_dir(&dir)? {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
             continue;
@@ -125,10 +132,21 @@ pub(crate) fn krbd_mapping(host: &Host, spec: &ImageSpec) -> Result<Option<Strin
             && snap == "-"
             && block::exists(host, &format!("rbd{id}"))
         {
-            return Ok(Some(format!("/dev/rbd{id}")));
+            found.push(format!("/dev/rbd{id}"));
         }
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// True when some nbd device is connected (`/sys/block/nbdN/pid` names its daemon): only
+/// then can rbd-nbd have a mapping to list.
+fn nbd_connected(host: &Host) -> Result<bool> {
+    for name in host.list_dir(&host.sys("block"))? {
+        if name.starts_with("nbd") && host.sys("block").join(&name).join("pid").exists() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn unmap(op: &Operation<'_>, mapper: RbdMapper, device: &str, force: bool) -> Result<()> {
@@ -246,15 +264,21 @@ impl Driver for RbdDriver {
             }
         }
         for mapper in mappers {
-            let devices = match cli::mappings(op.runner(), mapper, op.deadline) {
-                Ok(all) => all
-                    .into_iter()
-                    .filter(|m| m.maps(&props.image))
-                    .map(|m| m.device)
-                    .collect::<Vec<_>>(),
-                // The other mapper may simply not be installed.
-                Err(Error::CommandNotFound { .. }) if Some(mapper) != recorded => continue,
-                Err(e) => return Err(e),
+            // krbd's mappings are in sysfs; rbd-nbd is asked only when an nbd device is
+            // connected at all.
+            let devices = match mapper {
+                RbdMapper::Krbd => krbd_mappings(op.host(), &props.image)?,
+                RbdMapper::Nbd if !nbd_connected(op.host())? => Vec::new(),
+                RbdMapper::Nbd => match cli::mappings(op.runner(), mapper, op.deadline) {
+                    Ok(all) => all
+                        .into_iter()
+                        .filter(|m| m.maps(&props.image))
+                        .map(|m| m.device)
+                        .collect::<Vec<_>>(),
+                    // rbd-nbd may simply not be installed.
+                    Err(Error::CommandNotFound { .. }) if Some(mapper) != recorded => continue,
+                    Err(e) => return Err(e),
+                },
             };
             for device in &devices {
                 block::ensure_unused(op.host(), dev_name(device), &[])?;
