@@ -91,10 +91,17 @@ enum Op {
         enforce: bool,
     },
     Connect(Call),
-    Disconnect(Call, Option<DeviceRecord>, DisconnectOptions),
+    Disconnect(Box<Detach>),
     Extend(Call),
     Many(Vec<Result<Op, Failure>>),
     Quit,
+}
+
+/// A disconnect: the volume, the record connect returned (if given), the options.
+struct Detach {
+    call: Call,
+    device: Option<DeviceRecord>,
+    options: DisconnectOptions,
 }
 
 /// One volume with the connector that serves it.
@@ -112,12 +119,15 @@ pub enum Flow {
     Quit,
 }
 
+/// A connector made, by protocol and multipath mode.
+type Made = (Protocol, MultipathMode, Arc<dyn Connector>);
+
 /// The batch server: the command line's options and the connectors made so far.
 pub struct Batch {
     options: ConnectorOptions,
     ip: String,
     host: String,
-    connectors: Mutex<Vec<(Protocol, MultipathMode, Arc<dyn Connector>)>>,
+    connectors: Mutex<Vec<Made>>,
 }
 
 impl Batch {
@@ -258,7 +268,11 @@ impl Batch {
                     force: flag(req, "force")?.unwrap_or(false),
                     ignore_errors: flag(req, "ignore_errors")?.unwrap_or(false),
                 };
-                Ok(Op::Disconnect(self.call(req)?, device, options))
+                Ok(Op::Disconnect(Box::new(Detach {
+                    call: self.call(req)?,
+                    device,
+                    options,
+                })))
             }
             "connect_many" | "disconnect_many" if within.is_none() => {
                 only(req, &["requests"])?;
@@ -357,7 +371,12 @@ impl Batch {
                 to_value(&props)
             }
             Op::Connect(c) => to_value(&c.connector.connect_volume(&c.info)?),
-            Op::Disconnect(c, device, options) => {
+            Op::Disconnect(d) => {
+                let Detach {
+                    call: c,
+                    device,
+                    options,
+                } = *d;
                 let done = c
                     .connector
                     .disconnect_volume(&c.info, device.as_ref(), options)?;
