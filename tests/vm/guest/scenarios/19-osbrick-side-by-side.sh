@@ -77,9 +77,11 @@ conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $NVME_UUID 1 "${NVME_UUID//
 HOSTNQN=$(hostnqn) HOSTID=$(hostid)
 
 # ------------------------------------------------------------------ timing -----
-now_us() { NOW_US=${EPOCHREALTIME/./}; }
-us_secs() { printf '%d.%03d' $(($1 / 1000000)) $((($1 / 1000) % 1000)); }
-since() { us_secs $((${EPOCHREALTIME/./} - $1)); }   # since START_US -> seconds
+# since START_US: SINCE = the seconds since then (builtins only: no fork inside a timing)
+since() {
+    local d=$((${EPOCHREALTIME/./} - $1))
+    printf -v SINCE '%d.%03d' $((d / 1000000)) $(((d / 1000) % 1000))
+}
 
 # TIMES["op|side|what"]: the runs' seconds, space-separated
 declare -A TIMES
@@ -126,7 +128,7 @@ pipe_call() {
     t0=${EPOCHREALTIME/./}
     printf '%s\n' "$req" >&"$in" || fail "$side driver gone (writing $name)"
     IFS= read -r -t 600 line <&"$out" || fail "$side driver: no answer to $name within 600s"
-    CALL_SECS=$(since "$t0")
+    since "$t0"; CALL_SECS=$SINCE
     printf '%s\n' "$line" > "$WORK/$name.ans"
     CALL_OK=$(jq -r .ok "$WORK/$name.ans")
     [ "$side" = library ] && tail -c +$((off + 1)) "$WORK/library.err" | phases_from "$op" library
@@ -146,7 +148,7 @@ example() {
     t0=${EPOCHREALTIME/./}
     "$ATTACH" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err"
     rc=$?
-    CALL_SECS=$(since "$t0")
+    since "$t0"; CALL_SECS=$SINCE
     example_logged "$name" "$op" "$rc" "$*"
 }
 example_logged() {   # NAME OP RC ARGS: attach log, phases, verdict
@@ -262,7 +264,7 @@ floor_iscsi_detach() {
     iscsiadm -m node -T "$iqn" --logout >/dev/null 2>&1 || fail "floor: logout from $iqn failed"
     iscsiadm -m node -T "$iqn" -o delete >/dev/null 2>&1
     for sd in "$@"; do wait_gone "/dev/$sd" 30 || fail "floor: /dev/$sd still there after the logout"; done
-    FLOOR_DETACH_S=$(since "$t0")
+    since "$t0"; FLOOR_DETACH_S=$SINCE
 }
 
 # floor_single: login + targeted scan of LUN 0 -> /dev/sdX (FLOOR_S) -> by-path link (FLOOR_LINK_S)
@@ -276,9 +278,9 @@ floor_single() {
     echo "0 0 0" > "/sys/class/scsi_host/host${FLOOR_HOSTS[0]}/scan"
     wait_until 30 _scsi_block "${FLOOR_HOSTS[0]}:0:0:0" || fail "floor: no block device"
     wait_for "/dev/$SCSI_BLOCK" 30 || fail "floor: no /dev/$SCSI_BLOCK"
-    FLOOR_S=$(since "$t0")
+    since "$t0"; FLOOR_S=$SINCE
     wait_for "$link" 30 || fail "floor: no $link"
-    FLOOR_LINK_S=$(since "$t0")
+    since "$t0"; FLOOR_LINK_S=$SINCE
     FLOOR_DEV=$link FLOOR_SDS=$SCSI_BLOCK
 }
 floor_single_detach() { floor_iscsi_detach $IQN_S $FLOOR_SDS; }
@@ -298,7 +300,7 @@ floor_mpath() {
         sds+=("$SCSI_BLOCK")
     done
     MAP_PATHS_WANTED=2 wait_until 30 _map_paths "$WWID_M" || fail "floor: no 2-path map $WWID_M"
-    FLOOR_S=$(since "$t0") FLOOR_LINK_S=$FLOOR_S
+    since "$t0"; FLOOR_S=$SINCE FLOOR_LINK_S=$FLOOR_S
     FLOOR_DEV=/dev/mapper/$WWID_M FLOOR_SDS="${sds[*]}"
 }
 floor_mpath_detach() {
@@ -309,7 +311,7 @@ floor_mpath_detach() {
     iscsiadm -m node -T $IQN_M --logout >/dev/null 2>&1 || fail "floor: logout failed"
     iscsiadm -m node -T $IQN_M -o delete >/dev/null 2>&1
     for sd in $FLOOR_SDS; do wait_gone "/dev/$sd" 30 || fail "floor: /dev/$sd still there"; done
-    FLOOR_DETACH_S=$(since "$t0")
+    since "$t0"; FLOOR_DETACH_S=$SINCE
 }
 
 # floor_many: one login + a targeted scan of each of the 5 LUNs -> every device node (FLOOR_S)
@@ -328,11 +330,11 @@ floor_many() {
         wait_for "/dev/$SCSI_BLOCK" 30 || fail "floor: no /dev/$SCSI_BLOCK"
         sds+=("$SCSI_BLOCK")
     done
-    FLOOR_S=$(since "$t0")
+    since "$t0"; FLOOR_S=$SINCE
     for l in $(seq 0 $((N_C - 1))); do
         wait_for "/dev/disk/by-path/ip-$P1-iscsi-$IQN_C-lun-$l" 60 || fail "floor: no by-path link for LUN $l"
     done
-    FLOOR_LINK_S=$(since "$t0")
+    since "$t0"; FLOOR_LINK_S=$SINCE
     FLOOR_SDS="${sds[*]}"
 }
 floor_many_detach() { floor_iscsi_detach $IQN_C $FLOOR_SDS; }
@@ -345,9 +347,9 @@ floor_nvme() {
     out=$(nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN -q "$HOSTNQN" -I "$HOSTID" 2>&1) \
         || fail "floor: nvme connect failed: $out"
     wait_until 30 has_nvme_disk $NVME_UUID || fail "floor: no namespace with uuid $NVME_UUID"
-    FLOOR_S=$(since "$t0")
+    since "$t0"; FLOOR_S=$SINCE
     wait_for "/dev/disk/by-id/nvme-uuid.$NVME_UUID" 30 || fail "floor: no by-id link"
-    FLOOR_LINK_S=$(since "$t0")
+    since "$t0"; FLOOR_LINK_S=$SINCE
     FLOOR_DEV=/dev/$NVME_DISK
 }
 floor_nvme_detach() {
@@ -357,7 +359,7 @@ floor_nvme_detach() {
     nvme disconnect -n $NQN >/dev/null 2>&1 || fail "floor: nvme disconnect failed"
     wait_gone "$FLOOR_DEV" 30 || fail "floor: $FLOOR_DEV still there"
     wait_until 10 no_nvme_ctrls_for $NQN || fail "floor: controller of $NQN still there"
-    FLOOR_DETACH_S=$(since "$t0")
+    since "$t0"; FLOOR_DETACH_S=$SINCE
 }
 
 # ------------------------------------------------------------------ one operation, one side -----
@@ -415,7 +417,7 @@ run_many() {
                 pids+=($!)
             done
             rc=(); for i in "${!pids[@]}"; do wait "${pids[i]}"; rc[i]=$?; done
-            CALL_SECS=$(since "$t0")
+            since "$t0"; CALL_SECS=$SINCE
             add_time many example connect "$CALL_SECS"
             for i in $(seq 0 $((N_C - 1))); do
                 example_logged "$name-$i" "many connect" "${rc[i]}" "connect $WORK/conn-c$i.json (one of $N_C at once)"
@@ -443,7 +445,7 @@ run_many() {
                 pids+=($!)
             done
             rc=(); for i in "${!pids[@]}"; do wait "${pids[i]}"; rc[i]=$?; done
-            CALL_SECS=$(since "$t0")
+            since "$t0"; CALL_SECS=$SINCE
             for i in $(seq 0 $((N_C - 1))); do
                 example_logged "$name-$i-d" "many disconnect" "${rc[i]}" "disconnect $WORK/conn-c$i.json (one of $N_C at once)"
             done ;;
@@ -486,13 +488,13 @@ for r in $(seq 1 "$RUNS"); do
     # the example's own cost: start to exit, no external command
     t0=${EPOCHREALTIME/./}
     "$ATTACH" --help > /dev/null || fail "attach --help failed"
-    add_time help example connect "$(since "$t0")"
+    since "$t0"; add_time help example connect "$SINCE"
     for s in "${order[@]}"; do run_properties "$s" "$r"; done
     for s in "${order[@]}"; do run_single single single "$WORK/conn-single.json" false "$s" "$r"; done
     for s in "${order[@]}"; do run_single mpath mpath "$WORK/conn-mpath.json" true "$s" "$r"; done
     for s in "${order[@]}"; do run_many "$s" "$r"; done
     for s in "${order[@]}"; do run_single nvme nvme "$WORK/conn-nvme.json" false "$s" "$r"; done
-    log "==== round $r done at $(since "$T_SCENARIO")s"
+    since "$T_SCENARIO"; log "==== round $r done at ${SINCE}s"
 done
 # the library's and os-brick's properties equal the example's (same host, same options)
 jq -e -n --slurpfile a "$WORK/props-example-1.json" --slurpfile b "$WORK/props-library-1.json" '$a[0] == $b[0]' >/dev/null \
@@ -518,7 +520,6 @@ row() {   # row LABEL OP WHAT FLOOR_NOTE
     fcell=$(ms "$f")
     [ "$f" != - ] && [ -n "${4:-}" ] && fcell="$fcell ($4)"
     echo "| $label | $fcell | $(ms "$o") | $(ms "$l") | $(ms "$e") | $(rt "$o" "$l") | $(rt "$o" "$e") | $(rt "$l" "$f") | $(rt "$e" "$f") |" >> "$TABLE"
-    ROW_F=$f ROW_O=$o ROW_L=$l ROW_E=$e
 }
 node_note() { echo "to the by-path link; device node $(ms "$(med "$1" floor node)")"; }
 bench() {   # bench LABEL OP: the bench lines of one operation (connect and disconnect)
@@ -566,5 +567,5 @@ if [ -s "$WORK/phases.tsv" ]; then
     sed -n '/^hostbrick phases/,$p' "$TABLE"
 fi
 CONNECT_S=$(med single example connect) DISCONNECT_S=$(med single example disconnect) FLOOR_S=$(med single floor connect)
-note "scenario $(since "$T_SCENARIO")s; table: results/$SCENARIO.table.md"
+since "$T_SCENARIO"; note "scenario ${SINCE}s; table: results/$SCENARIO.table.md"
 scenario_pass "os-brick $OSBRICK_VERSION and hostbrick side by side, $RUNS rounds: every device checked, nothing left"
