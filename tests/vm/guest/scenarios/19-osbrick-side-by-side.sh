@@ -1,6 +1,6 @@
 #!/bin/bash
 # vm-needs: osbrick
-# vm-timeout: 720
+# vm-timeout: 900
 # Benchmark (issue #14): cold attach and detach, os-brick 7.1.1 beside hostbrick in the same
 # guest boot, at the kernel floor. Four sides, on the same targets:
 #   os-brick   one long-lived Python process (guest/osbrick_driver.py), timed around each call
@@ -69,30 +69,52 @@ check "nvmet namespace" nvmet_namespace $NQN 1 $SIZE $NVME_UUID $NVME_UUID
 check "nvmet port" nvmet_port 1 127.0.0.1 4420
 check "nvmet export" nvmet_export $NQN 1
 
-conn_iscsi "$WORK/conn-single.json" $P1 $IQN_S 0 "$(new_uuid)"
-conn_iscsi "$WORK/conn-mpath.json" $P1 $IQN_M 0 "$(new_uuid)" \
+# Volume ids: the phase lines of hostbrick's log name them (operation{... volume="..."}).
+declare -A KIND_OF_VOLUME
+vol_id() { VOL=$(new_uuid); KIND_OF_VOLUME[$VOL]=$1; }
+vol_id single; conn_iscsi "$WORK/conn-single.json" $P1 $IQN_S 0 "$VOL"
+vol_id mpath; conn_iscsi "$WORK/conn-mpath.json" $P1 $IQN_M 0 "$VOL" \
     ".target_portals=[\"$P1\",\"$P2\"] | .target_iqns=[\"$IQN_M\",\"$IQN_M\"] | .target_luns=[0,0]"
-for i in $(seq 0 $((N_C - 1))); do conn_iscsi "$WORK/conn-c$i.json" $P1 $IQN_C "$i" "$(new_uuid)"; done
-conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $NVME_UUID 1 "${NVME_UUID//-/}" "$(new_uuid)"
+for i in $(seq 0 $((N_C - 1))); do vol_id many; conn_iscsi "$WORK/conn-c$i.json" $P1 $IQN_C "$i" "$VOL"; done
+vol_id nvme; conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $NVME_UUID 1 "${NVME_UUID//-/}" "$VOL"
 HOSTNQN=$(hostnqn) HOSTID=$(hostid)
 
+# Requests, the same for os-brick and the library (os-brick's connector keys), made once:
+# CONNECT_REQ[VOLUME], and DISCONNECT_PRE[VOLUME] to which the device_info and "}" are added.
+declare -A CONNECT_REQ DISCONNECT_PRE
+make_requests() {   # make_requests VOLUME CONN_JSON_FILE MULTIPATH
+    local vol
+    vol=$(jq -c --argjson mp "$3" '{protocol: (if .driver_volume_type == "nvmeof" then "NVME" else "ISCSI" end),
+        use_multipath: $mp, connection_properties: .data}' "$2") || fail "jq on $2 failed"
+    CONNECT_REQ[$1]=$(jq -c '{op: "connect"} + .' <<<"$vol")
+    DISCONNECT_PRE[$1]=$(jq -c '{op: "disconnect"} + . + {force: false, ignore_errors: false, device_info: 0}' <<<"$vol")
+    DISCONNECT_PRE[$1]=${DISCONNECT_PRE[$1]%0\}}
+}
+make_requests single "$WORK/conn-single.json" false
+make_requests mpath "$WORK/conn-mpath.json" true
+for i in $(seq 0 $((N_C - 1))); do make_requests c$i "$WORK/conn-c$i.json" false; done
+make_requests nvme "$WORK/conn-nvme.json" false
+MANY_REQ='{"op":"connect_many","requests":['
+for i in $(seq 0 $((N_C - 1))); do MANY_REQ+="${CONNECT_REQ[c$i]},"; done
+MANY_REQ="${MANY_REQ%,}]}"
+
 # ------------------------------------------------------------------ timing -----
-# since START_US: SINCE = the seconds since then (builtins only: no fork inside a timing)
+# Under emulation every process costs tens of milliseconds (hundreds on a loaded host): the
+# code between the timed calls forks as little as it can (one jq per answer, checks through
+# sysfs), and nothing forks inside a clock.
+
+# since START_US: SINCE = the seconds since then (builtins only)
 since() {
     local d=$((${EPOCHREALTIME/./} - $1))
     printf -v SINCE '%d.%03d' $((d / 1000000)) $(((d / 1000) % 1000))
 }
+# log without a process (lib.sh's reads the uptime with cut)
+log() { local u _; read -r u _ < /proc/uptime; echo "[$u] ${SCENARIO:-suite}: $*"; }
 
 # TIMES["op|side|what"]: the runs' seconds, space-separated
 declare -A TIMES
 add_time() { TIMES["$1|$2|$3"]+=" $4"; }
 med() { local v=${TIMES["$1|$2|$3"]:-}; [ -n "$v" ] && median $v || echo -; }
-
-# Phase lines of hostbrick's tracing (phase="login" elapsed_ms=N ...) -> $WORK/phases.tsv
-# (op, side, phase, ms).
-phases_from() {   # phases_from OP SIDE < stderr text
-    grep -o 'phase="[a-z_]*" elapsed_ms=[0-9]*' | sed -E "s/^phase=\"([a-z_]*)\" elapsed_ms=([0-9]*)$/$1\t$2\t\1\t\2/" >> "$WORK/phases.tsv"
-}
 
 # ------------------------------------------------------------------ the sides -----
 
@@ -118,92 +140,130 @@ lib_stop() {
     LIB_IN=""
 }
 
-# pipe_call osbrick|library NAME OP REQUEST_JSON(compact, one line): one request; the answer
-# in $WORK/NAME.ans; CALL_SECS (wall time around the request), CALL_OK. The phase lines the
-# library logged meanwhile are kept under OP.
+# pipe_call osbrick|library NAME REQUEST_JSON(one line): one request; CALL_SECS (wall time
+# around it), ANSWER (the line), and from one jq: RESULTS (each call's result, compact: one
+# for a call, every item's for a _many) and PATHS (their .path). Fails on a failed call.
 pipe_call() {
-    local side=$1 name=$2 op=$3 req=$4 in out line t0 off=0
+    local side=$1 name=$2 req=$3 in out t0 lines i
     if [ "$side" = osbrick ]; then in=$OSBRICK_IN out=$OSBRICK_OUT; else in=$LIB_IN out=$LIB_OUT; fi
-    [ "$side" = library ] && off=$(stat -c %s "$WORK/library.err")
     t0=${EPOCHREALTIME/./}
     printf '%s\n' "$req" >&"$in" || fail "$side driver gone (writing $name)"
-    IFS= read -r -t 600 line <&"$out" || fail "$side driver: no answer to $name within 600s"
+    IFS= read -r -t 600 ANSWER <&"$out" || fail "$side driver: no answer to $name within 600s"
     since "$t0"; CALL_SECS=$SINCE
-    printf '%s\n' "$line" > "$WORK/$name.ans"
-    CALL_OK=$(jq -r .ok "$WORK/$name.ans")
-    [ "$side" = library ] && tail -c +$((off + 1)) "$WORK/library.err" | phases_from "$op" library
-    {
-        echo "=== [$(up)] $side $name -> ok=$CALL_OK in ${CALL_SECS}s"
-        echo "--- request"; jq -c 'walk(if type == "object" and has("auth_password") then .auth_password = "***" else . end)' <<<"$req"
-        echo "--- answer"; jq -c . "$WORK/$name.ans"
-    } >> "$RESULTS/$SCENARIO.attach.log"
-    [ "$CALL_OK" = true ] || fail "$side $name failed: $(jq -r '.error | if type == "object" then "\(.kind): \(.message)" else tostring end' "$WORK/$name.ans") $(jq -r '[.result[]? | select(.ok != true) | .error.message] | join("; ")' "$WORK/$name.ans" 2>/dev/null | cut -c1-400)"
+    printf '=== %s %s %s -> in %ss\n--- request\n%s\n--- answer\n%s\n' "$EPOCHREALTIME" "$side" "$name" "$CALL_SECS" "$req" "$ANSWER" >> "$RESULTS/$SCENARIO.attach.log"
+    mapfile -t lines < <(jq -r 'def one: (.result | tojson), (.result.path? // "");
+        (.ok | tostring),
+        (if .ok then (if (.result | type) == "array" then .result[] | one else one end)
+         else (.error | if type == "object" then "\(.kind): \(.message)" else tostring end),
+              ([.result[]? | select(.ok != true) | .error.message] | join("; ")) end)' <<<"$ANSWER")
+    [ "${lines[0]:-}" = true ] || fail "$side $name failed: ${lines[1]:-no answer} ${lines[2]:-}"
+    RESULTS=() PATHS=()
+    for ((i = 1; i < ${#lines[@]}; i += 2)); do RESULTS+=("${lines[i]}"); PATHS+=("${lines[i + 1]}"); done
 }
-ans_result() { jq -c '.result' "$WORK/$1.ans"; }
 
-# example NAME OP ARGS...: one `attach` process (no wrapper), stdout $WORK/NAME.out, stderr
+# example NAME ARGS...: one `attach` process (no wrapper), stdout $WORK/NAME.out, stderr
 # $WORK/NAME.err; CALL_SECS from its start to its exit; fails unless it succeeded.
 example() {
-    local name=$1 op=$2 t0 rc; shift 2
+    local name=$1 t0 rc; shift
     t0=${EPOCHREALTIME/./}
     "$ATTACH" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err"
     rc=$?
     since "$t0"; CALL_SECS=$SINCE
-    example_logged "$name" "$op" "$rc" "$*"
+    example_logged "$name" "$rc" "$*"
 }
-example_logged() {   # NAME OP RC ARGS: attach log, phases, verdict
-    phases_from "$2" example < "$WORK/$1.err"
-    {
-        echo "=== [$(up)] attach $4 -> rc=$3 in ${CALL_SECS}s ($1)"
-        echo "--- stdout"; cat "$WORK/$1.out"
-        echo "--- stderr"; cat "$WORK/$1.err"
-    } >> "$RESULTS/$SCENARIO.attach.log"
-    grep -m1 'udev record not understood' "$WORK/$1.err" && fail "attach $4: hostbrick could not parse a real udev record"
-    [ "$3" = 0 ] || fail "attach $4 failed (rc=$3): $(grep -m1 '^error\[' "$WORK/$1.err" || tail -n1 "$WORK/$1.err")"
-}
-
-# Requests, the same for os-brick and the library: os-brick's connector keys.
-# vol_req CONN_JSON_FILE MULTIPATH(true|false)
-vol_req() {
-    jq -c --argjson mp "$2" '{protocol: (if .driver_volume_type == "nvmeof" then "NVME" else "ISCSI" end),
-        use_multipath: $mp, connection_properties: .data}' "$1"
-}
-connect_req() { vol_req "$1" "$2" | jq -c '{op: "connect"} + .'; }
-disconnect_req() {   # CONN MP DEVICE_INFO_JSON
-    vol_req "$1" "$2" | jq -c --argjson d "$3" '{op: "disconnect"} + . + {device_info: $d, force: false, ignore_errors: false}'
+# example_logged NAME RC ARGS: into the attach log; the record's path in RECORD_PATH (the
+# record is one line: "type" first, then "path")
+example_logged() {
+    local rec=""
+    printf '=== %s attach %s -> rc=%s in %ss (%s)\n' "$EPOCHREALTIME" "$3" "$2" "$CALL_SECS" "$1" >> "$RESULTS/$SCENARIO.attach.log"
+    cat "$WORK/$1.out" "$WORK/$1.err" >> "$RESULTS/$SCENARIO.attach.log"
+    [ "$2" = 0 ] || fail "attach $3 failed (rc=$2): $(grep -m1 '^error\[' "$WORK/$1.err" || tail -n1 "$WORK/$1.err")"
+    IFS= read -r rec < "$WORK/$1.out"
+    RECORD_PATH=""
+    [[ $rec =~ \"path\":\"([^\"]*)\" ]] && RECORD_PATH=${BASH_REMATCH[1]}
+    return 0
 }
 
 # ------------------------------------------------------------------ checks -----
+# Through sysfs and shell builtins; a mismatch is confirmed with lib.sh's own check (which
+# fails with its message).
 
-# check_volume KIND PATH: the device is the volume, and a pattern written through it reads back.
+# check_volume KIND DEV TAG: the device is the volume (size, WWID / map of 2 paths / namespace
+# uuid) and a pattern written through DEV reads back.
 check_volume() {
-    local kind=$1 dev=$2 tag=$3 real dm slaves
+    local kind=$1 dev=$2 tag=$3 real name sectors w n=0 s want size
+    [ -n "$dev" ] && [ -b "$dev" ] || fail "$kind: '$dev' is not a block device"
+    real=$(readlink -f "$dev"); name=${real##*/}
+    read -r sectors < "/sys/block/$name/size" || fail "$dev: no /sys/block/$name"
     case $kind in
-        single) check_block_device "$dev" $SIZE "$WWID_S" ;;
-        mpath)
-            check_block_device "$dev" $SIZE "$WWID_M"
-            real=$(readlink -f "$dev"); dm=${real##*/}
-            case $dm in dm-*) ;; *) fail "multipath device $dev ($real) is not a dm device" ;; esac
-            slaves=$(ls "/sys/block/$dm/slaves" | wc -w)
-            [ "$slaves" = 2 ] || fail "dm map $dm has $slaves path(s), expected 2" ;;
-        c[0-9]*) check_block_device "$dev" $SIZE_C "${WWID_C[${kind#c}]}" ;;
-        nvme) check_nvme_device "$dev" $SIZE $NVME_UUID ;;
+        single) want=$WWID_S ;; mpath) want=$WWID_M ;; c[0-9]*) want=${WWID_C[${kind#c}]} ;; nvme) want=$NVME_UUID ;;
     esac
-    check_io "$dev" "$tag"
+    case $kind in
+        mpath)
+            read -r w < "/sys/block/$name/dm/uuid" 2>/dev/null
+            for s in "/sys/block/$name/slaves/"*; do [ -e "$s" ] && n=$((n + 1)); done
+            [ "$w" = "mpath-$want" ] && [ "$n" = 2 ] && [ $((sectors * 512)) = $SIZE ] \
+                || { check_block_device "$dev" $SIZE "$want"; fail "$dev ($name): dm uuid '$w', $n path(s), expected mpath-$want with 2"; } ;;
+        nvme)
+            read -r w < "/sys/block/$name/uuid" 2>/dev/null
+            [ "$w" = "$want" ] && [ $((sectors * 512)) = $SIZE ] || check_nvme_device "$dev" $SIZE "$want" ;;
+        *)
+            size=$SIZE; [ "$kind" = single ] || size=$SIZE_C
+            read -r w < "/sys/block/$name/device/wwid" 2>/dev/null; w=3${w#naa.}
+            [ "$w" = "$want" ] && [ $((sectors * 512)) = "$size" ] || check_block_device "$dev" "$size" "$want" ;;
+    esac
+    io_check "$dev" "$tag"
+}
+# io_check DEV TAG: 64 KiB made from TAG written at 1 MiB (O_DIRECT) and read back
+io_check() {
+    local i b p="" got
+    for ((i = 1; i <= 16; i++)); do printf -v b '%-4096s' "hostbrick $2 block $i"; p+=$b; done
+    printf '%s' "$p" > "$WORK/pattern"
+    dd if="$WORK/pattern" of="$1" bs=4096 seek=256 count=16 oflag=direct conv=notrunc,fsync status=none || fail "write to $1 failed"
+    dd if="$1" of="$WORK/readback" bs=4096 skip=256 count=16 iflag=direct status=none || fail "read from $1 failed"
+    IFS= read -r -d '' -N 65536 got < "$WORK/readback"
+    [ "$got" = "$p" ] || fail "data written to $1 ($2) did not read back"
 }
 
-# check_clean KIND [DEVICE...]: nothing of the volume(s) is left; hostbrick's registry is empty.
-check_clean() {
-    local kind=$1 i; shift
-    check_gone "$@"
-    case $kind in
-        single) check_no_dm_map "$WWID_S"; check_no_iscsi_leftovers $IQN_S; check_no_scsi_disks ;;
-        mpath) check_no_dm_map "$WWID_M"; check_no_iscsi_leftovers $IQN_M; check_no_scsi_disks ;;
-        many)
-            for i in $(seq 0 $((N_C - 1))); do check_no_dm_map "${WWID_C[i]}"; done
-            check_no_iscsi_leftovers $IQN_C; check_no_scsi_disks ;;
-        nvme) check_no_nvme_leftovers ;;
+# _clean KIND: nothing of KIND's volume(s) on the host (builtins only); LEFT says what is
+_clean() {
+    local d u w
+    LEFT=""
+    case $1 in
+        nvme)
+            for d in /sys/class/nvme/* /sys/class/nvme-subsystem/* /dev/nvme*n*; do [ -e "$d" ] && LEFT+=" $d"; done ;;
+        *)
+            for d in /sys/class/iscsi_session/* /sys/class/scsi_disk/* "/etc/iscsi/nodes/$2" "/var/lib/iscsi/nodes/$2"; do
+                [ -e "$d" ] && LEFT+=" $d"
+            done
+            for d in /sys/block/dm-*; do
+                [ -e "$d/dm/uuid" ] || continue
+                read -r u < "$d/dm/uuid"
+                for w in "${@:3}"; do [ "$u" = "mpath-$w" ] && LEFT+=" map $w (${d##*/})"; done
+            done ;;
     esac
+    for d in "$HOSTBRICK_REGISTRY"/*/*.json; do [ -e "$d" ] && LEFT+=" registry:${d#"$HOSTBRICK_REGISTRY"/}"; done
+    [ -z "$LEFT" ]
+}
+# check_clean KIND DEVICE...: the devices are gone; no session, node record, SCSI disk,
+# multipath map, NVMe controller or registry entry is left (after udev has settled).
+check_clean() {
+    local kind=$1 d iqn wwids=(); shift
+    udevadm settle --timeout=10
+    for d in "$@"; do [ -n "$d" ] && { wait_gone "$d" 5 || fail "$kind: $d still present after the disconnect"; }; done
+    case $kind in
+        single) iqn=$IQN_S wwids=("$WWID_S") ;;
+        mpath) iqn=$IQN_M wwids=("$WWID_M") ;;
+        many) iqn=$IQN_C wwids=("${WWID_C[@]}") ;;
+    esac
+    wait_until 5 _clean "$kind" "${iqn:-}" "${wwids[@]}" || fail "$kind: left after the disconnect:$LEFT"
+}
+# check_round_clean: lib.sh's own leftover checks, once a round
+check_round_clean() {
+    check_no_iscsi_leftovers $IQN_S $IQN_M $IQN_C
+    check_no_scsi_disks
+    check_no_dm_map "$WWID_S"; check_no_dm_map "$WWID_M"
+    check_no_nvme_leftovers
     check_registry_empty
 }
 
@@ -239,24 +299,18 @@ _map_paths() {
     done
     return 1
 }
-# floor_settle_maps SD...: before timing a raw detach, let multipathd build the maps it builds
+# floor_settle_maps WWID...: before timing a raw detach, let multipathd build the maps it builds
 # for every SCSI disk (find_multipaths no), as it has for the other sides by then.
 floor_settle_maps() {
-    local sd wwid
+    local w
     udevadm settle --timeout=10
     FLOOR_MAPS=()
-    for sd in "$@"; do
-        multipath -c "/dev/$sd" >/dev/null 2>&1 || continue
-        wwid=$(/lib/udev/scsi_id -g -u "/dev/$sd") || continue
-        wait_for "/dev/mapper/$wwid" 10 && FLOOR_MAPS+=("$wwid")
-    done
-    udevadm settle --timeout=10
+    for w in "$@"; do wait_for "/dev/mapper/$w" 5 && FLOOR_MAPS+=("$w"); done
 }
 # floor_iscsi_detach IQN SD...: timed: flush the maps (at once), log out, delete the node
 # records, until the disks are gone -> FLOOR_DETACH_S
 floor_iscsi_detach() {
     local iqn=$1 t0 w sd pids=(); shift
-    floor_settle_maps "$@"
     t0=${EPOCHREALTIME/./}
     for w in "${FLOOR_MAPS[@]}"; do multipath -f "$w" >/dev/null 2>&1 & pids+=($!); done
     for w in "${pids[@]}"; do wait "$w"; done
@@ -283,7 +337,7 @@ floor_single() {
     since "$t0"; FLOOR_LINK_S=$SINCE
     FLOOR_DEV=$link FLOOR_SDS=$SCSI_BLOCK
 }
-floor_single_detach() { floor_iscsi_detach $IQN_S $FLOOR_SDS; }
+floor_single_detach() { floor_settle_maps "$WWID_S"; floor_iscsi_detach $IQN_S $FLOOR_SDS; }
 
 # floor_mpath: one `iscsiadm --login` of both portals' records + a targeted scan on each
 # session -> the 2-path map /dev/mapper/WWID (FLOOR_S; FLOOR_LINK_S the same)
@@ -337,7 +391,7 @@ floor_many() {
     since "$t0"; FLOOR_LINK_S=$SINCE
     FLOOR_SDS="${sds[*]}"
 }
-floor_many_detach() { floor_iscsi_detach $IQN_C $FLOOR_SDS; }
+floor_many_detach() { floor_settle_maps "${WWID_C[@]}"; floor_iscsi_detach $IQN_C $FLOOR_SDS; }
 
 # floor_nvme: `nvme connect` -> the namespace's block device node (FLOOR_S) -> udev done with
 # it: its by-id link (FLOOR_LINK_S)
@@ -364,90 +418,88 @@ floor_nvme_detach() {
 
 # ------------------------------------------------------------------ one operation, one side -----
 
-# run_single OP KIND CONN MP SIDE ROUND: connect, check, disconnect, check; times under OP.
+# run_single OP CONN MP SIDE ROUND: connect, check, disconnect, check; times under OP (which
+# is also the volume's kind: single, mpath, nvme).
 run_single() {
-    local op=$1 kind=$2 conn=$3 mp=$4 side=$5 r=$6 name dev real flags=()
+    local op=$1 conn=$2 mp=$3 side=$4 r=$5 name dev real rec flags=()
     name=$op-$side-$r
     [ "$mp" = true ] && flags=(--multipath)
     case $side in
         osbrick|library)
-            pipe_call "$side" "$name" "$op connect" "$(connect_req "$conn" "$mp")"
-            add_time "$op" "$side" connect "$CALL_SECS"
-            ans_result "$name" > "$WORK/$name.json" ;;
+            pipe_call "$side" "$name" "${CONNECT_REQ[$op]}"
+            rec=${RESULTS[0]} dev=${PATHS[0]} ;;
         example)
-            example "$name" "$op connect" connect "${flags[@]}" "$conn"
-            add_time "$op" "$side" connect "$CALL_SECS"
-            cp "$WORK/$name.out" "$WORK/$name.json" ;;
+            example "$name" connect "${flags[@]}" "$conn"
+            rec=$WORK/$name.out dev=$RECORD_PATH ;;
         floor)
             "floor_$op"
+            CALL_SECS=$FLOOR_LINK_S
             if [ "$op" = nvme ]; then   # NVMe: the device node; udev's link beside it
-                add_time "$op" floor connect "$FLOOR_S"
+                CALL_SECS=$FLOOR_S
                 add_time "$op" floor link "$FLOOR_LINK_S"
             else                        # iSCSI: the by-path link (mpath: the map); the node beside it
-                add_time "$op" floor connect "$FLOOR_LINK_S"
                 add_time "$op" floor node "$FLOOR_S"
             fi
-            echo "{\"path\": \"$FLOOR_DEV\"}" > "$WORK/$name.json" ;;
+            dev=$FLOOR_DEV ;;
     esac
-    dev=$(jq -r '.path // empty' "$WORK/$name.json"); real=$(readlink -f "$dev")
-    check_volume "$kind" "$dev" "$name"
+    add_time "$op" "$side" connect "$CALL_SECS"
+    real=$(readlink -f "$dev")
+    check_volume "$op" "$dev" "$name"
     case $side in
-        osbrick|library)
-            pipe_call "$side" "$name-d" "$op disconnect" "$(disconnect_req "$conn" "$mp" "$(cat "$WORK/$name.json")")" ;;
-        example) example "$name-d" "$op disconnect" disconnect "${flags[@]}" "$conn" "$WORK/$name.json" ;;
+        osbrick|library) pipe_call "$side" "$name-d" "${DISCONNECT_PRE[$op]}$rec}" ;;
+        example) example "$name-d" disconnect "${flags[@]}" "$conn" "$rec" ;;
         floor) "floor_${op}_detach"; CALL_SECS=$FLOOR_DETACH_S ;;
     esac
     add_time "$op" "$side" disconnect "$CALL_SECS"
-    check_clean "$kind" "$dev" "$real"
+    check_clean "$op" "$dev" "$real"
 }
 
 # run_many SIDE ROUND: the 5 LUNs at once, then their detaches at once.
 run_many() {
-    local side=$1 r=$2 name=many-$1-$2 i t0 reqs pids=() rc devs=() reals=() dev
+    local side=$1 r=$2 name=many-$1-$2 i t0 req pids=() rc=() devs=() reals=() recs=()
     case $side in
         osbrick|library)
-            reqs=$(for i in $(seq 0 $((N_C - 1))); do connect_req "$WORK/conn-c$i.json" false; done | jq -c -s '{op: "connect_many", requests: .}')
-            pipe_call "$side" "$name" "many connect" "$reqs"
-            add_time many "$side" connect "$CALL_SECS"
-            for i in $(seq 0 $((N_C - 1))); do jq -c ".result[$i].result" "$WORK/$name.ans" > "$WORK/$name-$i.json"; done ;;
+            pipe_call "$side" "$name" "$MANY_REQ"
+            [ ${#RESULTS[@]} = "$N_C" ] || fail "$side $name: ${#RESULTS[@]} answers, expected $N_C"
+            recs=("${RESULTS[@]}") devs=("${PATHS[@]}") ;;
         example)
             t0=${EPOCHREALTIME/./}
             for i in $(seq 0 $((N_C - 1))); do
                 "$ATTACH" connect "$WORK/conn-c$i.json" > "$WORK/$name-$i.out" 2> "$WORK/$name-$i.err" &
                 pids+=($!)
             done
-            rc=(); for i in "${!pids[@]}"; do wait "${pids[i]}"; rc[i]=$?; done
+            for i in "${!pids[@]}"; do wait "${pids[i]}"; rc[i]=$?; done
             since "$t0"; CALL_SECS=$SINCE
-            add_time many example connect "$CALL_SECS"
             for i in $(seq 0 $((N_C - 1))); do
-                example_logged "$name-$i" "many connect" "${rc[i]}" "connect $WORK/conn-c$i.json (one of $N_C at once)"
-                cp "$WORK/$name-$i.out" "$WORK/$name-$i.json"
+                example_logged "$name-$i" "${rc[i]}" "connect $WORK/conn-c$i.json (one of $N_C at once)"
+                recs+=("$WORK/$name-$i.out") devs+=("$RECORD_PATH")
             done ;;
         floor)
             floor_many
-            add_time many floor connect "$FLOOR_LINK_S"
+            CALL_SECS=$FLOOR_LINK_S
             add_time many floor node "$FLOOR_S"
-            for i in $(seq 0 $((N_C - 1))); do echo "{\"path\": \"/dev/disk/by-path/ip-$P1-iscsi-$IQN_C-lun-$i\"}" > "$WORK/$name-$i.json"; done ;;
+            for i in $(seq 0 $((N_C - 1))); do devs+=("/dev/disk/by-path/ip-$P1-iscsi-$IQN_C-lun-$i"); done ;;
     esac
+    add_time many "$side" connect "$CALL_SECS"
     for i in $(seq 0 $((N_C - 1))); do
-        dev=$(jq -r '.path // empty' "$WORK/$name-$i.json")
-        devs+=("$dev"); reals+=("$(readlink -f "$dev")")
-        check_volume "c$i" "$dev" "$name-$i"
+        reals+=("$(readlink -f "${devs[i]}")")
+        check_volume "c$i" "${devs[i]}" "$name-$i"
     done
     case $side in
         osbrick|library)
-            reqs=$(for i in $(seq 0 $((N_C - 1))); do disconnect_req "$WORK/conn-c$i.json" false "$(cat "$WORK/$name-$i.json")"; done | jq -c -s '{op: "disconnect_many", requests: .}')
-            pipe_call "$side" "$name-d" "many disconnect" "$reqs" ;;
+            req='{"op":"disconnect_many","requests":['
+            for i in $(seq 0 $((N_C - 1))); do req+="${DISCONNECT_PRE[c$i]}${recs[i]}},"; done
+            pipe_call "$side" "$name-d" "${req%,}]}" ;;
         example)
             t0=${EPOCHREALTIME/./} pids=()
             for i in $(seq 0 $((N_C - 1))); do
-                "$ATTACH" disconnect "$WORK/conn-c$i.json" "$WORK/$name-$i.json" > "$WORK/$name-$i-d.out" 2> "$WORK/$name-$i-d.err" &
+                "$ATTACH" disconnect "$WORK/conn-c$i.json" "${recs[i]}" > "$WORK/$name-$i-d.out" 2> "$WORK/$name-$i-d.err" &
                 pids+=($!)
             done
-            rc=(); for i in "${!pids[@]}"; do wait "${pids[i]}"; rc[i]=$?; done
+            for i in "${!pids[@]}"; do wait "${pids[i]}"; rc[i]=$?; done
             since "$t0"; CALL_SECS=$SINCE
             for i in $(seq 0 $((N_C - 1))); do
-                example_logged "$name-$i-d" "many disconnect" "${rc[i]}" "disconnect $WORK/conn-c$i.json (one of $N_C at once)"
+                example_logged "$name-$i-d" "${rc[i]}" "disconnect $WORK/conn-c$i.json (one of $N_C at once)"
             done ;;
         floor) floor_many_detach; CALL_SECS=$FLOOR_DETACH_S ;;
     esac
@@ -455,22 +507,20 @@ run_many() {
     check_clean many "${devs[@]}" "${reals[@]}"
 }
 
-# properties SIDE ROUND (os-brick, library, example; the floor has none)
+# run_properties SIDE ROUND (os-brick, library, example; the floor has none): the results are
+# checked at the end (initiator, multipath)
 run_properties() {
     local side=$1 r=$2 name=props-$1-$2
     case $side in
         osbrick|library)
-            pipe_call "$side" "$name" properties '{"op":"properties","ip":"127.0.0.1","multipath":true,"enforce_multipath":false}'
-            ans_result "$name" > "$WORK/$name.json" ;;
+            pipe_call "$side" "$name" '{"op":"properties","ip":"127.0.0.1","multipath":true,"enforce_multipath":false}'
+            printf '%s\n' "${RESULTS[0]}" > "$WORK/$name.json" ;;
         example)
-            example "$name" properties properties --ip 127.0.0.1 --multipath
+            example "$name" properties --ip 127.0.0.1 --multipath
             cp "$WORK/$name.out" "$WORK/$name.json" ;;
         floor) return 0 ;;
     esac
     add_time properties "$side" connect "$CALL_SECS"
-    [ "$(jq -r .initiator "$WORK/$name.json")" = "$INITIATOR_IQN" ] \
-        || fail "$side properties: initiator $(jq -r .initiator "$WORK/$name.json"), expected $INITIATOR_IQN"
-    [ "$(jq -r .multipath "$WORK/$name.json")" = true ] || fail "$side properties: multipath is not true"
 }
 
 # ------------------------------------------------------------------ the rounds -----
@@ -490,18 +540,26 @@ for r in $(seq 1 "$RUNS"); do
     "$ATTACH" --help > /dev/null || fail "attach --help failed"
     since "$t0"; add_time help example connect "$SINCE"
     for s in "${order[@]}"; do run_properties "$s" "$r"; done
-    for s in "${order[@]}"; do run_single single single "$WORK/conn-single.json" false "$s" "$r"; done
-    for s in "${order[@]}"; do run_single mpath mpath "$WORK/conn-mpath.json" true "$s" "$r"; done
+    for s in "${order[@]}"; do run_single single "$WORK/conn-single.json" false "$s" "$r"; done
+    for s in "${order[@]}"; do run_single mpath "$WORK/conn-mpath.json" true "$s" "$r"; done
     for s in "${order[@]}"; do run_many "$s" "$r"; done
-    for s in "${order[@]}"; do run_single nvme nvme "$WORK/conn-nvme.json" false "$s" "$r"; done
+    for s in "${order[@]}"; do run_single nvme "$WORK/conn-nvme.json" false "$s" "$r"; done
+    check_round_clean
     since "$T_SCENARIO"; log "==== round $r done at ${SINCE}s"
 done
-# the library's and os-brick's properties equal the example's (same host, same options)
-jq -e -n --slurpfile a "$WORK/props-example-1.json" --slurpfile b "$WORK/props-library-1.json" '$a[0] == $b[0]' >/dev/null \
-    || fail "attach batch properties differ from attach properties: $(jq -c . "$WORK/props-library-1.json") vs $(jq -c . "$WORK/props-example-1.json")"
 lib_stop
 osbrick_stop
 save_logs
+# Properties: every side names this host's initiator and multipath; the library's equal the
+# example's (the same code, the same host and options).
+jq -e -s --arg iqn "$INITIATOR_IQN" 'length > 0 and all(.[]; .initiator == $iqn and .multipath == true)' "$WORK"/props-*.json >/dev/null \
+    || fail "connector properties without this host's initiator $INITIATOR_IQN or multipath: $(cat "$WORK"/props-*.json | tr '\n' ' ' | cut -c1-600)"
+for r in $(seq 1 "$RUNS"); do
+    jq -e -n --slurpfile a "$WORK/props-example-$r.json" --slurpfile b "$WORK/props-library-$r.json" '$a[0] == $b[0]' >/dev/null \
+        || fail "attach batch properties differ from attach properties (round $r): $(cat "$WORK/props-library-$r.json") vs $(cat "$WORK/props-example-$r.json")"
+done
+grep -m1 'udev record not understood' "$RESULTS/$SCENARIO.attach.log" "$WORK/library.err" \
+    && fail "hostbrick could not parse a real udev record (see the attach log)"
 
 # ------------------------------------------------------------------ report -----
 
@@ -551,13 +609,25 @@ bench "iSCSI multipath" mpath
 bench "iSCSI $N_C at once" many
 bench "NVMe/TCP" nvme
 
-# hostbrick's phases (elapsed_ms as logged), medians per operation and side
+# hostbrick's phases: the phase events of its log (RUST_LOG=hostbrick=info), each call's
+# operation and volume from its span; medians per operation, side and phase.
+for v in "${!KIND_OF_VOLUME[@]}"; do printf '%s\t%s\n' "$v" "${KIND_OF_VOLUME[$v]}"; done > "$WORK/volumes.tsv"
+phases() {   # phases SIDE FILE
+    awk -v side="$1" 'NR == FNR { kind[$1] = $2; next }
+        /phase="[a-z_]*" elapsed_ms=[0-9]+/ {
+            if (!match($0, /op="[a-z_]*"/)) next; op = substr($0, RSTART + 4, RLENGTH - 5); sub(/_volume$/, "", op)
+            if (!match($0, /volume="[^"]*"/)) next; v = substr($0, RSTART + 8, RLENGTH - 9)
+            match($0, /phase="[a-z_]*"/); ph = substr($0, RSTART + 7, RLENGTH - 8)
+            match($0, /elapsed_ms=[0-9]+/); ms = substr($0, RSTART + 11, RLENGTH - 11)
+            if (v in kind) printf "%s %s\t%s\t%s\t%s\n", kind[v], op, side, ph, ms }' "$WORK/volumes.tsv" "$2"
+}
+{ phases example "$RESULTS/$SCENARIO.attach.log"; phases library "$WORK/library.err"; } > "$WORK/phases.tsv"
 if [ -s "$WORK/phases.tsv" ]; then
     {
         echo
         echo "hostbrick phases (RUST_LOG=hostbrick=info: elapsed_ms of each phase event, medians over every call of $RUNS rounds)"
         echo
-        echo "| operation | side | phase | calls | median ms |"
+        echo "| operation | side | phase | events | median ms |"
         echo "|---|---|---|---|---|"
         sort -t$'\t' -k1,1 -k2,2 -k3,3 -k4,4n "$WORK/phases.tsv" | awk -F'\t' '
             function flush() { if (n) printf "| %s | %s | %s | %d | %s |\n", k1, k2, k3, n, (n % 2 ? v[(n+1)/2] : (v[n/2] + v[n/2+1]) / 2) }
@@ -565,6 +635,8 @@ if [ -s "$WORK/phases.tsv" ]; then
             END { flush() }'
     } >> "$TABLE"
     sed -n '/^hostbrick phases/,$p' "$TABLE"
+else
+    note "no phase lines in hostbrick's logs"
 fi
 CONNECT_S=$(med single example connect) DISCONNECT_S=$(med single example disconnect) FLOOR_S=$(med single floor connect)
 since "$T_SCENARIO"; note "scenario ${SINCE}s; table: results/$SCENARIO.table.md"
