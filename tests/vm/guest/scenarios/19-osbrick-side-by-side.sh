@@ -1,6 +1,6 @@
 #!/bin/bash
 # vm-needs: osbrick
-# vm-timeout: 900
+# vm-timeout: 1200
 # Benchmark (issue #14): cold attach and detach, os-brick 7.1.1 beside hostbrick in the same
 # guest boot, at the kernel floor. Four sides, on the same targets:
 #   os-brick   one long-lived Python process (guest/osbrick_driver.py), timed around each call
@@ -594,7 +594,9 @@ bench() {   # bench LABEL OP: the bench lines of one operation (connect and disc
     for s in osbrick library example; do
         c=$(med "$2" "$s" connect) d=$(med "$2" "$s" disconnect)
         [ "$c" = - ] && continue
-        note="floor detach $(med "$2" floor disconnect)s; runs: connect${TIMES["$2|$s|connect"]}; disconnect${TIMES["$2|$s|disconnect"]:- -}"
+        note=""
+        [ "$(med "$2" floor disconnect)" = - ] || note="floor detach $(med "$2" floor disconnect)s; "
+        note+="runs: connect${TIMES["$2|$s|connect"]}; disconnect${TIMES["$2|$s|disconnect"]:- -}"
         bench_line side-by-side "$1: $s" "$RUNS" "$c" "$d" "$f" "$note"
     done
 }
