@@ -6,6 +6,7 @@
 //! attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
 //! attach extend [--multipath] CONNECTION_INFO.json|-
 //! attach audit
+//! attach batch [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach]
 //! ```
 //!
 //! JSON in, JSON out: results go to stdout and nothing else does. Errors go to stderr as
@@ -15,6 +16,16 @@
 //! one JSON object and changes nothing; sessions, controllers and mappings that a hostbrick operation
 //! holds at that moment (under `--lock-dir`) are listed apart, under `in_progress`. Set `RUST_LOG`
 //! (e.g. `RUST_LOG=hostbrick=info`) for tracing output on stderr.
+//!
+//! `batch` is hostbrick as a library behind a pipe: one JSON request per line on stdin
+//! (`properties`, `connect`, `disconnect`, `extend`, and `connect_many` / `disconnect_many`
+//! that run several calls at once on threads), one JSON answer per line on stdout
+//! (`{"ok": true, "result": ..., "secs": S}` or `{"ok": false, "error": {"kind", "message"},
+//! "secs": S}`), every call in this one process, connectors kept from call to call (as an
+//! orchestrator linking hostbrick makes them). Its flags are the defaults of the requests.
+//! It speaks the protocol of the VM suite's os-brick driver, so that a suite drives both
+//! the same way; a bad line gets an error answer and the loop goes on until `{"op": "quit"}`
+//! or the end of stdin. The request and answer shapes: `examples/attach/batch.rs`.
 //!
 //! Common options: `--timeout SECS` (operation deadline), `--lock-dir DIR`,
 //! `--iface NAME` (open-iscsi iface), `--root-helper CMD` (e.g. `sudo`).
@@ -34,9 +45,14 @@ const USAGE: &str = "usage:
   attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
   attach extend [--multipath] CONNECTION_INFO.json|-
   attach audit
+  attach batch [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach]
+    (one JSON request a line on stdin: properties, connect, disconnect, extend, connect_many,
+     disconnect_many, quit; one JSON answer a line on stdout; the flags are the requests' defaults)
 common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD,
   --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)";
 
+#[path = "attach/batch.rs"]
+mod batch;
 mod common;
 
 use common::Usage;
@@ -48,6 +64,7 @@ enum Cmd {
     Disconnect,
     Extend,
     Audit,
+    Batch,
 }
 
 struct Args {
@@ -75,6 +92,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         Some("disconnect") => Cmd::Disconnect,
         Some("extend") => Cmd::Extend,
         Some("audit") => Cmd::Audit,
+        Some("batch") => Cmd::Batch,
         Some("-h" | "--help") => return Err(Usage(String::new())),
         Some(other) => return Err(Usage(format!("unknown command {other:?}"))),
         None => return Err(Usage("missing command".into())),
@@ -125,6 +143,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         Cmd::Extend => ("extend", 1, 1),
         Cmd::Disconnect => ("disconnect", 1, 2),
         Cmd::Audit => ("audit", 0, 0),
+        Cmd::Batch => ("batch", 0, 0),
     };
     if a.files.len() < min || a.files.len() > max {
         return Err(Usage(format!("{name} takes {min} to {max} file arguments")));
@@ -213,6 +232,20 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
             let connector = connector_for(info.protocol(), options(a))?;
             Ok(connector.extend_volume(&info)?.to_string())
+        }
+        Cmd::Batch => {
+            let server = batch::Batch::new(
+                options(a),
+                a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
+                a.host.clone().unwrap_or_else(common::hostname),
+            );
+            server
+                .serve(std::io::stdin().lock(), std::io::stdout().lock())
+                .map_err(|source| hostbrick::Error::Io {
+                    path: "stdin/stdout".into(),
+                    source,
+                })?;
+            Ok(String::new())
         }
         Cmd::Audit => {
             // The lock directory of --lock-dir tells attaches still in progress.

@@ -12,7 +12,8 @@
 #   HOSTBRICK_VM_SCENARIO_TIMEOUT=SECS  limit per scenario inside the guest (default 300)
 #   HOSTBRICK_VM_ATTACH=PATH        use this attach binary instead of building the examples
 #                                   (concurrent_attach is taken from the same directory)
-#   HOSTBRICK_VM_BENCH_RUNS=N       runs per figure of the attach-latency benchmark (default 5)
+#   HOSTBRICK_VM_BENCH_RUNS=N       runs per figure of the attach-latency benchmark, rounds of the
+#                                   side-by-side one (19-osbrick-side-by-side) (default 5)
 #   HOSTBRICK_VM_DIR=DIR            work dir (default target/vm)
 #
 # Outputs under target/vm/: share/ (what the guest sees at /mnt/host), console.log, dmesg.txt,

@@ -830,14 +830,15 @@ bench_line() {
 OSBRICK_DIR=${OSBRICK_DIR:-/tmp/osbrick}
 OSBRICK_TIMEOUT=${OSBRICK_TIMEOUT:-300}
 
-# osbrick_launch: start unpacking os-brick and the driver in the background (a coprocess);
+# osbrick_launch: start unpacking os-brick and the driver in the background (a coprocess;
+# its log: $OSBRICK_LOG_PATH, default results/<scenario>.osbrick.log);
 # osbrick_wait: wait until it has imported os-brick (sets OSBRICK_STARTUP_S, OSBRICK_VERSION).
 # osbrick_start: both. Between the two a scenario can set up targets and run hostbrick.
 osbrick_launch() {
     [ -s "$SHARE/osbrick.error" ] && fail "$(cat "$SHARE/osbrick.error")"
     [ -s "$SHARE/osbrick.tar" ] || fail "no os-brick in the share ($SHARE/osbrick.tar): run-suite.sh provisions it for scenarios marked '# vm-needs: osbrick'"
     command -v python3 >/dev/null || fail "the guest has no python3"
-    OSBRICK_LOG=$RESULTS/$SCENARIO.osbrick.log
+    OSBRICK_LOG=${OSBRICK_LOG_PATH:-$RESULTS/$SCENARIO.osbrick.log}
     : > "$OSBRICK_LOG"
     OSBRICK_T0=$(now_ns)
     coproc OSBRICK {
@@ -882,10 +883,11 @@ osbrick_call() {
         echo "--- request"; jq -c . <<<"$req"
         echo "--- answer"; jq . "$WORK/$name.osb"
     } >> "$RESULTS/$SCENARIO.attach.log"
-    log "os-brick $name -> ok=$OSB_OK in ${OSB_SECS}s$([ "$OSB_OK" = true ] || echo ": $(jq -r .error "$WORK/$name.osb")")"
+    log "os-brick $name -> ok=$OSB_OK in ${OSB_SECS}s$([ "$OSB_OK" = true ] || echo ": $(osbrick_error "$name")")"
 }
 osbrick_result() { jq -c '.result' "$WORK/$1.osb"; }
-osbrick_error() { jq -r '.error' "$WORK/$1.osb"; }
+# the error of an answer ({"kind", "message"}; older drivers: a string) as "kind: message"
+osbrick_error() { jq -r '.error | if type == "object" then "\(.kind): \(.message)" else tostring end' "$WORK/$1.osb"; }
 
 # osbrick_stop: ask the driver to quit (its privsep daemons go with it) and free the unpacked
 # tree (tmpfs: guest memory).

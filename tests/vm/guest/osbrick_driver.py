@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""os-brick behind a pipe, for the VM suite's interop scenario (18-osbrick-interop).
+"""os-brick behind a pipe, for the VM suite's os-brick scenarios (18-osbrick-interop,
+19-osbrick-side-by-side).
 
 One long-lived process (importing os-brick takes ~20 s under emulation): it reads one JSON
 request per line on stdin and answers one JSON line on stdout. Everything else (os-brick's
@@ -9,14 +10,23 @@ and oslo's logging, stray prints) goes to stderr.
     {"op": "connect", "protocol": "ISCSI", "use_multipath": false, "connection_properties": {...}}
     {"op": "disconnect", "protocol": "ISCSI", "use_multipath": false,
      "connection_properties": {...}, "device_info": {...}, "force": false, "ignore_errors": false}
+    {"op": "extend", "protocol": "ISCSI", "use_multipath": false, "connection_properties": {...}}
+    {"op": "connect_many", "requests": [{connect request, "op" optional}, ...]}
+    {"op": "disconnect_many", "requests": [{disconnect request, "op" optional}, ...]}
     {"op": "quit"}
 
-Answers: {"ok": true, "result": ..., "secs": S} or {"ok": false, "error": "Type: message",
-"traceback": "..."}. The first line written is {"ready": true, "version": ..., "import_s": S}.
+Answers: {"ok": true, "result": ..., "secs": S} or {"ok": false, "error": {"kind": "Type",
+"message": "..."}, "traceback": "...", "secs": S}; secs is the call's time in this process.
+The first line written is {"ready": true, "version": ..., "import_s": S}. connect_many and
+disconnect_many run their requests at once, one thread each, started together (Nova calls
+os-brick's connectors from several threads; os-brick's own locks serialize what they
+serialize); the result is the list of each request's answer, in order, and the answer is ok
+only when every one is (otherwise the error kind is "partial"). attach batch
+(examples/attach/batch.rs) answers the same requests, for hostbrick as a library.
 
 Only os-brick's public API is used: connector.get_connector_properties,
-InitiatorConnector.factory, connect_volume, disconnect_volume. connection_properties is the
-`data` of Cinder's connection_info, as Nova passes it.
+InitiatorConnector.factory, connect_volume, disconnect_volume, extend_volume.
+connection_properties is the `data` of Cinder's connection_info, as Nova passes it.
 
 Privileges: the process runs as root with root_helper='' (os-brick then runs its commands
 through privsep, whose default helper is `sudo privsep-helper`; the guest has no sudo).
@@ -29,6 +39,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -81,14 +92,16 @@ def main():
            "import_s": round(time.monotonic() - t0, 3), "python": sys.version.split()[0]})
 
     connectors = {}
+    connectors_lock = threading.Lock()
 
     def get_connector(req):
         key = (req["protocol"].upper(), bool(req.get("use_multipath", False)),
                int(req.get("device_scan_attempts", 3)))
-        if key not in connectors:
-            connectors[key] = connector.InitiatorConnector.factory(
-                key[0], root_helper="", use_multipath=key[1], device_scan_attempts=key[2])
-        return connectors[key]
+        with connectors_lock:
+            if key not in connectors:
+                connectors[key] = connector.InitiatorConnector.factory(
+                    key[0], root_helper="", use_multipath=key[1], device_scan_attempts=key[2])
+            return connectors[key]
 
     def op_properties(req):
         return connector.get_connector_properties(
@@ -106,7 +119,54 @@ def main():
             ignore_errors=bool(req.get("ignore_errors", False)))
         return None
 
-    ops = {"properties": op_properties, "connect": op_connect, "disconnect": op_disconnect}
+    def op_extend(req):
+        return get_connector(req).extend_volume(req["connection_properties"])
+
+    ops = {"properties": op_properties, "connect": op_connect, "disconnect": op_disconnect,
+           "extend": op_extend}
+
+    def failed(e, start):
+        answer = {"ok": False, "error": {"kind": type(e).__name__, "message": str(e)},
+                  "secs": round(time.monotonic() - start, 3)}
+        if e.__traceback__ is not None:
+            answer["traceback"] = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        return answer
+
+    def call(fn, req):
+        start = time.monotonic()
+        try:
+            result = fn(req)
+            return {"ok": True, "result": result, "secs": round(time.monotonic() - start, 3)}
+        except Exception as e:
+            logging.exception("request %s failed", req.get("op"))
+            return failed(e, start)
+
+    def run_many(op, items):
+        """Each item on its own thread, all started together; the answers in order."""
+        if not isinstance(items, list):
+            raise ValueError("requests is not a list")
+        answers = [None] * len(items)
+        good = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and item.get("op", op) == op:
+                good.append(i)
+            else:
+                answers[i] = failed(ValueError(f"request {i} is not a {op} request"),
+                                    time.monotonic())
+        barrier = threading.Barrier(len(good)) if good else None
+
+        def one(i):
+            barrier.wait()
+            answers[i] = call(ops[op], items[i])
+
+        threads = []
+        for i in good:
+            t = threading.Thread(target=one, args=(i,), name=f"{op}-{i}")
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        return answers
 
     for line in sys.stdin:
         line = line.strip()
@@ -115,20 +175,31 @@ def main():
         start = time.monotonic()
         try:
             req = json.loads(line)
-            if req.get("op") == "quit":
+            if not isinstance(req, dict):
+                raise ValueError("not a JSON object")
+            op = req.get("op")
+            if op == "quit":
                 reply({"ok": True, "result": None, "secs": 0})
                 break
-            fn = ops.get(req.get("op"))
+            logging.info("request %s", op)
+            if op in ("connect_many", "disconnect_many"):
+                answers = run_many(op[:-len("_many")], req.get("requests"))
+                bad = sum(1 for a in answers if not a["ok"])
+                answer = {"ok": bad == 0, "result": answers,
+                          "secs": round(time.monotonic() - start, 3)}
+                if bad:
+                    answer["error"] = {"kind": "partial",
+                                       "message": f"{bad} of {len(answers)} requests failed"}
+                reply(answer)
+                continue
+            fn = ops.get(op)
             if fn is None:
-                raise ValueError(f"unknown op {req.get('op')!r}")
-            logging.info("request %s", req.get("op"))
+                raise ValueError(f"unknown op {op!r}")
             result = fn(req)
             reply({"ok": True, "result": result, "secs": round(time.monotonic() - start, 3)})
         except Exception as e:
             logging.exception("request failed")
-            reply({"ok": False, "error": f"{type(e).__name__}: {e}",
-                   "traceback": traceback.format_exc(),
-                   "secs": round(time.monotonic() - start, 3)})
+            reply(failed(e, start))
     return 0
 
 

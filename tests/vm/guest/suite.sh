@@ -35,8 +35,11 @@ for script in "$GUEST_DIR"/scenarios/*.sh; do
     guest_reset
     echo "======== scenario $name"
     rm -f "$RESULTS/$name.res"
+    # a scenario may ask for more time with a line '# vm-timeout: SECS' (the larger wins)
+    limit=$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' "$script" | head -n1)
+    [ -n "$limit" ] && [ "$limit" -gt "$SCENARIO_TIMEOUT" ] || limit=$SCENARIO_TIMEOUT
     start=$(now_ns)
-    SCENARIO_NAME=$name timeout --kill-after=10 "$SCENARIO_TIMEOUT" bash "$script" "$name" 2>&1 \
+    SCENARIO_NAME=$name timeout --kill-after=10 "$limit" bash "$script" "$name" 2>&1 \
         | tee "$RESULTS/$name.log"
     rc=${PIPESTATUS[0]}
     took=$(secs_since "$start")
@@ -49,7 +52,7 @@ for script in "$GUEST_DIR"/scenarios/*.sh; do
         message=$(sed -n 's/^message=//p' "$RESULTS/$name.res")
     fi
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        status=fail message="timed out after ${SCENARIO_TIMEOUT}s${message:+; last verdict: $message}"
+        status=fail message="timed out after ${limit}s${message:+; last verdict: $message}"
     elif [ "$status" = pass ] && [ "$rc" != 0 ]; then
         status=fail message="exit code $rc despite a pass verdict"
     elif [ -z "$message" ]; then
