@@ -8,7 +8,7 @@
 # Environment:
 #   HOSTBRICK_SKIP_VM=1             skip the whole suite (prints SKIPPED, exits 0)
 #   HOSTBRICK_VM_SCENARIOS=REGEX    run only the scenarios whose name matches (bash regex)
-#   HOSTBRICK_VM_TIMEOUT=SECS       overall limit for the VM run (default 1800)
+#   HOSTBRICK_VM_TIMEOUT=SECS       overall limit for the VM run (default 2700)
 #   HOSTBRICK_VM_SCENARIO_TIMEOUT=SECS  limit per scenario inside the guest (default 300)
 #   HOSTBRICK_VM_ATTACH=PATH        use this attach binary instead of building the examples
 #                                   (concurrent_attach is taken from the same directory)
@@ -30,7 +30,7 @@ if [ "${HOSTBRICK_SKIP_VM:-}" = 1 ]; then
 fi
 
 T_START=$(date +%s)
-OVERALL_TIMEOUT=${HOSTBRICK_VM_TIMEOUT:-1800}
+OVERALL_TIMEOUT=${HOSTBRICK_VM_TIMEOUT:-2700}
 
 # 1. host packages, guest image
 bash "$VM_SRC_DIR/host-deps.sh" || vm_die "installing the host packages failed (tests/vm/host-deps.sh)"
