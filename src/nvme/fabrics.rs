@@ -323,17 +323,22 @@ mod tests {
         }
     }
 
+    /// The arguments of a connect to `nqn` through `portal` with the test host's identity.
+    fn args<'a>(nqn: &'a Nqn, portal: &'a NvmePortal) -> ConnectArgs<'a> {
+        ConnectArgs {
+            nqn,
+            portal,
+            hostnqn: HOSTNQN,
+            hostid: HOSTID,
+            ctrl_loss_tmo: Duration::from_secs(600),
+        }
+    }
+
     #[test]
     fn options_in_libnvme_order() {
         let nqn: Nqn = "nqn.2014-08.org.hostbrick:vm1".parse().unwrap();
         let p = portal("127.0.0.1");
-        let a = ConnectArgs {
-            nqn: &nqn,
-            portal: &p,
-            hostnqn: HOSTNQN,
-            hostid: HOSTID,
-            ctrl_loss_tmo: Duration::from_secs(600),
-        };
+        let a = args(&nqn, &p);
         assert_eq!(
             connect_options(&a).unwrap(),
             format!("nqn=nqn.2014-08.org.hostbrick:vm1,transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID},ctrl_loss_tmo=600")
@@ -371,13 +376,7 @@ mod tests {
     fn no_value_carries_options_of_its_own() {
         let nqn: Nqn = "nqn.2014-08.org.hostbrick:vm1".parse().unwrap();
         let ok = portal("127.0.0.1");
-        let a = ConnectArgs {
-            nqn: &nqn,
-            portal: &ok,
-            hostnqn: HOSTNQN,
-            hostid: HOSTID,
-            ctrl_loss_tmo: Duration::from_secs(600),
-        };
+        let a = args(&nqn, &ok);
         let name = |r: Result<String>| match r {
             Err(Error::InvalidArgument { name, .. }) => name,
             other => panic!("{other:?}"),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::super::{args, Tools};
+use super::super::{args, names_in, Tools};
 use super::{Session, State, Target};
 use crate::iscsi::by_path_name;
 use crate::iscsi::idbm::NodeRecord;
@@ -448,20 +448,9 @@ pub(super) struct NodeFile {
 /// (entries without a comma, like a writer's temporary file, are not records).
 pub(super) fn node_files(nodes: &Path) -> Vec<NodeFile> {
     let mut out = Vec::new();
-    let names = |d: &Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    for iqn in names(nodes) {
+    for iqn in names_in(nodes) {
         let tdir = nodes.join(&iqn);
-        for entry in names(&tdir) {
+        for entry in names_in(&tdir) {
             let mut parts = entry.split(',');
             let (Some(address), Some(port)) = (parts.next(), parts.next()) else {
                 continue;
@@ -488,7 +477,7 @@ pub(super) fn node_files(nodes: &Path) -> Vec<NodeFile> {
                     });
                 }
                 Some(g) if path.is_dir() => {
-                    for iface in names(&path) {
+                    for iface in names_in(&path) {
                         out.push(NodeFile {
                             iqn: iqn.clone(),
                             portal: portal.clone(),
