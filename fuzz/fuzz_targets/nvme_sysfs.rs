@@ -146,7 +146,15 @@ fn check_connect_options(text: &str) {
             .collect();
         assert_eq!(
             keys,
-            ["nqn", "transport", "traddr", "trsvcid", "hostnqn", "hostid", "ctrl_loss_tmo"],
+            [
+                "nqn",
+                "transport",
+                "traddr",
+                "trsvcid",
+                "hostnqn",
+                "hostid",
+                "ctrl_loss_tmo"
+            ],
             "{s:?}"
         );
         assert!(s.contains(&format!(",hostnqn={hostnqn},")), "{s:?}");
