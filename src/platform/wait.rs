@@ -3,7 +3,8 @@
 //! The order is always: open the watch, act (login, scan, connect, map, delete), then
 //! [`DeviceWatch::wait_for`] a condition with one deadline. The condition is checked at once
 //! (the device may already be there), then again after every udev event on the watched
-//! subsystems, so nothing that happens between the action and the wait is missed.
+//! subsystems and at least every [`UDEV_RECHECK_INTERVAL`], so nothing that happens between
+//! the action and the wait is missed, and a device udev has recorded is seen before its event.
 
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,12 @@ use crate::platform::uevent::Uevent;
 pub const SYSFS_POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The longest a udev-driven wait goes without re-checking its condition. Events drive the
-/// wait; this only guards against sysfs changes the kernel announces with no uevent (hidden
-/// NVMe path disks, for one), which would otherwise hold a wait until its deadline.
-pub const UDEV_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// wait; between them the condition is checked this often too, for two reasons: udev writes
+/// a device's database record and links before it runs the rules' `RUN` programs and only
+/// then tells its listeners (a device is ready, and a by-path link there, from the record's
+/// write on, tens of milliseconds before its event under emulation), and the kernel announces
+/// some sysfs changes with no uevent at all (hidden NVMe path disks, for one).
+pub const UDEV_RECHECK_INTERVAL: Duration = Duration::from_millis(25);
 
 /// A subscription to device events, opened before the action it waits on.
 pub struct DeviceWatch {
