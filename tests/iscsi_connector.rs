@@ -42,7 +42,7 @@ fn single_path_attach_and_detach() {
     // The node record is written directly, as `--op new` and hostbrick's `--op update`
     // would leave it: the one iscsiadm of the connect is the login.
     assert_eq!(
-        iscsiadm_calls(&sim),
+        sim.iscsiadm_calls(),
         vec![format!(
             "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface default --login"
         )]
@@ -74,7 +74,7 @@ fn single_path_attach_and_detach() {
     // The record file goes without iscsiadm: the one iscsiadm of the disconnect is the
     // logout.
     assert_eq!(
-        iscsiadm_calls(&sim),
+        sim.iscsiadm_calls(),
         vec![format!(
             "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface default --logout"
         )]
@@ -86,15 +86,6 @@ fn single_path_attach_and_detach() {
         .join(format!("etc/iscsi/nodes/{IQN}"))
         .exists());
     assert!(c.check_valid_device(&rec.path).is_err());
-}
-
-/// The iscsiadm commands run, in order.
-fn iscsiadm_calls(sim: &IscsiSim) -> Vec<String> {
-    sim.runner
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("iscsiadm"))
-        .collect()
 }
 
 /// What the Debian guest's iscsiadm wrote for `--op new` and hostbrick's `--op update` of
@@ -642,7 +633,7 @@ fn iser_uses_the_iser_iface() {
     let rec = c.connect_volume(&ci).unwrap();
     // The record is iscsiadm's for the built-in iSER iface (iface name and transport).
     assert_eq!(
-        iscsiadm_calls(&sim),
+        sim.iscsiadm_calls(),
         vec![format!(
             "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface iser --login"
         )]

@@ -24,14 +24,6 @@ fn sim_with_target() -> IscsiSim {
     sim
 }
 
-fn iscsiadm_calls(sim: &IscsiSim) -> Vec<String> {
-    sim.runner
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("iscsiadm"))
-        .collect()
-}
-
 fn flat_record(sim: &IscsiSim) -> PathBuf {
     sim.fake
         .root()
@@ -100,8 +92,8 @@ fn chap_is_in_the_written_record() {
         setting(&file, "node.session.auth.password").as_deref(),
         Some("s3cret-pw")
     );
-    assert!(iscsiadm_calls(&sim).iter().all(|c| !c.contains("s3cret")));
-    assert_eq!(iscsiadm_calls(&sim).len(), 1, "{:?}", iscsiadm_calls(&sim));
+    assert!(sim.iscsiadm_calls().iter().all(|c| !c.contains("s3cret")));
+    assert_eq!(sim.iscsiadm_calls().len(), 1, "{:?}", sim.iscsiadm_calls());
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
@@ -123,7 +115,7 @@ fn a_record_that_was_there_is_updated_in_place() {
     let c = connector(&sim);
     let ci = single(PORTAL, 0, "vol-1");
     let rec = c.connect_volume(&ci).unwrap();
-    assert_eq!(iscsiadm_calls(&sim).len(), 1, "{:?}", iscsiadm_calls(&sim));
+    assert_eq!(sim.iscsiadm_calls().len(), 1, "{:?}", sim.iscsiadm_calls());
     assert_eq!(
         setting(&file, "node.session.scan").as_deref(),
         Some("manual")
@@ -154,7 +146,7 @@ fn a_planted_record_of_another_target_is_left_alone() {
     assert!(e.chain().contains("names another target"), "{}", e.chain());
     assert_eq!(fs::read_to_string(&file).unwrap(), planted);
     assert_eq!(sim.session_count(), 0);
-    assert!(iscsiadm_calls(&sim).is_empty());
+    assert!(sim.iscsiadm_calls().is_empty());
     // Nor does a disconnect remove it.
     c.disconnect_volume(&ci, None, DisconnectOptions::default())
         .unwrap();
@@ -216,7 +208,7 @@ fn the_database_lock_held_elsewhere_until_the_deadline() {
     assert!(lock.exists(), "someone else's lock was removed");
     assert_eq!(sim.session_count(), 0);
     assert_eq!(sim.node_count(), 0);
-    assert!(iscsiadm_calls(&sim).is_empty());
+    assert!(sim.iscsiadm_calls().is_empty());
     // Released: the connect works.
     fs::remove_file(&lock).unwrap();
     let rec = c.connect_volume(&ci).unwrap();
@@ -279,7 +271,7 @@ fn without_the_known_database_iscsiadm_makes_the_records() {
     let c = connector(&sim);
     let ci = single(PORTAL, 0, "vol-1");
     let rec = c.connect_volume(&ci).unwrap();
-    let calls = iscsiadm_calls(&sim);
+    let calls = sim.iscsiadm_calls();
     let ops: Vec<&str> = calls
         .iter()
         .map(|c| c.split_once(PORTAL).map_or("", |(_, rest)| rest.trim()))
@@ -310,7 +302,7 @@ fn a_configured_iface_leaves_the_record_to_iscsiadm() {
         sim.runner.count("--interface eth1-iface --op new"),
         1,
         "{:#?}",
-        iscsiadm_calls(&sim)
+        sim.iscsiadm_calls()
     );
     assert_eq!(sim.runner.count("--interface eth1-iface --login"), 1);
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
@@ -332,7 +324,7 @@ fn a_record_database_elsewhere_falls_back_to_iscsiadm() {
     let c = connector(&sim);
     let ci = single(PORTAL, 0, "vol-1");
     let rec = c.connect_volume(&ci).unwrap();
-    let calls = iscsiadm_calls(&sim);
+    let calls = sim.iscsiadm_calls();
     assert_eq!(sim.runner.count("--login"), 2, "{calls:#?}");
     assert_eq!(sim.runner.count("--op new"), 1, "{calls:#?}");
     assert!(!flat_record(&sim).exists(), "the unread record file stays");

@@ -475,18 +475,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let run = |addr: &str| {
             let p = portal(addr);
-            connect(
-                &runner,
-                &host,
-                &ConnectArgs {
-                    nqn: &nqn,
-                    portal: &p,
-                    hostnqn: HOSTNQN,
-                    hostid: HOSTID,
-                    ctrl_loss_tmo: Duration::from_secs(600),
-                },
-                deadline,
-            )
+            connect(&runner, &host, &args(&nqn, &p), deadline)
         };
         // The module is loaded once, when the device is missing.
         assert_eq!(
@@ -514,18 +503,7 @@ mod tests {
         assert_eq!(runner.0.lock().unwrap().len(), 1);
         // Past the deadline no connect starts.
         let p = portal("127.0.0.1");
-        let late = connect(
-            &runner,
-            &host,
-            &ConnectArgs {
-                nqn: &nqn,
-                portal: &p,
-                hostnqn: HOSTNQN,
-                hostid: HOSTID,
-                ctrl_loss_tmo: Duration::from_secs(600),
-            },
-            Instant::now(),
-        );
+        let late = connect(&runner, &host, &args(&nqn, &p), Instant::now());
         assert!(matches!(late, Err(Error::Timeout { .. })), "{late:?}");
     }
 

@@ -234,6 +234,15 @@ impl IscsiSim {
         self.fake.resize_lun(wwid, size);
     }
 
+    /// The iscsiadm commands run so far, in order.
+    pub fn iscsiadm_calls(&self) -> Vec<String> {
+        self.runner
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("iscsiadm"))
+            .collect()
+    }
+
     /// How many sessions are logged in.
     pub fn session_count(&self) -> usize {
         self.tools.state().sessions.len()
