@@ -78,6 +78,24 @@ fn the_fabrics_module_is_loaded_when_its_device_is_missing() {
 }
 
 #[test]
+fn a_controller_the_kernel_matched_but_that_went_away_is_connected_again() {
+    // EALREADY names a controller that is gone before it is looked for (another connect's
+    // controller, undone): the connect is written again and makes its own.
+    let sim = NvmeSim::new(false);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.answer_already_then_vanish(1);
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "v");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n1"));
+    assert_eq!(sim.fabrics_requests().len(), 2);
+    // The controller it made is its own to drop.
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
 fn a_portal_address_cannot_carry_connect_options() {
     let sim = NvmeSim::new(true);
     sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);

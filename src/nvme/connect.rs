@@ -3,7 +3,7 @@
 //! what a failed connect made.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::controllers::{all_controllers, native_multipath, ControllerFinder};
 use super::fabrics::{self, ConnectOutcome};
@@ -21,6 +21,10 @@ use crate::model::record::{DeviceRecord, NvmePathRecord};
 use crate::platform::lock::{LockGuard, LockMode};
 use crate::platform::registry::Registry;
 use crate::platform::wait::DeviceWatch;
+
+/// How long a connect the kernel answered with `EALREADY` waits for that controller to
+/// show before it is written again.
+pub(crate) const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One portal that came up.
 struct PortalUp {
@@ -132,6 +136,66 @@ impl NvmeDriver {
 }
 
 impl ConnectRun<'_> {
+    /// Makes the controller for `copy` at `portal`, or finds the one the kernel says exists
+    /// (`EALREADY`: a connect beside this one made it after this one looked). The
+    /// controller the kernel matched can be gone by the time it is looked for (its connect
+    /// undone, or given up after a loss, with nothing left to find): then the connect is
+    /// written again, at most every [`CONNECT_RETRY_INTERVAL`], until the deadline.
+    fn create_controller(
+        &mut self,
+        copy: &NvmeTarget,
+        portal: &NvmePortal,
+        watch: &mut DeviceWatch,
+    ) -> Result<String> {
+        let op = self.op;
+        let (host, deadline) = (op.host(), op.deadline);
+        let args = fabrics::ConnectArgs {
+            nqn: &copy.nqn,
+            portal,
+            hostnqn: self.hostnqn,
+            hostid: self.hostid,
+            ctrl_loss_tmo: op.opts.nvme.ctrl_loss_timeout,
+        };
+        let (ctrls, made) = (&mut self.ctrls, &mut self.made);
+        let mut made_one = |name: String| {
+            made.push((copy.nqn.clone(), portal.clone()));
+            name
+        };
+        // The kernel answers once the controller is live, its sysfs entry made.
+        if let ConnectOutcome::Connected(name) =
+            fabrics::connect(op.runner(), host, &args, deadline)?
+        {
+            ctrls.hint(&name);
+            return Ok(made_one(name));
+        }
+        let what = format!("controller for {} at {portal}", copy.nqn);
+        let mut last_try = Instant::now();
+        let found = watch.wait_for(&what, deadline, || {
+            if let Some(c) = ctrls.find(copy.nqn.as_str(), portal, args.hostnqn)? {
+                return Ok(Some(c.name));
+            }
+            if last_try.elapsed() < CONNECT_RETRY_INTERVAL {
+                return Ok(None);
+            }
+            tracing::info!(nqn = %copy.nqn, %portal, "the controller the kernel matched is not on the host; connecting again");
+            last_try = Instant::now();
+            Ok(match fabrics::connect(op.runner(), host, &args, deadline)? {
+                ConnectOutcome::Connected(name) => {
+                    ctrls.hint(&name);
+                    Some(made_one(name))
+                }
+                ConnectOutcome::AlreadyConnected => None,
+            })
+        });
+        if found.is_err() {
+            // What the host showed instead, for the report.
+            for c in all_controllers(host).unwrap_or_default() {
+                tracing::warn!(controller = %c.name, subsysnqn = %c.subsysnqn, transport = %c.transport, address = ?c.address, hostnqn = ?c.hostnqn, state = %c.state, "controller on the host");
+            }
+        }
+        found
+    }
+
     /// Before a new controller for `copy` at `portal`: registry entries of volumes using
     /// it that no controller serves any more were detached by another tool (os-brick);
     /// left, they would keep the new controller from ever being dropped. Runs under the
@@ -242,31 +306,7 @@ impl ConnectRun<'_> {
                         reason: format!("controller {other} already uses host id {} with host NQN {other_nqn}; the kernel refuses {} with the same host id", self.hostid, self.hostnqn),
                     });
                 }
-                let args = fabrics::ConnectArgs {
-                    nqn: &copy.nqn,
-                    portal,
-                    hostnqn: self.hostnqn,
-                    hostid: self.hostid,
-                    ctrl_loss_tmo: op.opts.nvme.ctrl_loss_timeout,
-                };
-                match fabrics::connect(op.runner(), host, &args, deadline)? {
-                    // The kernel answers once the controller is live, its sysfs entry made.
-                    ConnectOutcome::Connected(name) => {
-                        self.made.push((copy.nqn.clone(), portal.clone()));
-                        self.ctrls.hint(&name);
-                        name
-                    }
-                    // Another connect made it after the lookup above: it shows in sysfs.
-                    ConnectOutcome::AlreadyConnected => {
-                        let what = format!("controller for {} at {portal}", copy.nqn);
-                        let (ctrls, hostnqn) = (&mut self.ctrls, self.hostnqn);
-                        watch.wait_for(&what, deadline, || {
-                            Ok(ctrls
-                                .find(copy.nqn.as_str(), portal, hostnqn)?
-                                .map(|c| c.name))
-                        })?
-                    }
-                }
+                self.create_controller(copy, portal, &mut watch)?
             }
         };
         tracing::info!(phase = "connect", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "controller ready");

@@ -15,7 +15,9 @@ use crate::model::secret::Secret;
 mod system;
 
 use system::Event;
-pub use system::{SystemRunner, EXTRA_BIN_DIRS};
+pub use system::SystemRunner;
+#[cfg(feature = "internals")]
+pub use system::EXTRA_BIN_DIRS;
 
 /// One argument: plain, or a secret that is masked when the command is shown.
 ///

@@ -66,6 +66,10 @@ struct State {
     /// Assemble an array as `/dev/mdN` (no alias) when a namespace carrying a superblock
     /// appears, as udev's incremental assembly does.
     incremental: bool,
+    /// Connects answered `EALREADY` with no controller to show for it: the kernel's list
+    /// held a controller that went away before the caller looked (its connect undone, or
+    /// given up after a loss).
+    vanished_already: u32,
 }
 
 fn nguid_of(uuid: &str) -> String {
@@ -156,6 +160,12 @@ impl NvmeSim {
     /// nvme-fabrics` loads it again.
     pub fn unload_fabrics_module(&self) {
         let _ = std::fs::remove_file(self.fake.root().join(FABRICS_DEVICE));
+    }
+
+    /// Answers the next `n` connects `EALREADY` although no controller serves them, as the
+    /// kernel does when the controller it matched goes away right after.
+    pub fn answer_already_then_vanish(&self, n: u32) {
+        self.tools.state().vanished_already = n;
     }
 
     /// Makes connects to `address` be refused (`up` false) or work again.
@@ -301,6 +311,10 @@ impl Tools<State> {
         else {
             return Err(err(libc::ECONNREFUSED));
         };
+        if st.vanished_already > 0 {
+            st.vanished_already -= 1;
+            return Err(err(libc::EALREADY));
+        }
         // A controller deleted through sysfs is gone from the kernel's list.
         st.controllers
             .retain(|x| root.join(format!("sys/class/nvme/nvme{}", x.0)).exists());
