@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::model::ids::Wwid;
 use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
 use crate::platform::host::Host;
+use crate::platform::wait::DeviceWatch;
 
 /// The dm uuid prefix of multipath maps.
 pub const MPATH_UUID_PREFIX: &str = "mpath-";
@@ -105,7 +106,7 @@ pub fn add_path(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Re
 /// How long a flush is retried while the map is only briefly open ("map in use": udev
 /// probing it after a change, busiest when many volumes come and go at once).
 pub const MAP_BUSY_RETRY_FOR: Duration = Duration::from_secs(5);
-/// The pause between those retries.
+/// The longest pause between those retries; a udev event on a block device ends it sooner.
 pub const MAP_BUSY_RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// True when `multipath -f` refused because the map is open.
@@ -115,7 +116,18 @@ fn map_in_use(out: &CommandOutput) -> bool {
 
 /// Flushes and removes the map: `multipath -f <name>`, retried for up to
 /// [`MAP_BUSY_RETRY_FOR`] while it answers "map in use".
-pub fn flush_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
+///
+/// What holds a map open for a moment is udev: a map multipathd just made or reloaded gets
+/// an event whose rules probe it (blkid, kpartx), and udev tells its listeners of the event
+/// once those are done and the device is closed. So a refused flush is tried again at the
+/// next block-device event `watch` (opened on `block` before the flush) sees, or after
+/// [`MAP_BUSY_RETRY_INTERVAL`] at the latest.
+pub fn flush_map(
+    runner: &dyn CommandRunner,
+    watch: &mut DeviceWatch,
+    name: &str,
+    deadline: Instant,
+) -> Result<()> {
     let cmd = Command::new("multipath")
         .args(["-f", name])
         .deadline(deadline);
@@ -125,11 +137,15 @@ pub fn flush_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> R
         if out.status.success() {
             return Ok(());
         }
-        if !map_in_use(&out) || Instant::now() + MAP_BUSY_RETRY_INTERVAL >= give_up {
+        let now = Instant::now();
+        if !map_in_use(&out) || now >= give_up {
             return Err(cmd.failure(&out));
         }
-        tracing::debug!(map = name, "map in use; flushing again shortly");
-        std::thread::sleep(MAP_BUSY_RETRY_INTERVAL);
+        tracing::debug!(
+            map = name,
+            "map in use; flushing again after udev's next event"
+        );
+        watch.next_event((now + MAP_BUSY_RETRY_INTERVAL).min(give_up))?;
     }
 }
 

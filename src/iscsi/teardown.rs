@@ -392,7 +392,7 @@ impl IscsiDriver {
         let runner = &*self.opts.context.runner;
         let mut carried = block::flush_before_removal(host, &host.dev(&m.dm), force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
-        if let Err(e) = multipath::flush_map(runner, &m.name, deadline) {
+        if let Err(e) = multipath::flush_map(runner, &mut watch, &m.name, deadline) {
             if !force {
                 return Err(e);
             }

@@ -78,6 +78,19 @@ impl DeviceWatch {
         self.monitor.is_some()
     }
 
+    /// Blocks until a udev event on the watched subsystems arrives (draining what came) or
+    /// `until` passes; a watch without udev sleeps until then. The number of events seen.
+    pub fn next_event(&mut self, until: Instant) -> Result<u64> {
+        let left = until.saturating_duration_since(Instant::now());
+        match &self.monitor {
+            Some(m) => wait_event(m, left),
+            None => {
+                std::thread::sleep(left);
+                Ok(0)
+            }
+        }
+    }
+
     /// Waits until `check` returns `Some`, or `deadline` passes (a [`Error::Timeout`] naming
     /// `what`). Errors from `check` end the wait.
     pub fn wait_for<T>(
