@@ -26,7 +26,10 @@ fn take(runner: &FakeRunner) -> Vec<String> {
                     *i == 0
                         || w.starts_with("--login")
                         || w.starts_with("--logout")
-                        || ["add", "path", "map", "unmap", "-a", "-f"].contains(w)
+                        || [
+                            "add", "del", "show", "paths", "path", "map", "unmap", "-a", "-f",
+                        ]
+                        .contains(w)
                 })
                 .map(|(_, w)| *w)
                 .collect();
@@ -89,7 +92,14 @@ fn iscsi_multipath_adds_the_map_and_its_paths() {
     );
     assert_eq!(
         disconnect,
-        ["iscsiadm --logout", "iscsiadm --logout", "multipath -f"]
+        [
+            "iscsiadm --logout",
+            "iscsiadm --logout",
+            "multipath -f",
+            // multipathd no longer lists the removed paths (a following attach must not
+            // meet them there).
+            "multipathd show paths",
+        ]
     );
     sim.assert_clean();
 }

@@ -382,6 +382,38 @@ fn multipath_two_paths_one_map() {
 }
 
 #[test]
+fn multipath_detach_flushes_the_map_only_and_waits_for_multipathd_to_drop_the_paths() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    let paths: Vec<String> = rec
+        .paths
+        .iter()
+        .map(|p| p.device.display().to_string())
+        .collect();
+    assert_eq!(paths.len(), 2);
+    // One path is dead: a flush of it would fail (or, on a real host, hang until the
+    // session's replacement timeout). The detach is not forced and still succeeds.
+    sim.fake.fail_flush(&paths[1], nix::libc::EIO);
+    // multipathd has not handled the second path's removal when the detach looks.
+    let lagging = paths[1].trim_start_matches("/dev/").to_string();
+    sim.multipathd_lags(&[&lagging]);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    // Only the map was flushed; writes to the volume went through it.
+    assert_eq!(sim.fake.flushes(), ["/dev/dm-0"]);
+    assert!(sim.runner.count("multipathd show paths raw format %d") >= 2);
+    assert_eq!(
+        sim.runner.count(&format!("multipathd del path {lagging}")),
+        1
+    );
+}
+
+#[test]
 fn multipath_with_one_dead_path() {
     let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);

@@ -157,6 +157,77 @@ pub fn force_remove_map(runner: &dyn CommandRunner, name: &str, deadline: Instan
     runner.run_ok(&cmd, &[]).map(|_| ())
 }
 
+/// How long a disconnect waits for multipathd to drop the paths it removed before it
+/// drops them itself (`multipathd del path`).
+pub const PATH_DROP_WAIT: Duration = Duration::from_secs(1);
+/// The pause between two looks at multipathd's paths.
+pub const PATH_DROP_POLL: Duration = Duration::from_millis(50);
+
+/// The device names of a `multipathd show paths raw format %d` answer, one a line.
+pub fn parse_path_names(out: &str) -> Vec<String> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains(char::is_whitespace))
+        .map(str::to_string)
+        .collect()
+}
+
+/// multipathd's paths (`multipathd show paths raw format %d`); `None` when multipathd does
+/// not answer (not running).
+pub fn daemon_paths(runner: &dyn CommandRunner, deadline: Instant) -> Result<Option<Vec<String>>> {
+    let cmd = Command::new("multipathd")
+        .args(["show", "paths", "raw", "format", "%d"])
+        .deadline(deadline);
+    let out = runner.run(&cmd)?;
+    if !out.status.success() {
+        tracing::debug!(stderr = %out.stderr.trim(), "multipathd does not answer; no paths to wait for");
+        return Ok(None);
+    }
+    Ok(Some(parse_path_names(&out.stdout)))
+}
+
+/// Waits until multipathd no longer lists any of `removed` (SCSI disks a disconnect took out
+/// from under a map it flushed), so that a following attach, whose `multipathd add path`
+/// may run before multipathd's event thread has handled the removals, never meets a path
+/// multipathd still has from before. multipathd drops a path when udev tells it the disk is
+/// gone; one that is still listed after [`PATH_DROP_WAIT`] is dropped with `multipathd del
+/// path`, unless a disk of that name exists again (then it is another disk, not ours).
+pub fn await_paths_dropped(
+    runner: &dyn CommandRunner,
+    host: &Host,
+    removed: &[String],
+    deadline: Instant,
+) -> Result<()> {
+    let give_up = deadline.min(Instant::now() + PATH_DROP_WAIT);
+    loop {
+        let Some(listed) = daemon_paths(runner, deadline)? else {
+            return Ok(());
+        };
+        let left: Vec<&String> = removed.iter().filter(|r| listed.contains(r)).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= give_up {
+            for name in left {
+                if block::exists(host, name) {
+                    continue;
+                }
+                tracing::info!(path = %name, "multipathd still lists a removed path; dropping it");
+                let cmd = Command::new("multipathd")
+                    .args(["del", "path", name.as_str()])
+                    .deadline(deadline);
+                let out = runner.run_ok(&cmd, &[])?;
+                if out.stdout.trim_start().starts_with("fail") {
+                    return Err(cmd.failure(&out));
+                }
+            }
+            return Ok(());
+        }
+        std::thread::sleep(PATH_DROP_POLL.min(give_up - now));
+    }
+}
+
 /// Resizes the map to its paths' new size: `multipathd resize map <name>`.
 pub fn resize_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
     let cmd = Command::new("multipathd")

@@ -472,7 +472,8 @@ impl IscsiDriver {
                 hctl: p.hctl,
                 name: p.name.clone(),
             };
-            if let Err(e) = self.remove_scsi_device(&dev, true, deadline) {
+            // Never handed out: nothing was written through it to flush.
+            if let Err(e) = self.remove_scsi_device(&dev, false, true, deadline) {
                 tracing::warn!(error = %e.chain(), "undo: removing the device failed");
             }
             if let Err(e) = self.release_target(&p.target, true, &mut sessions, deadline) {

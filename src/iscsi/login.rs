@@ -297,6 +297,8 @@ impl IscsiDriver {
                     hctl: *hctl,
                     name: name.clone(),
                 },
+                // Never handed out: nothing was written through it to flush.
+                false,
                 true,
                 deadline,
             ) {

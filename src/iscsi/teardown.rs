@@ -45,11 +45,25 @@ impl IscsiDriver {
         // Nothing is flushed or removed unless all of it is free to go.
         self.check_unused(&mut owned)?;
         let mut failures = Failures::new(opts.force);
+        // The paths under the volume's maps: their writes went through the map, which is
+        // flushed; a path is not flushed itself (a dead one would hold the detach until
+        // the session's replacement timeout for nothing).
+        let mut map_paths: Vec<String> = Vec::new();
+        for m in &owned.maps {
+            map_paths.extend(block::slaves(host, &m.dm)?);
+        }
         for m in &owned.maps {
             failures.step(self.remove_map(m, opts.force, deadline))?;
         }
         for d in &owned.devices {
-            failures.step(self.remove_scsi_device(d, opts.force, deadline))?;
+            let flush = !map_paths.contains(&d.name);
+            failures.step(self.remove_scsi_device(d, flush, opts.force, deadline))?;
+        }
+        if !map_paths.is_empty() {
+            let runner = &*self.opts.context.runner;
+            failures.step(multipath::await_paths_dropped(
+                runner, host, &map_paths, deadline,
+            ))?;
         }
         for t in &owned.targets {
             failures.step(self.release_target(t, true, &mut sessions, deadline))?;
@@ -408,9 +422,11 @@ impl IscsiDriver {
         block::then_report(removed, carried)
     }
 
+    /// Deletes SCSI device `d`, flushed first when `flush` (not a path under a flushed map).
     pub(super) fn remove_scsi_device(
         &self,
         d: &VolumeDevice,
+        flush: bool,
         force: bool,
         deadline: Instant,
     ) -> Result<()> {
@@ -418,7 +434,10 @@ impl IscsiDriver {
         if !scsi::device_exists(host, d.hctl) {
             return Ok(());
         }
-        let carried = block::flush_before_removal(host, &host.dev(&d.name), force, deadline)?;
+        let carried = match flush {
+            true => block::flush_before_removal(host, &host.dev(&d.name), force, deadline)?,
+            false => None,
+        };
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
         scsi::delete(host, d.hctl)?;
         let removed = watch.wait_for(

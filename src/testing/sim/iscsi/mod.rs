@@ -90,6 +90,9 @@ struct State {
     nodes_dir: &'static str,
     multipathd: bool,
     wwids: Vec<String>,
+    /// Paths multipathd still lists although their disks are gone (its event thread
+    /// behind), until `multipathd del path`.
+    lingering_paths: Vec<String>,
 }
 
 /// The simulated iSCSI stack: a fake host tree and a runner whose `iscsiadm`,
@@ -216,6 +219,12 @@ impl IscsiSim {
     /// builds with another `ISCSI_DB_ROOT` do), while `/etc/iscsi/iscsid.conf` stays.
     pub fn records_elsewhere(&self) {
         self.tools.state().nodes_dir = "var/lib/iscsi/nodes";
+    }
+
+    /// Makes multipathd keep listing `names` (as if it had not handled their removal yet)
+    /// until `multipathd del path` drops them.
+    pub fn multipathd_lags(&self, names: &[&str]) {
+        self.tools.state().lingering_paths = names.iter().map(|n| n.to_string()).collect();
     }
 
     /// Starts or stops multipathd.

@@ -380,6 +380,35 @@ impl Tools<State> {
                 }
                 CommandOutput::ok("ok\n")
             }
+            // Its paths: the disks under maps, and those it has not dropped yet.
+            ["show", "paths", "raw", "format", "%d"] => {
+                let mut names = self.state().lingering_paths.clone();
+                let block = self.root().join("sys/block");
+                for dm in std::fs::read_dir(&block).into_iter().flatten().flatten() {
+                    let name = dm.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with("dm-") {
+                        continue;
+                    }
+                    for slave in std::fs::read_dir(block.join(&name).join("slaves"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        names.push(slave.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                CommandOutput::ok(names.iter().map(|n| format!("{n}\n")).collect::<String>())
+            }
+            ["del", "path", name] => {
+                let mut st = self.state();
+                let before = st.lingering_paths.len();
+                st.lingering_paths.retain(|p| p != name);
+                CommandOutput::ok(if st.lingering_paths.len() < before {
+                    "ok\n"
+                } else {
+                    "fail\n"
+                })
+            }
             ["resize", "map", name] => {
                 let Ok(dm) = std::fs::canonicalize(self.root().join(format!("dev/mapper/{name}")))
                 else {
