@@ -414,6 +414,23 @@ fn multipath_detach_flushes_the_map_only_and_waits_for_multipathd_to_drop_the_pa
 }
 
 #[test]
+fn a_multipath_connect_returns_the_map_once_it_is_writable() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    sim.maps_start_read_only(std::time::Duration::from_millis(300));
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(rec.path.to_str(), Some("/dev/dm-0"));
+    let ro = std::fs::read_to_string(sim.fake.root().join("sys/block/dm-0/ro")).unwrap();
+    assert_eq!(ro.trim(), "0", "the map was handed out read-only");
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
 fn multipath_with_one_dead_path() {
     let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);

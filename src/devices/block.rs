@@ -18,6 +18,15 @@ pub fn exists(host: &Host, name: &str) -> bool {
     host.sys(format!("block/{name}")).exists()
 }
 
+/// True when block device `name` is read-only (its `ro` attribute is 1); a device without
+/// the attribute counts as writable.
+pub fn read_only(host: &Host, name: &str) -> Result<bool> {
+    Ok(host
+        .read_attr_opt(&host.sys(format!("block/{name}/ro")))?
+        .as_deref()
+        == Some("1"))
+}
+
 /// True when `name` is usable: present in sysfs, its node in /dev, and (on a host running
 /// udevd) processed by udev, so its links and permissions are in place.
 pub fn is_ready(host: &Host, name: &str) -> Result<bool> {

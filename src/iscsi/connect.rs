@@ -407,7 +407,12 @@ impl IscsiDriver {
                 let Some(m) = multipath::holder_map(host, &p.name)? else {
                     return Ok(None);
                 };
-                let ready = block::is_ready(host, &m.dm)? && block::size_bytes(host, &m.dm)? > 0;
+                // A map made from its first path can be read-only for a moment (device
+                // mapper takes the table's mode from the first load): handed out then, the
+                // guest would see a read-only disk. Ready means as writable as its path.
+                let ready = block::is_ready(host, &m.dm)?
+                    && block::size_bytes(host, &m.dm)? > 0
+                    && block::read_only(host, &m.dm)? == block::read_only(host, &p.name)?;
                 Ok(ready.then_some(m))
             })
             .map_err(|e| match &asked {

@@ -225,6 +225,14 @@ impl FakeHost {
         );
     }
 
+    /// Sets a block device's read-only flag (its `ro` attribute).
+    pub fn set_read_only(&self, name: &str, ro: bool) {
+        write(
+            &self.p(&format!("sys/block/{name}/ro")),
+            if ro { "1\n" } else { "0\n" },
+        );
+    }
+
     /// Adds a dm-multipath map `dm-N` named `name` over `slaves`; returns `dm-N`.
     pub fn add_multipath_map(&self, name: &str, wwid: &str, slaves: &[&str]) -> String {
         let dm = {

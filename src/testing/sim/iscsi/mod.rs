@@ -93,6 +93,8 @@ struct State {
     /// Paths multipathd still lists although their disks are gone (its event thread
     /// behind), until `multipathd del path`.
     lingering_paths: Vec<String>,
+    /// A map multipathd makes is read-only this long before it turns writable.
+    maps_read_only_for: Option<std::time::Duration>,
 }
 
 /// The simulated iSCSI stack: a fake host tree and a runner whose `iscsiadm`,
@@ -225,6 +227,12 @@ impl IscsiSim {
     /// until `multipathd del path` drops them.
     pub fn multipathd_lags(&self, names: &[&str]) {
         self.tools.state().lingering_paths = names.iter().map(|n| n.to_string()).collect();
+    }
+
+    /// Makes every map multipathd makes read-only for `d` before it turns writable, as a
+    /// map loaded from its first path can be for a moment.
+    pub fn maps_start_read_only(&self, d: std::time::Duration) {
+        self.tools.state().maps_read_only_for = Some(d);
     }
 
     /// Starts or stops multipathd.

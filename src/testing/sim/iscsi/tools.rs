@@ -375,7 +375,15 @@ impl Tools<State> {
                         .fake
                         .add_multipath_slave(&dm.file_name().unwrap().to_string_lossy(), &name),
                     Err(_) => {
-                        self.fake.add_multipath_map(&wwid, &wwid, &[&name]);
+                        let dm = self.fake.add_multipath_map(&wwid, &wwid, &[&name]);
+                        if let Some(d) = self.state().maps_read_only_for {
+                            self.fake.set_read_only(&dm, true);
+                            let fake = self.fake.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(d);
+                                fake.set_read_only(&dm, false);
+                            });
+                        }
                     }
                 }
                 CommandOutput::ok("ok\n")
