@@ -431,6 +431,44 @@ fn a_multipath_connect_returns_the_map_once_it_is_writable() {
 }
 
 #[test]
+fn a_forced_detach_of_a_map_with_every_path_dead_fails_its_queue_first() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    sim.add_target("127.0.0.2:3260", &[(1, WWID_1, MIB)]);
+    let c = connector(&sim, true);
+    let ci = multi(&["127.0.0.1:3260", "127.0.0.2:3260"], 1, "vol-mp");
+    let rec = c.connect_volume(&ci).unwrap();
+    let root = sim.fake.root().to_path_buf();
+    let set_states = |state: &str| {
+        for p in &rec.paths {
+            let name = p.device.file_name().unwrap().to_string_lossy().into_owned();
+            let dir = root.join(format!("sys/block/{name}/device"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("state"), format!("{state}\n")).unwrap();
+        }
+    };
+    let force = DisconnectOptions {
+        force: true,
+        ..DisconnectOptions::default()
+    };
+    set_states("transport-offline");
+    c.disconnect_volume(&ci, Some(&rec), force).unwrap();
+    sim.assert_clean();
+    assert_eq!(
+        sim.runner.count(&format!(
+            "dmsetup message {} 0 fail_if_no_path",
+            udev_wwid(WWID_1)
+        )),
+        1
+    );
+    // With a path up (the new disks' state is `running`), it is not touched.
+    let rec = c.connect_volume(&ci).unwrap();
+    set_states("running");
+    c.disconnect_volume(&ci, Some(&rec), force).unwrap();
+    assert_eq!(sim.runner.count("dmsetup message"), 1);
+}
+
+#[test]
 fn multipath_with_one_dead_path() {
     let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);

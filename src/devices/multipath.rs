@@ -149,6 +149,15 @@ pub fn flush_map(
     }
 }
 
+/// Makes the map fail I/O it queues for want of a path, at once and from now on:
+/// `dmsetup message <name> 0 fail_if_no_path`.
+pub fn fail_if_no_path(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
+    let cmd = Command::new("dmsetup")
+        .args(["message", name, "0", "fail_if_no_path"])
+        .deadline(deadline);
+    runner.run_ok(&cmd, &[]).map(|_| ())
+}
+
 /// Removes the map even when it is open: `dmsetup remove --force --retry <name>`.
 pub fn force_remove_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> Result<()> {
     let cmd = Command::new("dmsetup")

@@ -404,6 +404,15 @@ impl IscsiDriver {
     fn remove_map(&self, m: &MultipathMap, force: bool, deadline: Instant) -> Result<()> {
         let host = self.host();
         let runner = &*self.opts.context.runner;
+        // A forced detach of a map none of whose paths is up: the map would queue the
+        // flush for as long as its `no_path_retry` says (a minute and more) and fail it
+        // then; the caller accepted losing what is not written, so the queue is failed now.
+        if force && !any_path_up(host, m)? {
+            tracing::warn!(map = %m.name, "no path of the map is up; failing its queued I/O (force)");
+            if let Err(e) = multipath::fail_if_no_path(runner, &m.name, deadline) {
+                tracing::warn!(map = %m.name, error = %e.chain(), "cannot turn the map's queueing off");
+            }
+        }
         let mut carried = block::flush_before_removal(host, &host.dev(&m.dm), force, deadline)?;
         let mut watch = DeviceWatch::open(host, &["block"]);
         if let Err(e) = multipath::flush_map(runner, &mut watch, &m.name, deadline) {
@@ -497,4 +506,16 @@ impl IscsiDriver {
         }
         adm.node_delete(t)
     }
+}
+
+/// True when a path under map `m` is a SCSI disk in the `running` state (not blocked in its
+/// session's recovery, not offline).
+fn any_path_up(host: &crate::platform::host::Host, m: &MultipathMap) -> Result<bool> {
+    for slave in block::slaves(host, &m.dm)? {
+        let state = host.read_attr_opt(&host.sys(format!("block/{slave}/device/state")))?;
+        if state.as_deref().is_none_or(|s| s == "running") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

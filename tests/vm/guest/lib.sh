@@ -219,6 +219,45 @@ check_io() {   # check_io DEV TAG
     read_pattern "$1" "$2" || fail "data written to $1 did not read back"
 }
 
+# A writer under a fault: round after round, 4 MiB of checksummed 4 KiB blocks (each names
+# its round and offset) written O_DIRECT at offset 4 MiB, fsynced, read back and compared.
+# io_writer_start DEV NAME: starts it (IO_WRITER_PID); waits for its first round.
+# io_writer_rounds NAME: rounds completed so far.
+# io_writer_stop NAME: stops it after the round in progress; fails when a round failed (its
+# error in IO_WRITER_ERROR), sets IO_WRITER_ROUNDS.
+_io_writer() {
+    local dev=$1 name=$2 round=0 i
+    while [ ! -e "$WORK/$name.stop" ]; do
+        round=$((round + 1))
+        for i in $(seq 0 1023); do printf '%-4096s' "hostbrick $name round $round block $i"; done > "$WORK/$name.data"
+        dd if="$WORK/$name.data" of="$dev" bs=4096 seek=1024 count=1024 oflag=direct conv=notrunc,fsync status=none 2> "$WORK/$name.dd" \
+            || { echo "round $round: write failed: $(tr '\n' ' ' < "$WORK/$name.dd")" > "$WORK/$name.error"; return 1; }
+        dd if="$dev" of="$WORK/$name.back" bs=4096 skip=1024 count=1024 iflag=direct status=none 2> "$WORK/$name.dd" \
+            || { echo "round $round: read failed: $(tr '\n' ' ' < "$WORK/$name.dd")" > "$WORK/$name.error"; return 1; }
+        cmp -s "$WORK/$name.data" "$WORK/$name.back" \
+            || { echo "round $round: the data did not read back" > "$WORK/$name.error"; return 1; }
+        echo "$round" > "$WORK/$name.rounds"
+    done
+}
+io_writer_start() {
+    rm -f "$WORK/$2.stop" "$WORK/$2.error" "$WORK/$2.rounds"
+    _io_writer "$1" "$2" & IO_WRITER_PID=$!
+    wait_until 60 test -s "$WORK/$2.rounds" || { log "writer $2: no round within 60 s"; return 1; }
+}
+io_writer_rounds() { cat "$WORK/$1.rounds" 2>/dev/null || echo 0; }
+io_writer_running() { kill -0 "$IO_WRITER_PID" 2>/dev/null; }
+# io_writer_past NAME N: the writer completed round N, or it stopped (no fork: for wait_until)
+io_writer_past() {
+    local r=0
+    read -r r < "$WORK/$1.rounds" 2>/dev/null
+    [ "${r:-0}" -ge "$2" ] || ! io_writer_running
+}
+io_writer_stop() {
+    touch "$WORK/$1.stop"; wait "$IO_WRITER_PID"; local rc=$?
+    IO_WRITER_ROUNDS=$(io_writer_rounds "$1") IO_WRITER_ERROR=$(cat "$WORK/$1.error" 2>/dev/null)
+    [ "$rc" = 0 ] && [ -z "$IO_WRITER_ERROR" ]
+}
+
 # ------------------------------------------------------------------ iSCSI state -----
 
 iscsi_sessions() { iscsiadm -m session 2>/dev/null; }

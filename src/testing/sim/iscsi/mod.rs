@@ -144,6 +144,9 @@ impl IscsiSim {
             let name = args(c).last().cloned().unwrap_or_default();
             t.remove_map(&name)
         });
+        t.answer(r, "dmsetup", &["message"], |_, _| {
+            crate::CommandOutput::ok("")
+        });
         sim
     }
 

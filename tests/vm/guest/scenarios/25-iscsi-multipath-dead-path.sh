@@ -35,24 +35,7 @@ wait_until 10 eval '[ "$(ls /sys/block/${REAL##*/}/slaves | wc -l)" = 2 ]' \
 PATHS=$(ls /sys/block/${REAL##*/}/slaves | tr '\n' ' ')
 check_io "$DEV" before
 
-# The writer: 4 MiB of checksummed 4 KiB blocks (each names its offset and round), O_DIRECT
-# through the map, round after round until told to stop; each round is read back and checked.
-writer() {
-    local round=0 f=$WORK/writer-block
-    while [ ! -e "$WORK/writer-stop" ]; do
-        round=$((round + 1))
-        for i in $(seq 0 1023); do printf '%-4096s' "hostbrick deadpath round $round block $i"; done > "$WORK/writer-data"
-        dd if="$WORK/writer-data" of="$DEV" bs=4096 seek=1024 count=1024 oflag=direct conv=notrunc,fsync status=none \
-            || { echo "round $round: write failed" >> "$WORK/writer-errors"; return 1; }
-        dd if="$DEV" of="$WORK/writer-back" bs=4096 skip=1024 count=1024 iflag=direct status=none \
-            && cmp -s "$WORK/writer-data" "$WORK/writer-back" \
-            || { echo "round $round: data did not read back" >> "$WORK/writer-errors"; return 1; }
-        echo "$round" > "$WORK/writer-rounds"
-    done
-}
-rm -f "$WORK/writer-stop" "$WORK/writer-errors"
-writer & WRITER=$!
-wait_until 30 test -s "$WORK/writer-rounds" || fail "the writer made no round before the fault"
+check "the writer's first round" io_writer_start "$DEV" writer
 
 # The fault: tpgt_2 goes away (disabled, its portal removed); the session through it falls
 # into recovery and its re-logins are refused.
@@ -61,12 +44,12 @@ echo 0 > "$TPG2/enable" && rmdir "$TPG2/np/$P2" || fail "taking tpgt_2 down fail
 wait_until 20 eval '[ "$(iscsi_session_states $IQN | grep -cx LOGGED_IN)" -lt 2 ]' \
     || fail "the tpgt_2 session is still logged in: $(iscsi_session_states $IQN | tr '\n' ' ')"
 log "path down after $(secs_since "$t0")s; sessions: $(iscsi_session_states $IQN | tr '\n' ' ')"
-r0=$(cat "$WORK/writer-rounds")
-wait_until 60 eval '[ "$(cat $WORK/writer-rounds)" -ge $((r0 + 2)) ]' || fail "the writer made no progress on one path (round $(cat "$WORK/writer-rounds"))"
+r0=$(io_writer_rounds writer)
+wait_until 60 io_writer_past writer $((r0 + 2)) \
+    || fail "the writer made no progress on one path (round $(io_writer_rounds writer))"
 RECOVER_S=$(secs_since "$t0")
-touch "$WORK/writer-stop"; wait "$WRITER"; WRC=$?
-[ "$WRC" = 0 ] && [ ! -s "$WORK/writer-errors" ] || fail "the writer saw an error: $(cat "$WORK/writer-errors" 2>/dev/null)"
-ROUNDS=$(cat "$WORK/writer-rounds")
+io_writer_stop writer || fail "the writer saw an error: $IO_WRITER_ERROR"
+ROUNDS=$IO_WRITER_ROUNDS
 read_pattern "$DEV" before || fail "the first pattern did not read back after the path died"
 multipath -ll "$WWID" 2>&1 | sed 's/^/  /'
 iscsi_session_states $IQN | grep -qx LOGGED_IN || fail "no session logged in: the live path died too"
