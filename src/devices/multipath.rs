@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::devices::block;
 use crate::error::Result;
 use crate::model::ids::Wwid;
+use crate::platform::cancel;
 use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
 use crate::platform::host::Host;
 
@@ -130,6 +131,7 @@ pub fn flush_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> R
         }
         tracing::debug!(map = name, "map in use; flushing again shortly");
         std::thread::sleep(MAP_BUSY_RETRY_INTERVAL);
+        cancel::check(|| format!("a retry of `{cmd}`"))?;
     }
 }
 

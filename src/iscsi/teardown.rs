@@ -387,7 +387,12 @@ impl IscsiDriver {
         Ok(out)
     }
 
-    fn remove_map(&self, m: &MultipathMap, force: bool, deadline: Instant) -> Result<()> {
+    pub(super) fn remove_map(
+        &self,
+        m: &MultipathMap,
+        force: bool,
+        deadline: Instant,
+    ) -> Result<()> {
         let host = self.host();
         let runner = &*self.opts.context.runner;
         let mut carried = block::flush_before_removal(host, &host.dev(&m.dm), force, deadline)?;
@@ -418,17 +423,21 @@ impl IscsiDriver {
         if !scsi::device_exists(host, d.hctl) {
             return Ok(());
         }
-        let carried = block::flush_before_removal(host, &host.dev(&d.name), force, deadline)?;
+        // A device without a block device yet (an undo right after its scan) has no
+        // buffers to flush.
+        let carried = match d.name.is_empty() {
+            true => None,
+            false => block::flush_before_removal(host, &host.dev(&d.name), force, deadline)?,
+        };
         let mut watch = DeviceWatch::open(host, &["scsi", "block"]);
         scsi::delete(host, d.hctl)?;
         let removed = watch.wait_for(
             &format!("removal of {} ({})", d.name, d.hctl),
             deadline,
             || {
-                Ok(
-                    (!scsi::device_exists(host, d.hctl) && !block::exists(host, &d.name))
-                        .then_some(()),
-                )
+                Ok((!scsi::device_exists(host, d.hctl)
+                    && (d.name.is_empty() || !block::exists(host, &d.name)))
+                .then_some(()))
             },
         );
         block::then_report(removed, carried)
