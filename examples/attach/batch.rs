@@ -128,6 +128,7 @@ pub struct Batch {
     ip: String,
     host: String,
     connectors: Mutex<Vec<Made>>,
+    answering: Arc<Mutex<()>>,
 }
 
 impl Batch {
@@ -139,7 +140,15 @@ impl Batch {
             ip,
             host,
             connectors: Mutex::new(Vec::new()),
+            answering: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Holds `lock` from reading each request to writing its answer: whoever takes it
+    /// between requests (to exit after a signal) cuts no answer in half.
+    pub fn answering_under(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.answering = lock;
+        self
     }
 
     /// Answers every request line of `input` on `output` (after the ready line) until
@@ -157,6 +166,7 @@ impl Batch {
             if n == 0 {
                 return Ok(());
             }
+            let _answering = self.answering.lock().unwrap_or_else(|p| p.into_inner());
             let answer = if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
                 skip_line(&mut input)?;
                 Some((
