@@ -81,10 +81,10 @@ impl DeviceWatch {
 
     /// Waits until `check` returns `Some`, or `deadline` passes (a [`Error::Timeout`] naming
     /// `what`). Errors from `check` end the wait. So does the operation's cancel
-    /// ([`crate::platform::cancel`]), seen before each check (a cancelled operation passes no
-    /// wait, even one whose condition holds already) and so within [`UDEV_RECHECK_INTERVAL`]
-    /// of firing, in a polling watch too whatever its interval: [`Error::WaitCancelled`]
-    /// naming `what`.
+    /// ([`ConnectorOptions::cancel`](crate::ConnectorOptions::cancel)), seen before each
+    /// check (a cancelled operation passes no wait, even one whose condition holds already)
+    /// and so within [`UDEV_RECHECK_INTERVAL`] of firing, in a polling watch too whatever its
+    /// interval: [`Error::WaitCancelled`] naming `what`.
     pub fn wait_for<T>(
         &mut self,
         what: &str,
