@@ -9,8 +9,8 @@
 #               its 5 s scan timeout);
 #   t+N ms:     at staged times after the start of a plain single-path connect (the phase hit
 #               is read from the error; a connect that finished first is disconnected);
-#   multipath:  two portals, once the first path's disk is up while the second path logs in
-#               (the map is being assembled or waits for the second path);
+#   multipath:  two portals, once the map over the first path shows while the second path
+#               logs in (the map is being assembled, or the connect waits for the second path);
 #   nvme:       NVMe/TCP, once the controller is up while the connect waits for the (disabled)
 #               namespace: the controller is deleted;
 #   second:     two signals 50 ms apart during the login: exit 143 at once; what is half made
@@ -74,20 +74,16 @@ signal_to_exit() { awk -v a="$(cat "$SIGNAL_NS")" -v b="$ATTACH_END_NS" 'BEGIN {
 # send_now SIGNAL: note the time and signal the background attach
 send_now() { date +%s%N > "$SIGNAL_NS"; kill -"$1" "$ATTACH_PID"; }
 
-# phase NAME: what the cancel stopped, from the error line
+# phase NAME: what the cancel stopped (every step a path or the map names), from the error line
 phase() {
-    local e; e=$(grep -m1 '^error\[' "$WORK/$1.err")
-    case $e in
-        *"scan of LUN"*) echo "after-login" ;;
-        *"waiting for LUN"*) echo "lun-wait" ;;
-        *"waiting for block device"*) echo "device-wait" ;;
-        *"dm-multipath map"*) echo "map-wait" ;;
-        *"still logging in"*) echo "extra-paths" ;;
-        *"waiting for lock"*) echo "lock" ;;
-        *"was cancelled"*) echo "command" ;;
-        *"waiting for"*) echo "wait" ;;
-        *) echo "other" ;;
-    esac
+    local e out="" p
+    e=$(grep -m1 '^error\[' "$WORK/$1.err")
+    for p in "scan of LUN:after-login" "waiting for LUN:lun-wait" "waiting for block device:device-wait" \
+             "dm-multipath map:map-wait" "still logging in:extra-paths" "waiting for namespace:namespace-wait" \
+             "waiting for controller:controller-wait" "waiting for lock:lock" "was cancelled:command"; do
+        [[ $e == *"${p%%:*}"* ]] && out="${out:+$out+}${p##*:}"
+    done
+    echo "${out:-other}"
 }
 
 # expect_cancelled NAME STEP_TEXT: exit 1, error[cancelled], the error names STEP_TEXT
@@ -133,7 +129,7 @@ figure lun-wait "$(signal_to_exit)"
 iscsi_clean lunwait
 
 # ---------------------------------------------------------------- staged times -----
-for ms in 150 400 700 1000; do
+for ms in 50 100 150 250; do
     name=t$ms
     attach_bg $name connect --timeout 60 "$WORK/conn.json"
     _nap "$(awk -v m=$ms 'BEGIN {printf "%.3f", m / 1000}')"
@@ -155,10 +151,11 @@ done
 # ---------------------------------------------------------------- multipath -----
 conn_iscsi "$WORK/conn-mp.json" $P1 $IQN 0 "$(new_uuid)" \
     ".target_portals=[\"$P1\",\"$P2\"] | .target_iqns=[\"$IQN\",\"$IQN\"] | .target_luns=[0,0]"
-# The paths log in in parallel; the 127.0.0.2 login returns only once the 127.0.0.1 path has
-# its disk, and then the signal comes: the connect is assembling the map over the first path
-# (or waits for the second).
-fault_wrap iscsiadm "$P2 --login" "wait_until 20 has_scsi_disk_of $WWID; date +%s%N > '$SIGNAL_NS'; kill -TERM \"\$FAULT_PARENT\""
+# The paths log in in parallel; the 127.0.0.2 login returns only once the dm map over the
+# 127.0.0.1 path shows (multipathd makes it on the path's uevent, find_multipaths no), and then
+# the signal comes: the connect is waiting for the map to be ready, or holds it and waits for
+# the second path.
+fault_wrap iscsiadm "$P2 --login" "wait_until 20 exists /dev/mapper/$WWID; date +%s%N > '$SIGNAL_NS'; kill -TERM \"\$FAULT_PARENT\""
 attach_bg mp connect --timeout 60 --multipath "$WORK/conn-mp.json"
 attach_bg_wait mp
 fault_fired iscsiadm || fail "multipath: the second login never ran"
