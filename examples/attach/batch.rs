@@ -574,6 +574,41 @@ mod tests {
     }
 
     #[test]
+    fn cancelled_calls_answer_kind_cancelled_and_leave_nothing() {
+        let sim = IscsiSim::new();
+        sim.add_target(PORTAL, &[(0, WWID_1, 16 * MIB)]);
+        let cancel = hostbrick::Cancel::new();
+        let batch = Batch::new(
+            sim.options().cancel(cancel.clone()),
+            "192.0.2.1".into(),
+            "host1".into(),
+        );
+        // Asks for LUN 5, which the target does not offer: the connect waits for it.
+        let fire = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            cancel.cancel();
+        });
+        let a = ask(
+            &batch,
+            json!({"op": "connect", "protocol": "ISCSI", "connection_properties": {
+            "target_portal": PORTAL, "target_iqn": IQN, "target_lun": 5, "volume_id": "vol-5"}}),
+        );
+        fire.join().unwrap();
+        assert_eq!(error_kind(&a), "cancelled", "{a}");
+        assert!(
+            a["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cancelled while waiting for LUN 5")),
+            "{a}"
+        );
+        sim.assert_clean();
+        // Once cancelled, every call is.
+        let a = ask(&batch, with(json!({"op": "connect"}), volume(0)));
+        assert_eq!(error_kind(&a), "cancelled", "{a}");
+        sim.assert_clean();
+    }
+
+    #[test]
     fn bad_lines_get_error_answers_and_the_loop_goes_on() {
         let sim = IscsiSim::new();
         let batch = server(&sim);
