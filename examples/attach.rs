@@ -29,9 +29,17 @@
 //!
 //! Common options: `--timeout SECS` (operation deadline), `--lock-dir DIR`,
 //! `--iface NAME` (open-iscsi iface), `--root-helper CMD` (e.g. `sudo`).
+//!
+//! Signals: `connect`, `disconnect`, `extend` and `batch` take `SIGINT` and `SIGTERM`. The
+//! first cancels the running operations: a connect undoes what it made (sessions, devices,
+//! maps, controllers, mappings) and fails with `error[cancelled]: ...` (exit 1); `batch`
+//! answers the requests under way (`"kind": "cancelled"`) and exits 1. A second signal exits
+//! at once with 128 + its number (130, 143), leaving what is half made to `attach audit`.
+//! (`SIGKILL` leaves it too.) The other commands change nothing and die on the signal.
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hostbrick::{
@@ -49,11 +57,15 @@ const USAGE: &str = "usage:
     (one JSON request a line on stdin: properties, connect, disconnect, extend, connect_many,
      disconnect_many, quit; one JSON answer a line on stdout; the flags are the requests' defaults)
 common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD,
-  --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)";
+  --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)
+SIGINT/SIGTERM: the first cancels (a connect undoes what it made; error[cancelled], exit 1),
+  a second exits at once (exit 128+signal)";
 
 #[path = "attach/batch.rs"]
 mod batch;
 mod common;
+#[path = "attach/signals.rs"]
+mod signals;
 
 use common::Usage;
 
@@ -188,6 +200,19 @@ fn options(a: &Args) -> ConnectorOptions {
     o
 }
 
+/// The command's options with a cancel the first `SIGINT` or `SIGTERM` fires (see
+/// [`signals`]); `then` runs after it fired.
+fn cancellable(
+    a: &Args,
+    then: impl FnOnce() + Send + 'static,
+) -> hostbrick::Result<ConnectorOptions> {
+    let cancel = signals::on_first_signal(then).map_err(|source| hostbrick::Error::Io {
+        path: "signals".into(),
+        source,
+    })?;
+    Ok(options(a).cancel(cancel))
+}
+
 fn run(a: &Args) -> hostbrick::Result<String> {
     match a.command {
         Cmd::Properties => {
@@ -207,7 +232,7 @@ fn run(a: &Args) -> hostbrick::Result<String> {
         }
         Cmd::Connect => {
             let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
-            let connector = connector_for(info.protocol(), options(a))?;
+            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
             connector.connect_volume(&info)?.to_json()
         }
         Cmd::Disconnect => {
@@ -216,7 +241,7 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 Some(f) => Some(DeviceRecord::from_json(&read_input(f)?)?),
                 None => None,
             };
-            let connector = connector_for(info.protocol(), options(a))?;
+            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
             let opts = DisconnectOptions {
                 force: a.force,
                 ignore_errors: a.ignore_errors,
@@ -230,15 +255,24 @@ fn run(a: &Args) -> hostbrick::Result<String> {
         }
         Cmd::Extend => {
             let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
-            let connector = connector_for(info.protocol(), options(a))?;
+            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
             Ok(connector.extend_volume(&info)?.to_string())
         }
         Cmd::Batch => {
+            // After the first signal: the answers under way written, exit.
+            let answering = Arc::new(Mutex::new(()));
+            let held = answering.clone();
+            let options = cancellable(a, move || {
+                let _last = held.lock().unwrap_or_else(|p| p.into_inner());
+                eprintln!("error[cancelled]: batch stopped by a signal");
+                std::process::exit(1);
+            })?;
             let server = batch::Batch::new(
-                options(a),
+                options,
                 a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
                 a.host.clone().unwrap_or_else(common::hostname),
-            );
+            )
+            .answering_under(answering);
             server
                 .serve(std::io::stdin().lock(), std::io::stdout().lock())
                 .map_err(|source| hostbrick::Error::Io {

@@ -156,6 +156,30 @@ pub enum Error {
         args: String,
     },
 
+    /// A wait of an operation (for a device, a lock, a retry) ended because the operation's
+    /// [`Cancel`](crate::Cancel) fired.
+    #[error("cancelled while waiting for {what}")]
+    WaitCancelled {
+        /// What was awaited.
+        what: String,
+    },
+
+    /// The operation's [`Cancel`](crate::Cancel) ([`crate::ConnectorOptions::cancel`])
+    /// fired before it finished. A connect undid what it had made (as after any failed
+    /// connect, within the cleanup budget); a disconnect stopped between steps and may have
+    /// removed part of the volume (a disconnect run again finishes it). `cause` is the
+    /// step the cancel stopped (none when the operation was cancelled before it started).
+    #[error("{operation} cancelled after {elapsed:?}")]
+    Cancelled {
+        /// The operation: `connect_volume`, `disconnect_volume`, `extend_volume` or `query`.
+        operation: &'static str,
+        /// How long it had run.
+        elapsed: Duration,
+        /// What the cancel stopped.
+        #[source]
+        cause: Option<Box<Error>>,
+    },
+
     /// An external command printed more than the runner keeps on one stream (see
     /// [`crate::SystemRunner::with_output_limit`]); it was killed.
     #[error("`{program} {args}` printed more than {limit} bytes on {stream} and was killed")]
@@ -413,6 +437,8 @@ impl Error {
             Error::CommandFailed { .. } => "command_failed",
             Error::CommandTimedOut { .. } => "command_timed_out",
             Error::CommandCancelled { .. } => "command_cancelled",
+            Error::WaitCancelled { .. } => "wait_cancelled",
+            Error::Cancelled { .. } => "cancelled",
             Error::OutputTooLarge { .. } => "output_too_large",
             Error::TooManyTargets { .. } => "too_many_targets",
             Error::AuthenticationFailed { .. } => "authentication_failed",
@@ -493,11 +519,13 @@ impl Failures {
         }
     }
 
-    /// Passes success through; a failure ends the teardown or is kept for the end.
+    /// Passes success through; a failure ends the teardown or is kept for the end. Once the
+    /// operation is cancelled a failure always ends it: `force` carries on past what fails,
+    /// not past a caller who asked to stop.
     pub(crate) fn step(&mut self, r: Result<()>) -> Result<()> {
         match r {
             Ok(()) => Ok(()),
-            Err(e) if self.collect => {
+            Err(e) if self.collect && !crate::platform::cancel::is_cancelled() => {
                 tracing::warn!(error = %e.chain(), "teardown step failed; continuing");
                 self.list.push(e);
                 Ok(())

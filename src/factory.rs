@@ -1,17 +1,27 @@
 //! The protocol-keyed connector factory: the one place that knows every protocol.
 
+use std::sync::Arc;
+
 use crate::connector::{Connector, ConnectorOptions, Framed};
 use crate::error::Result;
 use crate::iscsi::IscsiDriver;
 use crate::local::LocalDriver;
 use crate::model::connection::Protocol;
 use crate::nvme::NvmeDriver;
+use crate::platform::cancel::CancelRunner;
 use crate::rbd::RbdDriver;
 
 /// Makes the connector for `protocol`.
 ///
 /// `iser` gives the iSCSI connector with the `iser` iface.
-pub fn connector_for(protocol: Protocol, options: ConnectorOptions) -> Result<Box<dyn Connector>> {
+pub fn connector_for(
+    protocol: Protocol,
+    mut options: ConnectorOptions,
+) -> Result<Box<dyn Connector>> {
+    // With a cancel, every command of the connector's operations may be stopped by it.
+    if options.cancel.is_some() {
+        options.context.runner = Arc::new(CancelRunner::new(options.context.runner.clone()));
+    }
     match protocol {
         Protocol::Iscsi | Protocol::Iser => {
             Ok(Box::new(Framed::new(IscsiDriver::new(protocol, options)?)))

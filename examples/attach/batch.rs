@@ -128,6 +128,7 @@ pub struct Batch {
     ip: String,
     host: String,
     connectors: Mutex<Vec<Made>>,
+    answering: Arc<Mutex<()>>,
 }
 
 impl Batch {
@@ -139,7 +140,15 @@ impl Batch {
             ip,
             host,
             connectors: Mutex::new(Vec::new()),
+            answering: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Holds `lock` from reading each request to writing its answer: whoever takes it
+    /// between requests (to exit after a signal) cuts no answer in half.
+    pub fn answering_under(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.answering = lock;
+        self
     }
 
     /// Answers every request line of `input` on `output` (after the ready line) until
@@ -157,6 +166,7 @@ impl Batch {
             if n == 0 {
                 return Ok(());
             }
+            let _answering = self.answering.lock().unwrap_or_else(|p| p.into_inner());
             let answer = if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
                 skip_line(&mut input)?;
                 Some((
@@ -561,6 +571,41 @@ mod tests {
     fn error_kind(answer: &Value) -> &str {
         assert_eq!(answer["ok"], json!(false), "{answer}");
         answer["error"]["kind"].as_str().expect("error.kind")
+    }
+
+    #[test]
+    fn cancelled_calls_answer_kind_cancelled_and_leave_nothing() {
+        let sim = IscsiSim::new();
+        sim.add_target(PORTAL, &[(0, WWID_1, 16 * MIB)]);
+        let cancel = hostbrick::Cancel::new();
+        let batch = Batch::new(
+            sim.options().cancel(cancel.clone()),
+            "192.0.2.1".into(),
+            "host1".into(),
+        );
+        // Asks for LUN 5, which the target does not offer: the connect waits for it.
+        let fire = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            cancel.cancel();
+        });
+        let a = ask(
+            &batch,
+            json!({"op": "connect", "protocol": "ISCSI", "connection_properties": {
+            "target_portal": PORTAL, "target_iqn": IQN, "target_lun": 5, "volume_id": "vol-5"}}),
+        );
+        fire.join().unwrap();
+        assert_eq!(error_kind(&a), "cancelled", "{a}");
+        assert!(
+            a["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cancelled while waiting for LUN 5")),
+            "{a}"
+        );
+        sim.assert_clean();
+        // Once cancelled, every call is.
+        let a = ask(&batch, with(json!({"op": "connect"}), volume(0)));
+        assert_eq!(error_kind(&a), "cancelled", "{a}");
+        sim.assert_clean();
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - takes the volume lock, so one operation of a volume runs at a time on this host (a
 //!   lock still held by another at the deadline fails the operation with
 //!   [`Error::LockTimeout`]);
+//! - makes the connector's cancel the current one of the operation ([`cancel`]), and
+//!   reports an operation it stopped as [`Error::Cancelled`];
 //! - logs the operation's end with its duration;
 //! - checks a device answers I/O (`check_valid_device`).
 //!
@@ -27,7 +29,8 @@ use crate::devices::block;
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::DeviceRecord;
-use crate::platform::cmd::CommandRunner;
+use crate::platform::cancel;
+use crate::platform::cmd::{Cancel, CommandRunner};
 use crate::platform::host::Host;
 use crate::platform::lock::{LockDir, LockGuard, LockMode};
 
@@ -130,6 +133,10 @@ pub(crate) struct Operation<'a> {
     pub started: Instant,
     /// The one deadline every step of the operation shares.
     pub deadline: Instant,
+    /// What may stop the operation early (the connector's
+    /// [`ConnectorOptions::cancel`]); the frame makes it the current cancel of the
+    /// operation's thread ([`cancel::enter`]), where the waits beneath read it.
+    pub cancel: Option<&'a Cancel>,
 }
 
 impl<'a> Operation<'a> {
@@ -140,6 +147,28 @@ impl<'a> Operation<'a> {
             locks,
             started,
             deadline: started + opts.operation_timeout,
+            cancel: opts.cancel.as_ref(),
+        }
+    }
+
+    /// True once the operation's cancel has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_some_and(Cancel::is_cancelled)
+    }
+
+    /// The operation's end as the caller sees it: a failure once the cancel fired is
+    /// [`Error::Cancelled`] with the failure as its cause (the steps beneath report what
+    /// the cancel stopped: a wait, a command, or the failure that followed it).
+    fn outcome<T>(&self, kind: OperationKind, result: Result<T>) -> Result<T> {
+        match result {
+            Err(e) if self.is_cancelled() && !matches!(e, Error::Cancelled { .. }) => {
+                Err(Error::Cancelled {
+                    operation: kind.span_name(),
+                    elapsed: self.started.elapsed(),
+                    cause: Some(Box::new(e)),
+                })
+            }
+            r => r,
         }
     }
 
@@ -222,12 +251,24 @@ impl<D: Driver> Framed<D> {
         );
         let _entered = span.enter();
         let op = Operation::start(self.opts(), &self.locks);
-        let _volume = if kind != OperationKind::Query {
-            Some(op.lock(&props.volume_key(), LockMode::Exclusive)?)
-        } else {
-            None
-        };
-        let result = body(&op);
+        let _cancel = cancel::enter(op.cancel.cloned());
+        if op.is_cancelled() {
+            tracing::info!("cancelled before it started");
+            return Err(Error::Cancelled {
+                operation: kind.span_name(),
+                elapsed: op.started.elapsed(),
+                cause: None,
+            });
+        }
+        let result = (|| {
+            let _volume = if kind != OperationKind::Query {
+                Some(op.lock(&props.volume_key(), LockMode::Exclusive)?)
+            } else {
+                None
+            };
+            body(&op)
+        })();
+        let result = op.outcome(kind, result);
         match &result {
             Ok(_) if kind != OperationKind::Query => tracing::info!(
                 phase = kind.done(),
@@ -236,6 +277,9 @@ impl<D: Driver> Framed<D> {
                 kind.done()
             ),
             Ok(_) => {}
+            Err(e @ Error::Cancelled { .. }) => {
+                tracing::warn!(elapsed_ms = op.elapsed_ms(), error = %e.chain(), "{} cancelled", kind.span_name())
+            }
             Err(e) => {
                 tracing::debug!(elapsed_ms = op.elapsed_ms(), error = %e.chain(), "{} failed", kind.span_name())
             }
@@ -300,8 +344,10 @@ impl<D: Driver> Connector for Framed<D> {
             match self.driver.disconnect(op, props, device, options) {
                 Ok(()) => Ok(Disconnected::default()),
                 // With ignore_errors the failures force carried on past are reported,
-                // not raised (os-brick's meaning).
-                Err(Error::DisconnectIncomplete { failures }) if options.ignore_errors => {
+                // not raised (os-brick's meaning); a cancelled disconnect is no success.
+                Err(Error::DisconnectIncomplete { failures })
+                    if options.ignore_errors && !op.is_cancelled() =>
+                {
                     tracing::warn!(
                         failures = failures.len(),
                         "errors while removing the volume were ignored; leftovers may remain"
@@ -335,6 +381,7 @@ impl<D: Driver> Connector for Framed<D> {
 
     fn get_all_available_volumes(&self) -> Result<Vec<PathBuf>> {
         let op = Operation::start(self.opts(), &self.locks);
+        let _cancel = cancel::enter(op.cancel.cloned());
         self.driver.all_volumes(&op)
     }
 

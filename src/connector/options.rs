@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::connector::HostContext;
 use crate::model::rbd::RbdMapper;
+use crate::platform::cmd::Cancel;
 use crate::platform::lock::LockDir;
 
 /// Whether a connect attaches every path and assembles a dm-multipath map.
@@ -230,6 +231,8 @@ pub struct ConnectorOptions {
     /// given here is created mode 0700 and must pass the same checks: a real directory,
     /// owned by the running user, not writable by the group or others.
     pub lock_dir: Option<PathBuf>,
+    /// Stops the connector's operations when it fires (see [`ConnectorOptions::cancel`]).
+    pub cancel: Option<Cancel>,
     /// iSCSI and iSER.
     pub iscsi: IscsiOptions,
     /// NVMe-oF.
@@ -253,6 +256,7 @@ impl ConnectorOptions {
             scan_timeout: Duration::from_secs(5),
             cleanup_timeout: Duration::from_secs(60),
             lock_dir: None,
+            cancel: None,
             iscsi: IscsiOptions::new(),
             nvme: NvmeOptions::new(),
             rbd: RbdOptions::new(),
@@ -280,6 +284,42 @@ impl ConnectorOptions {
     /// Sets the lock directory.
     pub fn lock_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.lock_dir = Some(dir.into());
+        self
+    }
+
+    /// Lets `cancel` stop the operations of connectors made with these options: once it
+    /// fires, a running connect, disconnect or extend stops at its next wait (a device, a
+    /// lock, a retry: within about 25 ms) or command (killed), and one not yet started
+    /// does not start; each fails with [`Error::Cancelled`](crate::Error::Cancelled).
+    ///
+    /// A cancelled connect undoes what it had made (the iSCSI sessions it logged in, the
+    /// devices it scanned, the multipath map, NVMe-oF controllers, an RBD mapping) as after
+    /// any failed connect: shielded from the cancel, within
+    /// [`cleanup_timeout`](ConnectorOptions::cleanup_timeout). A cancelled disconnect stops
+    /// between steps (`force` does not carry on past a cancel); running it again finishes.
+    ///
+    /// A few steps are not cut short, and the cancel is seen when they end: an iSCSI login
+    /// (iscsid carries on logging in when iscsiadm is killed, so a killed login could leave
+    /// a session nobody logs out; bounded by the login timeout and retries), an RBD map,
+    /// the write of an NVMe-oF connect to `/dev/nvme-fabrics` (it blocks in the kernel;
+    /// checked before it starts), and the flush of a device's buffers. A cancel that comes
+    /// after the last of a connect's waits does not undo a connect that succeeded.
+    ///
+    /// The cancel is one-shot: a connector whose cancel has fired fails every operation.
+    /// Give each connector (or each call, with a connector made for it) the cancel its
+    /// caller may want to stop, e.g. one for the whole service to stop it on `SIGTERM`.
+    ///
+    /// ```
+    /// use hostbrick::{Cancel, ConnectorOptions};
+    ///
+    /// let stop = Cancel::new();
+    /// let options = ConnectorOptions::new().cancel(stop.clone());
+    /// // ... connectors made with `options`; on shutdown, from any thread:
+    /// stop.cancel();
+    /// # assert!(options.cancel.is_some_and(|c| c.is_cancelled()));
+    /// ```
+    pub fn cancel(mut self, cancel: Cancel) -> Self {
+        self.cancel = Some(cancel);
         self
     }
 

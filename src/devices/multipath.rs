@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::devices::block;
 use crate::error::Result;
 use crate::model::ids::Wwid;
+use crate::platform::cancel;
 use crate::platform::cmd::{Command, CommandOutput, CommandRunner};
 use crate::platform::host::Host;
 use crate::platform::wait::DeviceWatch;
@@ -146,6 +147,7 @@ pub fn flush_map(
             "map in use; flushing again after udev's next event"
         );
         watch.next_event((now + MAP_BUSY_RETRY_INTERVAL).min(give_up))?;
+        cancel::check(|| format!("a retry of `{cmd}`"))?;
     }
 }
 

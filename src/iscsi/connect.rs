@@ -18,6 +18,7 @@ use crate::error::{AttemptFailure, Error, Result};
 use crate::iscsi::iscsiadm::NodeEntry;
 use crate::model::ids::Portal;
 use crate::model::record::{DeviceRecord, PathRecord};
+use crate::platform::cancel;
 use crate::platform::cmd::{Cancel, Command};
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
@@ -36,6 +37,8 @@ impl IscsiDriver {
         // As os-brick's `check_multipath`: enforced multipath on a host without multipathd
         // fails before anything is logged in.
         if mode.is_enforced() && !self.multipathd_running(deadline) {
+            // multipathd did not answer because the connect was asked to stop.
+            cancel::check(|| "multipathd's status".into())?;
             return Err(Error::MultipathdNotRunning);
         }
         let mut discovered = Vec::new();
@@ -169,7 +172,7 @@ impl IscsiDriver {
     ) -> Result<DeviceRecord> {
         let mut errors = Vec::new();
         for t in targets {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || cancel::is_cancelled() {
                 break;
             }
             match self.attach_path(props, t, deadline, None) {
@@ -192,6 +195,8 @@ impl IscsiDriver {
     ) -> Result<DeviceRecord> {
         let cancel = Cancel::new();
         let span = tracing::Span::current();
+        // The operation's cancel, current in every path's thread as in this one.
+        let op_cancel = cancel::current();
         let (tx, rx) = mpsc::channel::<(IscsiTarget, Result<AttachedPath>)>();
         // At most `max_parallel_logins` paths at once: each worker takes the next target
         // not yet taken until none is left.
@@ -204,8 +209,10 @@ impl IscsiDriver {
         let (paths, errors, map) = std::thread::scope(|s| {
             for _ in 0..workers {
                 let (tx, cancel, span, next) = (tx.clone(), &cancel, span.clone(), &next);
+                let op_cancel = op_cancel.clone();
                 s.spawn(move || {
                     let _e = span.entered();
+                    let _c = cancel::enter(op_cancel);
                     while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
                         let r = self.attach_path(props, t, deadline, Some(cancel));
                         // The receiver lives until every sender is gone.
@@ -218,6 +225,26 @@ impl IscsiDriver {
         });
         if paths.is_empty() {
             return Err(all_failed(errors));
+        }
+        if cancel::is_cancelled() {
+            // No single-path fallback for a connect asked to stop: what came up goes.
+            tracing::info!(
+                paths = paths.len(),
+                "cancelled; detaching the paths that came up"
+            );
+            self.undo_multipath(&paths, map.as_ref().ok());
+            return Err(match map {
+                Err(reason) => Error::MultipathAssembly {
+                    wwid: paths[0]
+                        .wwid
+                        .as_ref()
+                        .map_or_else(String::new, |w| w.to_string()),
+                    reason,
+                },
+                Ok(_) => Error::WaitCancelled {
+                    what: "the paths still logging in".into(),
+                },
+            });
         }
         match map {
             Ok(m) => self.record(props, &paths, Some(&m)),
@@ -468,8 +495,32 @@ impl IscsiDriver {
         })
     }
 
+    /// Undoes a multipath connect stopped half way: the map over its paths (`map`, and any
+    /// multipathd made over them meanwhile), then the paths.
+    fn undo_multipath(&self, paths: &[AttachedPath], map: Option<&MultipathMap>) {
+        let _undo = cancel::shield();
+        let deadline = self.cleanup_deadline();
+        let mut maps: Vec<MultipathMap> = map.into_iter().cloned().collect();
+        for p in paths {
+            match multipath::holder_map(self.host(), &p.name) {
+                Ok(Some(m)) if !maps.contains(&m) => maps.push(m),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(device = %p.name, error = %e.chain(), "undo: cannot read the device's holders")
+                }
+            }
+        }
+        for m in &maps {
+            if let Err(e) = self.remove_map(m, true, deadline) {
+                tracing::warn!(map = %m.name, error = %e.chain(), "undo: removing the multipath map failed");
+            }
+        }
+        self.undo_paths(paths);
+    }
+
     /// Undoes paths that came up (a multipath connect that must not keep them).
     fn undo_paths(&self, paths: &[AttachedPath]) {
+        let _undo = cancel::shield();
         let deadline = self.cleanup_deadline();
         let mut sessions = SessionFinder::new(self.host());
         for p in paths {

@@ -8,6 +8,7 @@ use super::records;
 use crate::error::{Error, Result};
 use crate::model::ids::{Iqn, Portal};
 use crate::model::iscsi::{ChapCredentials, IscsiTarget};
+use crate::platform::cancel;
 use crate::platform::cmd::{Cancel, Command, CommandOutput, CommandRunner};
 use crate::platform::host::Host;
 
@@ -297,6 +298,7 @@ impl<'a> Iscsiadm<'a> {
             }
             tracing::debug!(command = %cmd, code = ?out.status.code(), attempt, "retrying iscsiadm");
             std::thread::sleep(RETRY_INTERVAL);
+            cancel::check(|| format!("a retry of `{cmd}`"))?;
             attempt += 1;
         }
     }

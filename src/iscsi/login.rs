@@ -13,6 +13,7 @@ use super::{
 use crate::devices::{block, scsi};
 use crate::error::{Error, Result};
 use crate::model::ids::Hctl;
+use crate::platform::cancel;
 use crate::platform::cmd::Cancel;
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
@@ -23,6 +24,9 @@ struct Made {
     node: bool,
     session: bool,
     device: Option<(Hctl, String)>,
+    /// The LUN this attempt scanned on a session (`sid`, LUN), before its device was known:
+    /// a wait cut short after the scan leaves a device the undo must still remove.
+    scanned: Option<(u32, u64)>,
 }
 
 impl IscsiDriver {
@@ -98,6 +102,9 @@ impl IscsiDriver {
             .hctl(t.lun)
             .filter(|h| scsi::device_exists(host, *h));
         if present.is_none() {
+            // No scan for a connect asked to stop (during its login, say): nothing to undo.
+            cancel::check(|| format!("the scan of LUN {} on session {}", t.lun, session.sid))?;
+            made.scanned = Some((session.sid, t.lun));
             scsi::scan_lun(
                 host,
                 session.host_no,
@@ -152,7 +159,7 @@ impl IscsiDriver {
         let host = self.host();
         let direct = self.set_up_node(props, t, adm, made, deadline)?;
         let started = Instant::now();
-        let outcome = match adm.login(t, self.login_limit()) {
+        let outcome = match self.login(adm, t) {
             // iscsiadm finds no record where this one was written: its database is
             // elsewhere. The record goes, and iscsiadm makes it from now on.
             Err(Error::CommandFailed { status, .. }) if direct && status.code() == Some(21) => {
@@ -163,7 +170,7 @@ impl IscsiDriver {
                     made.node = false;
                 }
                 self.set_up_node(props, t, adm, made, deadline)?;
-                adm.login(t, self.login_limit())?
+                self.login(adm, t)?
             }
             r => r?,
         };
@@ -179,6 +186,16 @@ impl IscsiDriver {
             path: host.sys("class/iscsi_session"),
             reason: format!("no session for {t} after a successful login"),
         })
+    }
+
+    /// `iscsiadm --login`, not cut short by the operation's cancel: iscsid carries on with a
+    /// login whose iscsiadm was killed, and the session it makes after the connect gave up
+    /// would be left to nobody. The login's own limit bounds it; the cancel is seen at the
+    /// next wait, and the undo logs the session out. (The cancel of a multipath connect's
+    /// paths still logging in when the map is usable does stop it.)
+    fn login(&self, adm: &Iscsiadm<'_>, t: &IscsiTarget) -> Result<LoginOutcome> {
+        let _whole = cancel::shield();
+        adm.login(t, self.login_limit())
     }
 
     /// Whether the target has a node record at its portal (any iface's): a look at the
@@ -290,8 +307,13 @@ impl IscsiDriver {
 
     /// Undoes one path attempt: its scanned device, its session, its node record.
     fn undo(&self, t: &IscsiTarget, made: &Made, sessions: &mut SessionFinder<'_>) {
+        let _undo = cancel::shield();
         let deadline = self.cleanup_deadline();
-        if let Some((hctl, name)) = &made.device {
+        let scanned = match (&made.device, made.scanned) {
+            (None, Some((sid, lun))) => self.scanned_device(sid, lun),
+            _ => None,
+        };
+        if let Some((hctl, name)) = made.device.as_ref().or(scanned.as_ref()) {
             if let Err(e) = self.remove_scsi_device(
                 &VolumeDevice {
                     hctl: *hctl,
@@ -312,6 +334,22 @@ impl IscsiDriver {
         }
     }
 
+    /// The device of the LUN `lun` a scan made on session `sid`, if there is one: its
+    /// address and block device (empty when it has none yet).
+    fn scanned_device(&self, sid: u32, lun: u64) -> Option<(Hctl, String)> {
+        let host = self.host();
+        let hctl = session::describe(host, sid)
+            .ok()
+            .flatten()?
+            .hctl(lun)
+            .filter(|h| scsi::device_exists(host, *h))?;
+        let name = scsi::block_name(host, hctl)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Some((hctl, name))
+    }
+
     /// Deletes the node records discovery created for this connect that no session uses
     /// now (targets that failed, or that discovery reported but the volume does not use).
     /// A target's lock is taken exclusively first, so no connect of that target is
@@ -320,6 +358,7 @@ impl IscsiDriver {
         if discovered.is_empty() {
             return;
         }
+        let _cleanup = cancel::shield();
         let deadline = self.cleanup_deadline();
         let adm = self.adm(deadline);
         for t in discovered {

@@ -56,6 +56,7 @@ use super::idbm::NodeRecord;
 use crate::error::{Error, Result};
 use crate::model::ids::Portal;
 use crate::model::iscsi::{record_value_problem, ChapCredentials, IscsiTarget};
+use crate::platform::cancel;
 use crate::platform::host::Host;
 
 /// The node records' directory under the host's /etc.
@@ -219,6 +220,7 @@ pub(crate) fn lock_db(host: &Host, deadline: Instant) -> Result<DbLock> {
         match fs::hard_link(&lock, &write) {
             Ok(()) => return Ok(DbLock { write }),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                cancel::check(|| format!("open-iscsi's record lock {}", write.display()))?;
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(Error::LockTimeout {

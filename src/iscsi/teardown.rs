@@ -401,7 +401,12 @@ impl IscsiDriver {
         Ok(out)
     }
 
-    fn remove_map(&self, m: &MultipathMap, force: bool, deadline: Instant) -> Result<()> {
+    pub(super) fn remove_map(
+        &self,
+        m: &MultipathMap,
+        force: bool,
+        deadline: Instant,
+    ) -> Result<()> {
         let host = self.host();
         let runner = &*self.opts.context.runner;
         // A forced detach of a map none of whose paths is up: the map would queue the
@@ -443,7 +448,9 @@ impl IscsiDriver {
         if !scsi::device_exists(host, d.hctl) {
             return Ok(());
         }
-        let carried = match flush {
+        // A device without a block device yet (an undo right after its scan) has no
+        // buffers to flush.
+        let carried = match flush && !d.name.is_empty() {
             true => block::flush_before_removal(host, &host.dev(&d.name), force, deadline)?,
             false => None,
         };
@@ -453,10 +460,9 @@ impl IscsiDriver {
             &format!("removal of {} ({})", d.name, d.hctl),
             deadline,
             || {
-                Ok(
-                    (!scsi::device_exists(host, d.hctl) && !block::exists(host, &d.name))
-                        .then_some(()),
-                )
+                Ok((!scsi::device_exists(host, d.hctl)
+                    && (d.name.is_empty() || !block::exists(host, &d.name)))
+                .then_some(()))
             },
         );
         block::then_report(removed, carried)

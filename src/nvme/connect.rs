@@ -18,6 +18,7 @@ use crate::devices::{block, md};
 use crate::error::{AttemptFailure, Error, Result};
 use crate::model::connection::Protocol;
 use crate::model::record::{DeviceRecord, NvmePathRecord};
+use crate::platform::cancel;
 use crate::platform::lock::{LockGuard, LockMode};
 use crate::platform::registry::Registry;
 use crate::platform::wait::DeviceWatch;
@@ -120,6 +121,7 @@ impl NvmeDriver {
 
     /// Drops the controllers a failed connect made.
     fn undo(&self, op: &Operation<'_>, made: &[(Nqn, NvmePortal)], hostnqn: &str) {
+        let _undo = cancel::shield();
         let mut release = Release {
             op,
             registry: &self.registry,

@@ -11,6 +11,7 @@ use nix::libc;
 
 use crate::error::{Error, Result};
 use crate::model::nvme::{Nqn, NvmePortal};
+use crate::platform::cancel;
 use crate::platform::cmd::{Command, CommandRunner};
 use crate::platform::host::Host;
 
@@ -212,6 +213,12 @@ fn is_uuid(s: &str) -> bool {
 /// connection request, then the fabrics Connect and Identify commands, each within the
 /// admin timeout (`nvme_core.admin_timeout`, 60 s by default). A killed `nvme connect` is no
 /// shorter: the process stays in the same write until the kernel returns.
+///
+/// # Cancellation
+///
+/// For the same reason the operation's cancel cannot stop the write: it is checked before
+/// the write starts ([`Error::WaitCancelled`]), and a write under way runs to the kernel's
+/// answer; the connect's undo then drops the controller it made.
 pub fn connect(
     runner: &dyn CommandRunner,
     host: &Host,
@@ -229,6 +236,7 @@ pub fn connect(
             waited: Duration::ZERO,
         });
     }
+    cancel::check(|| format!("a connect to {}", a.target()))?;
     tracing::debug!(target_nqn = %a.nqn, portal = %a.portal, "writing the connect to {}", dev.display());
     match host.exchange(&dev, &request)? {
         Ok(answer) => {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
+use crate::platform::cancel;
 use crate::platform::host::{Host, LOCKS_SUBDIR};
 use crate::platform::state;
 
@@ -135,7 +136,8 @@ impl LockDir {
     /// Takes the lock named by `key` like [`LockDir::lock`], waiting at most until
     /// `deadline`: a lock someone else holds is tried again every [`LOCK_POLL_INTERVAL`],
     /// and still held at the deadline it is [`Error::LockTimeout`] naming the key. A
-    /// deadline already past still gets one try.
+    /// deadline already past still gets one try. Within an operation whose cancel fires
+    /// the wait ends at the next try ([`Error::WaitCancelled`]).
     pub fn lock_until(&self, key: &str, mode: LockMode, deadline: Instant) -> Result<LockGuard> {
         let (mut file, path) = self.open(key)?;
         let arg = match mode {
@@ -148,6 +150,7 @@ impl LockDir {
                 Ok(l) => break l,
                 Err((f, nix::Error::EINTR)) => file = f,
                 Err((f, nix::Error::EWOULDBLOCK)) => {
+                    cancel::check(|| format!("lock {key} ({})", path.display()))?;
                     let now = Instant::now();
                     if now >= deadline {
                         tracing::debug!(lock = %path.display(), key, ?mode, "lock still held at the deadline");

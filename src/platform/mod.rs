@@ -2,6 +2,7 @@
 //! the command runner (every external program), udev events and device waits, cross-process
 //! locks, the attachment registry, and the private state directory they live in.
 
+pub(crate) mod cancel;
 pub(crate) mod cmd;
 pub(crate) mod host;
 pub(crate) mod lock;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
+use crate::platform::cancel;
 use crate::platform::host::Host;
 use crate::platform::uevent::Uevent;
 
@@ -92,7 +93,11 @@ impl DeviceWatch {
     }
 
     /// Waits until `check` returns `Some`, or `deadline` passes (a [`Error::Timeout`] naming
-    /// `what`). Errors from `check` end the wait.
+    /// `what`). Errors from `check` end the wait. So does the operation's cancel
+    /// ([`ConnectorOptions::cancel`](crate::ConnectorOptions::cancel)), seen before each
+    /// check (a cancelled operation passes no wait, even one whose condition holds already)
+    /// and so within [`UDEV_RECHECK_INTERVAL`] of firing, in a polling watch too whatever its
+    /// interval: [`Error::WaitCancelled`] naming `what`.
     pub fn wait_for<T>(
         &mut self,
         what: &str,
@@ -102,6 +107,9 @@ impl DeviceWatch {
         let started = Instant::now();
         let mut events = 0;
         loop {
+            // Before the condition: a cancelled operation goes no further, even when what it
+            // waits for is already there.
+            cancel::check(|| what.to_string())?;
             if let Some(v) = check()? {
                 return Ok(v);
             }
@@ -120,6 +128,9 @@ impl DeviceWatch {
             let left = deadline - now;
             match &self.monitor {
                 Some(m) => events += wait_event(m, left.min(UDEV_RECHECK_INTERVAL))?,
+                None if cancel::current().is_some() => {
+                    std::thread::sleep(left.min(self.poll_interval).min(UDEV_RECHECK_INTERVAL))
+                }
                 None => std::thread::sleep(left.min(self.poll_interval)),
             }
         }
@@ -229,6 +240,30 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, Error::Timeout { .. }));
         assert!(e.to_string().contains("LUN 3 of session 1"));
+    }
+
+    #[test]
+    fn a_cancel_ends_the_wait_promptly() {
+        let c = crate::Cancel::new();
+        let _op = cancel::enter(Some(c.clone()));
+        let fire = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c.cancel();
+        });
+        // A polling interval far longer than the wait's reaction to a cancel.
+        let mut w = DeviceWatch::polling(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let e = w
+            .wait_for::<()>("LUN 3", Instant::now() + Duration::from_secs(20), || {
+                Ok(None)
+            })
+            .unwrap_err();
+        fire.join().unwrap();
+        assert!(
+            matches!(&e, Error::WaitCancelled { what } if what == "LUN 3"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
 
     #[test]

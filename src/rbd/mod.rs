@@ -23,6 +23,7 @@ use crate::devices::block;
 use crate::error::{Error, Result};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::{DeviceKind, DeviceRecord, NetworkSource, RbdRecord};
+use crate::platform::cancel;
 use crate::platform::host::Host;
 use crate::platform::lock::LockMode;
 use crate::platform::registry::Registry;
@@ -225,13 +226,19 @@ impl Driver for RbdDriver {
         let host = op.host();
         let mut watch = DeviceWatch::open(host, &["block"]);
         let read_only = props.access_mode == crate::model::connection::AccessMode::Ro;
-        let device = cli::map(op.runner(), mapper, props, &files, read_only, deadline)?;
+        // Not cut short by the cancel: a killed map may still leave the image mapped, on a
+        // device nobody would know to unmap. The wait after it sees the cancel.
+        let device = {
+            let _whole = cancel::shield();
+            cli::map(op.runner(), mapper, props, &files, read_only, deadline)?
+        };
         drop(files);
         tracing::info!(phase = "map", elapsed_ms = op.elapsed_ms(), %device, "image mapped");
         let name = dev_name(&device).to_string();
         if let Err(e) = watch.wait_for(&format!("{device} for {}", props.image), deadline, || {
             Ok(block::is_ready(host, &name)?.then_some(()))
         }) {
+            let _undo = cancel::shield();
             if let Err(u) = cli::unmap(op.runner(), mapper, &device, true, op.cleanup_deadline()) {
                 tracing::warn!(error = %u.chain(), "undo: unmapping failed");
             }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::lock;
 use crate::{Command, CommandOutput, CommandRunner, Error, Result};
@@ -23,7 +24,11 @@ struct Rule {
 pub struct FakeRunner {
     rules: Mutex<Vec<Rule>>,
     calls: Mutex<Vec<Command>>,
+    delays: Mutex<Vec<(Matcher, Duration)>>,
 }
+
+/// How often a delayed command looks at its cancellation.
+const DELAY_CANCEL_CHECK: Duration = Duration::from_millis(2);
 
 impl std::fmt::Debug for FakeRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,6 +76,18 @@ impl FakeRunner {
         self
     }
 
+    /// Makes the next command `matches` accepts a slow program: it is answered by its rule
+    /// only after `delay`, and a cancellation that fires meanwhile ends it at once with
+    /// [`Error::CommandCancelled`], as a killed program ends. Once only.
+    pub fn delay_next(
+        &self,
+        matches: impl Fn(&Command) -> bool + Send + Sync + 'static,
+        delay: Duration,
+    ) -> &Self {
+        lock(&self.delays).push((Box::new(matches), delay));
+        self
+    }
+
     /// Every command run so far, in order.
     pub fn commands(&self) -> Vec<Command> {
         lock(&self.calls).clone()
@@ -95,12 +112,28 @@ impl FakeRunner {
 impl CommandRunner for FakeRunner {
     fn run(&self, cmd: &Command) -> Result<CommandOutput> {
         lock(&self.calls).push(cmd.clone());
-        if let Some(c) = cmd.cancellation() {
-            if c.is_cancelled() {
-                return Err(Error::CommandCancelled {
-                    program: cmd.program().to_string(),
-                    args: cmd.shown_args(),
-                });
+        let cancelled = || Error::CommandCancelled {
+            program: cmd.program().to_string(),
+            args: cmd.shown_args(),
+        };
+        let is_cancelled = || cmd.cancellation().is_some_and(|c| c.is_cancelled());
+        if is_cancelled() {
+            return Err(cancelled());
+        }
+        let delay = {
+            let mut delays = lock(&self.delays);
+            delays
+                .iter()
+                .position(|(m, _)| m(cmd))
+                .map(|i| delays.remove(i).1)
+        };
+        if let Some(d) = delay {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                if is_cancelled() {
+                    return Err(cancelled());
+                }
+                std::thread::sleep(DELAY_CANCEL_CHECK.min(end - Instant::now()));
             }
         }
         let handler = lock(&self.rules)
@@ -109,7 +142,15 @@ impl CommandRunner for FakeRunner {
             .find(|r| (r.matches)(cmd))
             .map(|r| r.handler.clone());
         match handler {
-            Some(h) => Ok(h(cmd)),
+            // A handler may take its time (a slow program): a cancel that fired meanwhile
+            // killed the program, as the system runner's would.
+            Some(h) => {
+                let out = h(cmd);
+                if is_cancelled() {
+                    return Err(cancelled());
+                }
+                Ok(out)
+            }
             None => Err(Error::CommandNotFound {
                 program: cmd.program().to_string(),
                 searched: vec![PathBuf::from("(fake runner: no rule)")],
