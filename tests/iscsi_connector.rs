@@ -739,6 +739,35 @@ fn iser_uses_the_iser_iface() {
 }
 
 #[test]
+fn a_disconnect_logs_out_through_the_sessions_own_iface() {
+    // Attached with `--iface iser`, detached by a connector built without it (iface
+    // `default`): iscsiadm logs out only the sessions of the iface it is given, so the
+    // logout must name the session's (sysfs `ifacename`), or the session stays.
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_1, MIB)]);
+    let mut o = sim.options();
+    o.iscsi.iface = Some("iser".into());
+    let ci = single("127.0.0.1:3260", 0, "vol-1");
+    let rec = connector_for(Protocol::Iscsi, o)
+        .unwrap()
+        .connect_volume(&ci)
+        .unwrap();
+    assert_eq!(sim.session_count(), 1);
+    connector_for(Protocol::Iscsi, sim.options())
+        .unwrap()
+        .disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert!(
+        sim.iscsiadm_calls().contains(&format!(
+            "iscsiadm -m node -T {IQN} -p 127.0.0.1:3260 --interface iser --logout"
+        )),
+        "{:?}",
+        sim.iscsiadm_calls()
+    );
+    sim.assert_clean();
+}
+
+#[test]
 fn operation_deadline_bounds_a_missing_device() {
     let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);

@@ -194,9 +194,7 @@ fn sessions(host: &Host) -> Result<Vec<OrphanSession>> {
             sid,
             target,
             portal,
-            iface: host
-                .read_attr_opt(&dir.join("ifacename"))?
-                .filter(|i| !i.is_empty() && i != "<NULL>"),
+            iface: session::iface(host, sid)?,
             state: host.read_attr_opt(&dir.join("state"))?,
             host_no: s.host_no,
             reason: if luns.is_empty() {

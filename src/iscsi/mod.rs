@@ -103,6 +103,12 @@ fn discovery_lock_key(portal: &Portal) -> String {
     format!("iscsi-discovery-{portal}")
 }
 
+/// Whether `name` can be an open-iscsi iface name (the file name of its record under
+/// `/etc/iscsi/ifaces`, and a single iscsiadm argument).
+fn is_iface_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.chars().any(char::is_whitespace)
+}
+
 /// udev's `by-path` name for an iSCSI LUN (as `path_id` builds it).
 pub fn by_path_name(portal: &Portal, iqn: &str, lun: u64) -> String {
     let lun = if lun < 256 {
@@ -131,7 +137,7 @@ impl IscsiDriver {
             (None, Protocol::Iser) => "iser".to_string(),
             (None, _) => "default".to_string(),
         };
-        if iface.is_empty() || iface.contains('/') || iface.chars().any(char::is_whitespace) {
+        if !is_iface_name(&iface) {
             return Err(Error::InvalidArgument {
                 name: "iscsi_iface".into(),
                 reason: format!("{iface:?} is not an iface name"),

@@ -41,6 +41,15 @@ fn session_class_dir(host: &Host, sid: u32) -> PathBuf {
     host.sys(format!("class/iscsi_session/session{sid}"))
 }
 
+/// The open-iscsi iface session `sid` was logged in through (its `ifacename`: `default`,
+/// `iser`, an iface of `/etc/iscsi/ifaces`), when the kernel shows one. A session that is
+/// gone, or shows none (`<NULL>`, empty), gives `None`.
+pub fn iface(host: &Host, sid: u32) -> Result<Option<String>> {
+    Ok(host
+        .read_attr_opt(&session_class_dir(host, sid).join("ifacename"))?
+        .filter(|i| !i.is_empty() && i != "<NULL>"))
+}
+
 /// The session's device directory (`.../hostH/sessionN`).
 fn session_device_dir(host: &Host, sid: u32) -> Result<Option<PathBuf>> {
     host.canonical(&session_class_dir(host, sid).join("device"))
@@ -368,6 +377,23 @@ mod tests {
 
     fn sid_of(found: Option<Session>) -> Option<u32> {
         found.map(|s| s.sid)
+    }
+
+    #[test]
+    fn a_sessions_iface_is_its_ifacename_when_it_shows_one() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        let t = target("10.0.0.1:3260", 1);
+        session(&fake, 1, &t, false);
+        // No attribute (an older kernel, a session going away): none.
+        assert_eq!(iface(&host, 1).unwrap(), None);
+        fake.set_iscsi_session_iface(1, "iser");
+        assert_eq!(iface(&host, 1).unwrap().as_deref(), Some("iser"));
+        for shown in ["<NULL>", ""] {
+            fake.set_iscsi_session_iface(1, shown);
+            assert_eq!(iface(&host, 1).unwrap(), None, "{shown:?}");
+        }
+        assert_eq!(iface(&host, 9).unwrap(), None);
     }
 
     #[test]

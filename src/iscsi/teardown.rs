@@ -489,7 +489,17 @@ impl IscsiDriver {
                 return Ok(());
             }
             let started = Instant::now();
-            adm.logout(t)?;
+            // iscsiadm logs out the sessions of the iface it is given: the session's own
+            // (an iSER session made with `iser` is gone only by `--interface iser`, whatever
+            // iface this connector was built with).
+            match session::iface(self.host(), s.sid)? {
+                Some(i) if i != self.iface && super::is_iface_name(&i) => {
+                    tracing::debug!(target = %t, sid = s.sid, session_iface = %i, iface = %self.iface, "logging out through the session's iface");
+                    Iscsiadm::new(self.host(), &*self.opts.context.runner, &i, deadline)
+                        .logout(t)?;
+                }
+                _ => adm.logout(t)?,
+            }
             tracing::info!(phase = "logout", elapsed_ms = ms(started.elapsed()), target = %t, "logged out");
         }
         if delete_node {

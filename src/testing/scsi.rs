@@ -131,6 +131,15 @@ impl FakeHost {
         fs::rename(&staged, &class).expect("fake tree: rename");
     }
 
+    /// Sets the `ifacename` session `sid` shows (the kernel's copy of the iface it was
+    /// logged in through).
+    pub fn set_iscsi_session_iface(&self, sid: u32, iface: &str) {
+        write(
+            &self.p(&format!("sys/class/iscsi_session/session{sid}/ifacename")),
+            &format!("{iface}\n"),
+        );
+    }
+
     /// Removes session `sid` and its SCSI host, with every device on it (a logout).
     pub fn remove_iscsi_session(&self, sid: u32) {
         let class = self.p(&format!("sys/class/iscsi_session/session{sid}"));

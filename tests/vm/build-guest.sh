@@ -1,7 +1,9 @@
 #!/bin/bash
 # Build the hostbrick test guest from Debian packages only, or reuse the cached build.
 #
-#   kernel      linux-image-amd64 (bookworm, 6.1): iscsi_tcp, LIO, nvme(t)_tcp, dm-multipath, rbd, 9p
+#   kernel      linux-image-amd64 (bookworm, 6.1): iscsi_tcp, LIO, nvme(t)_tcp, dm-multipath, rbd, 9p,
+#               and RDMA without hardware: soft-RoCE (rdma_rxe) with ib_iser / ib_isert (iSER) and
+#               nvme-rdma / nvmet-rdma, over a dummy or veth link
 #   root fs     mmdebstrap --variant=minbase + guest/packages.txt, kernel modules (pruned) + depmod,
 #               guest/image/ copied on top (init, multipath.conf), as an ext4 image
 #   initramfs   busybox-static + virtio/ext4 modules; switch_root to /usr/sbin/hostbrick-vm-init
@@ -92,10 +94,12 @@ mkdir -p "$ROOT/lib/modules"
 cp -a "$BUILD/kernel/lib/modules/$KVER" "$MODS"
 (cd "$MODS/kernel" && rm -rf sound drivers/gpu drivers/media drivers/net/wireless drivers/net/ethernet \
     drivers/usb drivers/iio drivers/staging drivers/hwmon drivers/comedi drivers/isdn drivers/bluetooth \
-    drivers/mtd drivers/video drivers/mmc drivers/input drivers/hid drivers/infiniband drivers/net/can \
+    drivers/mtd drivers/video drivers/mmc drivers/input drivers/hid drivers/infiniband/hw drivers/net/can \
     net/wireless net/mac80211 net/bluetooth fs/btrfs fs/xfs fs/ocfs2 fs/nfs fs/nfsd fs/cifs fs/smb)
 chroot "$ROOT" depmod -a "$KVER"
-for m in iscsi_tcp target_core_file iscsi_target_mod nvme_tcp nvmet_tcp dm_multipath scsi_dh_alua rbd nbd 9p 9pnet_virtio; do
+# (drivers/infiniband stays without its hw/ drivers: the RDMA core, soft-RoCE, the iSER ULPs.)
+for m in iscsi_tcp target_core_file iscsi_target_mod nvme_tcp nvmet_tcp dm_multipath scsi_dh_alua rbd nbd 9p 9pnet_virtio \
+    rdma_rxe ib_iser ib_isert nvme_rdma nvmet_rdma dummy veth; do
     chroot "$ROOT" modprobe -S "$KVER" --show-depends "$m" >/dev/null 2>&1 || vm_die "module $m missing from the guest kernel"
 done
 

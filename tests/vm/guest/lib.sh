@@ -319,10 +319,11 @@ no_scsi_disks() { [ -z "$(scsi_disks)" ]; }
 # udev's by-path link). FLOOR_S = login start -> /dev/sdX present; FLOOR_LINK_S = -> the udev
 # link (the single-device floors set it).
 
-# _floor_login PORTAL IQN [CHAP_USER CHAP_PASS] -> FLOOR_HOST (scsi host number)
+# _floor_login PORTAL IQN [CHAP_USER CHAP_PASS] -> FLOOR_HOST (scsi host number); the node
+# record is the FLOOR_ISCSI_IFACE iface's (e.g. iser) when that is set, else the default one's.
 _floor_login() {
     local portal=$1 iqn=$2 s
-    iscsiadm -m node -o new -T "$iqn" -p "$portal" >/dev/null || return 1
+    iscsiadm -m node -o new -T "$iqn" -p "$portal" ${FLOOR_ISCSI_IFACE:+-I "$FLOOR_ISCSI_IFACE"} >/dev/null || return 1
     iscsiadm -m node -T "$iqn" -p "$portal" -o update -n node.session.scan -v manual || return 1
     if [ -n "${3:-}" ]; then
         iscsiadm -m node -T "$iqn" -p "$portal" -o update -n node.session.auth.authmethod -v CHAP
@@ -518,12 +519,13 @@ nvme_state() {   # for the logs
 # kernel_floor_nvme IP PORT NQN UUID [UUID...]: the same attach with raw nvme-cli: `nvme connect`
 # (with the host's hostnqn/hostid) until the namespace's block device node exists (every
 # namespace's, with more UUIDs); FLOOR_S = connect start -> /dev/nvmeXnY; the udev by-id link
-# time (of the first) is noted. Disconnects afterwards.
+# time (of the first) is noted. Disconnects afterwards. FLOOR_NVME_TRANSPORT=rdma measures
+# NVMe/RDMA (default tcp).
 kernel_floor_nvme() {
     local ip=$1 port=$2 nqn=$3 uuid=$4 start t_cli dev t_link out u
     [ -n "${HOSTBRICK_VM_TRACE:-}" ] && { PS4='+[$(up)] '; set -x; }
     start=$(now_ns)
-    out=$(nvme connect -t tcp -a "$ip" -s "$port" -n "$nqn" -q "$(hostnqn)" -I "$(hostid)" 2>&1) \
+    out=$(nvme connect -t "${FLOOR_NVME_TRANSPORT:-tcp}" -a "$ip" -s "$port" -n "$nqn" -q "$(hostnqn)" -I "$(hostid)" 2>&1) \
         || { set +x; note "floor: nvme connect failed: $out"; nvme disconnect -n "$nqn" >/dev/null 2>&1; return 1; }
     t_cli=$(secs_since "$start")
     for u in "${@:4}"; do
@@ -714,6 +716,7 @@ guest_reset() {
     nvme disconnect-all >/dev/null 2>&1
     lio_teardown_all
     nvmet_teardown_all
+    rdma_down
     rbd_reset
     rm -rf "$WORK"
 }

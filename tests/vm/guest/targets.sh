@@ -4,6 +4,8 @@
 #   iSCSI   LIO through configfs (no targetcli): fileio backstores on sparse files, one TPG per
 #           target, portals on 127.0.0.x:3260, demo mode or per-initiator ACLs with CHAP.
 #   NVMe    nvmet through configfs: TCP port on 127.0.0.1:4420.
+#   RDMA    soft-RoCE (rdma_rxe) on a veth link with its own address (rdma_up): LIO portals with
+#           iSER on (lio_portal_iser), nvmet RDMA ports (nvmet_port with trtype rdma).
 #   Ceph    one mon + one OSD (memstore), pool size 1, no mgr.
 
 LIO=/sys/kernel/config/target
@@ -161,12 +163,13 @@ nvmet_namespace() {
 
 nvmet_namespace_file() { echo "$TARGET_STATE/nvme-$2-${1##*:}.img"; }
 
-# nvmet_port PORT_ID IP [SVCID]: a TCP port (ipv4); no-op if it exists.
+# nvmet_port PORT_ID IP [SVCID [TRTYPE]]: a port (ipv4; TCP unless TRTYPE is rdma); no-op if
+# it exists.
 nvmet_port() {
     local p=$NVMET/ports/$1
     [ -d "$p" ] && return 0
     mkdir "$p" || return 1
-    echo ipv4 > "$p/addr_adrfam" && echo tcp > "$p/addr_trtype" \
+    echo ipv4 > "$p/addr_adrfam" && echo "${4:-tcp}" > "$p/addr_trtype" \
         && echo "$2" > "$p/addr_traddr" && echo "${3:-4420}" > "$p/addr_trsvcid"
 }
 
@@ -191,6 +194,56 @@ nvmet_teardown_all() {
     for x in "$NVMET"/subsystems/*; do [ -d "$x" ] && rmdir "$x"; done
     rm -f "$TARGET_STATE"/nvme-*.img
     return 0
+}
+
+# ---------------------------------------------------------------- RDMA (soft-RoCE) -----
+# What the kernel's blktests do with use_rxe=1: an rxe device on an Ethernet link that has an
+# address; the initiator and the target both use that address (rxe loops traffic between its
+# own addresses back inside the device). The guest has no network: the link is one end of a
+# veth pair, both ends up (a veth end has carrier only while its peer is up).
+RDMA_NETDEV=${RDMA_NETDEV:-hbrdma0}
+RDMA_PEER=${RDMA_PEER:-hbrdma1}
+RDMA_RXE=${RDMA_RXE:-hbrxe0}
+RDMA_IP=${RDMA_IP:-10.77.0.1}
+
+# rdma_up: the veth pair, RDMA_IP/24 on RDMA_NETDEV, the rxe device over it (ACTIVE), and the
+# targets' RDMA modules. The initiators' (ib_iser, nvme-rdma) are left to what loads them on a
+# real host: iscsid at the first iSER login, the kernel at the first NVMe/RDMA connect.
+# Idempotent.
+rdma_up() {
+    modprobe -a rdma_rxe rdma_cm ib_isert nvmet_rdma || return 1
+    if [ ! -e "/sys/class/net/$RDMA_NETDEV" ]; then
+        ip link add "$RDMA_NETDEV" type veth peer name "$RDMA_PEER" || return 1
+    fi
+    ip addr replace "$RDMA_IP/24" dev "$RDMA_NETDEV" || return 1
+    ip link set "$RDMA_PEER" up && ip link set "$RDMA_NETDEV" up || return 1
+    if [ ! -e "/sys/class/infiniband/$RDMA_RXE" ]; then
+        rdma link add "$RDMA_RXE" type rxe netdev "$RDMA_NETDEV" || return 1
+    fi
+    local n=0
+    until rdma link show "$RDMA_RXE/1" 2>/dev/null | grep -q 'state ACTIVE'; do
+        n=$((n + 1)); [ $n -gt 100 ] && { rdma link show >&2; return 1; }
+        sleep 0.1
+    done
+}
+
+# rdma_down: the rxe device and the veth pair gone (after every target and initiator use).
+rdma_down() {
+    [ -e "/sys/class/infiniband/$RDMA_RXE" ] && rdma link delete "$RDMA_RXE"
+    [ -e "/sys/class/net/$RDMA_NETDEV" ] && ip link delete "$RDMA_NETDEV"
+    return 0
+}
+
+rdma_state() {   # for the logs
+    echo "rdma links: $(rdma link show 2>&1 | tr '\n' ';') netdev: $(ip -br addr show dev "$RDMA_NETDEV" 2>&1)"
+}
+
+# lio_portal_iser IQN IP:PORT: the portal, with iSER on (LIO's np `iser` attribute, what
+# targetcli's enable_iser sets; ib_isert listens on the address through the RDMA CM).
+lio_portal_iser() {
+    local np; np=$(lio_tpg "$1")/np/$2
+    [ -d "$np" ] || mkdir "$np" || return 1
+    echo 1 > "$np/iser"
 }
 
 # ---------------------------------------------------------------- Ceph -----

@@ -72,6 +72,8 @@ struct Session {
     sid: u32,
     iqn: String,
     portal: Portal,
+    /// The iface it was logged in through: only a logout through it ends the session.
+    iface: String,
 }
 
 #[derive(Default)]

@@ -219,10 +219,12 @@ impl Tools<State> {
                     sid,
                     iqn: iqn.into(),
                     portal: portal_p.clone(),
+                    iface: iface.to_string(),
                 });
                 let manual = setting("node.session.scan").as_deref() == Some("manual");
                 drop(st);
                 self.fake.add_iscsi_session(sid, host_no, 0, iqn, &portal_p);
+                self.fake.set_iscsi_session_iface(sid, iface);
                 for (lun, wwid, size) in &t.luns {
                     let spec = LunSpec::new(0, 0, *lun, wwid, *size)
                         .by_path(by_path_name(&portal_p, iqn, *lun));
@@ -235,11 +237,13 @@ impl Tools<State> {
                     "Logging in to {what}\nLogin to {what} successful.\n"
                 ))
             }
-            ["--interface", _, "--logout"] => {
+            ["--interface", iface, "--logout"] => {
+                // Only the sessions logged in through that iface (iscsiadm walks the
+                // iface's records and logs out the sessions that match them).
                 let Some(pos) = st
                     .sessions
                     .iter()
-                    .position(|s| s.iqn == iqn && s.portal == portal_p)
+                    .position(|s| s.iqn == iqn && s.portal == portal_p && s.iface == *iface)
                 else {
                     return CommandOutput::exit(21, "iscsiadm: No matching sessions found\n");
                 };
