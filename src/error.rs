@@ -319,6 +319,22 @@ pub enum Error {
         tried: Vec<AttemptFailure>,
     },
 
+    /// The target answered, and what it has is not the volume: the SCSI scan of the LUN on
+    /// a logged-in iSCSI session made no device, or a live NVMe controller shows every
+    /// namespace its subsystem lists and none is the volume's. Waiting would not change it,
+    /// so the path fails at once (and the connect with [`Error::VolumeDeviceNotFound`]
+    /// listing it).
+    #[error("{target} has no {wanted}: {seen}")]
+    NotOnTarget {
+        /// Where it was looked for: portal and target or subsystem, with the session or
+        /// controller.
+        target: String,
+        /// What was looked for, e.g. `LUN 5` or `namespace uuid 1111...`.
+        wanted: String,
+        /// What the target showed instead.
+        seen: String,
+    },
+
     /// Multipath was required but multipathd is not running.
     #[error("multipath is enforced but multipathd is not running")]
     MultipathdNotRunning,
@@ -450,6 +466,7 @@ impl Error {
             Error::Udev { .. } => "udev",
             Error::Lock { .. } => "lock",
             Error::VolumeDeviceNotFound { .. } => "volume_device_not_found",
+            Error::NotOnTarget { .. } => "not_on_target",
             Error::RecordMismatch { .. } => "record_mismatch",
             Error::DeviceInUse { .. } => "device_in_use",
             Error::MultipathdNotRunning => "multipathd_not_running",

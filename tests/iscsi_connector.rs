@@ -738,6 +738,8 @@ fn iser_uses_the_iser_iface() {
     sim.assert_clean();
 }
 
+/// A LUN that cannot be scanned (its session stays in recovery, where the kernel skips
+/// scans) is waited for until the operation deadline, not the longer scan limit.
 #[test]
 fn a_disconnect_logs_out_through_the_sessions_own_iface() {
     // Attached with `--iface iser`, detached by a connector built without it (iface
@@ -771,6 +773,10 @@ fn a_disconnect_logs_out_through_the_sessions_own_iface() {
 fn operation_deadline_bounds_a_missing_device() {
     let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let first = single("127.0.0.1:3260", 1, "vol-1");
+    let rec = connector(&sim, false).connect_volume(&first).unwrap();
+    let sid = rec.paths[0].session.unwrap();
+    sim.fake.set_iscsi_session_state(sid, "FAILED");
     let o = sim
         .options()
         .operation_timeout(Duration::from_millis(300))
@@ -782,6 +788,10 @@ fn operation_deadline_bounds_a_missing_device() {
         .unwrap_err();
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(e.chain().contains("timed out"), "{}", e.chain());
+    sim.fake.set_iscsi_session_state(sid, "LOGGED_IN");
+    connector(&sim, false)
+        .disconnect_volume(&first, Some(&rec), DisconnectOptions::default())
+        .unwrap();
     sim.assert_clean();
 }
 
@@ -1128,4 +1138,65 @@ fn multipath_logs_in_to_a_bounded_number_of_paths_at_once() {
         assert_eq!(sim.runner.count("--login"), 40);
         sim.assert_clean();
     }
+}
+
+/// A LUN the target does not have: the scans on the logged-in session make no device, so
+/// the connect fails at once (not at the scan or operation deadline) and leaves nothing.
+#[test]
+fn a_missing_lun_fails_at_once_and_leaves_nothing() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(1, WWID_1, MIB)]);
+    let o = sim
+        .options()
+        .operation_timeout(Duration::from_secs(30))
+        .scan_timeout(Duration::from_secs(30));
+    let c = connector_for(Protocol::Iscsi, o).unwrap();
+    let started = std::time::Instant::now();
+    let e = c
+        .connect_volume(&single("127.0.0.1:3260", 7, "vol-x"))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(e.kind(), "volume_device_not_found");
+    match e {
+        Error::VolumeDeviceNotFound { tried } => {
+            assert_eq!(tried.len(), 1, "{tried:?}");
+            assert!(tried[0].target.contains("lun 7"), "{tried:?}");
+            assert!(tried[0].reason.contains("has no LUN 7"), "{tried:?}");
+            assert!(tried[0].reason.contains("made no SCSI device"), "{tried:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.assert_clean();
+}
+
+/// A session in recovery when its LUN is to be scanned: the kernel would skip the scan
+/// (and a LUN that exists would look missing), so the scan waits for the session to be
+/// logged in again and finds the LUN then.
+#[test]
+fn a_lun_on_a_session_in_recovery_is_scanned_once_it_is_back() {
+    let sim = IscsiSim::new();
+    sim.add_target("127.0.0.1:3260", &[(0, WWID_2, MIB), (1, WWID_1, MIB)]);
+    let o = sim.options().scan_timeout(Duration::from_secs(5));
+    let c = connector_for(Protocol::Iscsi, o).unwrap();
+    let first = single("127.0.0.1:3260", 1, "vol-1");
+    let rec1 = c.connect_volume(&first).unwrap();
+    let sid = rec1.paths[0].session.unwrap();
+    sim.fake.set_iscsi_session_state(sid, "FAILED");
+    let fake = sim.fake.clone();
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        fake.set_iscsi_session_state(sid, "LOGGED_IN");
+    });
+    let started = std::time::Instant::now();
+    let second = single("127.0.0.1:3260", 0, "vol-0");
+    let rec0 = c.connect_volume(&second).unwrap();
+    back.join().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(sim.session_count(), 1);
+    c.disconnect_volume(&second, Some(&rec0), DisconnectOptions::default())
+        .unwrap();
+    c.disconnect_volume(&first, Some(&rec1), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
 }

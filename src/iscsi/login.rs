@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::ids::Hctl;
 use crate::platform::cancel;
 use crate::platform::cmd::Cancel;
+use crate::platform::host::Host;
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
@@ -27,6 +28,94 @@ struct Made {
     /// The LUN this attempt scanned on a session (`sid`, LUN), before its device was known:
     /// a wait cut short after the scan leaves a device the undo must still remove.
     scanned: Option<(u32, u64)>,
+}
+
+/// How many scans of a LUN on a logged-in session must make no device before the LUN counts
+/// as missing. The second scan covers a first one whose INQUIRY a connection loss cut
+/// short while the session was back in `LOGGED_IN` by the time its state was read again.
+const EMPTY_SCANS_FOR_MISSING: u32 = 2;
+
+/// The targeted scan of one LUN, and what it shows about the LUN's existence.
+///
+/// A write of `C T L` to a SCSI host's `scan` attribute scans in the writer's context:
+/// `store_scan()` (drivers/scsi/scsi_sysfs.c) calls `scsi_scan()`, which for iSCSI calls
+/// the transport's `user_scan`, `iscsi_user_scan()` (drivers/scsi/scsi_transport_iscsi.c):
+/// for each session on the host `iscsi_user_scan_session()` runs `scsi_scan_target()`
+/// (drivers/scsi/scsi_scan.c), which takes the host's `scan_mutex` (so a scan iscsid or
+/// the kernel started is finished first) and probes the one LUN
+/// (`scsi_probe_and_add_lun()`: INQUIRY, then `scsi_sysfs_add_sdev()` for a manual scan,
+/// which is not async). So when the write returns, the SCSI device `H:C:T:L` exists if the
+/// target has the LUN.
+///
+/// Except when nothing was scanned: `iscsi_user_scan_session()` skips a session whose
+/// state is not `LOGGED_IN` (still logging in, or in recovery) and the write still
+/// succeeds. And a scan that straddles a connection loss can end with no device although
+/// the LUN exists (its INQUIRY failed). Hence the LUN counts as missing only after
+/// [`EMPTY_SCANS_FOR_MISSING`] scans that each began and ended with the session
+/// `LOGGED_IN` and made no device; while the session is in another state the scan waits
+/// for it (and is written again once it is back). A kernel that shows no session `state`
+/// gets one scan and the wait, as before.
+#[derive(Debug, Default)]
+struct LunScan {
+    /// Scans written.
+    written: u32,
+    /// Scans on a logged-in session that made no device.
+    empty: u32,
+}
+
+impl LunScan {
+    /// One look after the device was not found on `s`: scans when the session can be
+    /// scanned; `NotOnTarget` once the scans prove the LUN missing.
+    fn step(&mut self, host: &Host, s: &Session, t: &IscsiTarget) -> Result<Option<Hctl>> {
+        let write = |this: &mut Self| {
+            this.written += 1;
+            scsi::scan_lun(host, s.host_no, Some(s.channel), s.target_id, t.lun)
+        };
+        match session::state(host, s.sid)?.as_deref() {
+            None => {
+                if self.written == 0 {
+                    write(self)?;
+                }
+                return Ok(None);
+            }
+            Some(session::LOGGED_IN) => {}
+            Some(other) => {
+                tracing::debug!(
+                    sid = s.sid,
+                    state = other,
+                    "session not logged in; scanning once it is"
+                );
+                return Ok(None);
+            }
+        }
+        write(self)?;
+        let after = session::describe(host, s.sid)?;
+        if let Some(h) = after
+            .as_ref()
+            .and_then(|a| a.hctl(t.lun))
+            .filter(|h| scsi::device_exists(host, *h))
+        {
+            return Ok(Some(h));
+        }
+        if session::state(host, s.sid)?.as_deref() == Some(session::LOGGED_IN) {
+            self.empty += 1;
+        }
+        if self.empty < EMPTY_SCANS_FOR_MISSING {
+            return Ok(None);
+        }
+        let at = after.and_then(|a| a.hctl(t.lun)).map_or_else(
+            || format!("host{} LUN {}", s.host_no, t.lun),
+            |h| h.to_string(),
+        );
+        Err(Error::NotOnTarget {
+            target: format!("{} {} (session {})", t.portal, t.iqn, s.sid),
+            wanted: format!("LUN {}", t.lun),
+            seen: format!(
+                "{} scans of {at} on the logged-in session made no SCSI device",
+                self.empty
+            ),
+        })
+    }
 }
 
 impl IscsiDriver {
@@ -104,17 +193,12 @@ impl IscsiDriver {
         if present.is_none() {
             // No scan for a connect asked to stop (during its login, say): nothing to undo.
             cancel::check(|| format!("the scan of LUN {} on session {}", t.lun, session.sid))?;
+            // The scans themselves are written by the wait below (`LunScan`).
             made.scanned = Some((session.sid, t.lun));
-            scsi::scan_lun(
-                host,
-                session.host_no,
-                Some(session.channel),
-                session.target_id,
-                t.lun,
-            )?;
         }
         let sid = session.sid;
         let lun_deadline = deadline.min(Instant::now() + self.opts.scan_timeout);
+        let mut scan = LunScan::default();
         let hctl = watch.wait_for(
             &format!("LUN {} on session {sid} after scan", t.lun),
             lun_deadline,
@@ -123,7 +207,10 @@ impl IscsiDriver {
                     path: host.sys(format!("class/iscsi_session/session{sid}")),
                     reason: "the session ended".into(),
                 })?;
-                Ok(s.hctl(t.lun).filter(|h| scsi::device_exists(host, *h)))
+                if let Some(h) = s.hctl(t.lun).filter(|h| scsi::device_exists(host, *h)) {
+                    return Ok(Some(h));
+                }
+                scan.step(host, &s, t)
             },
         )?;
         tracing::info!(phase = "scan", elapsed_ms = ms(started.elapsed()), %hctl, "LUN present");

@@ -286,6 +286,17 @@ fn same_host(sysfs: &str, wanted: &str) -> bool {
     }
 }
 
+/// The session state the kernel shows for a session whose login is complete and whose
+/// connection is up (`state`, `iscsi_session_state_name()` in scsi_transport_iscsi.c);
+/// `FAILED` while it recovers, `FREE` before its first login completes.
+pub const LOGGED_IN: &str = "LOGGED_IN";
+
+/// The session's `state` attribute ([`LOGGED_IN`], `FAILED`, `FREE`); `None` when the
+/// kernel shows none (the session gone, or a kernel without the attribute).
+pub fn state(host: &Host, sid: u32) -> Result<Option<String>> {
+    host.read_attr_opt(&session_class_dir(host, sid).join("state"))
+}
+
 /// The session's SCSI host and target id.
 pub fn describe(host: &Host, sid: u32) -> Result<Option<Session>> {
     let Some(dev) = session_device_dir(host, sid)? else {

@@ -125,6 +125,7 @@ impl FakeHost {
         write(&staged.join("targetname"), &format!("{iqn}\n"));
         write(&staged.join("target_id"), &format!("{target_id}\n"));
         write(&staged.join("tpgt"), "1\n");
+        write(&staged.join("state"), "LOGGED_IN\n");
         link(&sdev, &staged.join("device"));
         let class = self.p(&format!("sys/class/iscsi_session/session{sid}"));
         fs::create_dir_all(self.p("sys/class/iscsi_session")).expect("fake tree: create dir");
@@ -137,6 +138,16 @@ impl FakeHost {
         write(
             &self.p(&format!("sys/class/iscsi_session/session{sid}/ifacename")),
             &format!("{iface}\n"),
+        );
+    }
+
+    /// Sets the `state` session `sid` shows (`LOGGED_IN`, `FAILED` in recovery, `FREE`
+    /// before its login completes). A scan skips a session not `LOGGED_IN`, as the kernel's
+    /// does.
+    pub fn set_iscsi_session_state(&self, sid: u32, state: &str) {
+        write(
+            &self.p(&format!("sys/class/iscsi_session/session{sid}/state")),
+            &format!("{state}\n"),
         );
     }
 
@@ -282,6 +293,21 @@ impl FakeHost {
                 .get(i)
                 .is_some_and(|p| *p == "-" || p.parse::<u64>().ok() == Some(v))
         };
+        // As `iscsi_user_scan_session()`: a session not logged in is not scanned.
+        let hostdir = self.p(&format!("sys/devices/platform/host{h}"));
+        let skipped = fs::read_dir(&hostdir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("session")
+                    && fs::read_to_string(self.p(&format!("sys/class/iscsi_session/{name}/state")))
+                        .is_ok_and(|st| st.trim() != "LOGGED_IN")
+            });
+        if skipped {
+            return;
+        }
         let specs: Vec<LunSpec> = self.state().offered.get(&h).cloned().unwrap_or_default();
         for s in specs
             .iter()
