@@ -725,3 +725,130 @@ fn a_stale_entry_does_not_keep_a_new_controller() {
         .unwrap();
     sim.assert_clean();
 }
+
+/// Connector options with a deadline far longer than any wait these tests allow.
+fn long_deadline(sim: &NvmeSim) -> Box<dyn Connector> {
+    let o = sim
+        .options()
+        .operation_timeout(std::time::Duration::from_secs(30));
+    connector_for(Protocol::NvmeOf, o).unwrap()
+}
+
+/// A namespace the subsystem does not have fails the connect as soon as the live
+/// controller shows every namespace the subsystem lists, not at the deadline; the
+/// controller the connect made is gone again.
+#[test]
+fn a_missing_namespace_fails_at_once_and_leaves_nothing() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = long_deadline(&sim);
+    let started = std::time::Instant::now();
+    let e = c
+        .connect_volume(&volume(UUID_2, &["127.0.0.1:4420"], "vol-x"))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(e.kind(), "volume_device_not_found");
+    match &e {
+        Error::VolumeDeviceNotFound { tried } => {
+            assert_eq!(tried.len(), 1, "{tried:?}");
+            let r = &tried[0].reason;
+            assert!(
+                r.contains(&format!("has no namespace uuid {UUID_2}")),
+                "{r}"
+            );
+            assert!(r.contains("controller nvme0 is live"), "{r}");
+            assert!(r.contains("(nsids 1)"), "{r}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The subsystem's namespace list was asked once.
+    let listed: Vec<String> = sim
+        .runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.contains("list-ns"))
+        .collect();
+    assert_eq!(listed, ["nvme list-ns /dev/nvme0"]);
+    sim.assert_clean();
+    // By nsid: the subsystem's list lacks it.
+    let by_nsid = nvme_info(
+        json!({"target_nqn": NQN, "portals": [["127.0.0.1", "4420", "tcp"]],
+        "ns_id": 4, "volume_id": "vol-4"}),
+    );
+    let e = c.connect_volume(&by_nsid).unwrap_err();
+    assert!(
+        e.chain()
+            .contains("has no namespace nsid 4: the subsystem lists nsids 1"),
+        "{}",
+        e.chain()
+    );
+    sim.assert_clean();
+}
+
+/// A namespace the kernel's scan adds a while after the controller is live (the list of
+/// the subsystem names it before the controller shows it) is waited for and found.
+#[test]
+fn a_namespace_the_scan_adds_late_is_found() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(
+        NQN,
+        &["127.0.0.1:4420"],
+        &[(1, UUID_1, MIB), (2, UUID_2, MIB)],
+    );
+    sim.set_scan_delay(Some(std::time::Duration::from_millis(600)));
+    let c = long_deadline(&sim);
+    let ci = volume(UUID_2, &["127.0.0.1:4420"], "vol-2");
+    let started = std::time::Instant::now();
+    let rec = c.connect_volume(&ci).unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    assert_eq!(rec.path.to_str(), Some("/dev/nvme0n2"));
+    // The list was read while the scan was under way: it did not end the wait.
+    assert!(
+        sim.runner.calls().iter().any(|c| c.contains("list-ns")),
+        "{:?}",
+        sim.runner.calls()
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+    // And a namespace missing from a slow scan fails once the scan has shown the rest.
+    let started = std::time::Instant::now();
+    let e = c
+        .connect_volume(&volume(
+            "33333333-3333-4333-8333-333333333333",
+            &["127.0.0.1:4420"],
+            "vol-3",
+        ))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), "volume_device_not_found");
+    assert!(
+        took >= std::time::Duration::from_millis(600) && took < std::time::Duration::from_secs(5),
+        "took {took:?}"
+    );
+    sim.assert_clean();
+}
+
+/// On a controller another volume uses, a namespace the subsystem lacks fails after the
+/// rescan settled, and the controller stays for the volume on it.
+#[test]
+fn a_missing_namespace_on_a_reused_controller_fails_and_keeps_the_controller() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = long_deadline(&sim);
+    let first = volume(UUID_1, &["127.0.0.1:4420"], "vol-1");
+    let rec = c.connect_volume(&first).unwrap();
+    let started = std::time::Instant::now();
+    let e = c
+        .connect_volume(&volume(UUID_2, &["127.0.0.1:4420"], "vol-2"))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.kind(), "volume_device_not_found");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(sim.controllers(), ["nvme0"]);
+    assert_eq!(sim.registry_entries(), 1);
+    c.disconnect_volume(&first, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}

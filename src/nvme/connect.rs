@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::controllers::{all_controllers, native_multipath, ControllerFinder};
 use super::fabrics::{self, ConnectOutcome};
-use super::namespaces::{resolve_namespace, Namespace, Resolved};
+use super::namespaces::{resolve_namespace, AbsenceCheck, Namespace, Resolved};
 use super::teardown::Release;
 use super::{
     controller_lock_key, identity, Attachment, Nqn, NvmeDriver, NvmePortal, NvmeProperties,
@@ -286,7 +286,9 @@ impl ConnectRun<'_> {
             LockMode::Shared,
         )?;
         let mut watch = DeviceWatch::open(host, &["nvme", "block"]);
-        let ctrl = match self.ctrls.find(copy.nqn.as_str(), portal, self.hostnqn)? {
+        let existing = self.ctrls.find(copy.nqn.as_str(), portal, self.hostnqn)?;
+        let reused = existing.is_some();
+        let ctrl = match existing {
             Some(c) => {
                 tracing::debug!(controller = %c.name, "reusing controller; rescanning namespaces");
                 match host.write_attr(
@@ -313,6 +315,10 @@ impl ConnectRun<'_> {
         };
         tracing::info!(phase = "connect", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "controller ready");
         let what = format!("namespace ({}) of {} on {ctrl}", copy.namespace, copy.nqn);
+        // A namespace the subsystem does not have fails the portal at once, once that is
+        // proven (the kernel's scan done with every namespace the target lists): see
+        // `AbsenceCheck`.
+        let mut absence = AbsenceCheck::new(reused);
         let ns = watch.wait_for(&what, deadline, || {
             let found = match resolve_namespace(host, &ctrl, &copy.namespace)? {
                 Resolved::Found(ns) => Some(ns),
@@ -327,6 +333,7 @@ impl ConnectRun<'_> {
                     });
                 }
             };
+            let shown = found.is_some();
             if let Some(ns) = found {
                 if block::is_ready(host, &ns.head)? {
                     return Ok(Some(ns));
@@ -340,7 +347,16 @@ impl ConnectRun<'_> {
                     uuid: copy.namespace.uuid.clone(),
                     nguid: copy.namespace.nguid.clone(),
                 })),
-                _ => Ok(None),
+                // Shown but not ready yet, or a further path whose head is not ready.
+                _ if shown || known_head.is_some() => Ok(None),
+                _ => match absence.missing(op.runner(), host, &ctrl, &copy.namespace, deadline)? {
+                    Some(seen) => Err(Error::NotOnTarget {
+                        target: format!("{portal} {} (controller {ctrl})", copy.nqn),
+                        wanted: format!("namespace {}", copy.namespace),
+                        seen,
+                    }),
+                    None => Ok(None),
+                },
             }
         })?;
         tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), device = %ns.head, "namespace ready");

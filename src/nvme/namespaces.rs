@@ -1,12 +1,16 @@
 //! NVMe namespaces in sysfs (the `nvmeXcYnZ` entries under `class/nvme/nvmeY`, their
 //! `block/nvmeXnZ` heads), and the one resolver of a volume's namespace id on a controller.
 
+use std::path::PathBuf;
 use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use regex::Regex;
 
+use super::cli;
 use crate::error::Result;
 use crate::model::nvme::{normalize_nguid, normalize_uuid, NamespaceId};
+use crate::platform::cmd::CommandRunner;
 use crate::platform::host::Host;
 
 /// The head block device of the namespace `id` from udev's by-id link
@@ -176,6 +180,137 @@ pub(crate) fn resolve_namespace(host: &Host, ctrl: &str, id: &NamespaceId) -> Re
         1 => Resolved::Found(all.remove(0)),
         n => Resolved::Ambiguous(n),
     })
+}
+
+/// How long after a controller this connect made is ready a namespace still not shown
+/// makes the connect ask the subsystem for its namespace list: long enough that the
+/// kernel's first scan of a live controller (a few admin commands) usually shows the
+/// namespace before, so a connect that finds it runs no `nvme`.
+pub(crate) const NAMESPACE_LIST_AFTER: Duration = Duration::from_millis(100);
+
+/// The same for a controller the connect reused, counted from its `rescan_controller`
+/// write: the namespaces that controller shows may predate the rescan, and the kernel's
+/// rescan (queued by the write) is what drops an entry whose ids the target changed under
+/// the same nsid. See [`AbsenceCheck`].
+pub(crate) const RESCAN_SETTLE: Duration = Duration::from_millis(250);
+
+/// Whether a namespace not found on a controller is missing for good, so a connect can
+/// fail at once instead of at its deadline.
+///
+/// The kernel scans namespaces asynchronously: the fabrics connect returns once the
+/// controller is `live`, with `nvme_start_ctrl()` having queued `scan_work`, and a
+/// `rescan_controller` write only queues it again (drivers/nvme/host/core.c,
+/// `nvme_queue_scan()`). `nvme_scan_work()` reads the subsystem's Identify Active Namespace
+/// ID list (`nvme_scan_ns_list()`, CNS 02h) and adds a block device per nsid
+/// (`nvme_scan_ns()` → `nvme_alloc_ns()`), with nothing in sysfs to say it is done. So
+/// the same list is asked of the target (`nvme list-ns`, [`cli::active_namespaces`]) and
+/// compared with the controller's entries (each entry's `nsid` attribute): when the
+/// controller is `live` and shows an entry for every nsid the target lists, the scan has
+/// added everything the target offers, and if none of those is the volume's namespace it
+/// does not exist on the subsystem. An nsid listed but not (yet) shown keeps the connect
+/// waiting: the scan may be adding it, or the kernel skips it until an AEN (a namespace
+/// not ready), as before. A volume named by nsid alone that the list lacks is missing at
+/// once: the target itself says the nsid is not active.
+///
+/// For a controller the connect made, every entry comes from its own scan, so its ids
+/// are current. A reused controller's entries can be older: the one way a stale entry
+/// hides the volume is an nsid the target reused for it with new ids, and the rescan the
+/// connect wrote drops that entry (`nvme_validate_ns()`: "identifiers changed" →
+/// `nvme_ns_remove()`), after which the nsid is listed but not shown and the connect waits.
+/// The check on a reused controller therefore starts [`RESCAN_SETTLE`] after the rescan
+/// was written, time for the queued scan to have validated the entries.
+///
+/// The list is asked once per wait, and only when the namespace is not shown by
+/// [`NAMESPACE_LIST_AFTER`] (or [`RESCAN_SETTLE`]); without `nvme`, or when it fails, or
+/// for a list of a full page ([`cli::NS_LIST_PAGE`], which may go on), nothing is proven
+/// and the wait runs to its deadline as before.
+#[derive(Debug)]
+pub(crate) struct AbsenceCheck {
+    from: Instant,
+    listed: Listed,
+}
+
+#[derive(Debug)]
+enum Listed {
+    NotAsked,
+    Ids(Vec<u32>),
+    Unavailable,
+}
+
+impl AbsenceCheck {
+    /// A check for a controller that became ready (or was rescanned) now.
+    pub(crate) fn new(reused: bool) -> Self {
+        AbsenceCheck {
+            from: Instant::now()
+                + if reused {
+                    RESCAN_SETTLE
+                } else {
+                    NAMESPACE_LIST_AFTER
+                },
+            listed: Listed::NotAsked,
+        }
+    }
+
+    /// After the namespace `id` was not found ready on controller `ctrl`: what the
+    /// controller and its subsystem show, when that proves the namespace missing.
+    pub(crate) fn missing(
+        &mut self,
+        runner: &dyn CommandRunner,
+        host: &Host,
+        ctrl: &str,
+        id: &NamespaceId,
+        deadline: Instant,
+    ) -> Result<Option<String>> {
+        if Instant::now() < self.from {
+            return Ok(None);
+        }
+        let state = host.read_attr_opt(&host.sys(format!("class/nvme/{ctrl}/state")))?;
+        if state.as_deref() != Some("live") {
+            return Ok(None);
+        }
+        if let Listed::NotAsked = self.listed {
+            let dev = PathBuf::from("/dev").join(ctrl);
+            self.listed = match cli::active_namespaces(runner, &dev, deadline) {
+                Ok(ids) => Listed::Ids(ids),
+                Err(e) => {
+                    tracing::debug!(controller = ctrl, error = %e.chain(), "cannot read the subsystem's namespace list; waiting for the namespace until the deadline");
+                    Listed::Unavailable
+                }
+            };
+        }
+        let Listed::Ids(listed) = &self.listed else {
+            return Ok(None);
+        };
+        if listed.len() >= cli::NS_LIST_PAGE {
+            return Ok(None);
+        }
+        let nsids = |l: &[u32]| l.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        if let (None, None, Some(n)) = (&id.uuid, &id.nguid, id.nsid) {
+            if !listed.contains(&n) {
+                return Ok(Some(match listed.is_empty() {
+                    true => "the subsystem lists no active namespace".to_string(),
+                    false => format!("the subsystem lists nsids {}", nsids(listed)),
+                }));
+            }
+        }
+        let shown = namespaces(host, ctrl)?;
+        if shown.iter().any(|ns| ns.matches(id)) {
+            return Ok(None);
+        }
+        if listed
+            .iter()
+            .any(|n| !shown.iter().any(|ns| ns.nsid == Some(*n)))
+        {
+            return Ok(None);
+        }
+        Ok(Some(match listed.is_empty() {
+            true => format!("controller {ctrl} is live and its subsystem lists no active namespace"),
+            false => format!(
+                "controller {ctrl} is live and shows every namespace its subsystem lists (nsids {}), none of them this one",
+                nsids(listed)
+            ),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,9 @@ struct State {
     /// held a controller that went away before the caller looked (its connect undone, or
     /// given up after a loss).
     vanished_already: u32,
+    /// How long after a connect the kernel's namespace scan adds the namespaces (none: at
+    /// once, before the connect returns).
+    scan_delay: Option<Duration>,
 }
 
 fn nguid_of(uuid: &str) -> String {
@@ -168,6 +171,13 @@ impl NvmeSim {
         self.tools.state().vanished_already = n;
     }
 
+    /// Makes the kernel's namespace scan of a new controller add its namespaces `delay`
+    /// after the connect returned (from a thread of its own), as the real scan runs after
+    /// the controller is live; `None` adds them before the connect returns.
+    pub fn set_scan_delay(&self, delay: Option<Duration>) {
+        self.tools.state().scan_delay = delay;
+    }
+
     /// Makes connects to `address` be refused (`up` false) or work again.
     pub fn set_reachable(&self, address: &str, up: bool) {
         for s in self.tools.state().subsystems.iter_mut() {
@@ -257,6 +267,7 @@ impl Tools<State> {
                 };
                 CommandOutput::ok(format!("{{\n  \"nsze\":{},\n  \"ncap\":{},\n  \"flbas\":0,\n  \"lbafs\":[\n    {{\n      \"ms\":0,\n      \"ds\":12,\n      \"rp\":0\n    }}\n  ]\n}}\n", size >> 12, size >> 12))
             }
+            ["list-ns", dev] => self.list_ns(dev),
             _ => CommandOutput::exit(1, format!("nvme: unsupported {a:?}\n")),
         }
     }
@@ -334,9 +345,33 @@ impl Tools<State> {
             port,
             hostnqn.to_string(),
         ));
+        let delay = st.scan_delay;
         drop(st);
         self.fake
             .add_nvme_controller(ctrl, nqn, "tcp", addr, port, hostnqn);
+        match delay {
+            None => self.scan(ctrl, &sub),
+            Some(d) => {
+                let tools = self.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(d);
+                    tools.scan(ctrl, &sub);
+                });
+            }
+        }
+        Ok(format!("instance={ctrl},cntlid={}\n", ctrl + 1))
+    }
+
+    /// The kernel's namespace scan of controller `nvme{ctrl}` of `sub`: every namespace
+    /// the subsystem has, if the controller is still there.
+    fn scan(&self, ctrl: u32, sub: &Subsystem) {
+        if !self
+            .root()
+            .join(format!("sys/class/nvme/nvme{ctrl}"))
+            .exists()
+        {
+            return;
+        }
         for (nsid, uuid, size) in &sub.namespaces {
             let head = self.fake.add_nvme_namespace(
                 ctrl,
@@ -348,7 +383,31 @@ impl Tools<State> {
             );
             self.incremental(&head);
         }
-        Ok(format!("instance={ctrl},cntlid={}\n", ctrl + 1))
+    }
+
+    /// `nvme list-ns /dev/nvmeN`: the nsids the controller's subsystem has, as nvme-cli
+    /// prints the Identify Active Namespace ID list.
+    fn list_ns(&self, dev: &str) -> CommandOutput {
+        let n: Option<u32> = dev.strip_prefix("/dev/nvme").and_then(|n| n.parse().ok());
+        let st = self.state();
+        let sub = n
+            .filter(|n| self.root().join(format!("sys/class/nvme/nvme{n}")).exists())
+            .and_then(|n| st.controllers.iter().find(|c| c.0 == n))
+            .and_then(|c| st.subsystems.iter().find(|s| s.nqn == c.1));
+        let Some(sub) = sub else {
+            return CommandOutput::exit(
+                1,
+                format!("open {dev} failed: No such file or directory\n"),
+            );
+        };
+        let mut nsids: Vec<u32> = sub.namespaces.iter().map(|n| n.0).collect();
+        nsids.sort_unstable();
+        let text: String = nsids
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("[{i:>4}]:{n:#x}\n"))
+            .collect();
+        CommandOutput::ok(text)
     }
 
     fn mdadm(&self, c: &Command) -> CommandOutput {
