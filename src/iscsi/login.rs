@@ -212,7 +212,17 @@ impl IscsiDriver {
                 }
                 scan.step(host, &s, t)
             },
-        )?;
+        );
+        let hctl = hctl.inspect_err(|e| {
+            if let Error::NotOnTarget { .. } = e {
+                tracing::info!(
+                    phase = "not_on_target",
+                    elapsed_ms = ms(started.elapsed()),
+                    lun = t.lun,
+                    "the target has no such LUN"
+                );
+            }
+        })?;
         tracing::info!(phase = "scan", elapsed_ms = ms(started.elapsed()), %hctl, "LUN present");
         let name = watch.wait_for(&format!("block device of {hctl}"), deadline, || {
             let Some(name) = scsi::block_name(host, hctl)? else {

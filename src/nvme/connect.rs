@@ -358,6 +358,11 @@ impl ConnectRun<'_> {
                     None => Ok(None),
                 },
             }
+        });
+        let ns = ns.inspect_err(|e| {
+            if let Error::NotOnTarget { .. } = e {
+                tracing::info!(phase = "not_on_target", elapsed_ms = ms(started.elapsed()), controller = %ctrl, "the subsystem has no such namespace");
+            }
         })?;
         tracing::info!(phase = "device_found", elapsed_ms = ms(started.elapsed()), device = %ns.head, "namespace ready");
         Ok(PortalUp {

@@ -303,6 +303,15 @@ impl AbsenceCheck {
         {
             return Ok(None);
         }
+        // Still live after the list and the entries were read: no reset or reconnect in
+        // between (whose rescan could change the entries).
+        if host
+            .read_attr_opt(&host.sys(format!("class/nvme/{ctrl}/state")))?
+            .as_deref()
+            != Some("live")
+        {
+            return Ok(None);
+        }
         Ok(Some(match listed.is_empty() {
             true => format!("controller {ctrl} is live and its subsystem lists no active namespace"),
             false => format!(

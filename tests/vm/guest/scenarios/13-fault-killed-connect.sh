@@ -1,15 +1,17 @@
 #!/bin/bash
 # A connect SIGKILLed half way (a wrapper around the real tool kills the attach process right
-# after the tool succeeded; for NVMe, which runs no program to connect, a watcher that sees
-# the new controller in sysfs), then `attach audit` and a disconnect with the same connection_info
+# after the tool succeeded; for NVMe, whose connect runs no program before the controller is
+# up, the wrapper of the `nvme list-ns` it runs while its namespace has not shown), then
+# `attach audit` and a disconnect with the same connection_info
 # and no saved device record:
 #   iSCSI single path, killed right after the login: audit lists the session (no LUNs), and
 #   lists it as in progress while the connect is still alive;
 #   iSCSI multipath over two portals, killed once the second portal's login is done and the
 #   first path's disk is up: audit lists both sessions (one with its disk unused, one without
 #   LUNs);
-#   NVMe/TCP, killed once the controller is up (the namespace is enabled on the target only
-#   after the kill, so the connect is still waiting for it): audit lists the controller (as in
+#   NVMe/TCP, killed once the controller is up and the connect, its namespace not shown, has
+#   read the subsystem's namespace list (the namespace is enabled on the target only after
+#   the kill, so the connect is still waiting for it): audit lists the controller (as in
 #   progress while the connect is alive).
 # Each time the disconnect cleans up fully (no session, node record, disk, map, controller)
 # and audit then lists nothing. Also: a dm-multipath map without paths is listed by audit.
@@ -111,13 +113,14 @@ echo 0 > "$NVMET/subsystems/$NQN/namespaces/1/enable" || fail "cannot disable na
 check "nvmet port" nvmet_port 1 127.0.0.1 4420
 check "nvmet export" nvmet_export $NQN 1
 conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $UUID 1 "${UUID//-/}" "$(new_uuid)"
-# The connect writes to /dev/nvme-fabrics itself: the kill comes from a watcher once the
-# controller is up, while the connect waits for the (disabled) namespace; the namespace is
-# enabled after the kill, as it would have shown after a connect killed a moment later.
-fault_on_nvme_ctrl $NQN '"$ATTACH" audit > "$WORK/audit-nvme-held.out" 2> "$WORK/audit-nvme-held.err";'" kill -KILL \"\$FAULT_PARENT\"; echo 1 > \"\$NVMET/subsystems/$NQN/namespaces/1/enable\""
+# The connect writes to /dev/nvme-fabrics itself; once the controller is up and the
+# (disabled) namespace has not shown, it reads the subsystem's namespace list with `nvme
+# list-ns`: the kill comes from that program's wrapper, before the connect sees the (empty)
+# list, which would fail it at once. The namespace is enabled after the kill, as it would have
+# been for a connect killed a moment earlier.
+fault_wrap nvme list-ns '"$ATTACH" audit > "$WORK/audit-nvme-held.out" 2> "$WORK/audit-nvme-held.err";'" kill -KILL \"\$FAULT_PARENT\"; echo 1 > \"\$NVMET/subsystems/$NQN/namespaces/1/enable\""
 attach_faulty nvme connect "$WORK/conn-nvme.json"
-fault_watch_end
-fault_fired nvme || fail "no controller showed: the kill did not happen"
+fault_fired nvme || fail "the connect never read the namespace list: the kill did not happen"
 [ "$ATTACH_RC" = 137 ] || fail "attach connect was not killed (rc=$ATTACH_RC)"
 fault_clear
 udevadm settle --timeout=10
