@@ -1,7 +1,6 @@
 //! NVMe namespaces in sysfs (the `nvmeXcYnZ` entries under `class/nvme/nvmeY`, their
 //! `block/nvmeXnZ` heads), and the one resolver of a volume's namespace id on a controller.
 
-use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -194,6 +193,11 @@ pub(crate) const NAMESPACE_LIST_AFTER: Duration = Duration::from_millis(100);
 /// the same nsid. See [`AbsenceCheck`].
 pub(crate) const RESCAN_SETTLE: Duration = Duration::from_millis(250);
 
+/// How long the `nvme list-ns` of [`AbsenceCheck`] may take (an admin command; one to a
+/// controller that just lost its connection waits for the reconnect): past it the wait for
+/// the namespace goes on to its deadline as before.
+pub(crate) const NAMESPACE_LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Whether a namespace not found on a controller is missing for good, so a connect can
 /// fail at once instead of at its deadline.
 ///
@@ -269,8 +273,9 @@ impl AbsenceCheck {
             return Ok(None);
         }
         if let Listed::NotAsked = self.listed {
-            let dev = PathBuf::from("/dev").join(ctrl);
-            self.listed = match cli::active_namespaces(runner, &dev, deadline) {
+            let dev = host.public_dev_path(&host.dev(ctrl));
+            let limit = deadline.min(Instant::now() + NAMESPACE_LIST_TIMEOUT);
+            self.listed = match cli::active_namespaces(runner, &dev, limit) {
                 Ok(ids) => Listed::Ids(ids),
                 Err(e) => {
                     tracing::debug!(controller = ctrl, error = %e.chain(), "cannot read the subsystem's namespace list; waiting for the namespace until the deadline");
@@ -387,6 +392,67 @@ mod tests {
             "nvme0c0n1"
         );
         assert_eq!(head_by_id(&host, &NamespaceId::default()).unwrap(), None);
+    }
+
+    /// What the absence check concludes from the controller's state, the subsystem's list
+    /// and the entries shown.
+    #[test]
+    fn absence_is_proven_only_by_a_live_controller_showing_the_whole_list() {
+        use crate::testing::FakeRunner;
+        use crate::CommandOutput;
+        const A: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+        let fake = FakeHost::new();
+        let host = fake.host();
+        fake.add_nvme_controller(0, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        fake.add_nvme_namespace(0, 0, 1, UUID, "", 1 << 20);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let check = |list: CommandOutput, id: &NamespaceId| {
+            let runner = FakeRunner::new();
+            runner.on("nvme", &["list-ns", "/dev/nvme0"], move |_| list.clone());
+            let mut c = AbsenceCheck {
+                from: Instant::now(),
+                listed: Listed::NotAsked,
+            };
+            c.missing(&runner, &host, "nvme0", id, deadline).unwrap()
+        };
+        let nsid = |n| NamespaceId {
+            nsid: Some(n),
+            ..NamespaceId::default()
+        };
+        let one = || CommandOutput::ok("[   0]:0x1\n");
+        let two = || CommandOutput::ok("[   0]:0x1\n[   1]:0x2\n");
+        // Every listed nsid shown, none of them the volume's: missing.
+        let seen = check(one(), &by_uuid(A)).unwrap();
+        assert!(
+            seen.contains("shows every namespace its subsystem lists (nsids 1)"),
+            "{seen}"
+        );
+        // The one shown is the volume's (its head not ready yet): not missing.
+        assert_eq!(check(one(), &by_uuid(UUID)), None);
+        // nsid 2 listed but not shown: the scan may still add it.
+        assert_eq!(check(two(), &by_uuid(A)), None);
+        // By nsid alone: one the list lacks is missing even while the scan runs.
+        let seen = check(two(), &nsid(3)).unwrap();
+        assert_eq!(seen, "the subsystem lists nsids 1, 2");
+        assert_eq!(check(two(), &nsid(2)), None);
+        // No list (nvme failing or absent), or a full page that may go on: nothing proven.
+        assert_eq!(check(CommandOutput::exit(1, "nope\n"), &by_uuid(A)), None);
+        let page: String = (1..=1024u32)
+            .map(|n| format!("[{n:>4}]:{n:#x}\n"))
+            .collect();
+        assert_eq!(check(CommandOutput::ok(page), &by_uuid(A)), None);
+        // An empty list with nothing shown: the subsystem has no namespace at all.
+        let bare = NamespaceId::default();
+        std::fs::remove_dir_all(fake.root().join("sys/class/nvme/nvme0/nvme0c0n1")).unwrap();
+        let seen = check(CommandOutput::ok(""), &bare).unwrap();
+        assert!(seen.contains("lists no active namespace"), "{seen}");
+        // A controller that is not live proves nothing.
+        std::fs::write(
+            fake.root().join("sys/class/nvme/nvme0/state"),
+            "connecting\n",
+        )
+        .unwrap();
+        assert_eq!(check(CommandOutput::ok(""), &bare), None);
     }
 
     #[test]
