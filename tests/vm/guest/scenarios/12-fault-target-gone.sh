@@ -8,7 +8,8 @@
 #   session, no node record (not even the one discovery made), no SCSI disk, no map.
 #   NVMe/TCP: the connect (the write to /dev/nvme-fabrics), then the port is removed before
 #   any namespace shows (the subsystem's namespace is disabled, never enabled in time): the
-#   same error within the deadline, no controller left.
+#   same error within the deadline (at once when the connect read the subsystem's namespace
+#   list, empty, while the controller was still live), no controller left.
 # `attach audit` lists nothing afterwards.
 . "$GUEST_DIR/lib.sh"
 scenario_begin "$1"
