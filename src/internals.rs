@@ -34,7 +34,7 @@ pub mod ids {
 /// NVMe-oF: controllers and namespaces in sysfs, the fabrics device's option string and
 /// answer, `nvme` output.
 pub mod nvme {
-    pub use crate::nvme::cli::parse_id_ns_size;
+    pub use crate::nvme::cli::{parse_id_ns_size, parse_list_ns};
     pub use crate::nvme::controllers::{
         find_controller, native_multipath, parse_address, Controller, ControllerFinder,
     };
