@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hostbrick::rbd::RbdMapper;
 use hostbrick::testing::sim::iscsi::{self, IscsiSim, WWID_1};
-use hostbrick::testing::sim::nvme::{self, NvmeSim, NQN, UUID_1, UUID_2};
+use hostbrick::testing::sim::nvme::{self, NvmeSim, NQN, UUID_1};
 use hostbrick::testing::sim::rbd::{rbd_info, RbdSim, KEY};
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
@@ -61,9 +61,10 @@ fn is_login(c: &Command) -> bool {
 #[test]
 fn an_iscsi_connect_cancelled_in_its_device_wait_stops_at_once_and_logs_out() {
     let sim = IscsiSim::new();
-    // The connection_info asks for LUN 2, which the target does not offer: the connect
-    // waits for it until its scan timeout (30 s here).
+    // The session is in recovery right after the login: the kernel would skip a scan, so
+    // the connect waits for it to come back until its scan timeout (30 s here).
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, 64 * MIB)]);
+    sim.fail_sessions_after_login(true);
     let (cancel, fire) = cancel_after(Duration::from_millis(150));
     let c = connector_for(Protocol::Iscsi, patient(sim.options()).cancel(cancel)).unwrap();
     let t0 = Instant::now();
@@ -88,6 +89,8 @@ fn a_multipath_connect_cancelled_while_its_paths_wait_undoes_every_path() {
     let sim = IscsiSim::new();
     sim.add_target("127.0.0.1:3260", &[(1, WWID_1, 64 * MIB)]);
     sim.add_target("127.0.0.2:3260", &[(1, WWID_1, 64 * MIB)]);
+    // Both sessions stay in recovery: each path waits to scan its LUN.
+    sim.fail_sessions_after_login(true);
     let (cancel, fire) = cancel_after(Duration::from_millis(150));
     let o = patient(sim.options())
         .multipath(MultipathMode::Optional)
@@ -284,13 +287,14 @@ fn a_disconnect_cancelled_in_a_slow_command_stops_and_a_second_one_finishes() {
 #[test]
 fn an_nvme_connect_cancelled_in_its_namespace_wait_drops_its_controller() {
     let sim = NvmeSim::new(true);
-    // The volume's namespace (UUID_2) is not in the subsystem: the connect makes the
-    // controller, then waits for the namespace.
+    // The kernel's namespace scan is slow: the connect makes the controller, then waits
+    // for the namespace the subsystem lists (UUID_1's nsid 1) to show.
     sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    sim.set_scan_delay(Some(Duration::from_secs(3)));
     let (cancel, fire) = cancel_after(Duration::from_millis(150));
     let c = connector_for(Protocol::NvmeOf, patient(sim.options()).cancel(cancel)).unwrap();
     let e = c
-        .connect_volume(&nvme::volume(UUID_2, &["127.0.0.1:4420"], "vol-2"))
+        .connect_volume(&nvme::volume(UUID_1, &["127.0.0.1:4420"], "vol-1"))
         .unwrap_err();
     let fired = fire.join().unwrap();
     assert!(
@@ -298,7 +302,11 @@ fn an_nvme_connect_cancelled_in_its_namespace_wait_drops_its_controller() {
         "{:?} after the cancel",
         fired.elapsed()
     );
-    assert_cancelled(&e, "connect_volume", "cancelled while waiting for");
+    assert_cancelled(
+        &e,
+        "connect_volume",
+        "cancelled while waiting for namespace",
+    );
     assert_eq!(sim.fabrics_requests().len(), 1);
     sim.assert_clean();
 }

@@ -577,13 +577,14 @@ mod tests {
     fn cancelled_calls_answer_kind_cancelled_and_leave_nothing() {
         let sim = IscsiSim::new();
         sim.add_target(PORTAL, &[(0, WWID_1, 16 * MIB)]);
+        // The session stays in recovery after the login: the connect waits to scan LUN 5.
+        sim.fail_sessions_after_login(true);
         let cancel = hostbrick::Cancel::new();
         let batch = Batch::new(
             sim.options().cancel(cancel.clone()),
             "192.0.2.1".into(),
             "host1".into(),
         );
-        // Asks for LUN 5, which the target does not offer: the connect waits for it.
         let fire = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(100));
             cancel.cancel();

@@ -107,6 +107,8 @@ impl LunScan {
             || format!("host{} LUN {}", s.host_no, t.lun),
             |h| h.to_string(),
         );
+        // A connect asked to stop meanwhile reports that, as the wait would.
+        cancel::check(|| format!("LUN {} on session {} after scan", t.lun, s.sid))?;
         Err(Error::NotOnTarget {
             target: format!("{} {} (session {})", t.portal, t.iqn, s.sid),
             wanted: format!("LUN {}", t.lun),

@@ -350,6 +350,10 @@ impl ConnectRun<'_> {
                 // Shown but not ready yet, or a further path whose head is not ready.
                 _ if shown || known_head.is_some() => Ok(None),
                 _ => match absence.missing(op.runner(), host, &ctrl, &copy.namespace, deadline)? {
+                    // A connect asked to stop meanwhile reports that, as the wait would.
+                    Some(_) if cancel::is_cancelled() => {
+                        Err(Error::WaitCancelled { what: what.clone() })
+                    }
                     Some(seen) => Err(Error::NotOnTarget {
                         target: format!("{portal} {} (controller {ctrl})", copy.nqn),
                         wanted: format!("namespace {}", copy.namespace),

@@ -97,6 +97,8 @@ struct State {
     lingering_paths: Vec<String>,
     /// A map multipathd makes is read-only this long before it turns writable.
     maps_read_only_for: Option<std::time::Duration>,
+    /// Sessions lose their connection right after the login and stay in recovery.
+    sessions_fail: bool,
 }
 
 /// The simulated iSCSI stack: a fake host tree and a runner whose `iscsiadm`,
@@ -206,6 +208,13 @@ impl IscsiSim {
             p.host(),
             p.port()
         ))
+    }
+
+    /// Makes the sessions of logins from now on lose their connection at once and stay in
+    /// recovery (`state` `FAILED`, which the kernel does not scan) when `on`, as a target
+    /// that drops its connections right after a login does; or log in normally again.
+    pub fn fail_sessions_after_login(&self, on: bool) {
+        self.tools.state().sessions_fail = on;
     }
 
     /// Makes logins to and discovery at `portal` time out (`up` false) or work again.

@@ -222,9 +222,13 @@ impl Tools<State> {
                     iface: iface.to_string(),
                 });
                 let manual = setting("node.session.scan").as_deref() == Some("manual");
+                let failing = st.sessions_fail;
                 drop(st);
                 self.fake.add_iscsi_session(sid, host_no, 0, iqn, &portal_p);
                 self.fake.set_iscsi_session_iface(sid, iface);
+                if failing {
+                    self.fake.set_iscsi_session_state(sid, "FAILED");
+                }
                 for (lun, wwid, size) in &t.luns {
                     let spec = LunSpec::new(0, 0, *lun, wwid, *size)
                         .by_path(by_path_name(&portal_p, iqn, *lun));

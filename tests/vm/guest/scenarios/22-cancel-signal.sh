@@ -5,14 +5,16 @@
 # the figure is the time from the signal to the process's exit. Points:
 #   login:      SIGTERM as iscsiadm --login starts (the login is not cut short: iscsid would
 #               finish a killed one; the cancel is seen at the scan, the undo logs out);
-#   lun-wait:   during the wait for a LUN the target does not offer (the connect would wait
-#               its 5 s scan timeout);
+#   lun-wait:   during the wait for a LUN whose session is in recovery (the login's wrapper
+#               takes the target down; the kernel skips scans of such a session, so the connect
+#               would wait its 5 s scan timeout; a LUN the target does not offer fails at once);
 #   t+N ms:     at staged times after the start of a plain single-path connect (the phase hit
 #               is read from the error; a connect that finished first is disconnected);
 #   multipath:  two portals, once the map over the first path shows while the second path
 #               logs in (the map is being assembled, or the connect waits for the second path);
-#   nvme:       NVMe/TCP, once the controller is up while the connect waits for the (disabled)
-#               namespace: the controller is deleted;
+#   nvme:       NVMe/TCP, once the controller is up and the connect, its (disabled) namespace
+#               not shown, runs `nvme list-ns` (the signal from that program's wrapper; the
+#               empty list would fail the connect at once): the controller is deleted;
 #   second:     two signals 50 ms apart during the login: exit 143 at once; what is half made
 #               stays (as after SIGKILL) and a disconnect cleans it.
 . "$GUEST_DIR/lib.sh"
@@ -119,14 +121,18 @@ iscsi_clean login
 
 # ---------------------------------------------------------------- in the LUN wait -----
 conn_iscsi "$WORK/conn-lun3.json" $P1 $IQN 3 "$(new_uuid)"
+fault_wrap iscsiadm --login "lio_target_down $IQN"
 attach_bg lunwait connect --timeout 60 "$WORK/conn-lun3.json"
-wait_until 20 session_present $IQN 127.0.0.1 || fail "lun-wait: no session within 20 s"
+wait_until 20 grep -q "target $IQN down" "$WORK/fault-hook.log" \
+    || fail "lun-wait: the target was not taken down after the login: $(tail -n 3 "$WORK/fault-hook.log" 2>&1 | tr '\n' ' ')"
 _nap 0.3
 send_now TERM
 attach_bg_wait lunwait
+fault_clear
 expect_cancelled lunwait "waiting for LUN 3"
 figure lun-wait "$(signal_to_exit)"
 iscsi_clean lunwait
+{ lio_portal $IQN $P1 && lio_portal $IQN $P2 && lio_enable $IQN; } || fail "lun-wait: the target did not come back"
 
 # ---------------------------------------------------------------- staged times -----
 for ms in 50 100 150 250; do
@@ -185,11 +191,10 @@ echo 0 > "$NVMET/subsystems/$NQN/namespaces/1/enable" || fail "cannot disable na
 check "nvmet port" nvmet_port 1 127.0.0.1 4420
 check "nvmet export" nvmet_export $NQN 1
 conn_nvme "$WORK/conn-nvme.json" $NQN 127.0.0.1 4420 $UUID 1 "${UUID//-/}" "$(new_uuid)"
-fault_on_nvme_ctrl $NQN "date +%s%N > '$SIGNAL_NS'; kill -TERM \"\$FAULT_PARENT\""
+pre_signal nvme list-ns TERM
 attach_bg nvme connect --timeout 60 "$WORK/conn-nvme.json"
 attach_bg_wait nvme
-fault_watch_end
-fault_fired nvme || fail "nvme: no controller showed: the signal was not sent"
+fault_fired nvme || fail "nvme: the connect never read the namespace list: the signal was not sent"
 fault_clear
 expect_cancelled nvme "waiting for"
 figure "nvme[$(phase nvme)]" "$(signal_to_exit)"
