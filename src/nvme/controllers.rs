@@ -229,7 +229,7 @@ impl<'h> ControllerFinder<'h> {
         let seen = match self.seen.entry((name.to_string(), ino)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => match host.read_attr_opt(&dir.join("subsysnqn"))? {
-                Some(subsysnqn) if !subsysnqn.is_empty() => v.insert(Seen {
+                Some(subsysnqn) if subsysnqn_is_set(&subsysnqn) => v.insert(Seen {
                     subsysnqn,
                     rest: None,
                 }),
@@ -254,6 +254,16 @@ impl<'h> ControllerFinder<'h> {
         }
         Ok(seen.rest.clone())
     }
+}
+
+/// False for the `subsysnqn` a controller shows before it knows its subsystem: empty, or
+/// what the kernel prints for the subsystem it has not set yet. A new fabrics controller is
+/// in sysfs from `nvme_init_ctrl()`, and `ctrl->subsys` is set only at its first Identify
+/// (`nvme_init_subsystem()`); meanwhile the attribute prints `ctrl->subsys->subnqn` of a NULL
+/// subsystem, which vsprintf shows as `(efault)` (or `(null)`). Remembering that would hide
+/// the controller from the finder for good.
+fn subsysnqn_is_set(value: &str) -> bool {
+    !value.is_empty() && !matches!(value, "(null)" | "(efault)")
 }
 
 fn is_controller_name(name: &str) -> bool {
@@ -408,6 +418,29 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.name, "nvme2");
+    }
+
+    /// A controller still being set up shows no subsystem yet (`(efault)`, the kernel's
+    /// print of a NULL subsystem's NQN): a finder that looked then still finds it once it
+    /// is up.
+    #[test]
+    fn a_controller_read_before_its_subsystem_is_set_is_found_later() {
+        let fake = FakeHost::new();
+        let host = fake.host();
+        fake.add_nvme_controller(0, NQN, "tcp", "10.0.0.1", 4420, HOSTNQN);
+        let attr = fake.root().join("sys/class/nvme/nvme0/subsysnqn");
+        let mut finder = ControllerFinder::new(&host);
+        for early in ["(efault)\n", "(null)\n", "\n"] {
+            std::fs::write(&attr, early).unwrap();
+            assert_eq!(
+                finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
+                None,
+                "{early:?}"
+            );
+        }
+        std::fs::write(&attr, format!("{NQN}\n")).unwrap();
+        let c = finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap();
+        assert_eq!(c.map(|c| c.name).as_deref(), Some("nvme0"));
     }
 
     #[test]
