@@ -1,8 +1,9 @@
 #!/bin/bash
-# iSCSI multipath with a path that dies under I/O: one LUN behind two target portal groups
-# (tpgt_1 on 127.0.0.1, tpgt_2 on 127.0.0.2, the same backstore, so one WWID); while a writer
-# keeps writing checksummed blocks through the map, tpgt_2 goes away (its session falls into
-# recovery and stays there: the path is dead, not removed). The writer sees no error, every
+# iSCSI multipath with a path that flaps and then dies under I/O: one LUN behind two target
+# portal groups (tpgt_1 on 127.0.0.1, tpgt_2 on 127.0.0.2, the same backstore, so one WWID);
+# while a writer keeps writing checksummed blocks through the map, tpgt_2 goes away and comes
+# back three times (each time the path rejoins the map), then goes away for good (its session
+# falls into recovery and stays there: the path is dead, not removed). The writer sees no error, every
 # block reads back, and a non-forced detach with the dead path still there succeeds at once
 # (the map is flushed, the dead path is not) and leaves nothing: no map, session, node record,
 # SCSI disk, or path multipathd still lists.
@@ -37,17 +38,40 @@ check_io "$DEV" before
 
 check "the writer's first round" io_writer_start "$DEV" writer
 
-# The fault: tpgt_2 goes away (disabled, its portal removed); the session through it falls
-# into recovery and its re-logins are refused.
-t0=$(now_ns)
-echo 0 > "$TPG2/enable" && rmdir "$TPG2/np/$P2" || fail "taking tpgt_2 down failed"
-wait_until 20 eval '[ "$(iscsi_session_states $IQN | grep -cx LOGGED_IN)" -lt 2 ]' \
-    || fail "the tpgt_2 session is still logged in: $(iscsi_session_states $IQN | tr '\n' ' ')"
-log "path down after $(secs_since "$t0")s; sessions: $(iscsi_session_states $IQN | tr '\n' ' ')"
-r0=$(io_writer_rounds writer)
-wait_until 60 io_writer_past writer $((r0 + 2)) \
-    || fail "the writer made no progress on one path (round $(io_writer_rounds writer))"
-RECOVER_S=$(secs_since "$t0")
+# tpgt_2 goes away (disabled, its portal removed): the session through it falls into recovery
+# and its re-logins are refused; back (portal, enabled): iscsid logs in again and multipathd
+# reinstates the path. Three flaps under the writer, then it goes away for good.
+tpg2_down() { echo 0 > "$TPG2/enable" && rmdir "$TPG2/np/$P2"; }
+tpg2_up() { mkdir "$TPG2/np/$P2" && echo 1 > "$TPG2/enable"; }
+logged_in_count() { iscsi_session_states $IQN | grep -cx LOGGED_IN; }
+one_path_down() { [ "$(logged_in_count)" -lt 2 ]; }
+# both paths active in the map, as multipathd sees them (dm state %t)
+both_active() { [ "$(multipathd show paths raw format '%d %t' 2>/dev/null | grep -c ' active$')" -ge 2 ]; }
+path_down() {   # path_down: sets DOWN_S (fault to the writer's second round after it)
+    local t0 r
+    t0=$(now_ns)
+    check "taking tpgt_2 down" tpg2_down
+    wait_until 20 one_path_down || fail "the tpgt_2 session is still logged in: $(iscsi_session_states $IQN | tr '\n' ' ')"
+    r=$(io_writer_rounds writer)
+    wait_until 90 io_writer_past writer $((r + 2)) || fail "the writer made no progress on one path (round $(io_writer_rounds writer))"
+    io_writer_running || { io_writer_stop writer; fail "the writer stopped with one path: $IO_WRITER_ERROR"; }
+    DOWN_S=$(secs_since "$t0")
+}
+path_up() {     # path_up: sets UP_S (back to both paths active in the map)
+    local t0
+    t0=$(now_ns)
+    check "bringing tpgt_2 back" tpg2_up
+    wait_until 60 both_active || fail "the path did not rejoin the map: $(multipathd show paths raw format '%d %t %T' 2>&1 | tr '\n' ';')"
+    UP_S=$(secs_since "$t0")
+}
+FLAPS=()
+for cycle in 1 2 3; do
+    path_down; path_up
+    FLAPS+=("${DOWN_S}/${UP_S}")
+    log "flap $cycle: I/O on one path within ${DOWN_S}s, path back in the map within ${UP_S}s"
+done
+path_down
+RECOVER_S=$DOWN_S
 io_writer_stop writer || fail "the writer saw an error: $IO_WRITER_ERROR"
 ROUNDS=$IO_WRITER_ROUNDS
 read_pattern "$DEV" before || fail "the first pattern did not read back after the path died"
@@ -66,6 +90,6 @@ check_no_scsi_disks
 for s in $PATHS; do
     multipathd show paths raw format '%d' 2>/dev/null | grep -qx "$s" && fail "multipathd still lists $s after the detach"
 done
-note "writer: $ROUNDS rounds of 4 MiB verified, no error; one path lost, I/O went on within ${RECOVER_S}s; detach with the dead path ${DISCONNECT_S}s"
-bench_line fault "iSCSI multipath, a path dies under I/O" 1 "$CONNECT_S" "$DISCONNECT_S" - "I/O on within ${RECOVER_S}s, $ROUNDS rounds verified"
+note "writer: $ROUNDS rounds of 4 MiB verified, no error; 3 flaps (I/O on one path within / path back in the map within, s: ${FLAPS[*]}), then lost: I/O on within ${RECOVER_S}s; detach with the dead path ${DISCONNECT_S}s"
+bench_line fault "iSCSI multipath, a path flaps 3 times then dies under I/O" 1 "$CONNECT_S" "$DISCONNECT_S" - "I/O on within ${RECOVER_S}s; flaps down/up s: ${FLAPS[*]}; $ROUNDS rounds verified"
 scenario_pass
