@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::connector::HostContext;
+use crate::error::{Error, Result};
 use crate::model::rbd::RbdMapper;
 use crate::platform::lock::LockDir;
 
@@ -135,20 +136,108 @@ impl Default for IscsiOptions {
     }
 }
 
-/// What only the NVMe-oF connector reads.
+/// How long the kernel keeps trying to reconnect an NVMe-oF controller whose connection is
+/// lost before it gives the controller up, and its namespaces with it (the connect's
+/// `ctrl_loss_tmo`, `nvme connect --ctrl-loss-tmo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControllerLoss {
+    /// Never give up: the kernel reconnects until the target answers again or the volume is
+    /// disconnected (`ctrl_loss_tmo=-1`; the controller's `ctrl_loss_tmo` attribute reads
+    /// `off`). The default, as in os-brick since its bug 1964385, where volumes were lost
+    /// (with the data written to them) after a ten-minute network outage.
+    #[default]
+    Never,
+    /// Give up after this long, in whole seconds (the kernel's own default is 600 s). The
+    /// kernel counts it in reconnect attempts: it gives up after
+    /// ⌈timeout / [`NvmeOptions::reconnect_delay`]⌉ failed ones, and gives up at the first loss
+    /// for zero.
+    After(Duration),
+}
+
+/// What only the NVMe-oF connector reads: how the kernel rides out a lost connection to a
+/// controller hostbrick makes. These go into the connect; a controller that already existed
+/// keeps its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NvmeOptions {
-    /// How long the kernel keeps reconnecting a lost controller before giving it up
-    /// (the connect's `ctrl_loss_tmo` option, `nvme connect --ctrl-loss-tmo`).
-    pub ctrl_loss_timeout: Duration,
+    /// When the kernel gives a lost controller up; default [`ControllerLoss::Never`].
+    pub ctrl_loss_timeout: ControllerLoss,
+    /// How long the kernel waits between two reconnect attempts (`reconnect_delay`, `nvme
+    /// connect --reconnect-delay`): whole seconds, at least 1; default 10 s, the kernel's.
+    pub reconnect_delay: Duration,
+    /// How long I/O waits for a reconnecting controller before it fails back to the caller,
+    /// while the kernel keeps reconnecting (`fast_io_fail_tmo`, `nvme connect
+    /// --fast_io_fail_tmo`): whole seconds, at most the controller-loss timeout. `None` (the
+    /// default, the kernel's) holds I/O until the controller is back or given up.
+    pub fast_io_fail_timeout: Option<Duration>,
 }
 
 impl NvmeOptions {
-    /// The default: 600 s controller-loss timeout.
-    pub fn new() -> Self {
+    /// The default for [`NvmeOptions::reconnect_delay`]: the kernel's, 10 s.
+    pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+
+    /// The defaults: a lost controller is never given up, reconnected every 10 s, and I/O
+    /// waits for it.
+    pub const fn new() -> Self {
         NvmeOptions {
-            ctrl_loss_timeout: Duration::from_secs(600),
+            ctrl_loss_timeout: ControllerLoss::Never,
+            reconnect_delay: Self::DEFAULT_RECONNECT_DELAY,
+            fast_io_fail_timeout: None,
         }
+    }
+
+    /// Sets when a lost controller is given up.
+    pub fn ctrl_loss_timeout(mut self, loss: ControllerLoss) -> Self {
+        self.ctrl_loss_timeout = loss;
+        self
+    }
+
+    /// Sets the delay between reconnect attempts.
+    pub fn reconnect_delay(mut self, t: Duration) -> Self {
+        self.reconnect_delay = t;
+        self
+    }
+
+    /// Sets how long I/O waits for a reconnecting controller before it fails.
+    pub fn fast_io_fail_timeout(mut self, t: Duration) -> Self {
+        self.fast_io_fail_timeout = Some(t);
+        self
+    }
+
+    /// Checks the values as the kernel would take them ([`Error::InvalidArgument`] naming
+    /// the connect option): whole seconds in a signed 32-bit number, a reconnect delay of at
+    /// least 1 s, and no fast I/O fail timeout longer than a controller-loss timeout (it could
+    /// never fire). [`crate::connector_for`] checks them.
+    pub fn validate(&self) -> Result<()> {
+        self.kernel_values().map(|_| ())
+    }
+
+    /// The connect's `reconnect_delay`, `ctrl_loss_tmo` (-1: never) and `fast_io_fail_tmo`
+    /// (`None`: not given, the kernel's off), checked as [`NvmeOptions::validate`] says.
+    pub(crate) fn kernel_values(&self) -> Result<(i32, i32, Option<i32>)> {
+        let delay = whole_seconds("reconnect_delay", self.reconnect_delay)?;
+        if delay < 1 {
+            return Err(Error::InvalidArgument {
+                name: "reconnect_delay".into(),
+                reason: "the kernel takes at least 1 s".into(),
+            });
+        }
+        let loss = match self.ctrl_loss_timeout {
+            ControllerLoss::Never => -1,
+            ControllerLoss::After(t) => whole_seconds("ctrl_loss_tmo", t)?,
+        };
+        let fast = self
+            .fast_io_fail_timeout
+            .map(|t| whole_seconds("fast_io_fail_tmo", t))
+            .transpose()?;
+        if let Some(f) = fast.filter(|&f| loss >= 0 && f > loss) {
+            return Err(Error::InvalidArgument {
+                name: "fast_io_fail_tmo".into(),
+                reason: format!(
+                    "{f} s is longer than the controller-loss timeout ({loss} s): it would never fire"
+                ),
+            });
+        }
+        Ok((delay, loss, fast))
     }
 }
 
@@ -156,6 +245,19 @@ impl Default for NvmeOptions {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `t` as the whole seconds of a kernel or open-iscsi `int`: [`Error::InvalidArgument`]
+/// naming `name` when it has a fraction of a second or does not fit.
+pub(crate) fn whole_seconds(name: &str, t: Duration) -> Result<i32> {
+    let bad = |reason: String| Error::InvalidArgument {
+        name: name.to_string(),
+        reason,
+    };
+    if t.subsec_nanos() != 0 {
+        return Err(bad(format!("{t:?} is not a whole number of seconds")));
+    }
+    i32::try_from(t.as_secs()).map_err(|_| bad(format!("{t:?} is longer than can be set")))
 }
 
 /// Where an RBD connect puts the image.
