@@ -70,6 +70,19 @@ pub struct IscsiOptions {
     /// volume's target, fails the connect with [`crate::Error::TooManyTargets`] before any
     /// login.
     pub max_targets: usize,
+    /// How long the kernel holds I/O while a lost session is being re-established before it
+    /// fails the I/O back (`node.session.timeo.replacement_timeout`; default 120 s, open-iscsi's
+    /// own; 0 fails it at once). Written into the node record before login, over what
+    /// `iscsid.conf` says.
+    pub replacement_timeout: Duration,
+    /// How often the initiator pings the target with a NOP-Out on an idle connection
+    /// (`node.conn[0].timeo.noop_out_interval`; default 5 s; 0 sends none). Written into the
+    /// node record before login.
+    pub noop_out_interval: Duration,
+    /// How long a NOP-Out may go unanswered before the connection is taken as lost and
+    /// session recovery starts (`node.conn[0].timeo.noop_out_timeout`; default 5 s). Written
+    /// into the node record before login.
+    pub noop_out_timeout: Duration,
 }
 
 impl IscsiOptions {
@@ -79,8 +92,18 @@ impl IscsiOptions {
     /// The default for [`IscsiOptions::max_targets`].
     pub const DEFAULT_MAX_TARGETS: usize = 64;
 
+    /// The default for [`IscsiOptions::replacement_timeout`]: open-iscsi's, 120 s.
+    pub const DEFAULT_REPLACEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The default for [`IscsiOptions::noop_out_interval`]: open-iscsi's, 5 s.
+    pub const DEFAULT_NOOP_OUT_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// The default for [`IscsiOptions::noop_out_timeout`]: open-iscsi's, 5 s.
+    pub const DEFAULT_NOOP_OUT_TIMEOUT: Duration = Duration::from_secs(5);
+
     /// The default budgets: 5 s login timeout, 1 retry, 15 s for the map, 5 s grace; at
-    /// most 16 logins at once and 64 paths.
+    /// most 16 logins at once and 64 paths; open-iscsi's session timers (120 s replacement
+    /// timeout, a NOP-Out every 5 s answered within 5 s).
     pub fn new() -> Self {
         IscsiOptions {
             login_timeout: Duration::from_secs(5),
@@ -90,7 +113,53 @@ impl IscsiOptions {
             iface: None,
             max_parallel_logins: Self::DEFAULT_MAX_PARALLEL_LOGINS,
             max_targets: Self::DEFAULT_MAX_TARGETS,
+            replacement_timeout: Self::DEFAULT_REPLACEMENT_TIMEOUT,
+            noop_out_interval: Self::DEFAULT_NOOP_OUT_INTERVAL,
+            noop_out_timeout: Self::DEFAULT_NOOP_OUT_TIMEOUT,
         }
+    }
+
+    /// Checks the session timers: whole seconds that open-iscsi's record holds (a signed
+    /// 32-bit number). [`crate::connector_for`] checks them, as [`Error::InvalidArgument`]
+    /// naming the option.
+    pub fn validate(&self) -> Result<()> {
+        self.session_timers().map(|_| ())
+    }
+
+    /// The node-record settings of the session timers, in seconds, checked.
+    pub(crate) fn session_timers(&self) -> Result<[(&'static str, i32); 3]> {
+        Ok([
+            (
+                "node.session.timeo.replacement_timeout",
+                whole_seconds("replacement_timeout", self.replacement_timeout)?,
+            ),
+            (
+                "node.conn[0].timeo.noop_out_interval",
+                whole_seconds("noop_out_interval", self.noop_out_interval)?,
+            ),
+            (
+                "node.conn[0].timeo.noop_out_timeout",
+                whole_seconds("noop_out_timeout", self.noop_out_timeout)?,
+            ),
+        ])
+    }
+
+    /// Sets how long I/O is held while a lost session is re-established.
+    pub fn replacement_timeout(mut self, t: Duration) -> Self {
+        self.replacement_timeout = t;
+        self
+    }
+
+    /// Sets how often an idle connection is pinged (zero: never).
+    pub fn noop_out_interval(mut self, t: Duration) -> Self {
+        self.noop_out_interval = t;
+        self
+    }
+
+    /// Sets how long a ping may go unanswered.
+    pub fn noop_out_timeout(mut self, t: Duration) -> Self {
+        self.noop_out_timeout = t;
+        self
     }
 
     /// Sets how many paths log in at once (0 is taken as 1).
@@ -437,5 +506,33 @@ mod tests {
         assert!(!MultipathMode::Off.is_on());
         assert!(MultipathMode::Optional.is_on() && !MultipathMode::Optional.is_enforced());
         assert!(MultipathMode::Enforced.is_on() && MultipathMode::Enforced.is_enforced());
+    }
+
+    #[test]
+    fn recovery_defaults_are_documented_ones() {
+        let n = NvmeOptions::default();
+        assert_eq!(n.ctrl_loss_timeout, ControllerLoss::Never);
+        assert_eq!(n.reconnect_delay, Duration::from_secs(10));
+        assert_eq!(n.fast_io_fail_timeout, None);
+        assert_eq!(n.kernel_values().unwrap(), (10, -1, None));
+        let i = IscsiOptions::default();
+        assert_eq!(
+            i.session_timers().unwrap(),
+            [
+                ("node.session.timeo.replacement_timeout", 120),
+                ("node.conn[0].timeo.noop_out_interval", 5),
+                ("node.conn[0].timeo.noop_out_timeout", 5),
+            ]
+        );
+        assert_eq!(whole_seconds("x", Duration::from_secs(7)).unwrap(), 7);
+        for bad in [
+            Duration::from_millis(1),
+            Duration::from_secs(i32::MAX as u64 + 1),
+        ] {
+            assert!(matches!(
+                whole_seconds("x", bad),
+                Err(Error::InvalidArgument { name, .. }) if name == "x"
+            ));
+        }
     }
 }
