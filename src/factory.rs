@@ -26,7 +26,7 @@ pub fn connector_for(
         Protocol::Iscsi | Protocol::Iser => {
             Ok(Box::new(Framed::new(IscsiDriver::new(protocol, options)?)))
         }
-        Protocol::NvmeOf => Ok(Box::new(Framed::new(NvmeDriver::new(options)))),
+        Protocol::NvmeOf => Ok(Box::new(Framed::new(NvmeDriver::new(options)?))),
         Protocol::Rbd => Ok(Box::new(Framed::new(RbdDriver::new(options)))),
         Protocol::Local => Ok(Box::new(Framed::new(LocalDriver::new(options)))),
     }

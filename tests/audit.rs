@@ -287,7 +287,7 @@ fn nvme_controllers_without_namespaces_in_use_are_listed() {
         .exchange(
             &host.dev("nvme-fabrics"),
             &format!(
-                "nqn={},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={},hostid={},ctrl_loss_tmo=600",
+                "nqn={},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={},hostid={},reconnect_delay=10,ctrl_loss_tmo=-1",
                 nvme::NQN,
                 nvme::HOSTNQN,
                 nvme::HOSTID

@@ -39,13 +39,16 @@ fn setting(file: &Path, name: &str) -> Option<String> {
     record_value(&text, name).map(str::to_string)
 }
 
-/// The operator's iscsid.conf settings hold in the record; hostbrick's are on top of them.
+/// The operator's iscsid.conf settings hold in the record; hostbrick's are on top of them
+/// (the session timers among them: the options' values, open-iscsi's defaults unless set).
 #[test]
 fn iscsid_conf_settings_hold_and_ours_are_on_top() {
     let sim = sim_with_target();
     let conf = sim.fake.root().join("etc/iscsi/iscsid.conf");
     let text = fs::read_to_string(&conf).unwrap()
-        + "node.session.cmds_max = 64\nnode.session.timeo.replacement_timeout = 20\n\
+        + "node.session.cmds_max = 64\nnode.session.err_timeo.abort_timeout = 20\n\
+           node.session.timeo.replacement_timeout = 20\n\
+           node.conn[0].timeo.noop_out_interval = 0\n\
            node.session.scan = auto\nnode.startup = manual\n";
     fs::write(&conf, text).unwrap();
     let c = connector(&sim);
@@ -57,8 +60,16 @@ fn iscsid_conf_settings_hold_and_ours_are_on_top() {
         Some("64")
     );
     assert_eq!(
-        setting(&file, "node.session.timeo.replacement_timeout").as_deref(),
+        setting(&file, "node.session.err_timeo.abort_timeout").as_deref(),
         Some("20")
+    );
+    assert_eq!(
+        setting(&file, "node.session.timeo.replacement_timeout").as_deref(),
+        Some("120")
+    );
+    assert_eq!(
+        setting(&file, "node.conn[0].timeo.noop_out_interval").as_deref(),
+        Some("5")
     );
     assert_eq!(
         setting(&file, "node.session.scan").as_deref(),
@@ -70,6 +81,89 @@ fn iscsid_conf_settings_hold_and_ours_are_on_top() {
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
+}
+
+/// The session timers of the options (replacement timeout, NOP-Out interval and timeout)
+/// are in the record the connect writes, and in a record that was there before.
+#[test]
+fn the_session_timers_of_the_options_are_in_the_record() {
+    let sim = sim_with_target();
+    let mut o = sim.options();
+    o.iscsi = o
+        .iscsi
+        .replacement_timeout(Duration::from_secs(600))
+        .noop_out_interval(Duration::from_secs(10))
+        .noop_out_timeout(Duration::from_secs(15));
+    let c = connector_for(Protocol::Iscsi, o).unwrap();
+    let ci = single(PORTAL, 0, "vol-1");
+    let file = flat_record(&sim);
+    let timers = |file: &Path| {
+        [
+            "node.session.timeo.replacement_timeout",
+            "node.conn[0].timeo.noop_out_interval",
+            "node.conn[0].timeo.noop_out_timeout",
+        ]
+        .map(|k| setting(file, k).unwrap_or_default())
+    };
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(timers(&file), ["600", "10", "15"]);
+    assert_eq!(sim.iscsiadm_calls().len(), 1, "{:?}", sim.iscsiadm_calls());
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+
+    // A record that was there gets them in place of its own.
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let old = "# BEGIN RECORD 2.1.8\nnode.name = IQN\nnode.tpgt = -1\n\
+               iface.iscsi_ifacename = default\n\
+               node.session.timeo.replacement_timeout = 5\n\
+               node.conn[0].address = 127.0.0.1\nnode.conn[0].port = 3260\n\
+               node.conn[0].timeo.noop_out_interval = 0\n\
+               node.conn[0].timeo.noop_out_timeout = 1\n# END RECORD\n"
+        .replace("IQN", IQN);
+    fs::write(&file, &old).unwrap();
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(timers(&file), ["600", "10", "15"]);
+    let text = fs::read_to_string(&file).unwrap();
+    assert_eq!(text.matches("replacement_timeout").count(), 1, "{text}");
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+/// Session timers open-iscsi's record cannot hold are refused when the connector is made.
+#[test]
+fn session_timers_a_record_cannot_hold_are_refused_up_front() {
+    let sim = sim_with_target();
+    for (iscsi, option) in [
+        (
+            sim.options()
+                .iscsi
+                .replacement_timeout(Duration::from_millis(1500)),
+            "replacement_timeout",
+        ),
+        (
+            sim.options()
+                .iscsi
+                .noop_out_interval(Duration::from_secs(1 << 31)),
+            "noop_out_interval",
+        ),
+        (
+            sim.options()
+                .iscsi
+                .noop_out_timeout(Duration::from_nanos(1)),
+            "noop_out_timeout",
+        ),
+    ] {
+        match connector_for(Protocol::Iscsi, sim.options().iscsi(iscsi.clone())) {
+            Err(hostbrick::Error::InvalidArgument { name, .. }) => {
+                assert_eq!(name, option, "{iscsi:?}")
+            }
+            Err(e) => panic!("{iscsi:?}: {e:?}"),
+            Ok(_) => panic!("{iscsi:?} accepted"),
+        }
+    }
+    assert!(sim.iscsiadm_calls().is_empty());
 }
 
 /// CHAP goes into the record the connect writes; the login reads it from there.
@@ -279,12 +373,54 @@ fn without_the_known_database_iscsiadm_makes_the_records() {
     assert_eq!(ops.len(), 4, "{calls:#?}");
     assert_eq!(ops[0], "");
     assert_eq!(ops[1], "--interface default --op new");
-    assert!(ops[2].starts_with("--op update -n node.session.scan -v manual"));
+    assert_eq!(
+        ops[2],
+        "--op update -n node.session.scan -v manual \
+         -n node.conn[0].timeo.login_timeout -v 5 \
+         -n node.session.initial_login_retry_max -v 1 -n node.startup -v automatic \
+         -n node.session.timeo.replacement_timeout -v 120 \
+         -n node.conn[0].timeo.noop_out_interval -v 5 \
+         -n node.conn[0].timeo.noop_out_timeout -v 5"
+    );
     assert_eq!(ops[3], "--interface default --login");
     sim.runner.clear_calls();
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     assert_eq!(sim.runner.count("--op delete"), 1);
+    sim.assert_clean();
+}
+
+/// Through iscsiadm too, the session timers of the options are set in the one `--op update`.
+#[test]
+fn iscsiadm_sets_the_session_timers_of_the_options() {
+    let sim = sim_with_target();
+    fs::remove_file(sim.fake.root().join("etc/iscsi/iscsid.conf")).unwrap();
+    let mut o = sim.options();
+    o.iscsi = o
+        .iscsi
+        .replacement_timeout(Duration::ZERO)
+        .noop_out_interval(Duration::from_secs(10))
+        .noop_out_timeout(Duration::from_secs(15));
+    let c = connector_for(Protocol::Iscsi, o).unwrap();
+    let ci = single(PORTAL, 0, "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    let updates: Vec<String> = sim
+        .iscsiadm_calls()
+        .into_iter()
+        .filter(|c| c.contains("--op update"))
+        .collect();
+    assert_eq!(updates.len(), 1, "{updates:#?}");
+    assert!(
+        updates[0].ends_with(
+            " -n node.session.timeo.replacement_timeout -v 0 \
+             -n node.conn[0].timeo.noop_out_interval -v 10 \
+             -n node.conn[0].timeo.noop_out_timeout -v 15"
+        ),
+        "{}",
+        updates[0]
+    );
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
     sim.assert_clean();
 }
 

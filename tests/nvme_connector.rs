@@ -1,6 +1,9 @@
 //! The NVMe-oF connector end to end on a fake host tree whose kernel answers
 //! `/dev/nvme-fabrics` and `delete_controller`, with simulated `nvme id-ns` and mdadm.
 
+use std::time::Duration;
+
+use hostbrick::nvme::{ControllerLoss, NvmeOptions};
 use hostbrick::testing::sim::nvme::*;
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
@@ -28,7 +31,7 @@ fn attach_and_detach_one_namespace() {
     // The kernel's interface, as nvme-cli uses it: one option string, no process.
     assert_eq!(
         sim.fabrics_requests(),
-        [format!("nqn={NQN},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID},ctrl_loss_tmo=600")]
+        [format!("nqn={NQN},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID},reconnect_delay=10,ctrl_loss_tmo=-1")]
     );
     assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
     assert_eq!(sim.registry_entries(), 1);
@@ -59,6 +62,136 @@ fn attach_and_detach_one_namespace() {
     c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
         .unwrap();
     sim.assert_clean();
+}
+
+/// What the controller's recovery attributes read in sysfs.
+fn recovery_attrs(sim: &NvmeSim, ctrl: &str) -> [String; 3] {
+    ["ctrl_loss_tmo", "reconnect_delay", "fast_io_fail_tmo"].map(|a| {
+        std::fs::read_to_string(sim.fake.root().join(format!("sys/class/nvme/{ctrl}/{a}")))
+            .unwrap()
+            .trim()
+            .to_string()
+    })
+}
+
+/// By default a lost controller is never given up (as os-brick since its bug 1964385): the
+/// kernel shows `ctrl_loss_tmo` as `off`, reconnects every 10 s and holds I/O.
+#[test]
+fn a_lost_controller_is_never_given_up_by_default() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let c = connector(&sim);
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    assert_eq!(recovery_attrs(&sim, "nvme0"), ["off", "10", "off"]);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+/// The recovery options reach the kernel as its connect options.
+#[test]
+fn recovery_options_reach_the_kernel() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let o = sim.options().nvme(
+        NvmeOptions::new()
+            .ctrl_loss_timeout(ControllerLoss::After(Duration::from_secs(60)))
+            .reconnect_delay(Duration::from_secs(4))
+            .fast_io_fail_timeout(Duration::from_secs(30)),
+    );
+    let c = connector_for(Protocol::NvmeOf, o).unwrap();
+    let ci = volume(UUID_1, &["127.0.0.1:4420"], "vol-1");
+    let rec = c.connect_volume(&ci).unwrap();
+    let request = &sim.fabrics_requests()[0];
+    assert!(
+        request.ends_with(&format!(
+            ",hostid={HOSTID},reconnect_delay=4,ctrl_loss_tmo=60,fast_io_fail_tmo=30"
+        )),
+        "{request}"
+    );
+    // 60 s in reconnects 4 s apart: 15 attempts, 60 s.
+    assert_eq!(recovery_attrs(&sim, "nvme0"), ["60", "4", "30"]);
+    c.disconnect_volume(&ci, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    sim.assert_clean();
+}
+
+/// Values the kernel would refuse, or that could never act, are refused when the connector
+/// is made, naming the option; nothing reaches the kernel.
+#[test]
+fn recovery_options_the_kernel_would_refuse_are_refused_up_front() {
+    let sim = NvmeSim::new(true);
+    for (nvme, option) in [
+        (
+            NvmeOptions::new().reconnect_delay(Duration::ZERO),
+            "reconnect_delay",
+        ),
+        (
+            NvmeOptions::new().reconnect_delay(Duration::from_millis(2500)),
+            "reconnect_delay",
+        ),
+        (
+            NvmeOptions::new()
+                .ctrl_loss_timeout(ControllerLoss::After(Duration::from_secs(u64::MAX))),
+            "ctrl_loss_tmo",
+        ),
+        (
+            NvmeOptions::new()
+                .ctrl_loss_timeout(ControllerLoss::After(Duration::from_secs(10)))
+                .fast_io_fail_timeout(Duration::from_secs(20)),
+            "fast_io_fail_tmo",
+        ),
+    ] {
+        match connector_for(Protocol::NvmeOf, sim.options().nvme(nvme.clone())) {
+            Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, option, "{nvme:?}"),
+            Err(e) => panic!("{nvme:?}: {e:?}"),
+            Ok(_) => panic!("{nvme:?} accepted"),
+        }
+    }
+    assert!(sim.fabrics_requests().is_empty());
+}
+
+/// The simulated kernel takes and refuses the recovery options as nvmf_parse_options does.
+#[test]
+fn the_simulated_kernel_parses_recovery_options_as_the_kernel() {
+    let sim = NvmeSim::new(true);
+    sim.add_subsystem(NQN, &["127.0.0.1:4420"], &[(1, UUID_1, MIB)]);
+    let host = sim.fake.host();
+    let base = format!(
+        "nqn={NQN},transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID}"
+    );
+    let connect = |extra: &str| host.exchange(&host.dev("nvme-fabrics"), &format!("{base}{extra}"));
+    for bad in [
+        ",reconnect_delay=0",
+        ",reconnect_delay=-1",
+        ",reconnect_delay=x",
+        ",ctrl_loss_tmo=",
+        ",fast_io_fail_tmo=1.5",
+        ",ctrl_loss_tmo=-1,ctrl_loss_tmo=5",
+        ",keep_alive=5",
+    ] {
+        let e = connect(bad).unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::EINVAL), "{bad}");
+    }
+    assert!(sim.controllers().is_empty());
+    // The kernel's defaults: 600 s in reconnects 10 s apart, no fast I/O fail.
+    connect("").unwrap().unwrap();
+    assert_eq!(recovery_attrs(&sim, "nvme0"), ["600", "10", "off"]);
+    // A loss timeout counted in whole reconnect delays; a negative fast I/O fail is off.
+    sim.add_subsystem(
+        "nqn.2014-08.org.hostbrick:vm2",
+        &["127.0.0.1:4420"],
+        &[(1, UUID_2, MIB)],
+    );
+    let other = base.replace(NQN, "nqn.2014-08.org.hostbrick:vm2");
+    host.exchange(
+        &host.dev("nvme-fabrics"),
+        &format!("{other},reconnect_delay=4,ctrl_loss_tmo=10,fast_io_fail_tmo=-7"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(recovery_attrs(&sim, "nvme1"), ["12", "4", "off"]);
 }
 
 #[test]

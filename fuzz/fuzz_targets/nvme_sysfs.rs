@@ -2,7 +2,7 @@
 //! names, a namespace's `nsid`, `uuid` and `nguid`, and `/dev/nvme-fabrics`'s answer to a
 //! connect (`instance=N,cntlid=M`). The parsers never panic, and what they return is
 //! normalized and consistent with itself. Also the other way: a connect's option string,
-//! with the input as the portal address and host NQN, is refused or holds exactly its seven
+//! with the input as the portal address and host NQN, is refused or holds exactly its eight
 //! options (nothing spliced in).
 //!
 //! The whole input is first given to each single-value parser; then its lines are read as
@@ -135,7 +135,7 @@ fn check_connect_options(text: &str) {
             portal: &portal,
             hostnqn,
             hostid,
-            ctrl_loss_tmo: std::time::Duration::from_secs(600),
+            recovery: &hostbrick::nvme::NvmeOptions::new(),
         };
         let Ok(s) = connect_options(&args) else {
             continue;
@@ -153,6 +153,7 @@ fn check_connect_options(text: &str) {
                 "trsvcid",
                 "hostnqn",
                 "hostid",
+                "reconnect_delay",
                 "ctrl_loss_tmo"
             ],
             "{s:?}"

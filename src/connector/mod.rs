@@ -7,7 +7,8 @@ mod options;
 
 pub(crate) use frame::{ms, Driver, Framed, Operation, VolumeProps};
 pub use options::{
-    ConnectorOptions, IscsiOptions, MultipathMode, NvmeOptions, RbdAttach, RbdOptions,
+    ConnectorOptions, ControllerLoss, IscsiOptions, MultipathMode, NvmeOptions, RbdAttach,
+    RbdOptions,
 };
 
 use std::fmt;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::connector::HostContext;
+use crate::error::{Error, Result};
 use crate::model::rbd::RbdMapper;
 use crate::platform::cmd::Cancel;
 use crate::platform::lock::LockDir;
@@ -70,6 +71,19 @@ pub struct IscsiOptions {
     /// volume's target, fails the connect with [`crate::Error::TooManyTargets`] before any
     /// login.
     pub max_targets: usize,
+    /// How long the kernel holds I/O while a lost session is being re-established before it
+    /// fails the I/O back (`node.session.timeo.replacement_timeout`; default 120 s, open-iscsi's
+    /// own; 0 fails it at once). Written into the node record before login, over what
+    /// `iscsid.conf` says.
+    pub replacement_timeout: Duration,
+    /// How often the initiator pings the target with a NOP-Out on an idle connection
+    /// (`node.conn[0].timeo.noop_out_interval`; default 5 s; 0 sends none). Written into the
+    /// node record before login.
+    pub noop_out_interval: Duration,
+    /// How long a NOP-Out may go unanswered before the connection is taken as lost and
+    /// session recovery starts (`node.conn[0].timeo.noop_out_timeout`; default 5 s). Written
+    /// into the node record before login.
+    pub noop_out_timeout: Duration,
 }
 
 impl IscsiOptions {
@@ -79,8 +93,18 @@ impl IscsiOptions {
     /// The default for [`IscsiOptions::max_targets`].
     pub const DEFAULT_MAX_TARGETS: usize = 64;
 
+    /// The default for [`IscsiOptions::replacement_timeout`]: open-iscsi's, 120 s.
+    pub const DEFAULT_REPLACEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The default for [`IscsiOptions::noop_out_interval`]: open-iscsi's, 5 s.
+    pub const DEFAULT_NOOP_OUT_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// The default for [`IscsiOptions::noop_out_timeout`]: open-iscsi's, 5 s.
+    pub const DEFAULT_NOOP_OUT_TIMEOUT: Duration = Duration::from_secs(5);
+
     /// The default budgets: 5 s login timeout, 1 retry, 15 s for the map, 5 s grace; at
-    /// most 16 logins at once and 64 paths.
+    /// most 16 logins at once and 64 paths; open-iscsi's session timers (120 s replacement
+    /// timeout, a NOP-Out every 5 s answered within 5 s).
     pub fn new() -> Self {
         IscsiOptions {
             login_timeout: Duration::from_secs(5),
@@ -90,7 +114,53 @@ impl IscsiOptions {
             iface: None,
             max_parallel_logins: Self::DEFAULT_MAX_PARALLEL_LOGINS,
             max_targets: Self::DEFAULT_MAX_TARGETS,
+            replacement_timeout: Self::DEFAULT_REPLACEMENT_TIMEOUT,
+            noop_out_interval: Self::DEFAULT_NOOP_OUT_INTERVAL,
+            noop_out_timeout: Self::DEFAULT_NOOP_OUT_TIMEOUT,
         }
+    }
+
+    /// Checks the session timers: whole seconds that open-iscsi's record holds (a signed
+    /// 32-bit number). [`crate::connector_for`] checks them, as [`Error::InvalidArgument`]
+    /// naming the option.
+    pub fn validate(&self) -> Result<()> {
+        self.session_timers().map(|_| ())
+    }
+
+    /// The node-record settings of the session timers, in seconds, checked.
+    pub(crate) fn session_timers(&self) -> Result<[(&'static str, i32); 3]> {
+        Ok([
+            (
+                "node.session.timeo.replacement_timeout",
+                whole_seconds("replacement_timeout", self.replacement_timeout)?,
+            ),
+            (
+                "node.conn[0].timeo.noop_out_interval",
+                whole_seconds("noop_out_interval", self.noop_out_interval)?,
+            ),
+            (
+                "node.conn[0].timeo.noop_out_timeout",
+                whole_seconds("noop_out_timeout", self.noop_out_timeout)?,
+            ),
+        ])
+    }
+
+    /// Sets how long I/O is held while a lost session is re-established.
+    pub fn replacement_timeout(mut self, t: Duration) -> Self {
+        self.replacement_timeout = t;
+        self
+    }
+
+    /// Sets how often an idle connection is pinged (zero: never).
+    pub fn noop_out_interval(mut self, t: Duration) -> Self {
+        self.noop_out_interval = t;
+        self
+    }
+
+    /// Sets how long a ping may go unanswered.
+    pub fn noop_out_timeout(mut self, t: Duration) -> Self {
+        self.noop_out_timeout = t;
+        self
     }
 
     /// Sets how many paths log in at once (0 is taken as 1).
@@ -136,20 +206,108 @@ impl Default for IscsiOptions {
     }
 }
 
-/// What only the NVMe-oF connector reads.
+/// How long the kernel keeps trying to reconnect an NVMe-oF controller whose connection is
+/// lost before it gives the controller up, and its namespaces with it (the connect's
+/// `ctrl_loss_tmo`, `nvme connect --ctrl-loss-tmo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControllerLoss {
+    /// Never give up: the kernel reconnects until the target answers again or the volume is
+    /// disconnected (`ctrl_loss_tmo=-1`; the controller's `ctrl_loss_tmo` attribute reads
+    /// `off`). The default, as in os-brick since its bug 1964385, where volumes were lost
+    /// (with the data written to them) after a ten-minute network outage.
+    #[default]
+    Never,
+    /// Give up after this long, in whole seconds (the kernel's own default is 600 s). The
+    /// kernel counts it in reconnect attempts: it gives up after
+    /// ⌈timeout / [`NvmeOptions::reconnect_delay`]⌉ failed ones, and gives up at the first loss
+    /// for zero.
+    After(Duration),
+}
+
+/// What only the NVMe-oF connector reads: how the kernel rides out a lost connection to a
+/// controller hostbrick makes. These go into the connect; a controller that already existed
+/// keeps its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NvmeOptions {
-    /// How long the kernel keeps reconnecting a lost controller before giving it up
-    /// (the connect's `ctrl_loss_tmo` option, `nvme connect --ctrl-loss-tmo`).
-    pub ctrl_loss_timeout: Duration,
+    /// When the kernel gives a lost controller up; default [`ControllerLoss::Never`].
+    pub ctrl_loss_timeout: ControllerLoss,
+    /// How long the kernel waits between two reconnect attempts (`reconnect_delay`, `nvme
+    /// connect --reconnect-delay`): whole seconds, at least 1; default 10 s, the kernel's.
+    pub reconnect_delay: Duration,
+    /// How long I/O waits for a reconnecting controller before it fails back to the caller,
+    /// while the kernel keeps reconnecting (`fast_io_fail_tmo`, `nvme connect
+    /// --fast_io_fail_tmo`): whole seconds, at most the controller-loss timeout. `None` (the
+    /// default, the kernel's) holds I/O until the controller is back or given up.
+    pub fast_io_fail_timeout: Option<Duration>,
 }
 
 impl NvmeOptions {
-    /// The default: 600 s controller-loss timeout.
-    pub fn new() -> Self {
+    /// The default for [`NvmeOptions::reconnect_delay`]: the kernel's, 10 s.
+    pub const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+
+    /// The defaults: a lost controller is never given up, reconnected every 10 s, and I/O
+    /// waits for it.
+    pub const fn new() -> Self {
         NvmeOptions {
-            ctrl_loss_timeout: Duration::from_secs(600),
+            ctrl_loss_timeout: ControllerLoss::Never,
+            reconnect_delay: Self::DEFAULT_RECONNECT_DELAY,
+            fast_io_fail_timeout: None,
         }
+    }
+
+    /// Sets when a lost controller is given up.
+    pub fn ctrl_loss_timeout(mut self, loss: ControllerLoss) -> Self {
+        self.ctrl_loss_timeout = loss;
+        self
+    }
+
+    /// Sets the delay between reconnect attempts.
+    pub fn reconnect_delay(mut self, t: Duration) -> Self {
+        self.reconnect_delay = t;
+        self
+    }
+
+    /// Sets how long I/O waits for a reconnecting controller before it fails.
+    pub fn fast_io_fail_timeout(mut self, t: Duration) -> Self {
+        self.fast_io_fail_timeout = Some(t);
+        self
+    }
+
+    /// Checks the values as the kernel would take them ([`Error::InvalidArgument`] naming
+    /// the connect option): whole seconds in a signed 32-bit number, a reconnect delay of at
+    /// least 1 s, and no fast I/O fail timeout longer than a controller-loss timeout (it could
+    /// never fire). [`crate::connector_for`] checks them.
+    pub fn validate(&self) -> Result<()> {
+        self.kernel_values().map(|_| ())
+    }
+
+    /// The connect's `reconnect_delay`, `ctrl_loss_tmo` (-1: never) and `fast_io_fail_tmo`
+    /// (`None`: not given, the kernel's off), checked as [`NvmeOptions::validate`] says.
+    pub(crate) fn kernel_values(&self) -> Result<(i32, i32, Option<i32>)> {
+        let delay = whole_seconds("reconnect_delay", self.reconnect_delay)?;
+        if delay < 1 {
+            return Err(Error::InvalidArgument {
+                name: "reconnect_delay".into(),
+                reason: "the kernel takes at least 1 s".into(),
+            });
+        }
+        let loss = match self.ctrl_loss_timeout {
+            ControllerLoss::Never => -1,
+            ControllerLoss::After(t) => whole_seconds("ctrl_loss_tmo", t)?,
+        };
+        let fast = self
+            .fast_io_fail_timeout
+            .map(|t| whole_seconds("fast_io_fail_tmo", t))
+            .transpose()?;
+        if let Some(f) = fast.filter(|&f| loss >= 0 && f > loss) {
+            return Err(Error::InvalidArgument {
+                name: "fast_io_fail_tmo".into(),
+                reason: format!(
+                    "{f} s is longer than the controller-loss timeout ({loss} s): it would never fire"
+                ),
+            });
+        }
+        Ok((delay, loss, fast))
     }
 }
 
@@ -157,6 +315,19 @@ impl Default for NvmeOptions {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `t` as the whole seconds of a kernel or open-iscsi `int`: [`Error::InvalidArgument`]
+/// naming `name` when it has a fraction of a second or does not fit.
+pub(crate) fn whole_seconds(name: &str, t: Duration) -> Result<i32> {
+    let bad = |reason: String| Error::InvalidArgument {
+        name: name.to_string(),
+        reason,
+    };
+    if t.subsec_nanos() != 0 {
+        return Err(bad(format!("{t:?} is not a whole number of seconds")));
+    }
+    i32::try_from(t.as_secs()).map_err(|_| bad(format!("{t:?} is longer than can be set")))
 }
 
 /// Where an RBD connect puts the image.
@@ -375,5 +546,33 @@ mod tests {
         assert!(!MultipathMode::Off.is_on());
         assert!(MultipathMode::Optional.is_on() && !MultipathMode::Optional.is_enforced());
         assert!(MultipathMode::Enforced.is_on() && MultipathMode::Enforced.is_enforced());
+    }
+
+    #[test]
+    fn recovery_defaults_are_documented_ones() {
+        let n = NvmeOptions::default();
+        assert_eq!(n.ctrl_loss_timeout, ControllerLoss::Never);
+        assert_eq!(n.reconnect_delay, Duration::from_secs(10));
+        assert_eq!(n.fast_io_fail_timeout, None);
+        assert_eq!(n.kernel_values().unwrap(), (10, -1, None));
+        let i = IscsiOptions::default();
+        assert_eq!(
+            i.session_timers().unwrap(),
+            [
+                ("node.session.timeo.replacement_timeout", 120),
+                ("node.conn[0].timeo.noop_out_interval", 5),
+                ("node.conn[0].timeo.noop_out_timeout", 5),
+            ]
+        );
+        assert_eq!(whole_seconds("x", Duration::from_secs(7)).unwrap(), 7);
+        for bad in [
+            Duration::from_millis(1),
+            Duration::from_secs(i32::MAX as u64 + 1),
+        ] {
+            assert!(matches!(
+                whole_seconds("x", bad),
+                Err(Error::InvalidArgument { name, .. }) if name == "x"
+            ));
+        }
     }
 }

@@ -325,9 +325,7 @@ impl IscsiDriver {
         let host = self.host();
         if self.direct_records.load(Ordering::Relaxed) {
             if let Some(conf) = records::known_database(host)? {
-                let settings = self.node_settings();
-                let settings: Vec<(&str, String)> =
-                    settings.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let settings = self.node_settings()?;
                 match records::ensure_node(
                     host,
                     t,
@@ -357,9 +355,11 @@ impl IscsiDriver {
         Ok(false)
     }
 
-    /// hostbrick's node settings: manual scan, login timeout and retries, start-up at boot.
-    fn node_settings(&self) -> [(&'static str, String); 4] {
-        [
+    /// hostbrick's node settings: manual scan (first: an iscsiadm without it gets the rest),
+    /// login timeout and retries, start-up at boot, and the session timers (replacement
+    /// timeout, NOP-Out interval and timeout, from the iSCSI options).
+    fn node_settings(&self) -> Result<Vec<(&'static str, String)>> {
+        let mut settings = vec![
             ("node.session.scan", "manual".to_string()),
             (
                 "node.conn[0].timeo.login_timeout",
@@ -370,7 +370,15 @@ impl IscsiDriver {
                 self.opts.iscsi.login_retries.to_string(),
             ),
             ("node.startup", "automatic".to_string()),
-        ]
+        ];
+        settings.extend(
+            self.opts
+                .iscsi
+                .session_timers()?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string())),
+        );
+        Ok(settings)
     }
 
     /// Writes the node settings ([`IscsiDriver::node_settings`]) with iscsiadm in one call. An
@@ -384,7 +392,7 @@ impl IscsiDriver {
         adm: &Iscsiadm<'_>,
     ) -> Result<()> {
         let all: Vec<NodeParam> = self
-            .node_settings()
+            .node_settings()?
             .iter()
             .map(|(k, v)| NodeParam::new(k, v.clone()))
             .collect();

@@ -149,6 +149,7 @@ impl IscsiDriver {
                 found: protocol.to_string(),
             });
         }
+        opts.iscsi.validate()?;
         let locks = opts.locks();
         let registry = Registry::new(&opts.context.host, REGISTRY);
         Ok(IscsiDriver {

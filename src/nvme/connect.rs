@@ -156,7 +156,7 @@ impl ConnectRun<'_> {
             portal,
             hostnqn: self.hostnqn,
             hostid: self.hostid,
-            ctrl_loss_tmo: op.opts.nvme.ctrl_loss_timeout,
+            recovery: &op.opts.nvme,
         };
         let (ctrls, made) = (&mut self.ctrls, &mut self.made);
         let mut made_one = |name: String| {

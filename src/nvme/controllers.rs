@@ -137,7 +137,9 @@ struct Fixed {
 ///
 /// So a lookup of an attached namespace costs the same beside 1 controller as beside
 /// hundreds, and a wait for a new controller reads only the controllers that appeared since
-/// the wait began. The state, which does change, is read afresh for every match.
+/// the wait began. The state, which does change, is read afresh for every match; a
+/// controller the kernel is still making (state `new`) is not remembered from what it shows
+/// then, but read again at the next look.
 #[derive(Debug)]
 pub struct ControllerFinder<'h> {
     host: &'h Host,
@@ -205,6 +207,7 @@ impl<'h> ControllerFinder<'h> {
                 state: String::new(),
             };
             if !c.serves(nqn, portal, hostnqn) {
+                tracing::debug!(controller = %name, ino, transport = %c.transport, address = ?c.address, hostnqn = ?c.hostnqn, "controller of the subsystem serves another portal or host");
                 continue;
             }
             let dir = self.host.sys(format!("class/nvme/{name}"));
@@ -228,13 +231,24 @@ impl<'h> ControllerFinder<'h> {
         let dir = host.sys(format!("class/nvme/{name}"));
         let seen = match self.seen.entry((name.to_string(), ino)) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => match host.read_attr_opt(&dir.join("subsysnqn"))? {
-                Some(subsysnqn) if subsysnqn_is_set(&subsysnqn) => v.insert(Seen {
-                    subsysnqn,
-                    rest: None,
-                }),
-                _ => return Ok(None),
-            },
+            Entry::Vacant(v) => {
+                // A controller the kernel is still making (state `new`, or gone) is read
+                // again next time: what it shows before its first connect is done is not
+                // remembered.
+                if !matches!(
+                    host.read_attr_opt(&dir.join("state"))?.as_deref(),
+                    Some(s) if s != "new"
+                ) {
+                    return Ok(None);
+                }
+                match host.read_attr_opt(&dir.join("subsysnqn"))? {
+                    Some(subsysnqn) if subsysnqn_is_set(&subsysnqn) => v.insert(Seen {
+                        subsysnqn,
+                        rest: None,
+                    }),
+                    _ => return Ok(None),
+                }
+            }
         };
         if seen.subsysnqn != nqn {
             return Ok(None);
@@ -387,6 +401,30 @@ pub(crate) mod tests {
             finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
             None
         );
+    }
+
+    /// A controller the kernel is still making (state `new`) is not remembered from what it
+    /// shows then: seen once mid-creation with attributes that do not match, the same
+    /// controller (same sysfs entry) is found once it is up.
+    #[test]
+    fn a_controller_seen_while_being_made_is_found_once_up() {
+        let fake = host_with(3);
+        let host = fake.host();
+        let dir = fake.root().join("sys/class/nvme/nvme3");
+        std::fs::write(dir.join("state"), "new\n").unwrap();
+        std::fs::write(dir.join("address"), "traddr=10.0.0.9,trsvcid=4420\n").unwrap();
+        let mut finder = ControllerFinder::new(&host);
+        assert_eq!(
+            finder.find(NQN, &portal("10.0.0.1"), HOSTNQN).unwrap(),
+            None
+        );
+        std::fs::write(dir.join("address"), "traddr=10.0.0.1,trsvcid=4420\n").unwrap();
+        std::fs::write(dir.join("state"), "live\n").unwrap();
+        let c = finder
+            .find(NQN, &portal("10.0.0.1"), HOSTNQN)
+            .unwrap()
+            .expect("the controller, up");
+        assert_eq!(c.name, "nvme3");
     }
 
     #[test]

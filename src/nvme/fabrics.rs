@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::libc;
 
+use crate::connector::NvmeOptions;
 use crate::error::{Error, Result};
 use crate::model::nvme::{Nqn, NvmePortal};
 use crate::platform::cancel;
@@ -45,8 +46,9 @@ pub struct ConnectArgs<'a> {
     pub hostnqn: &'a str,
     /// The host id.
     pub hostid: &'a str,
-    /// How long the kernel keeps retrying a lost controller before giving it up.
-    pub ctrl_loss_tmo: Duration,
+    /// How the kernel rides out a lost connection: the controller-loss timeout, the
+    /// reconnect delay and the fast I/O fail timeout.
+    pub recovery: &'a NvmeOptions,
 }
 
 impl ConnectArgs<'_> {
@@ -162,9 +164,11 @@ fn transport_address(portal: &NvmePortal) -> Result<String> {
 
 /// The option string of a connect, in libnvme's order with nvme-cli's defaults for what
 /// hostbrick does not set: `nqn=..,transport=..,traddr=..,trsvcid=..,hostnqn=..,hostid=..,
-/// ctrl_loss_tmo=..`. Every value is checked first ([`Error::InvalidArgument`] naming the
-/// option): no `,`, `=`, whitespace or control character, NQNs at most 223 bytes, the host
-/// id a UUID (the kernel's `uuid_parse` form).
+/// reconnect_delay=..,ctrl_loss_tmo=..` and `,fast_io_fail_tmo=..` when one is set
+/// (`ctrl_loss_tmo=-1`: never give the controller up). Every value is checked first
+/// ([`Error::InvalidArgument`] naming the option): no `,`, `=`, whitespace or control
+/// character, NQNs at most 223 bytes, the host id a UUID (the kernel's `uuid_parse` form),
+/// the timeouts as [`NvmeOptions::validate`] says.
 pub fn connect_options(a: &ConnectArgs<'_>) -> Result<String> {
     check_nqn("nqn", a.nqn.as_str())?;
     check_nqn("hostnqn", a.hostnqn)?;
@@ -174,19 +178,20 @@ pub fn connect_options(a: &ConnectArgs<'_>) -> Result<String> {
             reason: format!("{:?} is not a UUID", a.hostid),
         });
     }
-    let tmo = i32::try_from(a.ctrl_loss_tmo.as_secs()).map_err(|_| Error::InvalidArgument {
-        name: "ctrl_loss_tmo".into(),
-        reason: format!("{:?} is longer than the kernel takes", a.ctrl_loss_tmo),
-    })?;
+    let (delay, loss, fast) = a.recovery.kernel_values()?;
     let traddr = transport_address(a.portal)?;
-    Ok(format!(
-        "nqn={},transport={},traddr={traddr},trsvcid={},hostnqn={},hostid={},ctrl_loss_tmo={tmo}",
+    let mut s = format!(
+        "nqn={},transport={},traddr={traddr},trsvcid={},hostnqn={},hostid={},reconnect_delay={delay},ctrl_loss_tmo={loss}",
         a.nqn,
         a.portal.transport.as_str(),
         a.portal.port,
         a.hostnqn,
         a.hostid,
-    ))
+    );
+    if let Some(fast) = fast {
+        s.push_str(&format!(",fast_io_fail_tmo={fast}"));
+    }
+    Ok(s)
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -290,6 +295,7 @@ pub fn delete_controller(host: &Host, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connector::ControllerLoss;
     use crate::model::nvme::NvmeTransport;
 
     const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f8fad5b-d9cb-469f-a165-70867728950e";
@@ -331,14 +337,18 @@ mod tests {
         }
     }
 
-    /// The arguments of a connect to `nqn` through `portal` with the test host's identity.
+    /// The default recovery options.
+    static DEFAULTS: NvmeOptions = NvmeOptions::new();
+
+    /// The arguments of a connect to `nqn` through `portal` with the test host's identity
+    /// and the default recovery options.
     fn args<'a>(nqn: &'a Nqn, portal: &'a NvmePortal) -> ConnectArgs<'a> {
         ConnectArgs {
             nqn,
             portal,
             hostnqn: HOSTNQN,
             hostid: HOSTID,
-            ctrl_loss_tmo: Duration::from_secs(600),
+            recovery: &DEFAULTS,
         }
     }
 
@@ -349,7 +359,7 @@ mod tests {
         let a = args(&nqn, &p);
         assert_eq!(
             connect_options(&a).unwrap(),
-            format!("nqn=nqn.2014-08.org.hostbrick:vm1,transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID},ctrl_loss_tmo=600")
+            format!("nqn=nqn.2014-08.org.hostbrick:vm1,transport=tcp,traddr=127.0.0.1,trsvcid=4420,hostnqn={HOSTNQN},hostid={HOSTID},reconnect_delay=10,ctrl_loss_tmo=-1")
         );
         let v6 = portal("fe80::1%eth0");
         assert!(connect_options(&ConnectArgs {
@@ -443,12 +453,95 @@ mod tests {
                 "{hostid:?}"
             );
         }
+        for (recovery, option) in [
+            (
+                NvmeOptions::new()
+                    .ctrl_loss_timeout(ControllerLoss::After(Duration::from_secs(1 << 40))),
+                "ctrl_loss_tmo",
+            ),
+            (
+                NvmeOptions::new()
+                    .ctrl_loss_timeout(ControllerLoss::After(Duration::from_millis(1500))),
+                "ctrl_loss_tmo",
+            ),
+            (
+                NvmeOptions::new().reconnect_delay(Duration::ZERO),
+                "reconnect_delay",
+            ),
+            (
+                NvmeOptions::new().reconnect_delay(Duration::from_millis(500)),
+                "reconnect_delay",
+            ),
+            (
+                NvmeOptions::new().reconnect_delay(Duration::from_secs(1 << 31)),
+                "reconnect_delay",
+            ),
+            (
+                NvmeOptions::new().fast_io_fail_timeout(Duration::from_secs(1 << 31)),
+                "fast_io_fail_tmo",
+            ),
+            (
+                NvmeOptions::new()
+                    .ctrl_loss_timeout(ControllerLoss::After(Duration::from_secs(30)))
+                    .fast_io_fail_timeout(Duration::from_secs(31)),
+                "fast_io_fail_tmo",
+            ),
+        ] {
+            assert_eq!(
+                name(connect_options(&ConnectArgs {
+                    recovery: &recovery,
+                    ..a.clone()
+                })),
+                option,
+                "{recovery:?}"
+            );
+            assert!(recovery.validate().is_err(), "{recovery:?}");
+        }
+    }
+
+    /// The recovery options as the kernel takes them: -1 for a controller never given up,
+    /// whole seconds, the fast I/O fail timeout only when one is set.
+    #[test]
+    fn recovery_options() {
+        let nqn: Nqn = "nqn.2014-08.org.hostbrick:vm1".parse().unwrap();
+        let p = portal("127.0.0.1");
+        let tail = |recovery: &NvmeOptions| {
+            let s = connect_options(&ConnectArgs {
+                recovery,
+                ..args(&nqn, &p)
+            })
+            .unwrap();
+            let at = s.find(",reconnect_delay=").expect(&s);
+            s[at + 1..].to_string()
+        };
+        let defaults = NvmeOptions::default();
+        assert_eq!(defaults.ctrl_loss_timeout, ControllerLoss::Never);
+        assert_eq!(tail(&defaults), "reconnect_delay=10,ctrl_loss_tmo=-1");
         assert_eq!(
-            name(connect_options(&ConnectArgs {
-                ctrl_loss_tmo: Duration::from_secs(1 << 40),
-                ..a.clone()
-            })),
-            "ctrl_loss_tmo"
+            tail(
+                &NvmeOptions::new()
+                    .ctrl_loss_timeout(ControllerLoss::After(Duration::from_secs(600)))
+                    .reconnect_delay(Duration::from_secs(2))
+                    .fast_io_fail_timeout(Duration::from_secs(600))
+            ),
+            "reconnect_delay=2,ctrl_loss_tmo=600,fast_io_fail_tmo=600"
+        );
+        assert_eq!(
+            tail(
+                &NvmeOptions::new()
+                    .ctrl_loss_timeout(ControllerLoss::After(Duration::ZERO))
+                    .reconnect_delay(Duration::from_secs(1))
+                    .fast_io_fail_timeout(Duration::ZERO)
+            ),
+            "reconnect_delay=1,ctrl_loss_tmo=0,fast_io_fail_tmo=0"
+        );
+        // Never giving up takes any fast I/O fail timeout.
+        assert_eq!(
+            tail(&NvmeOptions::new().fast_io_fail_timeout(Duration::from_secs(i32::MAX as u64))),
+            format!(
+                "reconnect_delay=10,ctrl_loss_tmo=-1,fast_io_fail_tmo={}",
+                i32::MAX
+            )
         );
     }
 

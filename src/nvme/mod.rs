@@ -32,7 +32,7 @@ mod teardown;
 
 use std::path::PathBuf;
 
-pub use crate::connector::NvmeOptions;
+pub use crate::connector::{ControllerLoss, NvmeOptions};
 pub use crate::model::nvme::{
     NamespaceId, Nqn, NvmePortal, NvmeProperties, NvmeTarget, NvmeTransport,
 };
@@ -96,12 +96,13 @@ fn controller_lock_key(nqn: &str, portal: &NvmePortal) -> String {
 }
 
 impl NvmeDriver {
-    /// The driver for connectors with these options.
-    pub(crate) fn new(opts: ConnectorOptions) -> Self {
-        NvmeDriver {
+    /// The driver for connectors with these options ([`NvmeOptions::validate`]d).
+    pub(crate) fn new(opts: ConnectorOptions) -> Result<Self> {
+        opts.nvme.validate()?;
+        Ok(NvmeDriver {
             registry: Registry::new(&opts.context.host, REGISTRY),
             opts,
-        }
+        })
     }
 
     /// The host NQN and host id to connect with: the storage's `host_nqn` when it named

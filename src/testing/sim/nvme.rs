@@ -287,7 +287,15 @@ impl Tools<State> {
             };
             if !matches!(
                 k,
-                "nqn" | "transport" | "traddr" | "trsvcid" | "hostnqn" | "hostid" | "ctrl_loss_tmo"
+                "nqn"
+                    | "transport"
+                    | "traddr"
+                    | "trsvcid"
+                    | "hostnqn"
+                    | "hostid"
+                    | "reconnect_delay"
+                    | "ctrl_loss_tmo"
+                    | "fast_io_fail_tmo"
             ) || opts.insert(k, v).is_some()
             {
                 return Err(err(libc::EINVAL));
@@ -305,13 +313,43 @@ impl Tools<State> {
             Some(p) => p.parse().map_err(|_| err(libc::EINVAL))?,
             None => 4420,
         };
-        if opts.get("hostid").is_some_and(|id| id.len() != 36)
-            || opts
-                .get("ctrl_loss_tmo")
-                .is_some_and(|t| t.parse::<i32>().is_err())
-        {
+        if opts.get("hostid").is_some_and(|id| id.len() != 36) {
             return Err(err(libc::EINVAL));
         }
+        // The kernel's defaults and checks (nvmf_parse_options): a reconnect delay of at
+        // least 1 s (10 s), a negative controller-loss timeout for never (600 s), a negative
+        // fast I/O fail timeout for off (off).
+        let int = |k: &str, default: i32| match opts.get(k) {
+            Some(v) => v.parse::<i32>().map_err(|_| err(libc::EINVAL)),
+            None => Ok(default),
+        };
+        let delay = int("reconnect_delay", 10)?;
+        let loss = int("ctrl_loss_tmo", 600)?;
+        let fast = int("fast_io_fail_tmo", -1)?;
+        if delay <= 0 {
+            return Err(err(libc::EINVAL));
+        }
+        // What the controller's attributes then read (nvme_ctrl_loss_tmo_show and the
+        // others): the loss timeout as whole reconnect attempts.
+        let recovery = [
+            (
+                "ctrl_loss_tmo",
+                if loss < 0 {
+                    "off".to_string()
+                } else {
+                    ((loss + delay - 1) / delay * delay).to_string()
+                },
+            ),
+            ("reconnect_delay", delay.to_string()),
+            (
+                "fast_io_fail_tmo",
+                if fast < 0 {
+                    "off".to_string()
+                } else {
+                    fast.to_string()
+                },
+            ),
+        ];
         let root = self.root().to_path_buf();
         let mut st = self.state();
         let Some(sub) = st
@@ -347,8 +385,20 @@ impl Tools<State> {
         ));
         let delay = st.scan_delay;
         drop(st);
-        self.fake
+        let name = self
+            .fake
             .add_nvme_controller(ctrl, nqn, "tcp", addr, port, hostnqn);
+        let dir = root.join(format!("sys/class/nvme/{name}"));
+        for (attr, value) in recovery {
+            std::fs::write(
+                dir.join(attr),
+                format!(
+                    "{value}
+"
+                ),
+            )
+            .unwrap();
+        }
         match delay {
             None => self.scan(ctrl, &sub),
             Some(d) => {
@@ -359,7 +409,11 @@ impl Tools<State> {
                 });
             }
         }
-        Ok(format!("instance={ctrl},cntlid={}\n", ctrl + 1))
+        Ok(format!(
+            "instance={ctrl},cntlid={}
+",
+            ctrl + 1
+        ))
     }
 
     /// The kernel's namespace scan of controller `nvme{ctrl}` of `sub`: every namespace
