@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(nsids) = hostbrick::internals::nvme::parse_list_ns(&text) else {
         return;
     };
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(nsids.len(), lines.len());
     for (n, line) in nsids.iter().zip(lines) {
         assert_ne!(*n, 0);
