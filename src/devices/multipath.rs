@@ -254,7 +254,59 @@ pub fn resize_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::FakeRunner;
     use std::fs;
+
+    #[test]
+    fn a_removed_path_multipathd_still_lists_is_dropped_unless_its_name_is_back() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::with_root(d.path());
+        // sda is a disk again (another one, since ours was removed): never dropped; sdb is
+        // gone but still listed; sdc was dropped by multipathd itself.
+        fs::create_dir_all(d.path().join("sys/block/sda")).unwrap();
+        let runner = FakeRunner::new();
+        runner.on("multipathd", &["show", "paths"], |_| {
+            CommandOutput::ok("sda\nsdb\nsdd\n")
+        });
+        runner.on("multipathd", &["del", "path"], |_| {
+            CommandOutput::ok("ok\n")
+        });
+        let removed: Vec<String> = ["sda", "sdb", "sdc"].map(String::from).to_vec();
+        let started = Instant::now();
+        await_paths_dropped(
+            &runner,
+            &host,
+            &removed,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .unwrap();
+        assert!(started.elapsed() >= PATH_DROP_WAIT);
+        assert_eq!(runner.count("multipathd del path"), 1);
+        assert_eq!(runner.count("multipathd del path sdb"), 1);
+        // multipathd not running: nothing to wait for.
+        let down = FakeRunner::new();
+        down.on("multipathd", &[], |_| {
+            CommandOutput::exit(1, "error -104 receiving packet\n")
+        });
+        await_paths_dropped(
+            &down,
+            &host,
+            &removed,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(down.calls().len(), 1);
+    }
+
+    #[test]
+    fn path_names_of_a_raw_listing() {
+        assert_eq!(
+            parse_path_names("sda\n sdb \n\nsdc\n"),
+            ["sda", "sdb", "sdc"]
+        );
+        // A line with spaces is not a device name (a header or a message).
+        assert!(parse_path_names("dev dm_st\n").is_empty());
+    }
 
     #[test]
     fn map_from_dm_attributes() {
