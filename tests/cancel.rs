@@ -24,6 +24,17 @@ fn patient(o: ConnectorOptions) -> ConnectorOptions {
 /// How soon a cancel must take effect here (the waits look every 25 ms; CI is slow).
 const PROMPT: Duration = Duration::from_secs(2);
 
+/// Waits for the thread that fired the cancel; the operation must have ended within
+/// [`PROMPT`] of the cancel.
+fn assert_prompt(fire: std::thread::JoinHandle<Instant>) {
+    let fired = fire.join().unwrap();
+    assert!(
+        fired.elapsed() < PROMPT,
+        "{:?} after the cancel",
+        fired.elapsed()
+    );
+}
+
 /// A cancel fired `after` from now, from another thread.
 fn cancel_after(after: Duration) -> (Cancel, std::thread::JoinHandle<Instant>) {
     let c = Cancel::new();
@@ -71,12 +82,7 @@ fn an_iscsi_connect_cancelled_in_its_device_wait_stops_at_once_and_logs_out() {
     let e = c
         .connect_volume(&iscsi::single("127.0.0.1:3260", 2, "vol-1"))
         .unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     assert!(t0.elapsed() >= Duration::from_millis(150));
     assert_cancelled(&e, "connect_volume", "cancelled while waiting for LUN 2");
     // The session it logged in to and the node record it wrote are gone.
@@ -103,13 +109,8 @@ fn a_multipath_connect_cancelled_while_its_paths_wait_undoes_every_path() {
             "vol-1",
         ))
         .unwrap_err();
-    let fired = fire.join().unwrap();
     // Each path waits in a thread of its own: the cancel reaches them all.
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     assert_cancelled(&e, "connect_volume", "cancelled while waiting for LUN 2");
     assert_eq!(sim.runner.count("--logout"), 2, "{:?}", sim.runner.calls());
     sim.assert_clean();
@@ -139,12 +140,7 @@ fn a_multipath_connect_cancelled_after_its_map_came_up_falls_back_to_nothing() {
             "vol-1",
         ))
         .unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     // Not a single-path success: the map and both paths are undone.
     assert_cancelled(&e, "connect_volume", "cancelled");
     sim.assert_clean();
@@ -195,12 +191,7 @@ fn a_connect_cancelled_in_a_slow_command_kills_it() {
     let e = c
         .connect_volume(&iscsi::single("127.0.0.1:3260", 1, "vol-1"))
         .unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     // Not "multipathd is not running": the connect was stopped.
     assert_cancelled(&e, "connect_volume", "multipathd's status");
     assert_eq!(sim.runner.count("--login"), 0);
@@ -240,12 +231,7 @@ fn a_connect_waiting_for_the_volume_lock_is_cancelled() {
     // Another lock directory handle on the same directory: flock locks are per open file.
     let c = connector_for(Protocol::Iscsi, o.cancel(cancel)).unwrap();
     let e = c.connect_volume(&info).unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     assert_cancelled(&e, "connect_volume", "cancelled while waiting for lock");
     assert!(sim.runner.calls().is_empty(), "{:?}", sim.runner.calls());
 }
@@ -269,12 +255,7 @@ fn a_disconnect_cancelled_in_a_slow_command_stops_and_a_second_one_finishes() {
         ignore_errors: true,
     };
     let e = c.disconnect_volume(&info, Some(&rec), opts).unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     assert_cancelled(&e, "disconnect_volume", "--logout` was cancelled");
     assert_eq!(sim.session_count(), 1, "the logout was stopped");
     // The disk went before the logout; a disconnect run again finishes the rest.
@@ -296,12 +277,7 @@ fn an_nvme_connect_cancelled_in_its_namespace_wait_drops_its_controller() {
     let e = c
         .connect_volume(&nvme::volume(UUID_1, &["127.0.0.1:4420"], "vol-1"))
         .unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     assert_cancelled(
         &e,
         "connect_volume",
@@ -352,12 +328,7 @@ fn an_rbd_connect_cancelled_in_a_slow_query_maps_nothing() {
     let e = c
         .connect_volume(&rbd_info("volumes/vol-1", KEY))
         .unwrap_err();
-    let fired = fire.join().unwrap();
-    assert!(
-        fired.elapsed() < PROMPT,
-        "{:?} after the cancel",
-        fired.elapsed()
-    );
+    assert_prompt(fire);
     assert_cancelled(
         &e,
         "connect_volume",
