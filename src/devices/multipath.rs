@@ -96,8 +96,13 @@ pub fn add_path(runner: &dyn CommandRunner, dev: &Path, deadline: Instant) -> Re
         .args(["add", "path"])
         .arg(dev.to_string_lossy())
         .deadline(deadline);
-    let out = runner.run_ok(&cmd, &[])?;
-    // multipathd reports some failures on stdout with exit status 0.
+    multipathd_ok(runner, &cmd)
+}
+
+/// Runs a multipathd command that changes something: a failure is its exit status, or
+/// `fail` on stdout (multipathd reports some failures that way with exit status 0).
+fn multipathd_ok(runner: &dyn CommandRunner, cmd: &Command) -> Result<()> {
+    let out = runner.run_ok(cmd, &[])?;
     if out.stdout.trim_start().starts_with("fail") {
         return Err(cmd.failure(&out));
     }
@@ -228,10 +233,7 @@ pub fn await_paths_dropped(
                 let cmd = Command::new("multipathd")
                     .args(["del", "path", name.as_str()])
                     .deadline(deadline);
-                let out = runner.run_ok(&cmd, &[])?;
-                if out.stdout.trim_start().starts_with("fail") {
-                    return Err(cmd.failure(&out));
-                }
+                multipathd_ok(runner, &cmd)?;
             }
             return Ok(());
         }
@@ -244,11 +246,7 @@ pub fn resize_map(runner: &dyn CommandRunner, name: &str, deadline: Instant) -> 
     let cmd = Command::new("multipathd")
         .args(["resize", "map", name])
         .deadline(deadline);
-    let out = runner.run_ok(&cmd, &[])?;
-    if out.stdout.trim_start().starts_with("fail") {
-        return Err(cmd.failure(&out));
-    }
-    Ok(())
+    multipathd_ok(runner, &cmd)
 }
 
 #[cfg(test)]
