@@ -406,6 +406,40 @@ pub enum Error {
         reason: String,
     },
 
+    /// A volume's encryption metadata (or a key's content) is not usable.
+    #[error("invalid encryption metadata `{field}`: {reason}")]
+    InvalidEncryption {
+        /// The field (`provider`, `cipher`, `key_size`, `control_location`,
+        /// `encryption_key_id`, `key`).
+        field: String,
+        /// What is wrong with it (never the key).
+        reason: String,
+    },
+
+    /// The key manager has no key under the id.
+    #[error("the key manager has no key {key_id}")]
+    KeyNotFound {
+        /// The `encryption_key_id`.
+        key_id: String,
+    },
+
+    /// The volume's key does not open the encrypted device. Nothing was left open.
+    #[error("the key does not open {}", device.display())]
+    WrongKey {
+        /// The raw (encrypted) device.
+        device: PathBuf,
+    },
+
+    /// A device to be formatted for encryption already carries data: formatting it would
+    /// destroy it, so it was refused.
+    #[error("refusing to format {} for encryption: it carries {signature}", device.display())]
+    DeviceHasSignature {
+        /// The device.
+        device: PathBuf,
+        /// What `blkid` found (`TYPE="ext4"`, a partition table, another LUKS header).
+        signature: String,
+    },
+
     /// A cross-process lock stayed held by someone else until the operation's deadline.
     #[error("timed out after {waited:?} waiting for lock {key} ({})", path.display())]
     LockTimeout {
@@ -477,6 +511,10 @@ impl Error {
             Error::Orchestration { .. } => "orchestration",
             Error::UnsafeStateDir { .. } => "unsafe_state_dir",
             Error::LockTimeout { .. } => "lock_timeout",
+            Error::InvalidEncryption { .. } => "invalid_encryption",
+            Error::KeyNotFound { .. } => "key_not_found",
+            Error::WrongKey { .. } => "wrong_key",
+            Error::DeviceHasSignature { .. } => "device_has_signature",
         }
     }
 

@@ -44,6 +44,7 @@
 //!   [`DeviceRecord`], [`Error`], [`HostContext`], [`get_connector_properties`], [`audit()`]).
 //! - [`iscsi`], [`nvme`], [`rbd`], [`local`]: each protocol's parsed `connection_info` data
 //!   and options.
+//! - [`encryption`]: encrypted volumes: their metadata, keys and the host-side encryptors.
 //! - [`libvirt`]: the typed libvirt disk and its XML, built the way Nova builds it.
 //! - [`attach`]: attaching a volume to a guest in steps with undo, as Nova does.
 //! - [`audit`](mod@audit): what hostbrick finds orphaned on the host.
@@ -83,6 +84,7 @@ pub mod attach;
 pub mod audit;
 mod connector;
 mod devices;
+pub mod encryption;
 mod error;
 mod factory;
 #[cfg(feature = "internals")]
