@@ -440,6 +440,16 @@ pub enum Error {
         signature: String,
     },
 
+    /// The volume cannot be decrypted on this host (os-brick's
+    /// `VolumeEncryptionNotSupported`): e.g. a network volume the hypervisor opens itself.
+    #[error("volume {volume} cannot be decrypted on this host: {reason}")]
+    EncryptionNotSupported {
+        /// The volume id (else its path).
+        volume: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A cross-process lock stayed held by someone else until the operation's deadline.
     #[error("timed out after {waited:?} waiting for lock {key} ({})", path.display())]
     LockTimeout {
@@ -515,6 +525,7 @@ impl Error {
             Error::KeyNotFound { .. } => "key_not_found",
             Error::WrongKey { .. } => "wrong_key",
             Error::DeviceHasSignature { .. } => "device_has_signature",
+            Error::EncryptionNotSupported { .. } => "encryption_not_supported",
         }
     }
 
