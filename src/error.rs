@@ -450,6 +450,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// Opening an attached volume's encryption failed, and detaching the volume again
+    /// failed too ([`crate::encryption::EncryptedConnector`]); the volume may still be
+    /// attached.
+    #[error("opening the encrypted volume failed{}", list_rollback(rollback))]
+    EncryptedAttach {
+        /// Why the open failed.
+        #[source]
+        cause: Box<Error>,
+        /// The undo steps that failed.
+        rollback: Vec<RollbackFailure>,
+    },
+
     /// A cross-process lock stayed held by someone else until the operation's deadline.
     #[error("timed out after {waited:?} waiting for lock {key} ({})", path.display())]
     LockTimeout {
@@ -526,6 +538,7 @@ impl Error {
             Error::WrongKey { .. } => "wrong_key",
             Error::DeviceHasSignature { .. } => "device_has_signature",
             Error::EncryptionNotSupported { .. } => "encryption_not_supported",
+            Error::EncryptedAttach { .. } => "encrypted_attach",
         }
     }
 

@@ -6,17 +6,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hostbrick::encryption::{
-    close_volume, extend_volume, open_volume, EncryptionKey, EncryptionMetadata,
-    EncryptionProvider, KeyManager,
+    close_volume, extend_volume, open_volume, EncryptedConnector, EncryptionKey,
+    EncryptionMetadata, EncryptionProvider, KeyManager,
 };
 use hostbrick::testing::sim::crypt::{CryptSim, LUKS1_OFFSET, LUKS2_OFFSET};
 use hostbrick::testing::sim::iscsi::{single, IscsiSim, WWID_1};
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
-    connector_for, DeviceKind, DeviceRecord, DisconnectOptions, EncryptionRecord, Error, Protocol,
+    connector_for, Connector, DeviceKind, DeviceRecord, DisconnectOptions, EncryptionRecord, Error,
+    Protocol,
 };
 
 /// The key bytes of `k1`; its passphrase is their hex form (os-brick's).
@@ -489,4 +491,80 @@ fn an_encrypted_iscsi_volume_end_to_end() {
         .unwrap();
     assert!(sim.mappings().is_empty());
     iscsi.assert_clean();
+}
+
+fn wrapped(iscsi: &IscsiSim, meta: EncryptionMetadata) -> EncryptedConnector {
+    EncryptedConnector::for_protocol(Protocol::Iscsi, iscsi.options(), Arc::new(keys()), meta)
+        .unwrap()
+}
+
+#[test]
+fn the_encrypted_connector_attaches_detaches_and_extends_in_one_call() {
+    let iscsi = IscsiSim::new();
+    iscsi.add_target("192.0.2.10:3260", &[(1, WWID_1, 64 * MIB)]);
+    let sim = CryptSim::on(&iscsi.fake, &iscsi.runner);
+    let info = single("192.0.2.10:3260", 1, "vol-1");
+    let c = wrapped(&iscsi, luks2());
+    let rec = c.connect_volume(&info).unwrap();
+    let enc = rec.encryption.clone().unwrap();
+    assert_eq!(sim.mappings().len(), 1);
+    assert_eq!(sim.formats().len(), 1);
+    iscsi.resize(WWID_1, 128 * MIB);
+    assert_eq!(c.extend_volume(&info).unwrap(), 128 * MIB - LUKS2_OFFSET);
+    assert_eq!(
+        iscsi
+            .runner
+            .count(&format!("cryptsetup resize --key-file=- {}", enc.name)),
+        1
+    );
+    // Without the record: the mapping found on the volume's paths is closed first.
+    c.disconnect_volume(&info, None, DisconnectOptions::default())
+        .unwrap();
+    assert!(sim.mappings().is_empty());
+    iscsi.assert_clean();
+    // The next attach opens what the first formatted.
+    let rec2 = c.connect_volume(&info).unwrap();
+    assert_eq!(sim.formats().len(), 1);
+    c.disconnect_volume(&info, Some(&rec2), DisconnectOptions::default())
+        .unwrap();
+    iscsi.assert_clean();
+}
+
+#[test]
+fn the_encrypted_connector_detaches_again_when_the_open_fails() {
+    let iscsi = IscsiSim::new();
+    iscsi.add_target("192.0.2.10:3260", &[(1, WWID_1, 64 * MIB)]);
+    let sim = CryptSim::on(&iscsi.fake, &iscsi.runner);
+    let info = single("192.0.2.10:3260", 1, "vol-1");
+    // What is on the LUN is set up while it is attached (the simulator keys it by WWID).
+    let c = wrapped(&iscsi, luks());
+    let prepare = |f: &dyn Fn(&str)| {
+        let probe = c.inner().connect_volume(&info).unwrap();
+        let host = iscsi.fake.host();
+        let sd = host
+            .canonical(&host.map_dev_path(&probe.path))
+            .unwrap()
+            .unwrap();
+        f(sd.file_name().unwrap().to_str().unwrap());
+        c.inner()
+            .disconnect_volume(&info, Some(&probe), DisconnectOptions::default())
+            .unwrap();
+    };
+    // The volume already carries a filesystem: refused, and the LUN is detached again.
+    prepare(&|sd| sim.set_signature(sd, "TYPE=ext4"));
+    let e = c.connect_volume(&info).unwrap_err();
+    assert_eq!(e.kind(), "device_has_signature", "{e}");
+    assert!(sim.mappings().is_empty());
+    assert_eq!(iscsi.runner.count("luksFormat"), 0);
+    iscsi.assert_clean();
+    // A wrong key the same, and the key never on a command line.
+    prepare(&|sd| {
+        sim.set_signature(sd, "");
+        sim.put_header(sd, "luks1", "not this one");
+    });
+    let e = c.connect_volume(&info).unwrap_err();
+    assert_eq!(e.kind(), "wrong_key", "{e}");
+    assert!(sim.mappings().is_empty());
+    iscsi.assert_clean();
+    assert!(iscsi.runner.calls().iter().all(|c| !c.contains(PASSPHRASE)));
 }

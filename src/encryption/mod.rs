@@ -11,6 +11,8 @@
 //!   `cryptsetup`, the key on its stdin), over `cryptsetup` (the command lines and the
 //!   `blkid` probe) and `mapping` (dm-crypt mappings in sysfs and the names os-brick gives
 //!   them).
+//! - `connector`: [`EncryptedConnector`], a protocol's connector and the encryption of its
+//!   volume in one: connect opens, disconnect closes, extend resizes.
 //!
 //! # The decrypted device
 //!
@@ -21,12 +23,14 @@
 //! [`DeviceRecord::encryption`](crate::DeviceRecord::encryption); hand the guest
 //! [`DeviceRecord::guest_path`](crate::DeviceRecord::guest_path).
 
+mod connector;
 mod cryptsetup;
 mod keys;
 mod mapping;
 mod metadata;
 mod volume;
 
+pub use connector::EncryptedConnector;
 pub use keys::{EncryptionKey, FileKeyManager, KeyKind, KeyManager};
 pub use metadata::{ControlLocation, EncryptionMetadata, EncryptionProvider};
 pub use volume::{close_volume, extend_volume, open_volume};

@@ -57,9 +57,11 @@ struct Header {
 
 #[derive(Default)]
 struct State {
-    /// LUKS headers by raw device (kernel name).
+    /// LUKS headers by the raw device's identity ([`Tools::identity`]): what is on a
+    /// volume stays with the volume when it comes back under another kernel name.
     headers: HashMap<String, Header>,
-    /// What `blkid` finds on a device without a header, as `KEY=value` lines.
+    /// What `blkid` finds on a device without a header, as `KEY=value` lines, by
+    /// identity.
     signatures: HashMap<String, String>,
     /// Open mappings: (name, dm, raw kernel name, passphrase it was opened with).
     mappings: Vec<(String, String, String, String)>,
@@ -120,19 +122,23 @@ impl CryptSim {
     }
 
     /// Makes `blkid` find this on device `kernel` (`KEY=value` lines of `blkid -o export`,
-    /// e.g. `TYPE=ext4`), as a filesystem or partition table would show.
+    /// e.g. `TYPE=ext4`), as a filesystem or partition table would show; empty text wipes
+    /// it.
     pub fn set_signature(&self, kernel: &str, export: &str) {
-        self.tools
-            .state()
-            .signatures
-            .insert(kernel.into(), export.into());
+        let id = self.tools.identity(kernel);
+        if export.is_empty() {
+            self.tools.state().signatures.remove(&id);
+        } else {
+            self.tools.state().signatures.insert(id, export.into());
+        }
     }
 
     /// Writes a LUKS header (`luks1`, `luks2`) with `passphrase` on device `kernel`, as
     /// another host (os-brick) formatted it.
     pub fn put_header(&self, kernel: &str, version: &str, passphrase: &str) {
+        let id = self.tools.identity(kernel);
         self.tools.state().headers.insert(
-            kernel.into(),
+            id,
             Header {
                 version: version.into(),
                 passphrase: passphrase.into(),
@@ -144,19 +150,21 @@ impl CryptSim {
 
     /// The LUKS version of the header on device `kernel`, if it has one.
     pub fn header(&self, kernel: &str) -> Option<String> {
+        let id = self.tools.identity(kernel);
         self.tools
             .state()
             .headers
-            .get(kernel)
+            .get(&id)
             .map(|h| h.version.clone())
     }
 
     /// The passphrase, cipher and key size the header on `kernel` was made with.
     pub fn header_params(&self, kernel: &str) -> Option<(String, Option<String>, Option<String>)> {
+        let id = self.tools.identity(kernel);
         self.tools
             .state()
             .headers
-            .get(kernel)
+            .get(&id)
             .map(|h| (h.passphrase.clone(), h.cipher.clone(), h.key_size.clone()))
     }
 
@@ -232,6 +240,20 @@ fn kernel_of(dev: &str) -> String {
 }
 
 impl Tools<State> {
+    /// What identifies the volume behind block device `kernel`: its SCSI `wwid`, NVMe
+    /// namespace `wwid`/`uuid` or dm `uuid` where sysfs has one, else the kernel name.
+    fn identity(&self, kernel: &str) -> String {
+        for attr in ["device/wwid", "wwid", "uuid", "dm/uuid"] {
+            let p = self.root().join(format!("sys/block/{kernel}/{attr}"));
+            if let Ok(v) = std::fs::read_to_string(p) {
+                if !v.trim().is_empty() {
+                    return v.trim().to_string();
+                }
+            }
+        }
+        format!("dev:{kernel}")
+    }
+
     fn size_of(&self, kernel: &str) -> u64 {
         std::fs::read_to_string(self.root().join(format!("sys/block/{kernel}/size")))
             .ok()
@@ -294,7 +316,8 @@ impl Tools<State> {
                     return CommandOutput::exit(1, "Command requires device and mapped name.\n");
                 };
                 let kernel = kernel_of(dev);
-                let Some(h) = self.state().headers.get(&kernel).cloned() else {
+                let id = self.identity(&kernel);
+                let Some(h) = self.state().headers.get(&id).cloned() else {
                     return CommandOutput::exit(
                         1,
                         format!("Device {dev} is not a valid LUKS device.\n"),
@@ -312,7 +335,8 @@ impl Tools<State> {
             }
             "isLuks" => {
                 let dev = pos.get(1).cloned().unwrap_or_default();
-                if self.state().headers.contains_key(&kernel_of(&dev)) {
+                let id = self.identity(&kernel_of(&dev));
+                if self.state().headers.contains_key(&id) {
                     CommandOutput::ok("")
                 } else {
                     CommandOutput::exit(1, format!("Device {dev} is not a valid LUKS device.\n"))
@@ -339,11 +363,12 @@ impl Tools<State> {
                         return CommandOutput::exit(1, format!("Unknown LUKS type {other}.\n"))
                     }
                 };
+                let id = self.identity(&kernel);
                 let mut st = self.state();
-                st.signatures.remove(&kernel);
-                st.formats.push(kernel.clone());
+                st.signatures.remove(&id);
+                st.formats.push(kernel);
                 st.headers.insert(
-                    kernel,
+                    id,
                     Header {
                         version: version.into(),
                         passphrase: pass,
@@ -379,7 +404,8 @@ impl Tools<State> {
                 let Some((dm, kernel)) = self.active(&name) else {
                     return CommandOutput::exit(4, format!("Device {name} is not active.\n"));
                 };
-                let h = self.state().headers.get(&kernel).cloned();
+                let id = self.identity(&kernel);
+                let h = self.state().headers.get(&id).cloned();
                 let offset = match h.as_ref().map(|h| h.version.as_str()) {
                     Some("luks1") => LUKS1_OFFSET,
                     Some(_) => LUKS2_OFFSET,
@@ -413,15 +439,15 @@ impl Tools<State> {
         let Some(dev) = a.last().cloned() else {
             return CommandOutput::exit(4, "usage\n");
         };
-        let kernel = kernel_of(&dev);
+        let id = self.identity(&kernel_of(&dev));
         let st = self.state();
-        if let Some(h) = st.headers.get(&kernel) {
+        if let Some(h) = st.headers.get(&id) {
             let version = if h.version == "luks2" { 2 } else { 1 };
             return CommandOutput::ok(format!(
                 "DEVNAME={dev}\nUUID=01234567-89ab-cdef-0123-456789abcdef\nVERSION={version}\nTYPE=crypto_LUKS\nUSAGE=crypto\n"
             ));
         }
-        match st.signatures.get(&kernel) {
+        match st.signatures.get(&id) {
             Some(s) => CommandOutput::ok(format!("DEVNAME={dev}\n{s}\n")),
             None => CommandOutput::exit(2, ""),
         }
