@@ -26,7 +26,9 @@ use crate::platform::cancel;
 /// from the metadata the storage service returned for it). Metadata that asks nothing of
 /// the host (back-end, no-op provider) makes it the inner connector.
 ///
-/// A failed open detaches the volume again (the connect leaves nothing); when that fails
+/// The key is fetched before the inner connect, so a key the manager lacks fails the call
+/// with nothing attached. A failed open detaches the volume again (the connect leaves
+/// nothing); when that fails
 /// too the error is [`Error::EncryptedAttach`] with both. A disconnect closes the mapping
 /// first: without a record (`device` `None`) it closes the mapping found on every path
 /// the inner connector reports for the volume; with `force` a failed close is carried
@@ -60,7 +62,7 @@ use crate::platform::cancel;
 /// iscsi.assert_clean();
 /// ```
 pub struct EncryptedConnector {
-    inner: Box<dyn Connector>,
+    inner: Arc<dyn Connector>,
     context: HostContext,
     timeout: Duration,
     keys: Arc<dyn KeyManager>,
@@ -78,17 +80,18 @@ impl fmt::Debug for EncryptedConnector {
 }
 
 impl EncryptedConnector {
-    /// Wraps `inner`, which works on `context`; each encryption step may take up to
-    /// `timeout`.
+    /// Wraps `inner` (a `Box<dyn Connector>` from [`connector_for`], or a connector shared
+    /// as `Arc<dyn Connector>`), which works on `context`; each encryption step may take up
+    /// to `timeout`.
     pub fn new(
-        inner: Box<dyn Connector>,
+        inner: impl Into<Arc<dyn Connector>>,
         context: HostContext,
         timeout: Duration,
         keys: Arc<dyn KeyManager>,
         meta: EncryptionMetadata,
     ) -> Self {
         EncryptedConnector {
-            inner,
+            inner: inner.into(),
             context,
             timeout,
             keys,
@@ -142,6 +145,10 @@ impl Connector for EncryptedConnector {
     }
 
     fn connect_volume(&self, info: &ConnectionInfo) -> Result<DeviceRecord> {
+        if self.meta.host_decrypts() {
+            // A key that cannot be had fails the call before anything is attached.
+            drop(self.keys.key(self.meta.key_id()?)?);
+        }
         let attached = self.inner.connect_volume(info)?;
         match open_volume(
             &self.context,
