@@ -568,3 +568,191 @@ fn the_encrypted_connector_detaches_again_when_the_open_fails() {
     iscsi.assert_clean();
     assert!(iscsi.runner.calls().iter().all(|c| !c.contains(PASSPHRASE)));
 }
+
+#[test]
+fn nvme_and_rbd_volumes_get_os_bricks_names() {
+    use hostbrick::testing::sim::nvme::{volume, NvmeSim, NQN, UUID_1};
+    use hostbrick::testing::sim::rbd::{rbd_info, RbdSim, KEY};
+
+    let nvme = NvmeSim::new(true);
+    nvme.add_subsystem(NQN, &["192.0.2.20:4420"], &[(1, UUID_1, 64 * MIB)]);
+    let crypt = CryptSim::on(&nvme.fake, &nvme.runner);
+    let info = volume(UUID_1, &["192.0.2.20:4420"], "vol-n");
+    let c = EncryptedConnector::for_protocol(
+        Protocol::NvmeOf,
+        nvme.options(),
+        Arc::new(keys()),
+        luks(),
+    )
+    .unwrap();
+    let rec = c.connect_volume(&info).unwrap();
+    let head = rec.path.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(head.starts_with("nvme"), "{head}");
+    assert_eq!(
+        rec.encryption.as_ref().unwrap().name,
+        format!("crypt-{head}"),
+        "os-brick's /dev/nvmeXnY"
+    );
+    c.disconnect_volume(&info, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert!(crypt.mappings().is_empty());
+    nvme.assert_clean();
+
+    let rbd = RbdSim::new();
+    rbd.add_image("volumes/volume-0001", 64 * MIB);
+    let crypt = CryptSim::on(&rbd.fake, &rbd.runner);
+    let info = rbd_info("volumes/volume-0001", KEY);
+    let c =
+        EncryptedConnector::for_protocol(Protocol::Rbd, rbd.options(), Arc::new(keys()), plain())
+            .unwrap();
+    let rec = c.connect_volume(&info).unwrap();
+    assert_eq!(rec.path, Path::new("/dev/rbd0"));
+    assert_eq!(
+        rec.encryption.as_ref().unwrap().name,
+        "crypt-volume-0001",
+        "os-brick's /dev/rbd/<pool>/<image>"
+    );
+    c.disconnect_volume(&info, Some(&rec), DisconnectOptions::default())
+        .unwrap();
+    assert!(crypt.mappings().is_empty());
+    assert!(rbd.mapped().is_empty());
+}
+
+/// A connector whose volume is a disk of a crypt simulator, and whose disconnect can fail.
+#[derive(Debug)]
+struct DiskConnector {
+    record: DeviceRecord,
+    fail_disconnect: bool,
+    disconnects: std::sync::Mutex<usize>,
+}
+
+impl Connector for DiskConnector {
+    fn protocol(&self) -> Protocol {
+        Protocol::Local
+    }
+    fn connect_volume(&self, _: &hostbrick::ConnectionInfo) -> hostbrick::Result<DeviceRecord> {
+        Ok(self.record.clone())
+    }
+    fn disconnect_volume(
+        &self,
+        _: &hostbrick::ConnectionInfo,
+        _: Option<&DeviceRecord>,
+        _: DisconnectOptions,
+    ) -> hostbrick::Result<hostbrick::Disconnected> {
+        *self.disconnects.lock().unwrap() += 1;
+        if self.fail_disconnect {
+            return Err(Error::DeviceInUse {
+                device: "sdb".into(),
+                reason: "simulated".into(),
+            });
+        }
+        Ok(hostbrick::Disconnected::default())
+    }
+    fn extend_volume(&self, _: &hostbrick::ConnectionInfo) -> hostbrick::Result<u64> {
+        Ok(0)
+    }
+    fn get_volume_paths(
+        &self,
+        _: &hostbrick::ConnectionInfo,
+    ) -> hostbrick::Result<Vec<std::path::PathBuf>> {
+        Ok(vec![self.record.path.clone()])
+    }
+    fn get_search_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    fn get_all_available_volumes(&self) -> hostbrick::Result<Vec<std::path::PathBuf>> {
+        Ok(vec![])
+    }
+    fn check_valid_device(&self, _: &Path) -> hostbrick::Result<()> {
+        Ok(())
+    }
+}
+
+fn local_info() -> hostbrick::ConnectionInfo {
+    hostbrick::ConnectionInfo::from_json(
+        r#"{"driver_volume_type": "local", "data": {"device_path": "/dev/sdb"}}"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_failed_open_whose_detach_fails_too_reports_both() {
+    let sim = CryptSim::new();
+    let record = disk(&sim, "sdb");
+    sim.set_signature("sdb", "TYPE=ext4");
+    let inner = Arc::new(DiskConnector {
+        record,
+        fail_disconnect: true,
+        disconnects: Default::default(),
+    });
+    let c = EncryptedConnector::new(
+        inner.clone() as Arc<dyn Connector>,
+        sim.context(),
+        Duration::from_secs(5),
+        Arc::new(keys()),
+        luks(),
+    );
+    let e = c.connect_volume(&local_info()).unwrap_err();
+    match &e {
+        Error::EncryptedAttach { cause, rollback } => {
+            assert_eq!(cause.kind(), "device_has_signature");
+            assert_eq!(rollback.len(), 1);
+            assert_eq!(rollback[0].error.kind(), "device_in_use");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.kind(), "encrypted_attach");
+    assert!(e.chain().contains("rollback incomplete"), "{}", e.chain());
+    assert_eq!(*inner.disconnects.lock().unwrap(), 1);
+}
+
+#[test]
+fn a_forced_disconnect_carries_a_failed_close_past_and_reports_it() {
+    let sim = CryptSim::new();
+    let record = disk(&sim, "sdb");
+    let inner = Arc::new(DiskConnector {
+        record,
+        fail_disconnect: false,
+        disconnects: Default::default(),
+    });
+    let c = EncryptedConnector::new(
+        inner.clone() as Arc<dyn Connector>,
+        sim.context(),
+        Duration::from_secs(5),
+        Arc::new(keys()),
+        luks2(),
+    );
+    let rec = c.connect_volume(&local_info()).unwrap();
+    // Something holds the decrypted device (LVM on it, say): the close is refused.
+    let dm = sim.mappings()[0].1.clone();
+    sim.fake
+        .add_dm_device("vg-lv", "LVM-xyz", &[dm.as_str()], MIB);
+    let e = c
+        .disconnect_volume(&local_info(), Some(&rec), DisconnectOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), "device_in_use", "{e}");
+    assert_eq!(*inner.disconnects.lock().unwrap(), 0, "nothing detached");
+    // force: detached anyway, the close's failure reported at the end.
+    let force = DisconnectOptions {
+        force: true,
+        ignore_errors: false,
+    };
+    let e = c
+        .disconnect_volume(&local_info(), Some(&rec), force)
+        .unwrap_err();
+    assert_eq!(e.kind(), "disconnect_incomplete", "{e}");
+    assert_eq!(*inner.disconnects.lock().unwrap(), 1);
+    // force + ignore_errors: success, the failure listed.
+    let done = c
+        .disconnect_volume(
+            &local_info(),
+            Some(&rec),
+            DisconnectOptions {
+                force: true,
+                ignore_errors: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(done.failures.len(), 1);
+    assert_eq!(done.failures[0].kind(), "device_in_use");
+}
