@@ -425,6 +425,16 @@ fn a_foreign_dm_crypt_holder_is_in_use_and_never_closed() {
     close_volume(&sim.context(), &dev, deadline()).unwrap();
     assert_eq!(sim.mappings().len(), 1);
     assert_eq!(sim.runner.count("cryptsetup"), 0);
+    // A path a dm-multipath map holds (multipathd took it): refused before anything is
+    // written, naming the map.
+    let sim = CryptSim::new();
+    let dev = disk(&sim, "sdb");
+    sim.fake
+        .add_multipath_map("36001405dddd", "36001405dddd", &["sdb"]);
+    let e = open_volume(&sim.context(), &luks2(), &keys(), &dev, deadline()).unwrap_err();
+    assert_eq!(e.kind(), "device_in_use", "{e}");
+    assert!(e.to_string().contains("36001405dddd"), "{e}");
+    assert_eq!(sim.runner.count("cryptsetup"), 0);
     // A mapping of the volume's name but the wrong type for the metadata.
     let sim = CryptSim::new();
     let dev = disk(&sim, "sdb");

@@ -9,7 +9,7 @@ use super::keys::KeyManager;
 use super::mapping::{self, CryptMapping, CryptType};
 use super::metadata::{EncryptionMetadata, EncryptionProvider};
 use crate::connector::HostContext;
-use crate::devices::block;
+use crate::devices::{block, multipath};
 use crate::error::{Error, Result};
 use crate::model::record::{DeviceKind, DeviceRecord, EncryptionRecord};
 use crate::model::secret::Secret;
@@ -157,7 +157,9 @@ fn matches_provider(kind: &CryptType, provider: EncryptionProvider) -> bool {
 /// open on the device under any name hostbrick or os-brick gives it (os-brick's old name
 /// without the prefix, the multipath id, the name in the record) is reused, so a volume
 /// os-brick opened is taken over as it is. Another dm-crypt mapping holding the device,
-/// or a device-mapper device of the chosen name elsewhere, is [`Error::DeviceInUse`].
+/// any other holder of the device (a dm-multipath map over the path the record names, LVM)
+/// or a mounted filesystem on it, or a device-mapper device of the chosen name elsewhere,
+/// is [`Error::DeviceInUse`], before anything is written.
 /// A mapping made by a call that then fails is closed again.
 ///
 /// Where os-brick points the volume's device link at the decrypted device
@@ -204,6 +206,22 @@ pub fn open_volume(
                  volume",
                 m.name, m.dm
             ),
+        });
+    }
+    // Anything else holding the device (a dm-multipath map over one of its paths, LVM) or
+    // a filesystem mounted from it: cryptsetup could not open it exclusively, and must not.
+    if let Some(reason) = block::in_use(host, &raw.kernel, &[])? {
+        let hint = match multipath::holder_map(host, &raw.kernel)? {
+            Some(m) => format!(
+                "{reason}: dm-multipath map {} is over it; open the map (connect with \
+                 multipath), not one of its paths",
+                m.name
+            ),
+            None => reason,
+        };
+        return Err(Error::DeviceInUse {
+            device: raw.kernel.clone(),
+            reason: hint,
         });
     }
     let name = mapping::mapping_name(device, &raw.kernel);
