@@ -59,6 +59,26 @@ fn locate(host: &Host, device: &DeviceRecord) -> Result<Option<Raw>> {
     }))
 }
 
+/// For finding an open mapping: the dm-multipath map over `raw` when `raw` is one of its
+/// paths and no dm-crypt mapping sits on the path itself (a connector reports a multipath
+/// volume's paths; the mapping sits on the map).
+fn through_map(host: &Host, raw: Raw) -> Result<Raw> {
+    if !mapping::crypt_holders(host, &raw.kernel)?.is_empty() {
+        return Ok(raw);
+    }
+    Ok(match multipath::holder_map(host, &raw.kernel)? {
+        Some(m) => {
+            let dev = host.dev(&m.dm);
+            Raw {
+                public: host.public_dev_path(&dev),
+                dev,
+                kernel: m.dm,
+            }
+        }
+        None => raw,
+    })
+}
+
 /// The raw device of an open or extend, which must be there.
 fn require(host: &Host, device: &DeviceRecord) -> Result<Raw> {
     if device.kind == DeviceKind::Network {
@@ -359,7 +379,8 @@ fn wrong_key(raw: &Raw) -> Error {
 ///
 /// Only a mapping the live host proves to be this volume's is closed: a dm-crypt mapping
 /// (dm uuid `CRYPT-...`) whose one slave (`/sys/block/dm-N/slaves`) is the device the
-/// record's `path` leads to now, under a name hostbrick or os-brick gives the volume
+/// record's `path` leads to now (or the dm-multipath map over it, when `path` names one of
+/// the map's paths), under a name hostbrick or os-brick gives the volume
 /// (the record's [`EncryptionRecord::name`], `crypt-<base>`, os-brick's old `<base>`, the
 /// multipath id). A mapping of the recorded name that sits elsewhere is
 /// [`Error::RecordMismatch`] and is left alone; one whose device is mounted or held is
@@ -388,6 +409,7 @@ pub fn close_volume(ctx: &HostContext, device: &DeviceRecord, deadline: Instant)
         }
         return Ok(());
     };
+    let raw = through_map(host, raw)?;
     let _lock = lock(host, &raw, deadline)?;
     let own = own_mappings(host, device, &raw)?;
     if own.is_empty() {
@@ -439,6 +461,7 @@ pub fn extend_volume(
     }
     let span = tracing::info_span!("extend_volume", volume = %volume_name(device), device = %device.path.display());
     let _span = span.enter();
+    let raw = through_map(host, raw)?;
     let _lock = lock(host, &raw, deadline)?;
     let Some(m) = own_mappings(host, device, &raw)?.into_iter().next() else {
         return Err(Error::RecordMismatch {
