@@ -15,6 +15,6 @@ mod wire;
 
 pub use config::{
     BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,
-    DiskDevice, DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost,
-    NetworkProtocol, SecretType, Sgio,
+    DiskDevice, DiskDriver, DiskEncryption, DiskSource, DiskTarget, EncryptionFormat, IoMode,
+    IoTune, NetworkDisk, NetworkHost, NetworkProtocol, SecretType, Sgio,
 };
