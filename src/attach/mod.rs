@@ -13,6 +13,7 @@
 //! failed too. Detach mirrors it from the persisted [`AttachmentRecord`].
 
 mod json_storage;
+mod secrets;
 mod virsh;
 
 use std::fmt;
@@ -31,6 +32,7 @@ use crate::platform::lock::{LockDir, LockMode};
 use crate::properties::ConnectorProperties;
 
 pub use json_storage::JsonFileStorage;
+pub use secrets::{parse_secret_list, volume_secret_xml, SecretListEntry, Secrets, VirshSecrets};
 pub use virsh::{parse_domblklist, DomainDisk, VirshDomain};
 
 /// An attachment the storage service created: its id and the connection_info for this

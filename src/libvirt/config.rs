@@ -743,7 +743,6 @@ impl NetworkDisk {
 
 /// Whether `uuid` has the shape of a UUID (libvirt's `UUID` type: 32 hex digits, the
 /// dashes optional).
-#[allow(dead_code)]
 pub(crate) fn is_uuid(uuid: &str) -> bool {
     patterns().uuid.is_match(uuid)
 }

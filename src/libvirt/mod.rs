@@ -13,6 +13,7 @@ mod config;
 mod nova;
 mod wire;
 
+pub(crate) use config::is_uuid;
 pub use config::{
     BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,
     DiskDevice, DiskDriver, DiskEncryption, DiskSource, DiskTarget, EncryptionFormat, IoMode,
