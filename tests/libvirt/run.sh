@@ -89,7 +89,9 @@ lv_teardown() {
 lv_host_deps() {
     bash "$VM_SRC_DIR/host-deps.sh" || lv_die "installing qemu (tests/vm/host-deps.sh) failed"
     local want=() p
-    for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
+    # cryptsetup-bin: hostbrick checks (and formats) LUKS headers on the host for QEMU's
+    # native LUKS and opens volumes it decrypts on the host
+    for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients cryptsetup-bin; do
         vm_pkg_installed "$p" || want+=("$p")
     done
     if [ ${#want[@]} -gt 0 ]; then
@@ -101,7 +103,7 @@ lv_host_deps() {
             --no-install-recommends "${want[@]}" > "$LV_WORK_DIR/apt.log" 2>&1 \
             || { tail -n 20 "$LV_WORK_DIR/apt.log" >&2; lv_die "apt-get install ${want[*]} failed"; }
     fi
-    for p in libvirtd virtlogd virsh qemu-img losetup unshare; do
+    for p in libvirtd virtlogd virsh qemu-img losetup unshare cryptsetup; do
         command -v "$p" >/dev/null || lv_die "$p missing after installation"
     done
     # libvirt resolves its built-in default user before reading qemu.conf
