@@ -750,13 +750,17 @@ fn virsh_secrets_commands_and_the_value_file() {
         Some(uuid.as_str())
     );
 
+    // A value file a killed process left (pid 0 is never alive) goes with the next set.
+    let dir = host.host().state_dir().join("secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("0-deadbeef-0.secret"), "left over").unwrap();
     secrets
         .set_value(&uuid, &Secret::new("correct horse"))
         .unwrap();
     let (content, mode, file) = seen.lock().unwrap().clone().unwrap();
     assert_eq!(content, "correct horse", "the value as it is, no newline");
     assert_eq!(mode, 0o600);
-    let dir = host.host().state_dir().join("secrets");
     assert_eq!(file.parent(), Some(dir.as_path()));
     assert!(
         !file.exists(),

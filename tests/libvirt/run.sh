@@ -1,7 +1,9 @@
 #!/bin/bash
 # hostbrick real-libvirt harness: a private libvirtd (QEMU driver) running a small TCG guest
 # (the VM suite's kernel and root image, idle mode), raw `virsh` hotplug checks, then the
-# #[ignore]d Rust tests of tests/libvirt_domain.rs against that domain. Always tears down.
+# #[ignore]d Rust tests of tests/libvirt_domain.rs against that domain (among them a LUKS1
+# volume QEMU decrypts itself, its passphrase in a libvirt secret: libvirt's native LUKS).
+# Always tears down.
 #
 #   tests/libvirt/run.sh            (root, Debian 12 amd64; installs what it needs once)
 #
