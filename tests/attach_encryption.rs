@@ -127,6 +127,19 @@ impl Domain for Guest {
     }
     fn attach_device(&self, xml: &str, _flags: DomainFlags) -> Result<()> {
         self.0.check("attach_device")?;
+        if self.0.failing.lock().unwrap().contains("qemu_wrong_key") {
+            // What virsh reports when QEMU's luks driver rejects the passphrase.
+            return Err(Error::CommandFailed {
+                program: "virsh".into(),
+                args: "attach-device guest-1 /tmp/x.xml --live".into(),
+                status: hostbrick::ExitStatus::Code(1),
+                stdout: String::new(),
+                stderr: "error: Failed to attach device from /tmp/x.xml\nerror: internal \
+                         error: unable to execute QEMU command 'blockdev-add': Invalid \
+                         password, cannot unlock any keyslot\n"
+                    .into(),
+            });
+        }
         validate_disk_xml(xml).unwrap();
         let disk = DiskConfig::from_xml(xml)?;
         // libvirt refuses a disk whose secret it does not have.
@@ -429,6 +442,35 @@ fn a_failure_at_every_native_step_rolls_back_the_secret_too() {
         s.world.heal();
         s.orch.attach(&native("vol-1")).unwrap();
     }
+}
+
+#[test]
+fn a_key_qemu_rejects_is_a_wrong_key_error_and_is_rolled_back() {
+    let s = setup();
+    s.world.fail("qemu_wrong_key");
+    let e = s.orch.attach(&native("vol-1")).unwrap_err();
+    assert_eq!(step_of(&e), "attach_device");
+    match &e {
+        Error::Orchestration {
+            cause, rollback, ..
+        } => {
+            assert!(rollback.is_empty(), "{rollback:?}");
+            match cause.as_ref() {
+                Error::WrongKey { device } => assert_eq!(device, Path::new("/dev/fake/vol-1")),
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    s.world.assert_clean("after the wrong key");
+    // Another attach_device failure keeps its own error.
+    s.world.heal();
+    s.world.fail("attach_device");
+    let e = s.orch.attach(&native("vol-1")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Orchestration { cause, .. } if cause.kind() == "invalid_argument"),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -593,6 +593,51 @@ fn attach_to_guest_native_luks_the_guest_reads_the_plaintext_and_detach_removes_
         "libvirt has secrets already: {secrets_before:?}"
     );
 
+    // A wrong key: QEMU cannot open the LUKS header, the attach fails and is rolled back,
+    // the secret it defined is gone, nothing reached the guest.
+    const WRONG_KEY_HEX: &str = "00000000000000000000000000000000000000000000000000000000deadbeef";
+    private_file(&keys.join("wrong-key"), WRONG_KEY_HEX.as_bytes());
+    let bad_info = volumes.join("vol-luks-bad.json");
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&info).expect("read connection_info"))
+            .expect("JSON");
+    bad["encryption"]["encryption_key_id"] = "wrong-key".into();
+    fs::write(&bad_info, bad.to_string()).expect("write connection_info");
+    let t0 = Instant::now();
+    let out = Command::new(&exe)
+        .args(["--domain", &h.domain, "--uri", &h.uri, "--live"])
+        .arg("--connection-info")
+        .arg(&bad_info)
+        .arg("--record")
+        .arg(dir.join("bad.record.json"))
+        .arg("--lock-dir")
+        .arg(&locks)
+        .arg("--key-dir")
+        .arg(&keys)
+        .args(["--decryption", "native"])
+        .output()
+        .expect("run attach_to_guest");
+    let wrong_key_time = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("attach_to_guest with the wrong key:\n{stderr}");
+    assert!(!out.status.success(), "the wrong key attached");
+    assert!(
+        stderr.contains("error[orchestration]")
+            && stderr.contains("step attach_device")
+            && stderr.contains(&format!("the key does not open {}", lo.0)),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(WRONG_KEY_HEX) && !stderr.contains(LUKS_KEY_HEX),
+        "a passphrase in the error"
+    );
+    assert!(
+        raw_secret_list(&h).is_empty(),
+        "the secret was not undefined"
+    );
+    assert_eq!(raw_domblklist(&h), before, "a disk was left in the guest");
+    assert!(!dir.join("bad.record.json").exists());
+
     // attach, QEMU decrypting
     let mark = console_lines(&h).len();
     let t0 = Instant::now();
@@ -715,12 +760,14 @@ fn attach_to_guest_native_luks_the_guest_reads_the_plaintext_and_detach_removes_
     println!(
         "native LUKS over {} ({raw_sectors} raw sectors) as {target} (guest {gdev}, 65536 \
          sectors, partitions {gdev}1..{gdev}{}): image made in {}, attach {}, guest saw it \
-         after {}, detach {}; secret {uuid} defined, then gone",
+         after {}, detach {}; secret {uuid} defined, then gone; a wrong key refused and \
+         rolled back in {}",
         lo.0,
         PARTITIONS.len(),
         secs(make_time),
         secs(attach_time),
         secs(guest_seen),
-        secs(detach_time)
+        secs(detach_time),
+        secs(wrong_key_time)
     );
 }

@@ -1,6 +1,7 @@
 //! The encryption steps of an attach and a detach: deciding who decrypts a volume, opening
 //! and closing it on the host, and preparing a volume QEMU decrypts itself.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,23 @@ pub(super) fn format_for_native(
     tracing::info!(device = %path, "no LUKS header: formatting the volume (LUKS1) before QEMU opens it");
     let opened = reopen_on_host(host, &plan.meta, plan.keys.as_ref(), device)?;
     close_on_host(host, &opened)
+}
+
+/// What QEMU's `luks` driver says when the passphrase opens no key slot
+/// (`crypto/block-luks.c`), as libvirt passes it on.
+const QEMU_WRONG_PASSPHRASE: &str = "cannot unlock any keyslot";
+
+/// A failed attach of a disk QEMU decrypts: [`Error::WrongKey`] when QEMU found that the
+/// passphrase opens no key slot, else the error as it is.
+pub(super) fn native_open_failure(e: Error, raw: &Path) -> Error {
+    if e.chain().contains(QEMU_WRONG_PASSPHRASE) {
+        tracing::warn!(error = %e.chain(), "QEMU: the volume's key opens no LUKS key slot");
+        Error::WrongKey {
+            device: raw.to_path_buf(),
+        }
+    } else {
+        e
+    }
 }
 
 /// Undefines the volume's libvirt secret, found by its usage (the volume id), as Nova's

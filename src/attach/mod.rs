@@ -542,7 +542,11 @@ impl Orchestrator {
             disk.to_xml()
         })?;
         steps.run("attach_device", || {
-            self.domain.attach_device(&xml, self.flags)
+            let attached = self.domain.attach_device(&xml, self.flags);
+            match &secret_uuid {
+                Some(_) => attached.map_err(|e| encrypted::native_open_failure(e, &device.path)),
+                None => attached,
+            }
         })?;
         let (dom, x, flags) = (self.domain.clone(), xml.clone(), self.flags);
         steps.undo("attach_device", move || dom.detach_device(&x, flags));
