@@ -4,13 +4,20 @@
 //! 2. pick the next free device name on the bus;
 //! 3. ask the storage service for an attachment (it initializes the connection for this
 //!    host's connector properties and returns the connection_info);
-//! 4. connect the volume on this host;
-//! 5. build the disk XML and attach it to the domain;
-//! 6. mark the attachment complete.
+//! 4. for an encrypted volume, get its encryption metadata and key and settle who decrypts
+//!    it ([`Decryption`]);
+//! 5. connect the volume on this host;
+//! 6. host decryption: open it with dm-crypt ([`crate::encryption::open_volume`]); native
+//!    decryption: check its LUKS1 header (format a blank volume), define the volume's
+//!    libvirt secret and set its value ([`Secrets`]);
+//! 7. build the disk XML (over the decrypted device, or with `<encryption>` over the raw
+//!    one) and attach it to the domain;
+//! 8. mark the attachment complete.
 //!
 //! A failed step undoes the steps before it in reverse order (detach from the domain,
-//! disconnect, delete the attachment) and the error carries the cause and any undo that
-//! failed too. Detach mirrors it from the persisted [`AttachmentRecord`].
+//! undefine the secret or close the mapping, disconnect, delete the attachment) and the
+//! error carries the cause and any undo that failed too. Detach mirrors it from the
+//! persisted [`AttachmentRecord`].
 
 mod encrypted;
 mod json_storage;
