@@ -4,7 +4,8 @@
 //! attach_to_guest --domain NAME --connection-info DIR/VOLUME.json --record STATE.json
 //!                 [--uri URI] [--bus virtio|scsi|sata] [--dev NAME] [--instance ID]
 //!                 [--live] [--config] [--ip IP] [--multipath] [--enforce-multipath]
-//! attach_to_guest --detach --record STATE.json [--force]
+//!                 [--key-dir DIR] [--decryption host|native]
+//! attach_to_guest --detach --record STATE.json [--force] [--key-dir DIR]
 //! ```
 //!
 //! The connection_info file is served by a [`hostbrick::attach::JsonFileStorage`] over its
@@ -16,6 +17,15 @@
 //! guest and the volume from the host, deletes the attachment and the record, and prints the
 //! XML it detached.
 //!
+//! An encrypted volume (its metadata in the connection_info file's top-level `encryption`
+//! key, as Cinder returns it) needs `--key-dir DIR`, a [`hostbrick::encryption::FileKeyManager`]
+//! directory (0700) with one 0600 file per key id. `--decryption host` (the default) opens
+//! it with dm-crypt on this host and gives the guest the decrypted device;
+//! `--decryption native` has QEMU decrypt a LUKS1 volume (the passphrase in a private
+//! libvirt secret, undefined on detach; `luks2` and `plain` volumes are decrypted on the
+//! host). Detach needs no key; with `--key-dir` a failed detach can reopen the mapping it
+//! closed.
+//!
 //! Without `--live`/`--config`, changes apply to the domain's current state. Common options:
 //! `--timeout SECS`, `--lock-dir DIR`, `--root-helper CMD`. Errors go to stderr as
 //! `error[KIND]: message` (exit 1; 2 for a bad command line).
@@ -25,7 +35,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostbrick::attach::{JsonFileStorage, VirshDomain};
+use hostbrick::attach::{Decryption, JsonFileStorage, VirshDomain, VirshSecrets};
+use hostbrick::encryption::FileKeyManager;
 use hostbrick::{
     get_connector_properties, AttachRequest, AttachmentRecord, ConnectorOptions, DisconnectOptions,
     DiskBus, DomainFlags, Error, Orchestrator,
@@ -36,7 +47,8 @@ const USAGE: &str = "usage:
   attach_to_guest --domain NAME --connection-info DIR/VOLUME.json --record STATE.json
                   [--uri URI] [--bus virtio|scsi|sata] [--dev NAME] [--instance ID]
                   [--live] [--config] [--ip IP] [--multipath] [--enforce-multipath]
-  attach_to_guest --detach --record STATE.json [--force]
+                  [--key-dir DIR] [--decryption host|native]
+  attach_to_guest --detach --record STATE.json [--force] [--key-dir DIR]
 common options: --timeout SECS, --lock-dir DIR, --root-helper CMD";
 
 mod common;
@@ -61,6 +73,8 @@ struct Args {
     timeout: Option<Duration>,
     lock_dir: Option<String>,
     root_helper: Option<String>,
+    key_dir: Option<PathBuf>,
+    decryption: Option<Decryption>,
 }
 
 /// What `--record` holds: the attachment record plus where its storage and domain live.
@@ -101,6 +115,11 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
             "--timeout" => a.timeout = Some(common::timeout(&mut it)?),
             "--lock-dir" => a.lock_dir = Some(value("--lock-dir", &mut it)?),
             "--root-helper" => a.root_helper = Some(value("--root-helper", &mut it)?),
+            "--key-dir" => a.key_dir = Some(value("--key-dir", &mut it)?.into()),
+            "--decryption" => {
+                let v = value("--decryption", &mut it)?;
+                a.decryption = Some(v.parse().map_err(|e: Error| Usage(e.to_string()))?);
+            }
             "-h" | "--help" => return Err(Usage(String::new())),
             other => return Err(Usage(format!("unknown argument {other:?}"))),
         }
@@ -110,6 +129,11 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     }
     if !a.detach && (a.domain.is_none() || a.connection_info.is_none()) {
         return Err(Usage("attach needs --domain and --connection-info".into()));
+    }
+    if a.detach && a.decryption.is_some() {
+        return Err(Usage(
+            "--decryption is for attach (detach reads it from the record)".into(),
+        ));
     }
     Ok(a)
 }
@@ -138,15 +162,18 @@ fn orchestrator(
 ) -> hostbrick::Result<Orchestrator> {
     let opts = options(a);
     let mut dom = VirshDomain::new(domain, opts.context.clone());
+    let mut secrets = VirshSecrets::new(opts.context.clone());
     if let Some(uri) = uri {
         dom = dom.with_uri(uri);
+        secrets = secrets.with_uri(uri);
     }
     let host = common::hostname();
     let ip = a.ip.as_deref().unwrap_or("127.0.0.1");
     let props =
         get_connector_properties(&opts.context, ip, a.multipath, a.enforce_multipath, &host)?;
     let locks = opts.locks();
-    Ok(Orchestrator::new(
+    let context = opts.context.clone();
+    let mut orch = Orchestrator::new(
         Arc::new(JsonFileStorage::new(storage_dir)),
         Arc::new(dom),
         Arc::new(opts),
@@ -157,7 +184,13 @@ fn orchestrator(
     .with_disconnect_options(DisconnectOptions {
         force: a.force,
         ignore_errors: false,
-    }))
+    })
+    .with_host(context)
+    .with_secrets(Arc::new(secrets));
+    if let Some(dir) = &a.key_dir {
+        orch = orch.with_key_manager(Arc::new(FileKeyManager::new(dir)?));
+    }
+    Ok(orch)
 }
 
 fn run(a: &Args) -> hostbrick::Result<String> {
@@ -195,6 +228,7 @@ fn run(a: &Args) -> hostbrick::Result<String> {
     request.bus = a.bus.unwrap_or(DiskBus::Virtio);
     request.device_name = a.dev.clone();
     request.instance = a.instance.clone();
+    request.decryption = a.decryption.unwrap_or_default();
     let rec = orch.attach(&request)?;
     let state = State {
         storage_dir,

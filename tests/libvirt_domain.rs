@@ -469,3 +469,305 @@ fn virsh_domain_live_and_config_flags_change_the_persistent_definition_too() {
     );
     wait_console(&h, mark, &[&format!("block remove {gdev}")]);
 }
+
+/// The volume's key in the key directory (hex, as `openssl rand -hex 32` writes it) and the
+/// passphrase QEMU gets from it: the same hex text, as os-brick and Nova derive it.
+const LUKS_KEY_HEX: &str = "5ec7e7015ec7e7025ec7e7035ec7e7045ec7e7055ec7e7065ec7e7075ec7e708";
+
+/// What the plaintext holds: an MBR with two partitions the guest's kernel finds only if
+/// it reads the decrypted disk (start and length in 512-byte sectors), and a marker text.
+const PARTITIONS: [(u32, u32); 2] = [(2048, 4321), (8192, 1234)];
+const PLAINTEXT_MARKER: &[u8] = b"HOSTBRICK-NATIVE-LUKS-PLAINTEXT";
+
+fn mbr_plaintext() -> Vec<u8> {
+    let mut b = vec![0u8; 1 << 20];
+    for (i, (start, len)) in PARTITIONS.iter().enumerate() {
+        let e = 446 + 16 * i;
+        b[e + 4] = 0x83; // Linux
+        b[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        b[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+    }
+    b[510] = 0x55;
+    b[511] = 0xaa;
+    b[4096..4096 + PLAINTEXT_MARKER.len()].copy_from_slice(PLAINTEXT_MARKER);
+    b
+}
+
+fn private_file(path: &Path, content: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    std::io::Write::write_all(&mut f, content).expect("write");
+}
+
+/// `virsh secret-list` as (uuid, usage) rows, read here without hostbrick's parser.
+fn raw_secret_list(h: &Harness) -> Vec<(String, String)> {
+    let out = run(Command::new("virsh").args(["-q", "-c", &h.uri, "secret-list"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (uuid, usage) = l.split_once(char::is_whitespace)?;
+            Some((uuid.to_string(), usage.trim().to_string()))
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+#[ignore = "needs the real-libvirt harness: tests/libvirt/run.sh"]
+fn attach_to_guest_native_luks_the_guest_reads_the_plaintext_and_detach_removes_the_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = harness();
+    let exe = PathBuf::from(var("HOSTBRICK_LIBVIRT_ATTACH_TO_GUEST"));
+    let dir = h.scratch.join("native-luks");
+    fs::create_dir_all(&dir).expect("scratch dir");
+    let keys = dir.join("keys");
+    fs::create_dir(&keys).expect("key dir");
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).expect("chmod key dir");
+    private_file(&keys.join("vol-luks-1-key"), LUKS_KEY_HEX.as_bytes());
+    // qemu-img reads the passphrase from a 0600 file too (never its command line).
+    let pass = dir.join("passphrase");
+    private_file(&pass, LUKS_KEY_HEX.as_bytes());
+
+    // A LUKS1 volume of 32 MiB of payload (QEMU's luks format writes LUKS1), the plaintext
+    // written through QEMU's own encryption.
+    let image = dir.join("vol-luks-1.luks");
+    let secret_obj = format!("secret,id=sec0,file={}", pass.display());
+    let t0 = Instant::now();
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "luks", "--object", &secret_obj])
+        .args(["-o", "key-secret=sec0,iter-time=50"])
+        .arg(&image)
+        .arg("32M"));
+    let plain = dir.join("plaintext.raw");
+    fs::write(&plain, mbr_plaintext()).expect("plaintext");
+    run(Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw"])
+        .arg(&plain)
+        .args(["--object", &secret_obj, "--target-image-opts"])
+        .arg(format!(
+            "driver=luks,file.filename={},key-secret=sec0",
+            image.display()
+        )));
+    let make_time = t0.elapsed();
+    let raw = fs::read(&image).expect("read the image");
+    assert_eq!(&raw[..6], b"LUKS\xba\xbe", "not a LUKS image");
+    assert_eq!(u16::from_be_bytes([raw[6], raw[7]]), 1, "not LUKS1");
+    assert!(
+        !contains(&raw, PLAINTEXT_MARKER),
+        "the encrypted image shows the plaintext"
+    );
+    let raw_sectors = raw.len() / 512;
+    drop(raw);
+    let lo = Loop::new(&image);
+
+    let volumes = dir.join("volumes");
+    fs::create_dir_all(&volumes).expect("volumes dir");
+    let info = volumes.join("vol-luks-1.json");
+    fs::write(
+        &info,
+        serde_json::json!({
+            "driver_volume_type": "local",
+            "data": {"device_path": lo.0, "encrypted": true},
+            "encryption": {"provider": "luks", "cipher": "aes-xts-plain64", "key_size": 256,
+                           "control_location": "front-end",
+                           "encryption_key_id": "vol-luks-1-key"}
+        })
+        .to_string(),
+    )
+    .expect("write connection_info");
+    let record = dir.join("vol-luks-1.record.json");
+    let locks = dir.join("locks");
+    let before = raw_domblklist(&h);
+    let secrets_before = raw_secret_list(&h);
+    assert!(
+        secrets_before.is_empty(),
+        "libvirt has secrets already: {secrets_before:?}"
+    );
+
+    // A wrong key: QEMU cannot open the LUKS header, the attach fails and is rolled back,
+    // the secret it defined is gone, nothing reached the guest.
+    const WRONG_KEY_HEX: &str = "00000000000000000000000000000000000000000000000000000000deadbeef";
+    private_file(&keys.join("wrong-key"), WRONG_KEY_HEX.as_bytes());
+    let bad_info = volumes.join("vol-luks-bad.json");
+    let mut bad: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&info).expect("read connection_info"))
+            .expect("JSON");
+    bad["encryption"]["encryption_key_id"] = "wrong-key".into();
+    fs::write(&bad_info, bad.to_string()).expect("write connection_info");
+    let t0 = Instant::now();
+    let out = Command::new(&exe)
+        .args(["--domain", &h.domain, "--uri", &h.uri, "--live"])
+        .arg("--connection-info")
+        .arg(&bad_info)
+        .arg("--record")
+        .arg(dir.join("bad.record.json"))
+        .arg("--lock-dir")
+        .arg(&locks)
+        .arg("--key-dir")
+        .arg(&keys)
+        .args(["--decryption", "native"])
+        .output()
+        .expect("run attach_to_guest");
+    let wrong_key_time = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("attach_to_guest with the wrong key:\n{stderr}");
+    assert!(!out.status.success(), "the wrong key attached");
+    assert!(
+        stderr.contains("error[orchestration]")
+            && stderr.contains("step attach_device")
+            && stderr.contains(&format!("the key does not open {}", lo.0)),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(WRONG_KEY_HEX) && !stderr.contains(LUKS_KEY_HEX),
+        "a passphrase in the error"
+    );
+    assert!(
+        raw_secret_list(&h).is_empty(),
+        "the secret was not undefined"
+    );
+    assert_eq!(raw_domblklist(&h), before, "a disk was left in the guest");
+    assert!(!dir.join("bad.record.json").exists());
+
+    // attach, QEMU decrypting
+    let mark = console_lines(&h).len();
+    let t0 = Instant::now();
+    let out = run(Command::new(&exe)
+        .args(["--domain", &h.domain, "--uri", &h.uri, "--live"])
+        .arg("--connection-info")
+        .arg(&info)
+        .arg("--record")
+        .arg(&record)
+        .arg("--lock-dir")
+        .arg(&locks)
+        .arg("--key-dir")
+        .arg(&keys)
+        .args(["--decryption", "native"]));
+    let attach_time = t0.elapsed();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("attach_to_guest printed:\n{printed}");
+    for text in [
+        printed.clone(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        fs::read_to_string(&record).expect("the record was written"),
+    ] {
+        assert!(
+            !text.contains(LUKS_KEY_HEX),
+            "the passphrase shows in {text}"
+        );
+    }
+    validate_disk_xml(printed.trim()).expect("libvirt's schema");
+    let disk = DiskConfig::from_xml(printed.trim())
+        .unwrap_or_else(|e| panic!("the printed XML does not read back: {e}\n{printed}"));
+    assert_eq!(disk.source, DiskSource::Block(PathBuf::from(&lo.0)));
+    let uuid = disk
+        .encryption
+        .as_ref()
+        .unwrap_or_else(|| panic!("no <encryption> in {printed}"))
+        .secret_uuid
+        .clone();
+    let target = disk.target.dev.clone();
+    // libvirt's secret: this volume's, private (its value cannot be read back)
+    let secrets = raw_secret_list(&h);
+    assert_eq!(
+        secrets,
+        [(uuid.clone(), "volume vol-luks-1".to_string())],
+        "virsh secret-list"
+    );
+    let dumped = run(Command::new("virsh").args(["-c", &h.uri, "secret-dumpxml", &uuid]));
+    let dumped = String::from_utf8_lossy(&dumped.stdout);
+    assert!(
+        dumped.contains("private='yes'") && dumped.contains("ephemeral='no'"),
+        "{dumped}"
+    );
+    let get = Command::new("virsh")
+        .args(["-c", &h.uri, "secret-get-value", &uuid])
+        .output()
+        .expect("virsh secret-get-value");
+    assert!(
+        !get.status.success() && !String::from_utf8_lossy(&get.stdout).contains(LUKS_KEY_HEX),
+        "a private secret's value was handed out"
+    );
+    // libvirt's live view: the encrypted block device with QEMU's luks decryption
+    let live = live_disk_xml(&h, &target).expect("the disk in virsh dumpxml");
+    println!("libvirt's live disk:\n{live}");
+    let back = DiskConfig::from_xml(&live)
+        .unwrap_or_else(|e| panic!("from_xml of libvirt's disk XML failed: {e}\n{live}"));
+    assert_eq!(back.encryption, disk.encryption, "{live}");
+    // The guest sees the decrypted size (32 MiB = 65536 sectors, the raw device has
+    // {raw_sectors}) and finds the partitions of the plaintext: it reads the plaintext.
+    let (add, seen) = wait_console(
+        &h,
+        mark,
+        &["block add", &guest_serial("vol-luks-1"), "sectors=65536"],
+    );
+    let guest_seen = seen - t0;
+    let gdev = guest_dev(&add);
+    for n in 1..=PARTITIONS.len() {
+        wait_console(&h, mark, &[&format!("block add {gdev}{n} ")]);
+    }
+    assert!(
+        !console_lines(&h)
+            .iter()
+            .skip(mark)
+            .any(|l| l.contains(&format!("block add {gdev}{} ", PARTITIONS.len() + 1))),
+        "the guest found a partition the plaintext does not have"
+    );
+    // nothing left in hostbrick's state dir: the secret value file is gone
+    let value_dir = Path::new("/run/hostbrick/secrets");
+    let left: Vec<_> = fs::read_dir(value_dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "secret value files left: {left:?}");
+
+    // detach
+    let mark = console_lines(&h).len();
+    let t0 = Instant::now();
+    run(Command::new(&exe)
+        .arg("--detach")
+        .arg("--record")
+        .arg(&record)
+        .arg("--lock-dir")
+        .arg(&locks));
+    let detach_time = t0.elapsed();
+    assert!(!record.exists(), "the record was not removed");
+    let rows = raw_domblklist(&h);
+    assert_eq!(
+        rows, before,
+        "the guest's disks differ from before the attach"
+    );
+    wait_console(&h, mark, &[&format!("block remove {gdev}")]);
+    let secrets = raw_secret_list(&h);
+    assert!(
+        secrets.is_empty(),
+        "libvirt secrets left after detach: {secrets:?}"
+    );
+    assert!(
+        Path::new(&lo.0).exists(),
+        "{} is gone after detach: the local protocol must not remove it",
+        lo.0
+    );
+
+    println!(
+        "native LUKS over {} ({raw_sectors} raw sectors) as {target} (guest {gdev}, 65536 \
+         sectors, partitions {gdev}1..{gdev}{}): image made in {}, attach {}, guest saw it \
+         after {}, detach {}; secret {uuid} defined, then gone; a wrong key refused and \
+         rolled back in {}",
+        lo.0,
+        PARTITIONS.len(),
+        secs(make_time),
+        secs(attach_time),
+        secs(guest_seen),
+        secs(detach_time),
+        secs(wrong_key_time)
+    );
+}

@@ -930,3 +930,91 @@ fn qos_specs_of_the_wrong_type_are_ignored_with_a_warning() {
         }
     }
 }
+
+#[test]
+fn golden_native_luks_encryption_and_its_checks() {
+    use hostbrick::libvirt::{DiskEncryption, EncryptionFormat};
+    let mut disk = DiskConfig::block("/dev/loop7", DiskTarget::new("vdb", DiskBus::Virtio));
+    disk.serial = Some("vol-luks-1".into());
+    disk.encryption = Some(DiskEncryption::luks("0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f"));
+    // As Nova's LibvirtConfigGuestDiskEncryption writes it, inside <disk>.
+    assert_eq!(
+        emit(&disk),
+        r#"<disk type="block" device="disk">
+  <driver name="qemu" type="raw" cache="none" io="native"/>
+  <source dev="/dev/loop7"/>
+  <encryption format="luks">
+    <secret type="passphrase" uuid="0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f"/>
+  </encryption>
+  <target dev="vdb" bus="virtio"/>
+  <serial>vol-luks-1</serial>
+</disk>"#
+    );
+    // A network source (QEMU's librbd) carries it too.
+    let mut net = DiskConfig::new(
+        DiskSource::Network(NetworkDisk {
+            protocol: NetworkProtocol::Rbd,
+            name: Some("volumes/volume-1".into()),
+            hosts: Vec::new(),
+            auth: None,
+        }),
+        DiskTarget::new("vdc", DiskBus::Virtio),
+    );
+    net.encryption = disk.encryption.clone();
+    emit(&net);
+
+    // libvirt's dumpxml may write it inside <source>: read from there too.
+    let dumped = r#"<disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none' io='native'/>
+      <source dev='/dev/loop7' index='3'>
+        <encryption format='luks'>
+          <secret type='passphrase' uuid='0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f'/>
+        </encryption>
+      </source>
+      <target dev='vdb' bus='virtio'/>
+      <alias name='virtio-disk1'/>
+    </disk>"#;
+    let back = DiskConfig::from_xml(dumped).unwrap();
+    let enc = back.encryption.unwrap();
+    assert_eq!(enc.format, EncryptionFormat::Luks);
+    assert_eq!(enc.secret_uuid, "0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f");
+
+    // The checks: a UUID, a passphrase secret, a known format, not on a LUN.
+    let mut bad = disk.clone();
+    bad.encryption = Some(DiskEncryption::luks("not-a-uuid"));
+    assert_eq!(invalid_field(bad.to_xml()), "encryption.secret.uuid");
+    bad.encryption = Some(DiskEncryption::luks("0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f"));
+    bad.device = DiskDevice::Lun;
+    bad.serial = None;
+    assert_eq!(invalid_field(bad.to_xml()), "encryption");
+    let reread = |inner: &str| {
+        DiskConfig::from_xml(&format!(
+            "<disk type='block' device='disk'><source dev='/dev/sdb'/>{inner}\
+             <target dev='vdb' bus='virtio'/></disk>"
+        ))
+    };
+    assert_eq!(
+        invalid_field(reread(
+            "<encryption format='qcow'><secret type='passphrase' \
+             uuid='0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f'/></encryption>"
+        )),
+        "EncryptionFormat"
+    );
+    assert_eq!(
+        invalid_field(reread(
+            "<encryption format='luks'><secret type='ceph' \
+             uuid='0f4c1a2e-8d3b-4f7a-9e6c-5b2d1c0a9e8f'/></encryption>"
+        )),
+        "encryption.secret.type"
+    );
+    assert_eq!(
+        invalid_field(reread("<encryption format='luks'/>")),
+        "encryption.secret"
+    );
+    assert_eq!(
+        invalid_field(reread(
+            "<encryption format='luks'><secret type='passphrase' uuid='x'/></encryption>"
+        )),
+        "encryption.secret.uuid"
+    );
+}

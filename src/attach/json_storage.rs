@@ -2,7 +2,9 @@
 //! exported by an outside controller that drops a connection_info per volume.
 //!
 //! Layout under the directory:
-//! - `<volume_id>.json`: the volume's connection_info, written by the controller;
+//! - `<volume_id>.json`: the volume's connection_info, written by the controller; an
+//!   encrypted volume's metadata (as Cinder returns it) in its top-level `encryption` key,
+//!   beside `driver_volume_type` and `data`;
 //! - `attachments/<volume_id>@<instance>.json`: one per attachment, written here (state
 //!   `attaching` → `attached`, removed on delete), with the connector properties the
 //!   controller should export to.
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attach::{Attachment, StorageService};
+use crate::encryption::EncryptionMetadata;
 use crate::error::{Error, Result};
 use crate::model::connection::ConnectionInfo;
 use crate::properties::ConnectorProperties;
@@ -186,6 +189,19 @@ impl StorageService for JsonFileStorage {
         self.write_attachment(&a)
     }
 
+    fn encryption(&self, volume_id: &str) -> Result<Option<EncryptionMetadata>> {
+        let path = self.volume_path(volume_id)?;
+        let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::UnexpectedContent {
+            path: path.clone(),
+            reason: format!("not JSON: {e}"),
+        })?;
+        match v.get("encryption") {
+            None => Ok(None),
+            Some(meta) => EncryptionMetadata::from_value(meta),
+        }
+    }
+
     fn delete_attachment(&self, attachment_id: &str) -> Result<()> {
         let path = self.attachment_path(attachment_id)?;
         match fs::remove_file(&path) {
@@ -256,5 +272,41 @@ mod tests {
             Err(Error::InvalidConnectionInfo { .. })
         ));
         assert!(s.attachments_of("bad").unwrap().is_empty());
+    }
+
+    #[test]
+    fn encryption_metadata_from_the_volume_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = JsonFileStorage::new(dir.path());
+        fs::write(
+            dir.path().join("plain.json"),
+            r#"{"driver_volume_type": "local", "data": {"device_path": "/dev/loop0"}}"#,
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("enc.json"),
+            r#"{"driver_volume_type": "local", "data": {"device_path": "/dev/loop1",
+                "encrypted": true},
+                "encryption": {"provider": "luks", "control_location": "front-end",
+                               "encryption_key_id": "key-1"}}"#,
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("badenc.json"),
+            r#"{"driver_volume_type": "local", "data": {"device_path": "/dev/loop1"},
+                "encryption": {"provider": "rot13", "encryption_key_id": "key-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.encryption("plain").unwrap(), None);
+        let m = s.encryption("enc").unwrap().unwrap();
+        assert_eq!(m.key_id().unwrap(), "key-1");
+        assert_eq!(
+            s.encryption("badenc").unwrap_err().kind(),
+            "invalid_encryption"
+        );
+        assert!(s.encryption("missing").is_err());
+        // The connection_info still parses with the extra key.
+        let a = s.create_attachment("enc", "vm1", &props()).unwrap();
+        assert_eq!(a.connection_info["encryption"]["provider"], "luks");
     }
 }

@@ -4,15 +4,24 @@
 //! 2. pick the next free device name on the bus;
 //! 3. ask the storage service for an attachment (it initializes the connection for this
 //!    host's connector properties and returns the connection_info);
-//! 4. connect the volume on this host;
-//! 5. build the disk XML and attach it to the domain;
-//! 6. mark the attachment complete.
+//! 4. for an encrypted volume, get its encryption metadata and key and settle who decrypts
+//!    it ([`Decryption`]);
+//! 5. connect the volume on this host;
+//! 6. host decryption: open it with dm-crypt ([`crate::encryption::open_volume`]); native
+//!    decryption: check its LUKS1 header (format a blank volume), define the volume's
+//!    libvirt secret and set its value ([`Secrets`]);
+//! 7. build the disk XML (over the decrypted device, or with `<encryption>` over the raw
+//!    one) and attach it to the domain;
+//! 8. mark the attachment complete.
 //!
 //! A failed step undoes the steps before it in reverse order (detach from the domain,
-//! disconnect, delete the attachment) and the error carries the cause and any undo that
-//! failed too. Detach mirrors it from the persisted [`AttachmentRecord`].
+//! undefine the secret or close the mapping, disconnect, delete the attachment) and the
+//! error carries the cause and any undo that failed too. Detach mirrors it from the
+//! persisted [`AttachmentRecord`].
 
+mod encrypted;
 mod json_storage;
+mod secrets;
 mod virsh;
 
 use std::fmt;
@@ -21,16 +30,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::connector::{Connector, ConnectorOptions, DisconnectOptions};
+use crate::connector::{Connector, ConnectorOptions, DisconnectOptions, HostContext};
+use crate::encryption::{EncryptionMetadata, KeyManager};
 use crate::error::{Error, Result, RollbackFailure};
 use crate::factory::connector_for;
-use crate::libvirt::{DiskBus, DiskConfig, DiskTarget};
+use crate::libvirt::{DiskBus, DiskConfig, DiskEncryption, DiskTarget};
 use crate::model::connection::{ConnectionInfo, Protocol};
 use crate::model::record::DeviceRecord;
 use crate::platform::lock::{LockDir, LockMode};
 use crate::properties::ConnectorProperties;
 
 pub use json_storage::JsonFileStorage;
+pub use secrets::{parse_secret_list, volume_secret_xml, SecretListEntry, Secrets, VirshSecrets};
 pub use virsh::{parse_domblklist, DomainDisk, VirshDomain};
 
 /// An attachment the storage service created: its id and the connection_info for this
@@ -72,6 +83,15 @@ pub trait StorageService: Send + Sync {
     /// Deletes the attachment and terminates the connection. Deleting one already gone is
     /// success.
     fn delete_attachment(&self, attachment_id: &str) -> Result<()>;
+
+    /// The volume's encryption metadata (Cinder's `GET /volumes/{id}/encryption`), `None`
+    /// for a volume that is not encrypted. The default knows of none: an attach of a
+    /// volume whose connection_info says `encrypted` then fails before anything is
+    /// connected, rather than give the guest ciphertext.
+    fn encryption(&self, volume_id: &str) -> Result<Option<EncryptionMetadata>> {
+        let _ = volume_id;
+        Ok(None)
+    }
 }
 
 /// Where a domain change applies: the running guest, its persistent config, or both.
@@ -239,6 +259,18 @@ pub struct AttachmentRecord {
     pub disk_xml: String,
     /// Where it was attached.
     pub flags: DomainFlags,
+    /// The volume's encryption metadata (no key), when it is decrypted on this host or by
+    /// QEMU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionMetadata>,
+    /// Who decrypts it, when it is encrypted: [`Decryption::Host`] (the dm-crypt mapping is
+    /// in [`DeviceRecord::encryption`]) or [`Decryption::Native`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+    /// For [`Decryption::Native`]: the libvirt secret (usage `volume` and the volume id)
+    /// holding the passphrase, undefined on detach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_uuid: Option<String>,
 }
 
 impl AttachmentRecord {
@@ -257,6 +289,53 @@ impl AttachmentRecord {
     }
 }
 
+/// Who decrypts a front-end encrypted volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decryption {
+    /// dm-crypt on this host ([`crate::encryption::open_volume`], os-brick's
+    /// encryptors): the guest's disk is the decrypted device. Needs a host block device,
+    /// so not for a network disk QEMU opens itself.
+    #[default]
+    Host,
+    /// QEMU decrypts (libvirt's native LUKS): the passphrase goes into a libvirt secret
+    /// and the guest's disk is the encrypted device with `<encryption format='luks'>`.
+    /// QEMU's `luks` driver reads LUKS1 only, so, as Nova does, a `luks2` or `plain`
+    /// volume is decrypted on the host instead (logged; the record says which was used).
+    /// A blank volume on a host device is formatted (LUKS1) first, as Nova does.
+    Native,
+}
+
+impl Decryption {
+    /// `host` or `native`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decryption::Host => "host",
+            Decryption::Native => "native",
+        }
+    }
+}
+
+impl std::str::FromStr for Decryption {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "host" => Ok(Decryption::Host),
+            "native" => Ok(Decryption::Native),
+            other => Err(Error::InvalidArgument {
+                name: "decryption".into(),
+                reason: format!("{other:?} is neither host nor native"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Decryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachRequest {
@@ -269,6 +348,8 @@ pub struct AttachRequest {
     pub bus: DiskBus,
     /// A device name to use instead of the next free one; refused when taken.
     pub device_name: Option<String>,
+    /// Who decrypts the volume when it is encrypted (ignored when it is not).
+    pub decryption: Decryption,
 }
 
 impl AttachRequest {
@@ -279,6 +360,7 @@ impl AttachRequest {
             instance: None,
             bus: DiskBus::Virtio,
             device_name: None,
+            decryption: Decryption::Host,
         }
     }
 }
@@ -292,6 +374,9 @@ pub struct Orchestrator {
     locks: LockDir,
     flags: DomainFlags,
     disconnect: DisconnectOptions,
+    host: HostContext,
+    keys: Option<Arc<dyn KeyManager>>,
+    secrets: Option<Arc<dyn Secrets>>,
 }
 
 impl fmt::Debug for Orchestrator {
@@ -322,7 +407,31 @@ impl Orchestrator {
             locks,
             flags: DomainFlags::LIVE_AND_CONFIG,
             disconnect: DisconnectOptions::default(),
+            host: HostContext::system(),
+            keys: None,
+            secrets: None,
         }
+    }
+
+    /// The host where encrypted volumes are opened and closed (cryptsetup through its
+    /// runner; the running system by default). Give it the connectors' context.
+    pub fn with_host(mut self, host: HostContext) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Where the keys of encrypted volumes come from. Without one, an encrypted volume
+    /// is refused before anything is connected. Detach needs none.
+    pub fn with_key_manager(mut self, keys: Arc<dyn KeyManager>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The hypervisor's secret store, for [`Decryption::Native`] (use [`VirshSecrets`]
+    /// with the domain's URI).
+    pub fn with_secrets(mut self, secrets: Arc<dyn Secrets>) -> Self {
+        self.secrets = Some(secrets);
+        self
     }
 
     /// Where device changes apply.
@@ -379,6 +488,9 @@ impl Orchestrator {
             let connector: Arc<dyn Connector> = self.connectors.connector(info.protocol())?.into();
             Ok((info, connector))
         })?;
+        // Encryption is settled before anything is connected: the metadata, the key, and
+        // who decrypts.
+        let plan = steps.run("get_encryption", || self.encryption_plan(request, &info))?;
         let device = steps.run("connect_volume", || connector.connect_volume(&info))?;
         let (c, i, d, opts) = (
             connector.clone(),
@@ -391,12 +503,57 @@ impl Orchestrator {
             c.disconnect_volume(&i, Some(&d), opts)?.into_result()
         });
 
+        let mut secret_uuid = None;
+        let device = match &plan {
+            None => device,
+            Some(plan) if plan.decryption == Decryption::Host => {
+                let opened = steps.run("open_encryption", || {
+                    encrypted::open_on_host(&self.host, plan, &device)
+                })?;
+                let (host, o) = (self.host.clone(), opened.clone());
+                steps.undo("open_encryption", move || {
+                    encrypted::close_on_host(&host, &o)
+                });
+                opened
+            }
+            Some(plan) => {
+                let secrets = steps.run("define_secret", || plan.secrets())?;
+                steps.run("format_encryption", || {
+                    encrypted::format_for_native(&self.host, plan, &device)
+                })?;
+                let (uuid, created) = steps.run("define_secret", || {
+                    match secrets.find_volume_secret(&request.volume_id)? {
+                        Some(uuid) => {
+                            tracing::info!(secret = %uuid, "reusing the volume's libvirt secret (left by an earlier attach)");
+                            Ok((uuid, false))
+                        }
+                        None => Ok((secrets.define_volume_secret(&request.volume_id)?, true)),
+                    }
+                })?;
+                if created {
+                    let (sec, u) = (secrets.clone(), uuid.clone());
+                    steps.undo("define_secret", move || sec.undefine(&u));
+                }
+                steps.run("set_secret_value", || {
+                    secrets.set_value(&uuid, &plan.passphrase)
+                })?;
+                secret_uuid = Some(uuid);
+                device
+            }
+        };
+
         let xml = steps.run("build_disk_xml", || {
-            DiskConfig::for_volume(&info, &device, DiskTarget::new(&target_dev, request.bus))?
-                .to_xml()
+            let mut disk =
+                DiskConfig::for_volume(&info, &device, DiskTarget::new(&target_dev, request.bus))?;
+            disk.encryption = secret_uuid.as_ref().map(DiskEncryption::luks);
+            disk.to_xml()
         })?;
         steps.run("attach_device", || {
-            self.domain.attach_device(&xml, self.flags)
+            let attached = self.domain.attach_device(&xml, self.flags);
+            match &secret_uuid {
+                Some(_) => attached.map_err(|e| encrypted::native_open_failure(e, &device.path)),
+                None => attached,
+            }
         })?;
         let (dom, x, flags) = (self.domain.clone(), xml.clone(), self.flags);
         steps.undo("attach_device", move || dom.detach_device(&x, flags));
@@ -405,7 +562,16 @@ impl Orchestrator {
             self.storage.complete_attachment(&attachment.id)
         })?;
         steps.commit();
-        tracing::info!(target_dev = %target_dev, device = %device.path.display(), "volume attached to guest");
+        tracing::info!(
+            target_dev = %target_dev,
+            device = %device.guest_path().display(),
+            decryption = plan.as_ref().map(|p| p.decryption.as_str()).unwrap_or("none"),
+            "volume attached to guest"
+        );
+        let (encryption, decryption) = match plan {
+            Some(p) => (Some(p.meta), Some(p.decryption)),
+            None => (None, None),
+        };
         Ok(AttachmentRecord {
             attachment_id: attachment.id.clone(),
             volume_id: request.volume_id.clone(),
@@ -415,13 +581,35 @@ impl Orchestrator {
             target_dev,
             disk_xml: xml,
             flags: self.flags,
+            encryption,
+            decryption,
+            secret_uuid,
         })
     }
 
+    /// What an encrypted volume needs, or `None` when the host has nothing to decrypt.
+    fn encryption_plan(
+        &self,
+        request: &AttachRequest,
+        info: &ConnectionInfo,
+    ) -> Result<Option<encrypted::Plan>> {
+        let meta = self.storage.encryption(&request.volume_id)?;
+        encrypted::plan(
+            meta,
+            info,
+            request.decryption,
+            self.keys.as_ref(),
+            self.secrets.as_ref(),
+        )
+    }
+
     /// Detaches what [`Orchestrator::attach`] attached: from the guest (when it still has
-    /// the disk), then from the host, then the storage service's attachment. If the host
-    /// side fails, the disk goes back to the guest. A failed attachment delete leaves the
-    /// host side detached (retrying detach with the same record finishes it).
+    /// the disk), then from the host (a dm-crypt mapping closed first), then the libvirt
+    /// secret of a volume QEMU decrypted, then the storage service's attachment. If the
+    /// host side fails, the disk goes back to the guest (and a closed mapping is opened
+    /// again when the orchestrator has the key). A failed secret undefine or attachment
+    /// delete leaves the host side detached (retrying detach with the same record
+    /// finishes it).
     pub fn detach(&self, record: &AttachmentRecord) -> Result<()> {
         let domain = self.domain.name().to_string();
         let span = tracing::info_span!("detach_from_guest", volume = %record.volume_id, domain = %domain, target_dev = %record.target_dev);
@@ -456,6 +644,18 @@ impl Orchestrator {
         } else {
             tracing::info!("the guest no longer has the disk; detaching from the host only");
         }
+        if record.device.encryption.is_some() {
+            steps.run("close_encryption", || {
+                encrypted::close_on_host(&self.host, &record.device)
+            })?;
+            // Undone by opening it again, when this orchestrator has the key.
+            if let (Some(keys), Some(meta)) = (self.keys.clone(), record.encryption.clone()) {
+                let (host, d) = (self.host.clone(), record.device.clone());
+                steps.undo("close_encryption", move || {
+                    encrypted::reopen_on_host(&host, &meta, keys.as_ref(), &d).map(drop)
+                });
+            }
+        }
         steps.run("disconnect_volume", || {
             connector
                 .disconnect_volume(&info, Some(&record.device), self.disconnect)
@@ -463,6 +663,25 @@ impl Orchestrator {
         })?;
         steps.commit();
         let mut last = Steps::new("detach", &record.volume_id, &domain);
+        if record.decryption == Some(Decryption::Native) || record.secret_uuid.is_some() {
+            // After the disconnect: a guest disk put back by a rollback still has its secret.
+            last.run("undefine_secret", || {
+                let secrets = self
+                    .secrets
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidArgument {
+                        name: "secrets".into(),
+                        reason: "the volume was decrypted by QEMU; its libvirt secret needs \
+                                 the hypervisor's secret store (Orchestrator::with_secrets)"
+                            .into(),
+                    })?;
+                encrypted::undefine_volume_secret(
+                    secrets.as_ref(),
+                    &record.volume_id,
+                    record.secret_uuid.as_deref(),
+                )
+            })?;
+        }
         last.run("delete_attachment", || {
             self.storage.delete_attachment(&record.attachment_id)
         })?;

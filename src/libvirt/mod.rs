@@ -13,8 +13,9 @@ mod config;
 mod nova;
 mod wire;
 
+pub(crate) use config::is_uuid;
 pub use config::{
     BlockIo, CacheMode, DetectZeroes, DiscardMode, DiskAddress, DiskAuth, DiskBus, DiskConfig,
-    DiskDevice, DiskDriver, DiskSource, DiskTarget, IoMode, IoTune, NetworkDisk, NetworkHost,
-    NetworkProtocol, SecretType, Sgio,
+    DiskDevice, DiskDriver, DiskEncryption, DiskSource, DiskTarget, EncryptionFormat, IoMode,
+    IoTune, NetworkDisk, NetworkHost, NetworkProtocol, SecretType, Sgio,
 };

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 use super::config::{
-    BlockIo, DiskAddress, DiskAuth, DiskConfig, DiskDevice, DiskDriver, DiskSource, DiskTarget,
-    IoTune, NetworkDisk, NetworkHost,
+    BlockIo, DiskAddress, DiskAuth, DiskConfig, DiskDevice, DiskDriver, DiskEncryption, DiskSource,
+    DiskTarget, EncryptionFormat, IoTune, NetworkDisk, NetworkHost,
 };
 
 impl DiskConfig {
@@ -61,6 +61,10 @@ struct WireDisk {
     auth: Option<WireAuth>,
     #[serde(default)]
     source: Option<WireSource>,
+    /// Nova writes `<encryption>` in `<disk>`; libvirt also reads (and some versions write)
+    /// it inside `<source>`: read from either, written here.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    encryption: Option<WireEncryption>,
     target: WireTarget,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     serial: Option<String>,
@@ -152,6 +156,17 @@ struct WireSource {
     /// libvirt also accepts `<auth>` inside `<source>`; read it, write it at disk level.
     #[serde(skip_serializing, default)]
     auth: Option<WireAuth>,
+    /// The same for `<encryption>`.
+    #[serde(skip_serializing, default)]
+    encryption: Option<WireEncryption>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireEncryption {
+    #[serde(rename = "@format")]
+    format: String,
+    #[serde(default)]
+    secret: Option<WireSecret>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -245,6 +260,13 @@ impl From<&DiskConfig> for WireDisk {
             }),
             auth,
             source: Some(source),
+            encryption: d.encryption.as_ref().map(|e| WireEncryption {
+                format: e.format.to_string(),
+                secret: Some(WireSecret {
+                    kind: "passphrase".into(),
+                    uuid: e.secret_uuid.clone(),
+                }),
+            }),
             target: WireTarget {
                 dev: d.target.dev.clone(),
                 bus: d.target.bus.to_string(),
@@ -349,7 +371,29 @@ impl TryFrom<WireDisk> for DiskConfig {
                 ))
             }
         };
-        let src = w.source.unwrap_or_default();
+        let mut src = w.source.unwrap_or_default();
+        let encryption = match w.encryption.or(src.encryption.take()) {
+            None => None,
+            Some(e) => {
+                let format: EncryptionFormat = e.format.parse()?;
+                let secret = e.secret.ok_or_else(|| {
+                    bad(
+                        "encryption.secret",
+                        "missing: QEMU needs the passphrase secret".into(),
+                    )
+                })?;
+                if secret.kind != "passphrase" {
+                    return Err(bad(
+                        "encryption.secret.type",
+                        format!("{:?} is not passphrase", secret.kind),
+                    ));
+                }
+                Some(DiskEncryption {
+                    format,
+                    secret_uuid: secret.uuid,
+                })
+            }
+        };
         let need = |v: Option<String>, field: &'static str| {
             v.ok_or_else(|| bad(field, format!("missing for a {} disk", w.kind)))
         };
@@ -428,6 +472,7 @@ impl TryFrom<WireDisk> for DiskConfig {
                 Some(a) => a.modelled()?,
                 None => None,
             },
+            encryption,
         })
     }
 }

@@ -98,7 +98,7 @@ impl Drop for CephFiles {
 }
 
 /// What tells this process's files from those of an earlier process that had the same pid.
-fn instance() -> &'static str {
+pub(crate) fn instance() -> &'static str {
     static INSTANCE: OnceLock<String> = OnceLock::new();
     INSTANCE.get_or_init(|| {
         let t = SystemTime::now()
@@ -108,11 +108,14 @@ fn instance() -> &'static str {
     })
 }
 
-/// The pid and instance a Ceph file's name gives, when it is one of ours.
+/// The pid and instance a short-lived secret file's name gives, when it is one of ours:
+/// a Ceph keyring or conf, or a libvirt secret value (`<pid>-<instance>-<n>.secret`,
+/// [`crate::attach::VirshSecrets`]).
 fn owner_of(name: &str) -> Option<(i32, &str)> {
     let stem = name
         .strip_suffix(".keyring")
-        .or_else(|| name.strip_suffix(".conf"))?;
+        .or_else(|| name.strip_suffix(".conf"))
+        .or_else(|| name.strip_suffix(".secret"))?;
     let mut parts = stem.splitn(3, '-');
     let pid = parts.next()?.parse().ok()?;
     let inst = parts.next()?;

@@ -1,7 +1,9 @@
 #!/bin/bash
 # hostbrick real-libvirt harness: a private libvirtd (QEMU driver) running a small TCG guest
 # (the VM suite's kernel and root image, idle mode), raw `virsh` hotplug checks, then the
-# #[ignore]d Rust tests of tests/libvirt_domain.rs against that domain. Always tears down.
+# #[ignore]d Rust tests of tests/libvirt_domain.rs against that domain (among them a LUKS1
+# volume QEMU decrypts itself, its passphrase in a libvirt secret: libvirt's native LUKS).
+# Always tears down.
 #
 #   tests/libvirt/run.sh            (root, Debian 12 amd64; installs what it needs once)
 #
@@ -89,7 +91,9 @@ lv_teardown() {
 lv_host_deps() {
     bash "$VM_SRC_DIR/host-deps.sh" || lv_die "installing qemu (tests/vm/host-deps.sh) failed"
     local want=() p
-    for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
+    # cryptsetup-bin: hostbrick checks (and formats) LUKS headers on the host for QEMU's
+    # native LUKS and opens volumes it decrypts on the host
+    for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients cryptsetup-bin; do
         vm_pkg_installed "$p" || want+=("$p")
     done
     if [ ${#want[@]} -gt 0 ]; then
@@ -101,7 +105,7 @@ lv_host_deps() {
             --no-install-recommends "${want[@]}" > "$LV_WORK_DIR/apt.log" 2>&1 \
             || { tail -n 20 "$LV_WORK_DIR/apt.log" >&2; lv_die "apt-get install ${want[*]} failed"; }
     fi
-    for p in libvirtd virtlogd virsh qemu-img losetup unshare; do
+    for p in libvirtd virtlogd virsh qemu-img losetup unshare cryptsetup; do
         command -v "$p" >/dev/null || lv_die "$p missing after installation"
     done
     # libvirt resolves its built-in default user before reading qemu.conf
