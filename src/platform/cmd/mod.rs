@@ -266,6 +266,8 @@ pub struct Cancel {
 struct CancelState {
     cancelled: bool,
     waiters: Vec<mpsc::Sender<Event>>,
+    /// Handles that fire with this one ([`Cancel::link`]).
+    linked: Vec<Cancel>,
 }
 
 impl fmt::Debug for Cancel {
@@ -288,6 +290,24 @@ impl Cancel {
             // A waiter that already finished dropped its receiver: nothing to tell it.
             let _ = w.send(Event::Cancelled);
         }
+        let linked = std::mem::take(&mut st.linked);
+        drop(st);
+        for l in linked {
+            l.cancel();
+        }
+    }
+
+    /// Makes `other` fire when this handle does (at once when it already has). Handles
+    /// linked earlier that have fired meanwhile are let go.
+    pub(crate) fn link(&self, other: &Cancel) {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if st.cancelled {
+            drop(st);
+            other.cancel();
+            return;
+        }
+        st.linked.retain(|l| !l.is_cancelled());
+        st.linked.push(other.clone());
     }
 
     /// True once [`Cancel::cancel`] was called.
