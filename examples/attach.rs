@@ -36,9 +36,16 @@
 //! answers the requests under way (`"kind": "cancelled"`) and exits 1. A second signal exits
 //! at once with 128 + its number (130, 143), leaving what is half made to `attach audit`.
 //! (`SIGKILL` leaves it too.) The other commands change nothing and die on the signal.
+//!
+//! A multipath iSCSI `connect` returns as soon as its map is usable, before a dead portal's
+//! login has timed out: it runs in a detached worker of its own (`attach/worker.rs`) that
+//! prints the record through `connect` and stays, under a pid file in the state directory,
+//! until the paths still logging in joined the map or were undone; `disconnect` of the
+//! volume stops that worker (`SIGTERM`) and waits for it first.
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +73,8 @@ mod batch;
 mod common;
 #[path = "attach/signals.rs"]
 mod signals;
+#[path = "attach/worker.rs"]
+mod worker;
 
 use common::Usage;
 
@@ -73,6 +82,8 @@ use common::Usage;
 enum Cmd {
     Properties,
     Connect,
+    /// The hidden worker of a multipath iSCSI connect (see [`worker`]).
+    ConnectWorker,
     Disconnect,
     Extend,
     Audit,
@@ -101,6 +112,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     let command = match it.next().as_deref() {
         Some("properties") => Cmd::Properties,
         Some("connect") => Cmd::Connect,
+        Some(worker::WORKER_COMMAND) => Cmd::ConnectWorker,
         Some("disconnect") => Cmd::Disconnect,
         Some("extend") => Cmd::Extend,
         Some("audit") => Cmd::Audit,
@@ -152,6 +164,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     let (name, min, max) = match a.command {
         Cmd::Properties => ("properties", 0, 0),
         Cmd::Connect => ("connect", 1, 1),
+        Cmd::ConnectWorker => (worker::WORKER_COMMAND, 1, 1),
         Cmd::Extend => ("extend", 1, 1),
         Cmd::Disconnect => ("disconnect", 1, 2),
         Cmd::Audit => ("audit", 0, 0),
@@ -213,6 +226,30 @@ fn cancellable(
     Ok(options(a).cancel(cancel))
 }
 
+/// The worker's command line: this connect's options, the connection_info on stdin.
+fn worker_args(a: &Args) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if a.enforce_multipath {
+        v.push("--enforce-multipath".into());
+    } else if a.multipath {
+        v.push("--multipath".into());
+    }
+    if let Some(t) = a.timeout {
+        v.extend(["--timeout".into(), t.as_secs_f64().to_string()]);
+    }
+    for (flag, value) in [
+        ("--lock-dir", &a.lock_dir),
+        ("--iface", &a.iface),
+        ("--root-helper", &a.root_helper),
+    ] {
+        if let Some(x) = value {
+            v.extend([flag.to_string(), x.clone()]);
+        }
+    }
+    v.push("-".into());
+    v
+}
+
 fn run(a: &Args) -> hostbrick::Result<String> {
     match a.command {
         Cmd::Properties => {
@@ -231,9 +268,44 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             })
         }
         Cmd::Connect => {
-            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
+            let text = read_input(&a.files[0])?;
+            let info = ConnectionInfo::from_json(&text)?;
+            if worker::wanted(&info, a.multipath) {
+                // The worker connects; a signal here is passed on to it.
+                let child = Arc::new(AtomicI32::new(0));
+                let to = child.clone();
+                let _cancel = signals::on_first_signal(move || {
+                    let pid = to.load(Ordering::SeqCst);
+                    if pid > 0 {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                })
+                .map_err(|source| hostbrick::Error::Io {
+                    path: "signals".into(),
+                    source,
+                })?;
+                let host = context(a).host;
+                if let Some(r) = worker::connect(&host, &info, &text, worker_args(a), &child) {
+                    return r;
+                }
+                // No worker: connect here; paths still coming up are undone before exit.
+                let connector = connector_for(info.protocol(), options(a).cancel(_cancel))?;
+                let record = connector.connect_volume(&info)?.to_json();
+                worker::stop_in_process();
+                return record;
+            }
             let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
             connector.connect_volume(&info)?.to_json()
+        }
+        Cmd::ConnectWorker => {
+            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
+            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
+            let record = connector.connect_volume(&info)?.to_json()?;
+            worker::serve(&context(a).host, &info, &record);
+            Ok(String::new())
         }
         Cmd::Disconnect => {
             let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
@@ -242,6 +314,8 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 None => None,
             };
             let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
+            // A connect worker of the volume still bringing paths up stops first.
+            worker::stop(&context(a).host, &info);
             let opts = DisconnectOptions {
                 force: a.force,
                 ignore_errors: a.ignore_errors,

@@ -81,9 +81,7 @@ fn connect_with_slow_login(
     sim.runner.delay_next(login_at(slow), delay);
     let c = connector_for(Protocol::Iscsi, o).unwrap();
     let t0 = Instant::now();
-    let record = c
-        .connect_volume(&iscsi::multi(portals, 1, volume))
-        .unwrap();
+    let record = c.connect_volume(&iscsi::multi(portals, 1, volume)).unwrap();
     (c, record, t0.elapsed())
 }
 
@@ -107,7 +105,8 @@ fn a_hanging_login_does_not_hold_the_connect_and_its_path_joins_the_map_later() 
     assert!(hostbrick::iscsi::late_paths_pending() >= 1);
     // The late login ends: its path is scanned and added to the map.
     assert!(
-        eventually(Duration::from_secs(5), || map_paths(&sim, &record).len() == 2),
+        eventually(Duration::from_secs(5), || map_paths(&sim, &record).len()
+            == 2),
         "the late path never joined: {:?}",
         map_paths(&sim, &record)
     );
@@ -141,7 +140,10 @@ fn a_late_login_that_fails_is_undone() {
     assert_eq!(record.paths.len(), 1);
     // The failed path undid itself: no node record, one session.
     assert!(eventually(Duration::from_secs(5), || {
-        sim.runner.calls().iter().any(|c| c.contains("--login") && c.contains(b))
+        sim.runner
+            .calls()
+            .iter()
+            .any(|c| c.contains("--login") && c.contains(b))
             && !sim.has_node(b)
     }));
     assert_eq!(sim.session_count(), 1);
@@ -257,8 +259,7 @@ fn concurrent_volumes_keep_their_own_background_paths() {
     sim.add_target(b1, &[(1, WWID_1, 64 * MIB)]);
     sim.add_target(a2, &[(2, WWID_2, 64 * MIB)]);
     sim.add_target(b2, &[(2, WWID_2, 64 * MIB)]);
-    sim.runner
-        .delay_next(login_at(b1), Duration::from_secs(30));
+    sim.runner.delay_next(login_at(b1), Duration::from_secs(30));
     sim.runner
         .delay_next(login_at(b2), Duration::from_millis(1200));
     let c = connector_for(Protocol::Iscsi, options(&sim)).unwrap();

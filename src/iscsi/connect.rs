@@ -287,11 +287,7 @@ impl IscsiDriver {
         drop(tx);
         let gathered = self.gather_paths(&rx, &props.targets, targets, &cancel, deadline);
         let (paths, errors, map) = match gathered {
-            Gathered::Complete {
-                paths,
-                errors,
-                map,
-            } => {
+            Gathered::Complete { paths, errors, map } => {
                 // The paths' threads are done: nothing is linked to the operation's cancel
                 // any more.
                 waits.cancel();
@@ -419,10 +415,13 @@ impl IscsiDriver {
             {
                 return self.hand_off(paths, errors, map, pending);
             }
-            let wake = [grace_end, login_wait_end.filter(|_| hand_off_ok && scanning.is_empty())]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [
+                grace_end,
+                login_wait_end.filter(|_| hand_off_ok && scanning.is_empty()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let msg = match wake {
                 Some(end) => match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
                     Ok(m) => m,
@@ -433,7 +432,10 @@ impl IscsiDriver {
                                 tracing::info!(pending, "device usable; finishing the paths still coming up in the background");
                                 return self.hand_off(paths, errors, map, pending);
                             }
-                            tracing::info!(pending, "device usable; stopping paths still logging in");
+                            tracing::info!(
+                                pending,
+                                "device usable; stopping paths still logging in"
+                            );
                             cancel.cancel();
                         }
                         continue;

@@ -239,10 +239,7 @@ pub fn late_paths_pending() -> usize {
 pub fn wait_for_late_paths() {
     let mut list = work();
     while !list.is_empty() {
-        list = REGISTRY
-            .ended
-            .wait(list)
-            .unwrap_or_else(|p| p.into_inner());
+        list = REGISTRY.ended.wait(list).unwrap_or_else(|p| p.into_inner());
     }
 }
 

@@ -141,8 +141,15 @@ impl IscsiDriver {
             None => self.adm(deadline),
         };
         let mut sessions = SessionFinder::new(self.host());
-        let result =
-            self.attach_path_steps(props, t, &adm, &mut made, &mut sessions, deadline, logged_in);
+        let result = self.attach_path_steps(
+            props,
+            t,
+            &adm,
+            &mut made,
+            &mut sessions,
+            deadline,
+            logged_in,
+        );
         drop(shared);
         if result.is_err() {
             self.undo(t, &made, &mut sessions);
@@ -306,9 +313,7 @@ impl IscsiDriver {
     /// Whether the target has a node record at its portal (any iface's): a look at the
     /// record files where the database is the known one, else `iscsiadm -m node -T -p`.
     fn node_exists(&self, t: &IscsiTarget, adm: &Iscsiadm<'_>) -> Result<bool> {
-        if self.direct_records()
-            && records::known_database(self.host())?.is_some()
-        {
+        if self.direct_records() && records::known_database(self.host())?.is_some() {
             return Ok(!records::node_record_files(self.host(), t)?.is_empty());
         }
         adm.node_exists(t)

@@ -23,9 +23,9 @@
 pub(crate) mod audit;
 mod connect;
 mod extend;
-mod late;
 pub(crate) mod idbm;
 pub(crate) mod iscsiadm;
+mod late;
 mod login;
 pub(crate) mod records;
 pub(crate) mod session;
