@@ -408,7 +408,10 @@ impl IscsiDriver {
             let hand_off_ok = usable
                 && !cancel::is_cancelled()
                 && !cancel.is_cancelled()
-                && logging_in.iter().all(|t| given.contains(t));
+                && logging_in
+                    .iter()
+                    .chain(&scanning)
+                    .all(|t| given.contains(t));
             if hand_off_ok
                 && scanning.is_empty()
                 && login_wait_end.is_some_and(|end| Instant::now() >= end)

@@ -327,3 +327,36 @@ impl Cancel {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cancel;
+
+    #[test]
+    fn a_linked_cancel_fires_with_its_source_and_not_the_other_way_round() {
+        let (a, b, c) = (Cancel::new(), Cancel::new(), Cancel::new());
+        a.link(&b);
+        b.link(&c);
+        c.cancel();
+        assert!(!a.is_cancelled() && !b.is_cancelled());
+        a.cancel();
+        assert!(a.is_cancelled() && b.is_cancelled());
+        // Linked to a fired one: fires at once.
+        let d = Cancel::new();
+        a.link(&d);
+        assert!(d.is_cancelled());
+    }
+
+    #[test]
+    fn fired_links_are_let_go() {
+        let a = Cancel::new();
+        for _ in 0..10 {
+            let x = Cancel::new();
+            a.link(&x);
+            x.cancel();
+        }
+        a.link(&Cancel::new());
+        let st = a.inner.lock().unwrap();
+        assert_eq!(st.linked.len(), 1);
+    }
+}

@@ -4,10 +4,11 @@
 # one volume. The connect returns long before the silent portal's login would time out (5 s
 # login timeout, one retry): the map is made over the healthy path, and the pending login
 # goes on in the connect's detached worker (`attach __connect-worker`).
-#   Run 1: I/O through the map is checked (a writer of checksummed blocks); the portal comes
-#   to life (10.99.0.2 made local, a LIO portal on it): the late path logs in and joins the
-#   map (2 paths), the worker ends by itself; the writer saw no error; the detach leaves
-#   nothing (no session, node record, map, disk, worker).
+#   Run 1: right after the connect returned, the portal comes to life (10.99.0.2 made local,
+#   a LIO portal on it), while iscsid still retries its SYNs: the late path logs in and joins
+#   the map (2 paths) under a writer of checksummed blocks, and the worker ends by itself;
+#   the writer saw no error; the detach leaves nothing (no session, node record, map, disk,
+#   worker).
 #   Run 2: the portal stays silent; a disconnect while the login is still pending stops the
 #   worker and leaves nothing, and nothing comes back afterwards.
 . "$GUEST_DIR/lib.sh"
@@ -19,6 +20,7 @@ SIZE=$((64 * 1024 * 1024))
 WWID=$(lio_expected_wwid $SERIAL)
 GOOD=127.0.0.1:3260 SILENT=10.99.0.2:3260
 check "LIO target setup" lio_simple_target $IQN silent $SIZE $SERIAL $GOOD
+IO_WRITER_PID=
 check "dummy interface for the silent portal" eval \
     'ip link add hbsilent type dummy && ip addr add 10.99.0.1/24 dev hbsilent && ip link set hbsilent up'
 cleanup_net() {
@@ -30,6 +32,17 @@ cleanup_net() {
 silent_up() { ip addr add 10.99.0.2/32 dev lo && lio_portal $IQN $SILENT; }
 silent_down() { rmdir "$(lio_tpg $IQN)/np/$SILENT" && ip addr del 10.99.0.2/32 dev lo; }
 
+# The worker's log says what became of the late path.
+export RUST_LOG=hostbrick=info
+worker_logs() { cat /run/hostbrick/attach-workers/*.log 2>/dev/null | cut -c1-400 | tail -n 40; }
+diagnose() {
+    log "worker logs:"; worker_logs | sed 's/^/    worker| /'
+    log "processes: $(ps -eo pid,args | grep -E 'iscsiadm|__connect-worker' | grep -v grep | tr '\n' ';')"
+    log "sockets: $(ss -tn 2>&1 | tr '\n' ';')"
+    log "sessions: $(iscsi_sessions | tr '\n' ';')"
+}
+# die MESSAGE: fail with the writer stopped first (its loop would outlive the scenario).
+die() { [ -n "${IO_WRITER_PID:-}" ] && { io_writer_stop writer; IO_WRITER_PID=; }; cleanup_net; fail "$@"; }
 workers() { pgrep -f -- '__connect-worker' | tr '\n' ' '; }
 no_worker() { [ -z "$(workers)" ]; }
 map_paths() { ls "/sys/block/$1/slaves" 2>/dev/null | wc -l; }
@@ -42,6 +55,7 @@ conn_iscsi "$WORK/conn.json" $GOOD $IQN 0 "$(new_uuid)" \
 connect vol "$WORK/conn.json" --multipath
 CONNECT1_S=$CONNECT_S
 T0=$(now_ns)
+check "bringing the silent portal to life" silent_up
 [ "${CONNECT1_S%%.*}" -lt 3 ] || fail "connect with a silent portal took ${CONNECT1_S}s (its login timeout is 5 s)"
 DEV=$(record_field vol path)
 REAL=$(readlink -f "$DEV")
@@ -54,17 +68,18 @@ log "worker(s): $(workers)"
 check_io "$DEV" before
 check "the writer's first round" io_writer_start "$DEV" writer
 
-check "bringing the silent portal to life" silent_up
 wait_until 30 two_paths "${REAL##*/}" \
-    || fail "the late path did not join the map: $(multipath -ll $WWID 2>&1 | tr '\n' ';') $(iscsi_sessions | tr '\n' ';')"
+    || { diagnose; die "the late path did not join the map: $(multipath -ll $WWID 2>&1 | tr '\n' ';')"; }
 JOIN_S=$(secs_since "$T0")
+worker_logs | sed 's/^/    worker| /'
 multipath -ll "$WWID" 2>&1 | sed 's/^/  /'
-session_present $IQN 10.99.0.2 || fail "no session through $SILENT"
-wait_until 10 no_worker || fail "the worker did not end after the late path joined: $(workers)"
-ls /run/hostbrick/attach-workers/*.pid >/dev/null 2>&1 && fail "the worker left its pid file"
+session_present $IQN 10.99.0.2 || die "no session through $SILENT"
+wait_until 10 no_worker || die "the worker did not end after the late path joined: $(workers)"
+ls /run/hostbrick/attach-workers/*.pid >/dev/null 2>&1 && die "the worker left its pid file"
 r=$(io_writer_rounds writer)
-wait_until 60 io_writer_past writer $((r + 1)) || fail "the writer made no progress over two paths"
-io_writer_stop writer || fail "the writer saw an error: $IO_WRITER_ERROR"
+wait_until 60 io_writer_past writer $((r + 1)) || die "the writer made no progress over two paths"
+io_writer_stop writer || { IO_WRITER_PID=; die "the writer saw an error: $IO_WRITER_ERROR"; }
+IO_WRITER_PID=
 ROUNDS=$IO_WRITER_ROUNDS
 read_pattern "$DEV" before || fail "the first pattern did not read back"
 PATHS=$(ls /sys/block/${REAL##*/}/slaves | tr '\n' ' ')
@@ -88,6 +103,7 @@ REAL2=$(readlink -f "$DEV2")
 check_io "$DEV2" second
 [ -n "$(workers)" ] || fail "no worker while the silent portal's login is pending"
 disconnect vol2 "$WORK/conn.json" --multipath
+worker_logs | sed 's/^/    worker| /'
 DISCONNECT2_S=$DISCONNECT_S
 [ "${DISCONNECT2_S%%.*}" -lt 5 ] || fail "the disconnect during a pending login took ${DISCONNECT2_S}s"
 no_worker || fail "the worker outlived the disconnect: $(workers)"
