@@ -9,8 +9,12 @@
 #   the map (2 paths) under a writer of checksummed blocks, and the worker ends by itself;
 #   the writer saw no error; the detach leaves nothing (no session, node record, map, disk,
 #   worker).
-#   Run 2: the portal stays silent; a disconnect while the login is still pending stops the
-#   worker and leaves nothing, and nothing comes back afterwards.
+#   Run 2: the portal stays silent and the worker is SIGKILLed (as by a reboot of the
+#   service, or the OOM killer): a disconnect from another process, with the connect's record
+#   (one path), still leaves nothing: the node record the worker made for the pending login
+#   goes, and a session of the volume's targets without LUNs would be logged out.
+#   Run 3: the portal stays silent; a disconnect while the login is still pending stops the
+#   worker (SIGTERM) and leaves nothing, and nothing comes back afterwards.
 . "$GUEST_DIR/lib.sh"
 scenario_begin "$1"
 
@@ -93,8 +97,28 @@ check_no_scsi_disks
 no_worker || fail "a worker is left: $(workers)"
 DISCONNECT1_S=$DISCONNECT_S
 
-# ---------------------------------------------------------------- run 2: it never comes up
+# ---------------------------------------------------------------- run 2: the worker is killed
 check "silencing the portal again" silent_down
+no_login() { ! pgrep -x iscsiadm >/dev/null; }
+connect vol3 "$WORK/conn.json" --multipath
+CONNECT3_S=$CONNECT_S
+W=$(workers)
+[ -n "$W" ] || fail "no worker while the silent portal's login is pending"
+kill -KILL $W
+wait_until 5 no_worker || fail "the worker survived SIGKILL"
+iscsiadm -m node -T $IQN -p $SILENT >/dev/null 2>&1 || note "no node record of the pending login after the kill"
+disconnect vol3 "$WORK/conn.json" --multipath
+KILLED_DISCONNECT_S=$DISCONNECT_S
+check_no_dm_map "$WWID"
+check_no_iscsi_leftovers $IQN
+check_no_scsi_disks
+# The login iscsiadm was running for the killed worker ends by itself (the portal is silent);
+# the next connect must not find iscsid still busy with it.
+wait_until 30 no_login || fail "iscsiadm still running: $(pgrep -a iscsiadm | tr '\n' ';')"
+sleep 1
+check_no_iscsi_leftovers $IQN
+
+# ---------------------------------------------------------------- run 3: it never comes up
 connect vol2 "$WORK/conn.json" --multipath
 CONNECT2_S=$CONNECT_S
 [ "${CONNECT2_S%%.*}" -lt 3 ] || fail "connect with a silent portal took ${CONNECT2_S}s"
@@ -116,6 +140,6 @@ sleep 2
 check_no_iscsi_leftovers $IQN
 cleanup_net
 
-note "connect with a silent portal ${CONNECT1_S}s / ${CONNECT2_S}s (login timeout 5 s); late path in the map ${JOIN_S}s after the connect returned; writer $ROUNDS rounds verified; detach ${DISCONNECT1_S}s, detach during the pending login ${DISCONNECT2_S}s"
+note "connect with a silent portal ${CONNECT1_S}s / ${CONNECT3_S}s / ${CONNECT2_S}s (login timeout 5 s); late path in the map ${JOIN_S}s after the connect returned; writer $ROUNDS rounds verified; detach ${DISCONNECT1_S}s, after the worker was killed ${KILLED_DISCONNECT_S}s, during the pending login ${DISCONNECT2_S}s"
 bench_line fault "iSCSI multipath, one portal silent (SYNs dropped)" 1 "$CONNECT1_S" "$DISCONNECT1_S" - "late path joined ${JOIN_S}s after connect; detach during pending login ${DISCONNECT2_S}s"
 scenario_pass
