@@ -26,7 +26,7 @@ use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
 
 /// How long a multipath connect whose map is usable waits for the logins still under way
-/// (within [`crate::IscsiOptions::extra_path_grace`]) before it hands them off: a healthy
+/// (within [`super::IscsiOptions::extra_path_grace`]) before it hands them off: a healthy
 /// portal's login, started with the others, is done by then; a dead one's is not.
 pub(super) const LATE_LOGIN_WAIT: Duration = Duration::from_millis(500);
 

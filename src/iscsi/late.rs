@@ -228,7 +228,7 @@ pub(super) fn stop_for(targets: &[IscsiTarget]) -> usize {
 }
 
 /// How many multipath connects of this process have paths still coming up in the
-/// background (see [`crate::IscsiOptions::extra_path_grace`]).
+/// background (see [`super::IscsiOptions::extra_path_grace`]).
 pub fn late_paths_pending() -> usize {
     work().len()
 }
