@@ -321,6 +321,7 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 ignore_errors: a.ignore_errors,
             };
             let done = connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            worker::forget(&context(a).host, &info);
             // --ignore-errors: what --force carried on past is told, and the call succeeds.
             for e in &done.failures {
                 eprintln!("warning: disconnect step failed (ignored): {}", e.chain());
@@ -353,6 +354,9 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                     path: "stdin/stdout".into(),
                     source,
                 })?;
+            // Paths of this process's connects still coming up would die half made with it:
+            // they are stopped and undone first.
+            worker::stop_in_process();
             Ok(String::new())
         }
         Cmd::Audit => {

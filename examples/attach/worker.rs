@@ -10,7 +10,8 @@
 //! status when the child ended without a record. The child, when paths are still coming
 //! up, stays until they joined the map or were undone, under a pid file in the private
 //! state directory (`attach-workers/<volume>.pid`, mode 0600); its log (stderr) is
-//! `attach-workers/<volume>.log`, which `connect` copies to its own stderr up to the record.
+//! `attach-workers/<volume>.log`, which `connect` copies to its own stderr up to the record
+//! (the rest tells what became of the late paths; the volume's disconnect removes it).
 //!
 //! `disconnect` stops the worker of its volume first: `SIGTERM` (only once `/proc` shows the
 //! pid is this program running `__connect-worker`), which stops the pending logins and undoes
@@ -225,6 +226,13 @@ pub fn stop(host: &Host, info: &ConnectionInfo) {
         eprintln!("warning: the connect worker {pid} did not end within {STOP_WAIT:?}");
     }
     let _ = fs::remove_file(&p);
+}
+
+/// Removes the worker's log of `info`'s volume (after its disconnect).
+pub fn forget(host: &Host, info: &ConnectionInfo) {
+    if let Some(stem) = stem(info) {
+        let _ = fs::remove_file(dir(host).join(format!("{stem}.log")));
+    }
 }
 
 /// Whether `pid` is a live (not zombie) process of this program running the worker.

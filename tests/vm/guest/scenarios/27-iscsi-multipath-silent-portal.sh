@@ -126,8 +126,10 @@ DEV2=$(record_field vol2 path)
 REAL2=$(readlink -f "$DEV2")
 check_io "$DEV2" second
 [ -n "$(workers)" ] || fail "no worker while the silent portal's login is pending"
-disconnect vol2 "$WORK/conn.json" --multipath
+sleep 0.5
 worker_logs | sed 's/^/    worker| /'
+disconnect vol2 "$WORK/conn.json" --multipath
+ls /run/hostbrick/attach-workers/*.log >/dev/null 2>&1 && fail "the disconnect left the worker's log"
 DISCONNECT2_S=$DISCONNECT_S
 [ "${DISCONNECT2_S%%.*}" -lt 5 ] || fail "the disconnect during a pending login took ${DISCONNECT2_S}s"
 no_worker || fail "the worker outlived the disconnect: $(workers)"
