@@ -264,3 +264,52 @@ fn is_worker(pid: i32) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_live_worker_of_this_program_counts() {
+        // This test process is this program, not running the worker subcommand.
+        assert!(!is_worker(std::process::id() as i32));
+        assert!(!is_worker(i32::MAX));
+    }
+
+    #[test]
+    fn stems_are_the_hex_of_the_volume_key() {
+        let info = ConnectionInfo::from_json(
+            r#"{"driver_volume_type": "iscsi", "data": {"target_portal": "127.0.0.1:3260",
+                "target_iqn": "iqn.2003-01.x:t", "target_lun": 0, "volume_id": "v-1"}}"#,
+        )
+        .unwrap();
+        let s = stem(&info).unwrap();
+        assert_eq!(
+            s,
+            "volume-v/1"
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        assert!(s.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(wanted(&info, true) && !wanted(&info, false));
+    }
+
+    #[test]
+    fn a_pid_file_of_a_dead_or_foreign_process_is_removed_and_nothing_is_signalled() {
+        let tmp = std::env::temp_dir().join(format!("hb-worker-test-{}", std::process::id()));
+        let host = Host::with_root(&tmp);
+        let info = ConnectionInfo::from_json(
+            r#"{"driver_volume_type": "iscsi", "data": {"target_portal": "127.0.0.1:3260",
+                "target_iqn": "iqn.2003-01.x:t", "target_lun": 0, "volume_id": "w"}}"#,
+        )
+        .unwrap();
+        let d = ensure_dir(&host).unwrap();
+        let pid_file = d.join(format!("{}.pid", stem(&info).unwrap()));
+        // Our own pid: alive, but not a worker.
+        fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+        stop(&host, &info);
+        assert!(!pid_file.exists());
+        let _ = fs::remove_dir_all(&tmp);
+    }
+}
