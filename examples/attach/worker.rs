@@ -286,7 +286,7 @@ mod tests {
         let s = stem(&info).unwrap();
         assert_eq!(
             s,
-            "volume-v/1"
+            "volume-v-1"
                 .bytes()
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
