@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use hostbrick::testing::sim::iscsi::{self, IscsiSim, WWID_1, WWID_2};
 use hostbrick::testing::sim::MIB;
 use hostbrick::{
-    connector_for, Cancel, Command, ConnectorOptions, DeviceRecord, DisconnectOptions,
-    MultipathMode, Protocol,
+    connector_for, Cancel, Command, CommandRunner, ConnectorOptions, DeviceRecord,
+    DisconnectOptions, MultipathMode, Protocol,
 };
 
 /// Long budgets, multipath on; the grace of the simulator's options (300 ms).
@@ -286,5 +286,33 @@ fn concurrent_volumes_keep_their_own_background_paths() {
         DisconnectOptions::default(),
     )
     .unwrap();
+    sim.assert_clean();
+}
+
+#[test]
+fn a_disconnect_from_another_process_logs_out_a_late_session_without_luns() {
+    let (a, b) = ("127.0.27.1:3260", "127.0.27.2:3260");
+    let sim = two_portals(a, b, WWID_1);
+    sim.set_reachable(b, false);
+    let c = connector_for(Protocol::Iscsi, options(&sim)).unwrap();
+    let info = iscsi::multi(&[a, b], 1, "vol-late-8");
+    let record = c.connect_volume(&info).unwrap();
+    assert_eq!(record.paths.len(), 1);
+    // The process that connected died with its login at b under way; iscsid finished that
+    // login afterwards (node record and a session without any scanned LUN are left).
+    sim.set_reachable(b, true);
+    let adm = |args: &[&str]| {
+        let cmd = Command::new("iscsiadm").args(["-m", "node", "-T", iscsi::IQN, "-p", b]);
+        let out = sim.runner.run(&cmd.args(args.iter().copied())).unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    adm(&["--interface", "default", "--op", "new"]);
+    adm(&["--interface", "default", "--login"]);
+    assert_eq!(sim.session_count(), 2);
+    // Another connector (another process) with the connect's record takes everything down.
+    let other = connector_for(Protocol::Iscsi, options(&sim)).unwrap();
+    other
+        .disconnect_volume(&info, Some(&record), DisconnectOptions::default())
+        .unwrap();
     sim.assert_clean();
 }
