@@ -11,7 +11,8 @@
 //! up, stays until they joined the map or were undone, under a pid file in the private
 //! state directory (`attach-workers/<volume>.pid`, mode 0600); its log (stderr) is
 //! `attach-workers/<volume>.log`, which `connect` copies to its own stderr up to the record
-//! (the rest tells what became of the late paths; the volume's disconnect removes it).
+//! (the rest tells what became of the late paths; the volume's disconnect removes it, and
+//! `connect` itself when the worker ended with it).
 //!
 //! `disconnect` stops the worker of its volume first: `SIGTERM` (only once `/proc` shows the
 //! pid is this program running `__connect-worker`), which stops the pending logins and undoes
@@ -121,7 +122,13 @@ pub fn connect(
     }
     copy_log(&log_path);
     if line.ends_with('\n') {
-        // The worker goes on alone (paths still coming up) or ends by itself.
+        // With paths still coming up the worker noted its pid before the record and goes on
+        // alone (its log stays until the volume's disconnect); else it is ending now, and
+        // its log, copied above, goes.
+        if !d.join(format!("{stem}.pid")).exists() {
+            let _ = child.wait();
+            let _ = fs::remove_file(&log_path);
+        }
         return Some(Ok(line.trim_end().to_string()));
     }
     let code = match child.wait() {
@@ -131,7 +138,9 @@ pub fn connect(
             .unwrap_or(1),
         Err(_) => 1,
     };
-    // The worker wrote its error (error[KIND]: ...) into the log copied above.
+    // The worker wrote its error (error[KIND]: ...) into the log copied above; nothing was
+    // connected, so nothing will disconnect and remove it.
+    let _ = fs::remove_file(&log_path);
     std::process::exit(code);
 }
 

@@ -36,9 +36,11 @@ cleanup_net() {
 silent_up() { ip addr add 10.99.0.2/32 dev lo && lio_portal $IQN $SILENT; }
 silent_down() { rmdir "$(lio_tpg $IQN)/np/$SILENT" && ip addr del 10.99.0.2/32 dev lo; }
 
-# The worker's log says what became of the late path.
+# The worker's files (pid file, log) are named after the volume's lock key, hex-encoded.
 export RUST_LOG=hostbrick=info
-worker_logs() { cat /run/hostbrick/attach-workers/*.log 2>/dev/null | cut -c1-400 | tail -n 40; }
+VOLUME_ID=$(new_uuid)
+WFILES=/run/hostbrick/attach-workers/$(printf 'volume-%s' "$VOLUME_ID" | od -An -tx1 | tr -d ' \n')
+worker_logs() { cut -c1-400 "$WFILES.log" 2>/dev/null | tail -n 40; }
 diagnose() {
     log "worker logs:"; worker_logs | sed 's/^/    worker| /'
     log "processes: $(ps -eo pid,args | grep -E 'iscsiadm|__connect-worker' | grep -v grep | tr '\n' ';')"
@@ -52,7 +54,7 @@ no_worker() { [ -z "$(workers)" ]; }
 map_paths() { ls "/sys/block/$1/slaves" 2>/dev/null | wc -l; }
 two_paths() { [ "$(map_paths "$1")" = 2 ]; }
 
-conn_iscsi "$WORK/conn.json" $GOOD $IQN 0 "$(new_uuid)" \
+conn_iscsi "$WORK/conn.json" $GOOD $IQN 0 "$VOLUME_ID" \
     ".target_portals=[\"$GOOD\",\"$SILENT\"] | .target_iqns=[\"$IQN\",\"$IQN\"] | .target_luns=[0,0]"
 
 # ---------------------------------------------------------------- run 1: the portal comes up
@@ -67,7 +69,7 @@ case $REAL in /dev/dm-*) ;; *) fail "multipath connect returned $DEV ($REAL), no
 [ "$(jq '.paths | length' "$WORK/vol.json")" = 1 ] || fail "the record has $(jq '.paths | length' "$WORK/vol.json") paths, expected the healthy one"
 check_block_device "$DEV" $SIZE "$WWID"
 [ -n "$(workers)" ] || fail "no connect worker is finishing the silent portal's login"
-ls /run/hostbrick/attach-workers/*.pid >/dev/null 2>&1 || fail "the worker has no pid file"
+[ -s "$WFILES.pid" ] || fail "the worker has no pid file ($WFILES.pid)"
 log "worker(s): $(workers)"
 check_io "$DEV" before
 check "the writer's first round" io_writer_start "$DEV" writer
@@ -82,7 +84,7 @@ JOIN_MS=$(worker_logs | grep -o 'phase="late_path_joined" elapsed_ms=[0-9]*' | g
 multipath -ll "$WWID" 2>&1 | sed 's/^/  /'
 session_present $IQN 10.99.0.2 || die "no session through $SILENT"
 wait_until 10 no_worker || die "the worker did not end after the late path joined: $(workers)"
-ls /run/hostbrick/attach-workers/*.pid >/dev/null 2>&1 && die "the worker left its pid file"
+[ -e "$WFILES.pid" ] && die "the worker left its pid file"
 r=$(io_writer_rounds writer)
 wait_until 60 io_writer_past writer $((r + 1)) || die "the writer made no progress over two paths"
 io_writer_stop writer || { IO_WRITER_PID=; die "the writer saw an error: $IO_WRITER_ERROR"; }
@@ -132,7 +134,7 @@ check_io "$DEV2" second
 sleep 0.5
 worker_logs | sed 's/^/    worker| /'
 disconnect vol2 "$WORK/conn.json" --multipath
-ls /run/hostbrick/attach-workers/*.log >/dev/null 2>&1 && fail "the disconnect left the worker's log"
+[ -e "$WFILES.log" ] && fail "the disconnect left the worker's log"
 DISCONNECT2_S=$DISCONNECT_S
 [ "${DISCONNECT2_S%%.*}" -lt 5 ] || fail "the disconnect during a pending login took ${DISCONNECT2_S}s"
 no_worker || fail "the worker outlived the disconnect: $(workers)"
