@@ -50,9 +50,16 @@
 //! answers the requests under way (`"kind": "cancelled"`) and exits 1. A second signal exits
 //! at once with 128 + its number (130, 143), leaving what is half made to `attach audit`.
 //! (`SIGKILL` leaves it too.) The other commands change nothing and die on the signal.
+//!
+//! A multipath iSCSI `connect` returns as soon as its map is usable, before a dead portal's
+//! login has timed out: it runs in a detached worker of its own (`attach/worker.rs`) that
+//! prints the record through `connect` and stays, under a pid file in the state directory,
+//! until the paths still logging in joined the map or were undone; `disconnect` of the
+//! volume stops that worker (`SIGTERM`) and waits for it first.
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +93,8 @@ mod common;
 mod crypt;
 #[path = "attach/signals.rs"]
 mod signals;
+#[path = "attach/worker.rs"]
+mod worker;
 
 use common::Usage;
 
@@ -93,6 +102,8 @@ use common::Usage;
 enum Cmd {
     Properties,
     Connect,
+    /// The hidden worker of a multipath iSCSI connect (see [`worker`]).
+    ConnectWorker,
     Disconnect,
     Extend,
     Audit,
@@ -123,6 +134,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     let command = match it.next().as_deref() {
         Some("properties") => Cmd::Properties,
         Some("connect") => Cmd::Connect,
+        Some(worker::WORKER_COMMAND) => Cmd::ConnectWorker,
         Some("disconnect") => Cmd::Disconnect,
         Some("extend") => Cmd::Extend,
         Some("audit") => Cmd::Audit,
@@ -178,6 +190,7 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
     let (name, min, max) = match a.command {
         Cmd::Properties => ("properties", 0, 0),
         Cmd::Connect => ("connect", 1, 1),
+        Cmd::ConnectWorker => (worker::WORKER_COMMAND, 1, 1),
         Cmd::Extend => ("extend", 1, 1),
         Cmd::Disconnect => ("disconnect", 1, 2),
         Cmd::Audit => ("audit", 0, 0),
@@ -242,9 +255,16 @@ fn cancellable(
 /// The volume of the first file argument and its encryption metadata (`--encryption FILE`,
 /// else the file's top-level `encryption` key).
 fn volume(a: &Args) -> hostbrick::Result<(ConnectionInfo, Option<EncryptionMetadata>)> {
-    let text = read_input(&a.files[0])?;
+    volume_of(a, &read_input(&a.files[0])?)
+}
+
+/// [`volume`] of the connection_info file's text.
+fn volume_of(
+    a: &Args,
+    text: &str,
+) -> hostbrick::Result<(ConnectionInfo, Option<EncryptionMetadata>)> {
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| hostbrick::Error::InvalidConnectionInfo {
+        serde_json::from_str(text).map_err(|e| hostbrick::Error::InvalidConnectionInfo {
             field: "connection_info".into(),
             reason: format!("not valid JSON: {e}"),
         })?;
@@ -264,11 +284,47 @@ fn encrypted(
     meta: Option<EncryptionMetadata>,
     device: Option<&DeviceRecord>,
 ) -> hostbrick::Result<Arc<dyn Connector>> {
-    let o = cancellable(a, || {})?;
+    encrypted_with(a, cancellable(a, || {})?, info, meta, device)
+}
+
+/// [`encrypted`] with the given options.
+fn encrypted_with(
+    a: &Args,
+    o: ConnectorOptions,
+    info: &ConnectionInfo,
+    meta: Option<EncryptionMetadata>,
+    device: Option<&DeviceRecord>,
+) -> hostbrick::Result<Arc<dyn Connector>> {
     let (context, timeout) = (o.context.clone(), o.operation_timeout);
     let inner: Arc<dyn Connector> = Arc::from(connector_for(info.protocol(), o)?);
     let keys = crypt::key_manager(a.key_dir.as_deref())?;
     Ok(crypt::wrap(inner, &context, timeout, keys, meta, device))
+}
+
+/// The worker's command line: this connect's options, the connection_info on stdin.
+fn worker_args(a: &Args) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if a.enforce_multipath {
+        v.push("--enforce-multipath".into());
+    } else if a.multipath {
+        v.push("--multipath".into());
+    }
+    if let Some(t) = a.timeout {
+        v.extend(["--timeout".into(), t.as_secs_f64().to_string()]);
+    }
+    for (flag, value) in [
+        ("--lock-dir", &a.lock_dir),
+        ("--iface", &a.iface),
+        ("--root-helper", &a.root_helper),
+        ("--key-dir", &a.key_dir),
+        ("--encryption", &a.encryption),
+    ] {
+        if let Some(x) = value {
+            v.extend([flag.to_string(), x.clone()]);
+        }
+    }
+    v.push("-".into());
+    v
 }
 
 fn run(a: &Args) -> hostbrick::Result<String> {
@@ -289,9 +345,45 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             })
         }
         Cmd::Connect => {
-            let (info, meta) = volume(a)?;
+            let text = read_input(&a.files[0])?;
+            let (info, meta) = volume_of(a, &text)?;
+            if worker::wanted(&info, a.multipath) {
+                // The worker connects; a signal here is passed on to it.
+                let child = Arc::new(AtomicI32::new(0));
+                let to = child.clone();
+                let _cancel = signals::on_first_signal(move || {
+                    let pid = to.load(Ordering::SeqCst);
+                    if pid > 0 {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                })
+                .map_err(|source| hostbrick::Error::Io {
+                    path: "signals".into(),
+                    source,
+                })?;
+                let host = context(a).host;
+                if let Some(r) = worker::connect(&host, &info, &text, worker_args(a), &child) {
+                    return r;
+                }
+                // No worker: connect here; paths still coming up are undone before exit.
+                let o = options(a).cancel(_cancel);
+                let connector = encrypted_with(a, o, &info, meta, None)?;
+                let record = connector.connect_volume(&info)?.to_json();
+                worker::stop_in_process();
+                return record;
+            }
             let connector = encrypted(a, &info, meta, None)?;
             connector.connect_volume(&info)?.to_json()
+        }
+        Cmd::ConnectWorker => {
+            let (info, meta) = volume(a)?;
+            let connector = encrypted(a, &info, meta, None)?;
+            let record = connector.connect_volume(&info)?.to_json()?;
+            worker::serve(&context(a).host, &info, &record);
+            Ok(String::new())
         }
         Cmd::Disconnect => {
             let (info, meta) = volume(a)?;
@@ -300,11 +392,14 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 None => None,
             };
             let connector = encrypted(a, &info, meta, device.as_ref())?;
+            // A connect worker of the volume still bringing paths up stops first.
+            worker::stop(&context(a).host, &info);
             let opts = DisconnectOptions {
                 force: a.force,
                 ignore_errors: a.ignore_errors,
             };
             let done = connector.disconnect_volume(&info, device.as_ref(), opts)?;
+            worker::forget(&context(a).host, &info);
             // --ignore-errors: what --force carried on past is told, and the call succeeds.
             for e in &done.failures {
                 eprintln!("warning: disconnect step failed (ignored): {}", e.chain());
@@ -338,6 +433,9 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                     path: "stdin/stdout".into(),
                     source,
                 })?;
+            // Paths of this process's connects still coming up would die half made with it:
+            // they are stopped and undone first.
+            worker::stop_in_process();
             Ok(String::new())
         }
         Cmd::Audit => {

@@ -57,8 +57,16 @@ pub struct IscsiOptions {
     /// How long a multipath connect waits for the dm map once a path is up, within the
     /// operation deadline, before falling back to the single path.
     pub multipath_timeout: Duration,
-    /// How long a multipath connect waits for paths still logging in once the map is
-    /// usable; later ones are stopped.
+    /// How long a multipath connect, once its map is usable, waits for the paths that have
+    /// logged in to show their device and join the map. The connect then returns; the
+    /// paths still coming up then (and the logins still under way half a second after the
+    /// map was usable, or at the end of this grace if shorter) finish in the background of
+    /// this process: each joins the map when it is up, or is undone (see
+    /// [`crate::iscsi::late_paths_pending`]); a disconnect of the volume stops them first.
+    /// A connect that cannot hand them off (a path only sendtargets discovery offered,
+    /// which a later disconnect could not know) stops them at the end of this grace, as
+    /// every pending path was stopped before background paths existed. Zero hands off at
+    /// once.
     pub extra_path_grace: Duration,
     /// The open-iscsi iface for node records (`default`, or `iser` for iSER); `None` picks
     /// from the protocol.
@@ -193,7 +201,8 @@ impl IscsiOptions {
         self
     }
 
-    /// Sets the grace for paths still logging in once the map is usable.
+    /// Sets how long a multipath connect waits for logged-in paths once the map is usable
+    /// (see [`IscsiOptions::extra_path_grace`]).
     pub fn extra_path_grace(mut self, t: Duration) -> Self {
         self.extra_path_grace = t;
         self

@@ -3,8 +3,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::late;
 use super::session::{self, SessionFinder};
 use super::{
     by_path_name, discovery_lock_key, ms, AttachedPath, IscsiDriver, IscsiProperties, IscsiTarget,
@@ -22,6 +24,37 @@ use crate::platform::cancel;
 use crate::platform::cmd::{Cancel, Command};
 use crate::platform::lock::LockMode;
 use crate::platform::wait::DeviceWatch;
+
+/// How long a multipath connect whose map is usable waits for the logins still under way
+/// (within [`super::IscsiOptions::extra_path_grace`]) before it hands them off: a healthy
+/// portal's login, started with the others, is done by then; a dead one's is not.
+pub(super) const LATE_LOGIN_WAIT: Duration = Duration::from_millis(500);
+
+/// What a path's thread tells the connect gathering the paths.
+pub(super) enum PathEvent {
+    /// The target's session is up (logged in, or reused): the scan and device wait follow.
+    LoggedIn(IscsiTarget),
+    /// The path is up, or failed (and undid what it made).
+    Done(IscsiTarget, Result<AttachedPath>),
+}
+
+/// What [`IscsiDriver::gather_paths`] ends with.
+enum Gathered {
+    /// Every path is done.
+    Complete {
+        paths: Vec<AttachedPath>,
+        errors: Vec<(IscsiTarget, Error)>,
+        map: std::result::Result<MultipathMap, String>,
+    },
+    /// The map is usable; `pending` paths are still coming up and finish in the
+    /// background.
+    HandOff {
+        paths: Vec<AttachedPath>,
+        errors: Vec<(IscsiTarget, Error)>,
+        map: MultipathMap,
+        pending: usize,
+    },
+}
 
 /// How long the multipathd liveness check of an enforced multipath connect may take.
 const MULTIPATHD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -175,7 +208,7 @@ impl IscsiDriver {
             if Instant::now() >= deadline || cancel::is_cancelled() {
                 break;
             }
-            match self.attach_path(props, t, deadline, None) {
+            match self.attach_path(props, t, deadline, None, &|| {}) {
                 Ok(p) => return self.record(props, &[p], None),
                 Err(e) => {
                     tracing::warn!(target = %t, error = %e.chain(), "path failed; trying the next");
@@ -193,36 +226,107 @@ impl IscsiDriver {
         targets: &[IscsiTarget],
         deadline: Instant,
     ) -> Result<DeviceRecord> {
+        // The paths' threads may outlive the call (paths still logging in when the map is
+        // usable finish in the background): they own what they use.
+        let driver = Arc::new(self.detached());
+        let shared_props = Arc::new(props.duplicate());
+        let shared_targets: Arc<Vec<IscsiTarget>> = Arc::new(targets.to_vec());
+        // Stops the paths' iscsiadm commands (after the grace, or the background's stop).
         let cancel = Cancel::new();
-        let span = tracing::Span::current();
-        // The operation's cancel, current in every path's thread as in this one.
+        // The current cancel of the paths' threads: the operation's fires it while the
+        // connect runs (as if it were current there), the background's stop afterwards.
+        let waits = Cancel::new();
         let op_cancel = cancel::current();
-        let (tx, rx) = mpsc::channel::<(IscsiTarget, Result<AttachedPath>)>();
+        if let Some(op) = &op_cancel {
+            op.link(&waits);
+        }
+        let span = tracing::Span::current();
+        let (tx, rx) = mpsc::channel::<PathEvent>();
         // At most `max_parallel_logins` paths at once: each worker takes the next target
         // not yet taken until none is left.
-        let next = AtomicUsize::new(0);
+        let next = Arc::new(AtomicUsize::new(0));
         let workers = self
             .opts
             .iscsi
             .max_parallel_logins
             .clamp(1, targets.len().max(1));
-        let (paths, errors, map) = std::thread::scope(|s| {
-            for _ in 0..workers {
-                let (tx, cancel, span, next) = (tx.clone(), &cancel, span.clone(), &next);
-                let op_cancel = op_cancel.clone();
-                s.spawn(move || {
+        for _ in 0..workers {
+            let (tx, cancel, waits, span, next) = (
+                tx.clone(),
+                cancel.clone(),
+                waits.clone(),
+                span.clone(),
+                next.clone(),
+            );
+            let (driver, props, targets) =
+                (driver.clone(), shared_props.clone(), shared_targets.clone());
+            let spawned = std::thread::Builder::new()
+                .name("iscsi-path".into())
+                .spawn(move || {
                     let _e = span.entered();
-                    let _c = cancel::enter(op_cancel);
+                    let _c = cancel::enter(Some(waits));
                     while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let r = self.attach_path(props, t, deadline, Some(cancel));
-                        // The receiver lives until every sender is gone.
-                        let _ = tx.send((t.clone(), r));
+                        let up = tx.clone();
+                        let logged_in = move || {
+                            let _ = up.send(PathEvent::LoggedIn(t.clone()));
+                        };
+                        let r = driver.attach_path(&props, t, deadline, Some(&cancel), &logged_in);
+                        // The receiver may be gone (the background gave up on the paths):
+                        // the path undid itself on failure, and a success is undone below.
+                        if let Err(std::sync::mpsc::SendError(PathEvent::Done(_, Ok(p)))) =
+                            tx.send(PathEvent::Done(t.clone(), r))
+                        {
+                            driver.undo_paths(std::slice::from_ref(&p));
+                        }
                     }
                 });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a path's thread; fewer paths log in at once");
             }
-            drop(tx);
-            self.gather_paths(&rx, &props.targets, targets.len(), &cancel, deadline)
-        });
+        }
+        drop(tx);
+        let gathered = self.gather_paths(&rx, &props.targets, targets, &cancel, deadline);
+        let (paths, errors, map) = match gathered {
+            Gathered::Complete { paths, errors, map } => {
+                // The paths' threads are done: nothing is linked to the operation's cancel
+                // any more.
+                waits.cancel();
+                (paths, errors, map)
+            }
+            Gathered::HandOff {
+                paths,
+                errors,
+                map,
+                pending,
+            } => {
+                let wwid = paths[0].wwid.clone();
+                let record = self.record(props, &paths, Some(&map));
+                if record.is_ok() {
+                    for e in &errors {
+                        tracing::warn!(target = %e.0, error = %e.1.chain(), "path failed");
+                    }
+                    late::hand_off(late::Late {
+                        driver,
+                        rx,
+                        cancel,
+                        waits,
+                        op_cancel,
+                        map,
+                        wwid,
+                        volume_key: props.volume_key(),
+                        targets: shared_targets.to_vec(),
+                        pending,
+                        deadline,
+                    });
+                } else {
+                    // No record to hand out: the paths still logging in go with the rest.
+                    cancel.cancel();
+                    waits.cancel();
+                    self.undo_multipath(&paths, Some(&map));
+                }
+                return record;
+            }
+        };
         if paths.is_empty() {
             return Err(all_failed(errors));
         }
@@ -263,41 +367,80 @@ impl IscsiDriver {
         }
     }
 
-    /// Collects path results as they arrive; builds the map from the first path up; gives
-    /// the paths still logging in `extra_path_grace` once the map is usable, then stops them.
+    /// Collects path results as they arrive and builds the map from the first path up.
+    ///
+    /// Once the map is usable, the connect waits `extra_path_grace` at most for the paths
+    /// that have logged in to show their device and join, and [`LATE_LOGIN_WAIT`] (within
+    /// that grace) for the logins still under way. Then, when every path still pending is
+    /// a target of the connection_info, they are handed off ([`Gathered::HandOff`]): they
+    /// finish in the background and join the map later, or are undone. A path only
+    /// discovery offered cannot be handed off (a later disconnect would not know it): such
+    /// paths are stopped at the end of the grace, as are all the pending ones of a connect
+    /// whose operation was cancelled.
     ///
     /// The volume is what the connection_info's own targets (`given`) show: a path only
     /// discovery offered (another target name, on an array with one per portal) waits
     /// until a given target's path is up, and joins only with that path's WWID. When no
     /// given target comes up, such paths are undone: nothing shows they are the volume.
-    #[allow(clippy::type_complexity)]
     fn gather_paths(
         &self,
-        rx: &mpsc::Receiver<(IscsiTarget, Result<AttachedPath>)>,
+        rx: &mpsc::Receiver<PathEvent>,
         given: &[IscsiTarget],
-        total: usize,
+        targets: &[IscsiTarget],
         cancel: &Cancel,
         deadline: Instant,
-    ) -> (
-        Vec<AttachedPath>,
-        Vec<(IscsiTarget, Error)>,
-        std::result::Result<MultipathMap, String>,
-    ) {
+    ) -> Gathered {
         let mut paths: Vec<AttachedPath> = Vec::new();
         let mut errors = Vec::new();
         let mut map: Option<std::result::Result<MultipathMap, String>> = None;
         let mut grace_end: Option<Instant> = None;
-        let mut pending = total;
+        // When the logins still under way are handed off, once the map is usable.
+        let mut login_wait_end: Option<Instant> = None;
+        let mut pending = targets.len();
+        // The targets not logged in yet (nor failed; those waiting for a free login slot
+        // too), and those logged in whose path is not done.
+        let mut logging_in: Vec<IscsiTarget> = targets.to_vec();
+        let mut scanning: Vec<IscsiTarget> = Vec::new();
         // Discovered-only paths up before any given target's path.
         let mut held: Vec<AttachedPath> = Vec::new();
         while pending > 0 {
-            let msg = match grace_end {
+            let usable = matches!(map, Some(Ok(_)));
+            let hand_off_ok = usable
+                && !cancel::is_cancelled()
+                && !cancel.is_cancelled()
+                && logging_in
+                    .iter()
+                    .chain(&scanning)
+                    .all(|t| given.contains(t));
+            if hand_off_ok
+                && scanning.is_empty()
+                && login_wait_end.is_some_and(|end| Instant::now() >= end)
+            {
+                return self.hand_off(paths, errors, map, pending);
+            }
+            let wake = [
+                grace_end,
+                login_wait_end.filter(|_| hand_off_ok && scanning.is_empty()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let msg = match wake {
                 Some(end) => match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
                     Ok(m) => m,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        tracing::info!(pending, "device usable; stopping paths still logging in");
-                        cancel.cancel();
-                        grace_end = None;
+                        if grace_end.is_some_and(|g| Instant::now() >= g) {
+                            grace_end = None;
+                            if hand_off_ok {
+                                tracing::info!(pending, "device usable; finishing the paths still coming up in the background");
+                                return self.hand_off(paths, errors, map, pending);
+                            }
+                            tracing::info!(
+                                pending,
+                                "device usable; stopping paths still logging in"
+                            );
+                            cancel.cancel();
+                        }
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -307,8 +450,22 @@ impl IscsiDriver {
                     Err(_) => break,
                 },
             };
+            let (t, result) = match msg {
+                PathEvent::LoggedIn(t) => {
+                    if let Some(i) = logging_in.iter().position(|x| *x == t) {
+                        logging_in.remove(i);
+                    }
+                    scanning.push(t);
+                    continue;
+                }
+                PathEvent::Done(t, r) => (t, r),
+            };
             pending -= 1;
-            let (t, result) = msg;
+            if let Some(i) = scanning.iter().position(|x| *x == t) {
+                scanning.remove(i);
+            } else if let Some(i) = logging_in.iter().position(|x| *x == t) {
+                logging_in.remove(i);
+            }
             let p = match result {
                 Ok(p) => p,
                 Err(e) => {
@@ -349,9 +506,10 @@ impl IscsiDriver {
                     None => {
                         let r = self.assemble_map(&p, deadline);
                         if r.is_ok() && pending > 0 {
-                            grace_end = Some(
-                                (Instant::now() + self.opts.iscsi.extra_path_grace).min(deadline),
-                            );
+                            let grace = self.opts.iscsi.extra_path_grace;
+                            grace_end = Some((Instant::now() + grace).min(deadline));
+                            login_wait_end =
+                                Some((Instant::now() + grace.min(LATE_LOGIN_WAIT)).min(deadline));
                         }
                         map = Some(r);
                     }
@@ -398,7 +556,31 @@ impl IscsiDriver {
             }
         }
         let map = map.unwrap_or_else(|| Err("no path came up".to_string()));
-        (paths, errors, map)
+        Gathered::Complete { paths, errors, map }
+    }
+
+    /// The connect's result with the paths still pending handed off (the map is usable).
+    fn hand_off(
+        &self,
+        paths: Vec<AttachedPath>,
+        errors: Vec<(IscsiTarget, Error)>,
+        map: Option<std::result::Result<MultipathMap, String>>,
+        pending: usize,
+    ) -> Gathered {
+        match map {
+            Some(Ok(map)) => Gathered::HandOff {
+                paths,
+                errors,
+                map,
+                pending,
+            },
+            // Never called without a usable map.
+            other => Gathered::Complete {
+                paths,
+                errors,
+                map: other.unwrap_or_else(|| Err("no path came up".to_string())),
+            },
+        }
     }
 
     /// Makes sure a dm-multipath map exists over `p` and is usable.
@@ -497,7 +679,7 @@ impl IscsiDriver {
 
     /// Undoes a multipath connect stopped half way: the map over its paths (`map`, and any
     /// multipathd made over them meanwhile), then the paths.
-    fn undo_multipath(&self, paths: &[AttachedPath], map: Option<&MultipathMap>) {
+    pub(super) fn undo_multipath(&self, paths: &[AttachedPath], map: Option<&MultipathMap>) {
         let _undo = cancel::shield();
         let deadline = self.cleanup_deadline();
         let mut maps: Vec<MultipathMap> = map.into_iter().cloned().collect();
@@ -519,7 +701,7 @@ impl IscsiDriver {
     }
 
     /// Undoes paths that came up (a multipath connect that must not keep them).
-    fn undo_paths(&self, paths: &[AttachedPath]) {
+    pub(super) fn undo_paths(&self, paths: &[AttachedPath]) {
         let _undo = cancel::shield();
         let deadline = self.cleanup_deadline();
         let mut sessions = SessionFinder::new(self.host());

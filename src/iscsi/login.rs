@@ -128,6 +128,7 @@ impl IscsiDriver {
         t: &IscsiTarget,
         deadline: Instant,
         cancel: Option<&Cancel>,
+        logged_in: &dyn Fn(),
     ) -> Result<AttachedPath> {
         let span = tracing::info_span!("path", target = %t);
         let _e = span.enter();
@@ -140,7 +141,15 @@ impl IscsiDriver {
             None => self.adm(deadline),
         };
         let mut sessions = SessionFinder::new(self.host());
-        let result = self.attach_path_steps(props, t, &adm, &mut made, &mut sessions, deadline);
+        let result = self.attach_path_steps(
+            props,
+            t,
+            &adm,
+            &mut made,
+            &mut sessions,
+            deadline,
+            logged_in,
+        );
         drop(shared);
         if result.is_err() {
             self.undo(t, &made, &mut sessions);
@@ -148,6 +157,8 @@ impl IscsiDriver {
         result
     }
 
+    // `logged_in` tells a multipath connect which paths are past their login.
+    #[allow(clippy::too_many_arguments)]
     fn attach_path_steps(
         &self,
         props: &IscsiProperties,
@@ -156,6 +167,7 @@ impl IscsiDriver {
         made: &mut Made,
         sessions: &mut SessionFinder<'_>,
         deadline: Instant,
+        logged_in: &dyn Fn(),
     ) -> Result<AttachedPath> {
         let host = self.host();
         // One connect of a target at a time sets its node record up and logs in: open-iscsi's
@@ -173,6 +185,7 @@ impl IscsiDriver {
                 None => (self.log_in(props, t, adm, made, sessions, deadline)?, false),
             }
         };
+        logged_in();
         if reused {
             tracing::debug!(sid = session.sid, "reusing session");
             // A logout needs the record: give a session that lost it one back (checked
@@ -300,9 +313,7 @@ impl IscsiDriver {
     /// Whether the target has a node record at its portal (any iface's): a look at the
     /// record files where the database is the known one, else `iscsiadm -m node -T -p`.
     fn node_exists(&self, t: &IscsiTarget, adm: &Iscsiadm<'_>) -> Result<bool> {
-        if self.direct_records.load(Ordering::Relaxed)
-            && records::known_database(self.host())?.is_some()
-        {
+        if self.direct_records() && records::known_database(self.host())?.is_some() {
             return Ok(!records::node_record_files(self.host(), t)?.is_empty());
         }
         adm.node_exists(t)
@@ -323,7 +334,7 @@ impl IscsiDriver {
         deadline: Instant,
     ) -> Result<bool> {
         let host = self.host();
-        if self.direct_records.load(Ordering::Relaxed) {
+        if self.direct_records() {
             if let Some(conf) = records::known_database(host)? {
                 let settings = self.node_settings()?;
                 match records::ensure_node(

@@ -25,18 +25,21 @@ mod connect;
 mod extend;
 pub(crate) mod idbm;
 pub(crate) mod iscsiadm;
+mod late;
 mod login;
 pub(crate) mod records;
 pub(crate) mod session;
 mod teardown;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::connector::IscsiOptions;
 pub use crate::model::iscsi::{AddressingMode, ChapCredentials, IscsiProperties, IscsiTarget};
 pub(crate) use iscsiadm::{Iscsiadm, LoginOutcome, NodeParam};
+pub use late::{cancel_late_paths, late_paths_pending, wait_for_late_paths};
 
 use crate::connector::{ms, ConnectorOptions, DisconnectOptions, Driver, Operation, VolumeProps};
 use crate::error::{Error, Result};
@@ -61,8 +64,9 @@ pub(crate) struct IscsiDriver {
     locks: LockDir,
     registry: Registry,
     /// Node records are written into open-iscsi's files (where its database is the known
-    /// one) until a login shows iscsiadm reads them from elsewhere.
-    direct_records: AtomicBool,
+    /// one) until a login shows iscsiadm reads them from elsewhere. Shared with the
+    /// driver's [`IscsiDriver::detached`] copies.
+    direct_records: Arc<AtomicBool>,
 }
 
 /// One path that came up during a connect.
@@ -158,8 +162,27 @@ impl IscsiDriver {
             iface,
             locks,
             registry,
-            direct_records: AtomicBool::new(true),
+            direct_records: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// A copy of the driver for threads that outlive the operation (the paths of a
+    /// multipath connect still logging in when it returns): the same options, locks,
+    /// registry and node-record mode.
+    fn detached(&self) -> IscsiDriver {
+        IscsiDriver {
+            protocol: self.protocol,
+            opts: self.opts.clone(),
+            iface: self.iface.clone(),
+            locks: self.locks.clone(),
+            registry: self.registry.clone(),
+            direct_records: self.direct_records.clone(),
+        }
+    }
+
+    /// Whether node records are written into open-iscsi's files directly.
+    fn direct_records(&self) -> bool {
+        self.direct_records.load(Ordering::Relaxed)
     }
 
     fn host(&self) -> &Host {

@@ -1,7 +1,6 @@
 //! Disconnect: the volume's devices on the host, removal of its multipath maps and SCSI
 //! devices, and the logout of targets no LUN uses any more.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::connect::discovered_paths;
@@ -40,6 +39,9 @@ impl IscsiDriver {
     ) -> Result<()> {
         let deadline = op.deadline;
         let host = self.host();
+        // Paths of an earlier connect still coming up in the background (in this process)
+        // are stopped and undone first: nothing joins the volume while it is taken apart.
+        super::late::stop_for(&props.targets);
         let mut sessions = SessionFinder::new(host);
         let mut owned = self.owned(props, record, &mut sessions, deadline)?;
         // Nothing is flushed or removed unless all of it is free to go.
@@ -514,7 +516,7 @@ impl IscsiDriver {
     /// `iscsiadm --op delete`.
     fn delete_node(&self, t: &IscsiTarget, adm: &Iscsiadm<'_>, deadline: Instant) -> Result<()> {
         let host = self.host();
-        if self.direct_records.load(Ordering::Relaxed)
+        if self.direct_records()
             && records::known_database(host)?.is_some()
             && records::delete_node(host, t, deadline)? == NodeDelete::Done
         {

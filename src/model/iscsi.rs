@@ -185,6 +185,31 @@ impl IscsiProperties {
         })
     }
 
+    /// A copy with its own copies of the passwords, for the threads of a multipath connect
+    /// that outlive the call (paths still logging in when it returns).
+    pub(crate) fn duplicate(&self) -> IscsiProperties {
+        let chap = |c: &Option<ChapCredentials>| {
+            c.as_ref().map(|c| ChapCredentials {
+                username: c.username.clone(),
+                password: c.password.duplicate(),
+            })
+        };
+        IscsiProperties {
+            targets: self.targets.clone(),
+            listed_targets: self.listed_targets,
+            addressing_mode: self.addressing_mode,
+            enforce_multipath: self.enforce_multipath,
+            volume_id: self.volume_id.clone(),
+            auth: chap(&self.auth),
+            discovery_auth: chap(&self.discovery_auth),
+            target_discovered: self.target_discovered,
+            access_mode: self.access_mode,
+            discard: self.discard,
+            encrypted: self.encrypted,
+            qos_specs: self.qos_specs.clone(),
+        }
+    }
+
     /// The first target: the one a single-path attach tries first.
     pub fn primary(&self) -> &IscsiTarget {
         &self.targets[0]

@@ -303,6 +303,8 @@ pub struct Cancel {
 struct CancelState {
     cancelled: bool,
     waiters: Vec<mpsc::Sender<Event>>,
+    /// Handles that fire with this one ([`Cancel::link`]).
+    linked: Vec<Cancel>,
 }
 
 impl fmt::Debug for Cancel {
@@ -325,6 +327,24 @@ impl Cancel {
             // A waiter that already finished dropped its receiver: nothing to tell it.
             let _ = w.send(Event::Cancelled);
         }
+        let linked = std::mem::take(&mut st.linked);
+        drop(st);
+        for l in linked {
+            l.cancel();
+        }
+    }
+
+    /// Makes `other` fire when this handle does (at once when it already has). Handles
+    /// linked earlier that have fired meanwhile are let go.
+    pub(crate) fn link(&self, other: &Cancel) {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if st.cancelled {
+            drop(st);
+            other.cancel();
+            return;
+        }
+        st.linked.retain(|l| !l.is_cancelled());
+        st.linked.push(other.clone());
     }
 
     /// True once [`Cancel::cancel`] was called.
@@ -342,5 +362,38 @@ impl Cancel {
         }
         st.waiters.push(tx);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cancel;
+
+    #[test]
+    fn a_linked_cancel_fires_with_its_source_and_not_the_other_way_round() {
+        let (a, b, c) = (Cancel::new(), Cancel::new(), Cancel::new());
+        a.link(&b);
+        b.link(&c);
+        c.cancel();
+        assert!(!a.is_cancelled() && !b.is_cancelled());
+        a.cancel();
+        assert!(a.is_cancelled() && b.is_cancelled());
+        // Linked to a fired one: fires at once.
+        let d = Cancel::new();
+        a.link(&d);
+        assert!(d.is_cancelled());
+    }
+
+    #[test]
+    fn fired_links_are_let_go() {
+        let a = Cancel::new();
+        for _ in 0..10 {
+            let x = Cancel::new();
+            a.link(&x);
+            x.cancel();
+        }
+        a.link(&Cancel::new());
+        let st = a.inner.lock().unwrap();
+        assert_eq!(st.linked.len(), 1);
     }
 }
