@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--no-local-attach]
-//! attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] CONNECTION_INFO.json|-
-//! attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
-//! attach extend [--multipath] CONNECTION_INFO.json|-
+//! attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] [--key-dir DIR] [--encryption FILE] CONNECTION_INFO.json|-
+//! attach disconnect [--force] [--ignore-errors] [--multipath] [--encryption FILE] CONNECTION_INFO.json [DEVICE.json]
+//! attach extend [--multipath] [--key-dir DIR] [--encryption FILE] CONNECTION_INFO.json|-
 //! attach audit
-//! attach batch [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach]
+//! attach batch [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] [--key-dir DIR]
 //! ```
 //!
 //! JSON in, JSON out: results go to stdout and nothing else does. Errors go to stderr as
@@ -30,6 +30,20 @@
 //! Common options: `--timeout SECS` (operation deadline), `--lock-dir DIR`,
 //! `--iface NAME` (open-iscsi iface), `--root-helper CMD` (e.g. `sudo`).
 //!
+//! Encrypted volumes: the encryption metadata (Cinder's, `{"provider": "luks", "cipher":
+//! ..., "key_size": ..., "control_location": "front-end", "encryption_key_id": ...}`) comes
+//! from `--encryption FILE`, else from the connection_info file's top-level `encryption`
+//! key (beside `driver_volume_type` and `data`); in `batch`, from a request's `encryption`
+//! key. `--key-dir DIR` is the key manager: a 0700 directory with one 0600 file per key
+//! id (`DIR/<id>`: the key in hex, as `openssl rand -hex 32` writes it; or
+//! `DIR/<id>.passphrase`: a passphrase). `connect` then opens the volume (LUKS, LUKS2 or
+//! plain dm-crypt; a blank volume is formatted on its first attach, a device with any
+//! signature is refused) and prints the device record with `encryption` (the dm-crypt
+//! mapping; `encryption.device` is what a guest gets); `disconnect` with a DEVICE.json that
+//! has `encryption` closes the mapping first (no key needed); `extend` resizes the mapping
+//! and prints the decrypted size. Without metadata, or with `back-end` encryption, nothing
+//! changes.
+//!
 //! Signals: `connect`, `disconnect`, `extend` and `batch` take `SIGINT` and `SIGTERM`. The
 //! first cancels the running operations: a connect undoes what it made (sessions, devices,
 //! maps, controllers, mappings) and fails with `error[cancelled]: ...` (exit 1); `batch`
@@ -42,28 +56,34 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostbrick::encryption::EncryptionMetadata;
 use hostbrick::{
-    connector_for, get_connector_properties, ConnectionInfo, ConnectorOptions, DeviceRecord,
-    DisconnectOptions, HostContext,
+    connector_for, get_connector_properties, ConnectionInfo, Connector, ConnectorOptions,
+    DeviceRecord, DisconnectOptions, HostContext,
 };
 
 const USAGE: &str = "usage:
   attach properties [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--no-local-attach]
-  attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] CONNECTION_INFO.json|-
-  attach disconnect [--force] [--ignore-errors] [--multipath] CONNECTION_INFO.json [DEVICE.json]
-  attach extend [--multipath] CONNECTION_INFO.json|-
+  attach connect [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] [--key-dir DIR] [--encryption FILE] CONNECTION_INFO.json|-
+  attach disconnect [--force] [--ignore-errors] [--multipath] [--encryption FILE] CONNECTION_INFO.json [DEVICE.json]
+  attach extend [--multipath] [--key-dir DIR] [--encryption FILE] CONNECTION_INFO.json|-
   attach audit
-  attach batch [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach]
+  attach batch [--ip IP] [--host NAME] [--multipath] [--enforce-multipath] [--rbd-nbd] [--no-local-attach] [--key-dir DIR]
     (one JSON request a line on stdin: properties, connect, disconnect, extend, connect_many,
      disconnect_many, quit; one JSON answer a line on stdout; the flags are the requests' defaults)
 common options: --timeout SECS, --lock-dir DIR, --iface NAME, --root-helper CMD,
   --rbd-nbd (map RBD images with rbd-nbd), --no-local-attach (RBD: network record, no mapping)
+encryption: --encryption FILE (Cinder's encryption metadata; default: the connection_info's
+  top-level \"encryption\" key; batch: a request's \"encryption\" key), --key-dir DIR (one 0600
+  file per key id: hex key, or <id>.passphrase); a DEVICE.json with \"encryption\" is closed first
 SIGINT/SIGTERM: the first cancels (a connect undoes what it made; error[cancelled], exit 1),
   a second exits at once (exit 128+signal)";
 
 #[path = "attach/batch.rs"]
 mod batch;
 mod common;
+#[path = "attach/crypt.rs"]
+mod crypt;
 #[path = "attach/signals.rs"]
 mod signals;
 
@@ -94,6 +114,8 @@ struct Args {
     root_helper: Option<String>,
     rbd_nbd: bool,
     no_local_attach: bool,
+    key_dir: Option<String>,
+    encryption: Option<String>,
 }
 
 fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
@@ -124,6 +146,8 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
         root_helper: None,
         rbd_nbd: false,
         no_local_attach: false,
+        key_dir: None,
+        encryption: None,
     };
     let value = common::value;
     while let Some(arg) = it.next() {
@@ -143,6 +167,8 @@ fn parse_args(argv: Vec<String>) -> Result<Args, Usage> {
             "--lock-dir" => a.lock_dir = Some(value("--lock-dir", &mut it)?),
             "--iface" => a.iface = Some(value("--iface", &mut it)?),
             "--root-helper" => a.root_helper = Some(value("--root-helper", &mut it)?),
+            "--key-dir" => a.key_dir = Some(value("--key-dir", &mut it)?),
+            "--encryption" => a.encryption = Some(value("--encryption", &mut it)?),
             "-h" | "--help" => return Err(Usage(String::new())),
             "-" => a.files.push(arg),
             s if s.starts_with('-') => return Err(Usage(format!("unknown option {s}"))),
@@ -213,6 +239,38 @@ fn cancellable(
     Ok(options(a).cancel(cancel))
 }
 
+/// The volume of the first file argument and its encryption metadata (`--encryption FILE`,
+/// else the file's top-level `encryption` key).
+fn volume(a: &Args) -> hostbrick::Result<(ConnectionInfo, Option<EncryptionMetadata>)> {
+    let text = read_input(&a.files[0])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| hostbrick::Error::InvalidConnectionInfo {
+            field: "connection_info".into(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+    let info = ConnectionInfo::from_value(&v)?;
+    let meta = match &a.encryption {
+        Some(f) => EncryptionMetadata::from_json(&read_input(f)?)?,
+        None => crypt::metadata(v.get("encryption"))?,
+    };
+    Ok((info, meta))
+}
+
+/// The connector for `info` (cancellable), opening and closing the volume's encryption
+/// when `meta` (or the record, to detach) asks for it.
+fn encrypted(
+    a: &Args,
+    info: &ConnectionInfo,
+    meta: Option<EncryptionMetadata>,
+    device: Option<&DeviceRecord>,
+) -> hostbrick::Result<Arc<dyn Connector>> {
+    let o = cancellable(a, || {})?;
+    let (context, timeout) = (o.context.clone(), o.operation_timeout);
+    let inner: Arc<dyn Connector> = Arc::from(connector_for(info.protocol(), o)?);
+    let keys = crypt::key_manager(a.key_dir.as_deref())?;
+    Ok(crypt::wrap(inner, &context, timeout, keys, meta, device))
+}
+
 fn run(a: &Args) -> hostbrick::Result<String> {
     match a.command {
         Cmd::Properties => {
@@ -231,17 +289,17 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             })
         }
         Cmd::Connect => {
-            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
-            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
+            let (info, meta) = volume(a)?;
+            let connector = encrypted(a, &info, meta, None)?;
             connector.connect_volume(&info)?.to_json()
         }
         Cmd::Disconnect => {
-            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
+            let (info, meta) = volume(a)?;
             let device = match a.files.get(1) {
                 Some(f) => Some(DeviceRecord::from_json(&read_input(f)?)?),
                 None => None,
             };
-            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
+            let connector = encrypted(a, &info, meta, device.as_ref())?;
             let opts = DisconnectOptions {
                 force: a.force,
                 ignore_errors: a.ignore_errors,
@@ -254,8 +312,8 @@ fn run(a: &Args) -> hostbrick::Result<String> {
             Ok(String::new())
         }
         Cmd::Extend => {
-            let info = ConnectionInfo::from_json(&read_input(&a.files[0])?)?;
-            let connector = connector_for(info.protocol(), cancellable(a, || {})?)?;
+            let (info, meta) = volume(a)?;
+            let connector = encrypted(a, &info, meta, None)?;
             Ok(connector.extend_volume(&info)?.to_string())
         }
         Cmd::Batch => {
@@ -272,6 +330,7 @@ fn run(a: &Args) -> hostbrick::Result<String> {
                 a.ip.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
                 a.host.clone().unwrap_or_else(common::hostname),
             )
+            .with_keys(crypt::key_manager(a.key_dir.as_deref())?)
             .answering_under(answering);
             server
                 .serve(std::io::stdin().lock(), std::io::stdout().lock())

@@ -440,6 +440,28 @@ pub enum Error {
         signature: String,
     },
 
+    /// The volume cannot be decrypted on this host (os-brick's
+    /// `VolumeEncryptionNotSupported`): e.g. a network volume the hypervisor opens itself.
+    #[error("volume {volume} cannot be decrypted on this host: {reason}")]
+    EncryptionNotSupported {
+        /// The volume id (else its path).
+        volume: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// Opening an attached volume's encryption failed, and detaching the volume again
+    /// failed too ([`crate::encryption::EncryptedConnector`]); the volume may still be
+    /// attached.
+    #[error("opening the encrypted volume failed{}", list_rollback(rollback))]
+    EncryptedAttach {
+        /// Why the open failed.
+        #[source]
+        cause: Box<Error>,
+        /// The undo steps that failed.
+        rollback: Vec<RollbackFailure>,
+    },
+
     /// A cross-process lock stayed held by someone else until the operation's deadline.
     #[error("timed out after {waited:?} waiting for lock {key} ({})", path.display())]
     LockTimeout {
@@ -515,6 +537,8 @@ impl Error {
             Error::KeyNotFound { .. } => "key_not_found",
             Error::WrongKey { .. } => "wrong_key",
             Error::DeviceHasSignature { .. } => "device_has_signature",
+            Error::EncryptionNotSupported { .. } => "encryption_not_supported",
+            Error::EncryptedAttach { .. } => "encrypted_attach",
         }
     }
 

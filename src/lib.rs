@@ -116,7 +116,8 @@ pub use model::connection::{
 };
 pub use model::ids::{Hctl, Iqn, ParseIdError, Portal, Wwid};
 pub use model::record::{
-    DeviceKind, DeviceRecord, LocalRecord, NetworkSource, NvmePathRecord, PathRecord, RbdRecord,
+    DeviceKind, DeviceRecord, EncryptionRecord, LocalRecord, NetworkSource, NvmePathRecord,
+    PathRecord, RbdRecord,
 };
 pub use model::secret::Secret;
 pub use platform::cmd::{Arg, Cancel, Command, CommandOutput, CommandRunner, SystemRunner};

@@ -17,7 +17,11 @@
 //! ```
 //!
 //! `VOLUME` is `"connection_info": {...}` (Cinder's, `driver_volume_type` and `data`) or, as
-//! os-brick takes it, `"protocol": "ISCSI", "connection_properties": {...}` (the `data`).
+//! os-brick takes it, `"protocol": "ISCSI", "connection_properties": {...}` (the `data`),
+//! with, for an encrypted volume, `"encryption": {...}` (Cinder's encryption metadata, else
+//! the connection_info's top-level `encryption` key; the keys come from `--key-dir`): connect then opens it and answers the record with
+//! `encryption`, extend answers the decrypted size, and a disconnect whose `device_info`
+//! has `encryption` closes the mapping first (no key or metadata needed).
 //! Every key but `op` and the volume is optional: properties default to the command line's
 //! `--ip`, `--host`, `--multipath`, `--enforce-multipath`; `use_multipath` (os-brick's
 //! connector flag) to `--multipath` (`--enforce-multipath` makes it enforced);
@@ -40,10 +44,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
+use hostbrick::encryption::KeyManager;
 use hostbrick::{
     connector_for, get_connector_properties, ConnectionInfo, Connector, ConnectorOptions,
     DeviceRecord, DisconnectOptions, MultipathMode, Protocol,
 };
+
+use crate::crypt;
 use serde_json::{json, Map, Value};
 
 /// The longest request line read; a longer one is answered `invalid_request` and skipped.
@@ -129,6 +136,7 @@ pub struct Batch {
     host: String,
     connectors: Mutex<Vec<Made>>,
     answering: Arc<Mutex<()>>,
+    keys: Arc<dyn KeyManager>,
 }
 
 impl Batch {
@@ -141,7 +149,15 @@ impl Batch {
             host,
             connectors: Mutex::new(Vec::new()),
             answering: Arc::new(Mutex::new(())),
+            keys: Arc::new(crypt::NoKeys),
         }
+    }
+
+    /// The key manager of encrypted volumes (`--key-dir`); without it an encrypted volume's
+    /// connect or extend fails naming the flag.
+    pub fn with_keys(mut self, keys: Arc<dyn KeyManager>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Holds `lock` from reading each request to writing its answer: whoever takes it
@@ -240,11 +256,12 @@ impl Batch {
             (Some(_), _) => return Err(Failure::request("op is not a string")),
             (None, None) => return Err(Failure::request("op missing")),
         };
-        const VOLUME: [&str; 4] = [
+        const VOLUME: [&str; 5] = [
             "connection_info",
             "protocol",
             "connection_properties",
             "use_multipath",
+            "encryption",
         ];
         match op {
             "properties" if within.is_none() => {
@@ -260,11 +277,11 @@ impl Batch {
             }
             "connect" => {
                 only(req, &VOLUME)?;
-                Ok(Op::Connect(self.call(req)?))
+                Ok(Op::Connect(self.call(req, None)?))
             }
             "extend" if within.is_none() => {
                 only(req, &VOLUME)?;
-                Ok(Op::Extend(self.call(req)?))
+                Ok(Op::Extend(self.call(req, None)?))
             }
             "disconnect" => {
                 let mut keys = VOLUME.to_vec();
@@ -279,7 +296,7 @@ impl Batch {
                     ignore_errors: flag(req, "ignore_errors")?.unwrap_or(false),
                 };
                 Ok(Op::Disconnect(Box::new(Detach {
-                    call: self.call(req)?,
+                    call: self.call(req, device.as_ref())?,
                     device,
                     options,
                 })))
@@ -316,8 +333,10 @@ impl Batch {
         }
     }
 
-    /// The volume of a request and its connector.
-    fn call(&self, req: &Request) -> Result<Call, Failure> {
+    /// The volume of a request and its connector: wrapped to open and close the volume's
+    /// encryption when the request's `encryption` metadata (or, to detach, `device`) asks
+    /// for it.
+    fn call(&self, req: &Request, device: Option<&DeviceRecord>) -> Result<Call, Failure> {
         let mode = match flag(req, "use_multipath")? {
             None => self.options.multipath,
             Some(false) => MultipathMode::Off,
@@ -340,7 +359,23 @@ impl Batch {
                 ))
             }
         };
-        let connector = self.connector(info.protocol(), mode)?;
+        // The request's own key, else the connection_info's top-level one.
+        let encryption = req
+            .get("encryption")
+            .or_else(|| {
+                req.get("connection_info")
+                    .and_then(|ci| ci.get("encryption"))
+            })
+            .filter(|v| !v.is_null());
+        let meta = crypt::metadata(encryption)?;
+        let connector = crypt::wrap(
+            self.connector(info.protocol(), mode)?,
+            &self.options.context,
+            self.options.operation_timeout,
+            self.keys.clone(),
+            meta,
+            device,
+        );
         Ok(Call { info, connector })
     }
 
@@ -729,6 +764,101 @@ mod tests {
         );
         assert_eq!(batch.connectors.lock().unwrap().len(), 1);
         sim.assert_clean();
+    }
+
+    #[derive(Debug)]
+    struct OneKey;
+
+    impl KeyManager for OneKey {
+        fn key(&self, key_id: &str) -> hostbrick::Result<hostbrick::encryption::EncryptionKey> {
+            match key_id {
+                "k1" => Ok(hostbrick::encryption::EncryptionKey::symmetric(vec![
+                    0xa5;
+                    32
+                ])),
+                _ => Err(hostbrick::Error::KeyNotFound {
+                    key_id: key_id.into(),
+                }),
+            }
+        }
+    }
+
+    #[test]
+    fn encrypted_volumes_open_on_connect_and_close_on_disconnect() {
+        use hostbrick::testing::sim::crypt::{CryptSim, LUKS2_OFFSET};
+        let sim = IscsiSim::new();
+        sim.add_target(PORTAL, &[(1, WWID_1, 64 * MIB)]);
+        let crypt = CryptSim::on(&sim.fake, &sim.runner);
+        let enc = json!({"provider": "luks2", "encryption_key_id": "k1",
+                         "control_location": "front-end"});
+
+        // Without --key-dir: refused naming the flag, nothing left attached.
+        let a = ask(
+            &server(&sim),
+            with(volume(1), json!({"op": "connect", "encryption": enc})),
+        );
+        assert_eq!(error_kind(&a), "invalid_argument", "{a}");
+        assert!(a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--key-dir"));
+        sim.assert_clean();
+
+        let batch = server(&sim).with_keys(Arc::new(OneKey));
+        let a = ask(
+            &batch,
+            with(volume(1), json!({"op": "connect", "encryption": enc})),
+        );
+        assert_eq!(a["ok"], json!(true), "{a}");
+        let record = a["result"].clone();
+        let name = record["encryption"]["name"].as_str().unwrap().to_string();
+        assert!(name.starts_with("crypt-sd"), "{record}");
+        assert_eq!(
+            record["encryption"]["device"],
+            json!(format!("/dev/mapper/{name}"))
+        );
+        assert_eq!(crypt.mappings().len(), 1);
+        assert!(sim
+            .runner
+            .calls()
+            .iter()
+            .all(|c| !c.contains(&"a5".repeat(32))));
+
+        // The connection_info's own `encryption` key works as well.
+        let info = json!({"driver_volume_type": "iscsi", "encryption": enc,
+                          "data": volume(1)["connection_properties"]});
+        sim.resize(WWID_1, 128 * MIB);
+        let e = ask(&batch, json!({"op": "extend", "connection_info": info}));
+        assert_eq!(e["result"], json!(128 * MIB - LUKS2_OFFSET), "{e}");
+
+        // The record alone closes the mapping: no metadata, no key.
+        let d = ask(
+            &server(&sim),
+            with(
+                volume(1),
+                json!({"op": "disconnect", "device_info": record}),
+            ),
+        );
+        assert_eq!(d["ok"], json!(true), "{d}");
+        assert!(crypt.mappings().is_empty());
+        sim.assert_clean();
+
+        // A key id the manager lacks: typed, nothing left.
+        let bad = json!({"provider": "luks", "encryption_key_id": "k2"});
+        let a = ask(
+            &batch,
+            with(volume(1), json!({"op": "connect", "encryption": bad})),
+        );
+        assert_eq!(error_kind(&a), "key_not_found", "{a}");
+        sim.assert_clean();
+        let a = ask(
+            &batch,
+            with(
+                volume(1),
+                json!({"op": "connect", "encryption": {"provider": "rot13"}}),
+            ),
+        );
+        assert_eq!(error_kind(&a), "invalid_encryption", "{a}");
     }
 
     #[test]

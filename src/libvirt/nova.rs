@@ -12,7 +12,9 @@ use super::config::{
 
 impl DiskConfig {
     /// The disk for an attached volume, with Nova's mapping: a block record (iSCSI,
-    /// NVMe-oF, mapped RBD, local) becomes a block source at the record's path with
+    /// NVMe-oF, mapped RBD, local) becomes a block source at the record's
+    /// [`guest_path`](DeviceRecord::guest_path) (the decrypted device of a volume opened
+    /// on this host, else its path) with
     /// `cache='none' io='native'`; an RBD network record becomes a network source with its
     /// monitors (none: librbd reads ceph.conf) and auth. `access_mode: ro` →
     /// `<readonly/>`, `discard` → `discard='unmap'`, `multiattach` → `<shareable/>`, the
@@ -37,7 +39,8 @@ impl DiskConfig {
         device: DiskDevice,
     ) -> Result<DiskConfig> {
         let mut disk = match record.kind {
-            DeviceKind::Block => Self::block(&record.path, target),
+            // An encrypted volume opened on this host: the guest gets the decrypted device.
+            DeviceKind::Block => Self::block(record.guest_path(), target),
             DeviceKind::Network => {
                 let net = record
                     .network

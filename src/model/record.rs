@@ -1,9 +1,10 @@
 //! The device record a connect returns: serde-able, enough to detach later.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::encryption::EncryptionProvider;
 use crate::error::{Error, Result};
 use crate::model::connection::Protocol;
 use crate::model::ids::{Hctl, Iqn, Portal};
@@ -106,6 +107,22 @@ pub struct LocalRecord {
     pub diskseq: Option<u64>,
 }
 
+/// The dm-crypt mapping an encrypted volume was opened to on this host
+/// ([`crate::encryption::open_volume`]). It holds no key: closing needs none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionRecord {
+    /// The format it was opened with.
+    pub provider: EncryptionProvider,
+    /// The dm name of the mapping (`crypt-sdb`, or the name os-brick gave a mapping it
+    /// opened).
+    pub name: String,
+    /// The decrypted device, `/dev/mapper/<name>`: what a guest gets.
+    pub device: PathBuf,
+    /// The encrypted device that was opened (the record's `path` resolved to its kernel
+    /// device, e.g. `/dev/sdb`, `/dev/dm-3`).
+    pub raw: PathBuf,
+}
+
 /// The result of a connect, with os-brick's keys (`type`, `path`, `scsi_wwn`,
 /// `multipath_id`) and what a later disconnect needs. Persist it as JSON; unknown keys
 /// are ignored when it is read back.
@@ -148,6 +165,11 @@ pub struct DeviceRecord {
     /// For a `local` volume: the device its path resolved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalRecord>,
+    /// For an encrypted volume opened on this host: its dm-crypt mapping. `path` stays the
+    /// encrypted device (the connector detaches it); [`DeviceRecord::guest_path`] is the
+    /// decrypted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionRecord>,
 }
 
 impl DeviceRecord {
@@ -166,6 +188,20 @@ impl DeviceRecord {
             network: None,
             rbd: None,
             local: None,
+            encryption: None,
+        }
+    }
+
+    /// The device to hand to a guest: the decrypted device when the volume was opened on
+    /// this host ([`EncryptionRecord::device`]), else [`DeviceRecord::path`].
+    ///
+    /// os-brick expresses the same by rewriting the volume's device link to point at the
+    /// decrypted device (`ln -sf /dev/mapper/crypt-X PATH`); hostbrick leaves udev's links
+    /// alone and keeps both devices in the record.
+    pub fn guest_path(&self) -> &Path {
+        match &self.encryption {
+            Some(e) => &e.device,
+            None => &self.path,
         }
     }
 
@@ -210,6 +246,7 @@ mod tests {
             network: None,
             rbd: None,
             local: None,
+            encryption: None,
         };
         let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
         assert_eq!(v["type"], "block");
@@ -229,5 +266,30 @@ mod tests {
             DeviceRecord::from_json("{}"),
             Err(Error::InvalidDeviceRecord { .. })
         ));
+    }
+
+    #[test]
+    fn encryption_is_optional_and_guest_path_follows_it() {
+        // A record written before encryption existed reads back without it.
+        let old = r#"{"type":"block","path":"/dev/sdb","protocol":"iscsi"}"#;
+        let mut rec = DeviceRecord::from_json(old).unwrap();
+        assert_eq!(rec.encryption, None);
+        assert_eq!(rec.guest_path(), Path::new("/dev/sdb"));
+        assert!(!rec.to_json().unwrap().contains("encryption"));
+        rec.encryption = Some(EncryptionRecord {
+            provider: EncryptionProvider::Luks2,
+            name: "crypt-sdb".into(),
+            device: "/dev/mapper/crypt-sdb".into(),
+            raw: "/dev/sdb".into(),
+        });
+        assert_eq!(rec.guest_path(), Path::new("/dev/mapper/crypt-sdb"));
+        assert_eq!(rec.path, Path::new("/dev/sdb"));
+        let v: serde_json::Value = serde_json::from_str(&rec.to_json().unwrap()).unwrap();
+        assert_eq!(
+            v["encryption"],
+            serde_json::json!({"provider": "luks2", "name": "crypt-sdb",
+                               "device": "/dev/mapper/crypt-sdb", "raw": "/dev/sdb"})
+        );
+        assert_eq!(DeviceRecord::from_json(&v.to_string()).unwrap(), rec);
     }
 }

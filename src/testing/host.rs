@@ -235,18 +235,25 @@ impl FakeHost {
 
     /// Adds a dm-multipath map `dm-N` named `name` over `slaves`; returns `dm-N`.
     pub fn add_multipath_map(&self, name: &str, wwid: &str, slaves: &[&str]) -> String {
-        let dm = {
-            let mut st = self.state();
-            let n = st.next_dm;
-            st.next_dm += 1;
-            format!("dm-{n}")
-        };
         let size = slaves
             .first()
             .and_then(|s| fs::read_to_string(self.p(&format!("sys/block/{s}/size"))).ok())
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0)
             * 512;
+        self.add_dm_device(name, &format!("mpath-{wwid}"), slaves, size)
+    }
+
+    /// Adds a device-mapper device `dm-N` of `size` bytes named `name`, with dm uuid
+    /// `uuid` (`mpath-<wwid>` for a multipath map, `CRYPT-LUKS2-<uuid>-<name>` for a
+    /// dm-crypt mapping), over `slaves`, and its `/dev/mapper/<name>` link; returns `dm-N`.
+    pub fn add_dm_device(&self, name: &str, uuid: &str, slaves: &[&str], size: u64) -> String {
+        let dm = {
+            let mut st = self.state();
+            let n = st.next_dm;
+            st.next_dm += 1;
+            format!("dm-{n}")
+        };
         self.add_block(&dm, size, &format!("254:{}", dm.trim_start_matches("dm-")));
         write(
             &self.p(&format!("sys/block/{dm}/dm/name")),
@@ -254,16 +261,23 @@ impl FakeHost {
         );
         write(
             &self.p(&format!("sys/block/{dm}/dm/uuid")),
-            &format!("mpath-{wwid}\n"),
+            &format!("{uuid}\n"),
         );
         for s in slaves {
             self.add_multipath_slave(&dm, s);
         }
+        fs::create_dir_all(self.p("dev/mapper")).expect("fake tree: create dir");
         link(
             Path::new(&format!("../{dm}")),
             &self.p(&format!("dev/mapper/{name}")),
         );
         dm
+    }
+
+    /// Removes a device-mapper device, as [`FakeHost::remove_multipath_map`] does (its
+    /// slaves stay).
+    pub fn remove_dm_device(&self, dm: &str) {
+        self.remove_multipath_map(dm);
     }
 
     /// Adds a path to a map.

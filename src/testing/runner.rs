@@ -98,6 +98,17 @@ impl FakeRunner {
         lock(&self.calls).iter().map(|c| c.to_string()).collect()
     }
 
+    /// What each command shown as containing `needle` got on its standard input
+    /// ([`Command::stdin_secret`]), in order: `None` for one that got nothing. The values
+    /// are in clear, for a test's assertions; [`FakeRunner::calls`] shows them as `***`.
+    pub fn stdin_given(&self, needle: &str) -> Vec<Option<String>> {
+        lock(&self.calls)
+            .iter()
+            .filter(|c| c.to_string().contains(needle))
+            .map(|c| c.stdin().map(|s| s.expose().to_string()))
+            .collect()
+    }
+
     /// How many commands shown as containing `needle` ran.
     pub fn count(&self, needle: &str) -> usize {
         self.calls().iter().filter(|c| c.contains(needle)).count()
@@ -181,5 +192,31 @@ mod tests {
             Err(Error::CommandNotFound { .. })
         ));
         assert_eq!(r.count("iscsiadm -m session"), 1);
+    }
+
+    #[test]
+    fn stdin_is_recorded_masked_and_readable_for_assertions() {
+        let r = FakeRunner::new();
+        r.on("cryptsetup", &[], |_| CommandOutput::ok(""));
+        r.run(
+            &Command::new("cryptsetup")
+                .args(["luksOpen", "--key-file=-", "/dev/sdb", "crypt-sdb"])
+                .stdin_secret(&crate::Secret::new("00ff")),
+        )
+        .unwrap();
+        r.run(&Command::new("cryptsetup").args(["status", "crypt-sdb"]))
+            .unwrap();
+        assert_eq!(
+            r.calls(),
+            [
+                "cryptsetup luksOpen --key-file=- /dev/sdb crypt-sdb <stdin ***>",
+                "cryptsetup status crypt-sdb"
+            ]
+        );
+        assert_eq!(
+            r.stdin_given("cryptsetup"),
+            [Some("00ff".to_string()), None]
+        );
+        assert!(!format!("{:?}", r.commands()).contains("00ff"));
     }
 }

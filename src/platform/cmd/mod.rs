@@ -23,7 +23,8 @@ pub use system::EXTRA_BIN_DIRS;
 ///
 /// hostbrick itself puts no secret on a command line (any local user can read a running
 /// program's arguments in `/proc/PID/cmdline`): it writes secrets to files the program
-/// reads. The variant stays for callers' own commands.
+/// reads, or to its standard input ([`Command::stdin_secret`]). The variant stays for
+/// callers' own commands.
 #[derive(PartialEq, Eq)]
 pub enum Arg {
     /// Shown as is.
@@ -59,13 +60,27 @@ impl fmt::Debug for Arg {
     }
 }
 
-/// A command to run: program, arguments, time limit and optional cancellation.
-#[derive(Debug, Clone)]
+/// A command to run: program, arguments, what it reads on stdin (a secret, or nothing),
+/// time limit and optional cancellation.
+#[derive(Debug)]
 pub struct Command {
     program: String,
     args: Vec<Arg>,
+    stdin: Option<Secret>,
     timeout: Option<Duration>,
     cancel: Option<Cancel>,
+}
+
+impl Clone for Command {
+    fn clone(&self) -> Self {
+        Command {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            stdin: self.stdin.as_ref().map(Secret::duplicate),
+            timeout: self.timeout,
+            cancel: self.cancel.clone(),
+        }
+    }
 }
 
 impl Command {
@@ -74,6 +89,7 @@ impl Command {
         Command {
             program: program.into(),
             args: Vec::new(),
+            stdin: None,
             timeout: None,
             cancel: None,
         }
@@ -108,6 +124,17 @@ impl Command {
         self
     }
 
+    /// Gives the program `s` on its standard input: the runner writes it to a pipe and
+    /// closes the pipe (so the program reads exactly these bytes, then end of file). For
+    /// keys and passphrases (`cryptsetup --key-file=-`): the value never reaches the
+    /// argument vector, which any local user can read in `/proc/PID/cmdline`, and it is
+    /// shown as `***` wherever the command is shown. Without it the program's stdin is
+    /// `/dev/null`.
+    pub fn stdin_secret(mut self, s: &Secret) -> Self {
+        self.stdin = Some(s.duplicate());
+        self
+    }
+
     /// Sets the time limit; the runner kills the program (and its process group) when it
     /// is reached.
     pub fn timeout(mut self, t: Duration) -> Self {
@@ -139,6 +166,12 @@ impl Command {
     /// The arguments.
     pub fn arg_list(&self) -> &[Arg] {
         &self.args
+    }
+
+    /// What the program gets on its standard input ([`Command::stdin_secret`]), if anything.
+    /// Call only where it is handed to the program (a runner) or checked (a test).
+    pub fn stdin(&self) -> Option<&Secret> {
+        self.stdin.as_ref()
     }
 
     /// The time limit, if any.
@@ -203,7 +236,11 @@ impl Command {
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.program, self.shown_args())
+        write!(f, "{} {}", self.program, self.shown_args())?;
+        if self.stdin.is_some() {
+            f.write_str(" <stdin ***>")?;
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{Arg, Command, CommandOutput, CommandRunner};
 use crate::error::{Error, ExitStatus, Result};
+use crate::model::secret::Secret;
 
 pub(super) enum Event {
     /// A chunk of a stream's output.
@@ -194,8 +195,12 @@ impl CommandRunner for SystemRunner {
             }
             None => std::process::Command::new(&path),
         };
+        let stdin = match cmd.stdin {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        };
         pc.args(cmd.args.iter().map(Arg::value))
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
@@ -216,6 +221,9 @@ impl CommandRunner for SystemRunner {
             program: cmd.program.clone(),
             source,
         })?;
+        if let (Some(secret), Some(pipe)) = (&cmd.stdin, child.stdin.take()) {
+            feed_stdin(pipe, secret, cmd);
+        }
         spawn_exit_watch(child.id(), tx.clone());
         spawn_reader(
             child.stdout.take(),
@@ -432,6 +440,29 @@ fn kill_and_reap(mut child: std::process::Child, cmd: &Command) {
     });
 }
 
+/// The most bytes written to a program's stdin in the calling thread: a write of at most
+/// `PIPE_BUF` (4096 on Linux) to a fresh pipe never blocks, whatever the pipe's capacity.
+const STDIN_INLINE: usize = 4096;
+
+/// Writes `secret` to the program's stdin pipe and closes it. A small value (a key or
+/// passphrase) is written at once; a larger one by a thread, so that a program that reads
+/// its input only while it writes output cannot stall the call. A program that exits
+/// without reading all of it makes the write fail (`EPIPE`): that is its exit to report,
+/// not an error here.
+fn feed_stdin(mut pipe: std::process::ChildStdin, secret: &Secret, cmd: &Command) {
+    use std::io::Write;
+    if secret.expose().len() <= STDIN_INLINE {
+        if let Err(e) = pipe.write_all(secret.expose().as_bytes()) {
+            tracing::debug!(command = %cmd, error = %e, "the program did not read its stdin");
+        }
+        return;
+    }
+    let secret = secret.duplicate();
+    std::thread::spawn(move || {
+        let _ = pipe.write_all(secret.expose().as_bytes());
+    });
+}
+
 /// Announces the exit of child `pid` on `tx` without reaping it (`waitid` with `WNOWAIT`),
 /// so that a call returns as soon as its program ends, not at the next poll, and the pid
 /// stays the child's (and its group's) until the call reaps it. The thread ends with the
@@ -512,6 +543,39 @@ mod tests {
         assert!(!e.to_string().contains("s3cret"));
         assert_eq!(c.value_of("-n"), Some("node.session.auth.password"));
         assert!(c.args_start_with(&["-m", "node"]));
+    }
+
+    #[test]
+    fn a_stdin_secret_reaches_the_program_and_nothing_shows_it() {
+        let r = SystemRunner::new();
+        // Exactly the bytes, a trailing newline kept, then end of file.
+        let c = Command::new("cat").stdin_secret(&Secret::new("pass phrase\n"));
+        assert_eq!(r.run(&c).unwrap().stdout, "pass phrase\n");
+        assert_eq!(c.to_string(), "cat  <stdin ***>");
+        assert!(!format!("{c:?}").contains("phrase"));
+        assert!(!c.shown_args().contains("phrase"));
+        let e = c.failure(&CommandOutput::exit(2, "No key available"));
+        assert!(!e.chain().contains("phrase"), "{}", e.chain());
+        // Without a secret stdin is /dev/null: a reader sees end of file at once.
+        let out = r.run(&Command::new("wc").arg("-c")).unwrap();
+        assert_eq!(out.stdout.trim(), "0");
+        // Larger than a pipe buffer: written by a thread while the program reads.
+        let big = "k".repeat(200_000);
+        let out = r
+            .run(
+                &Command::new("wc")
+                    .arg("-c")
+                    .stdin_secret(&Secret::new(big.as_str())),
+            )
+            .unwrap();
+        assert_eq!(out.stdout.trim(), "200000");
+        // A program that does not read it: its exit is what counts, the call returns.
+        let t0 = Instant::now();
+        let out = r
+            .run(&Command::new("true").stdin_secret(&Secret::new(big.as_str())))
+            .unwrap();
+        assert!(out.status.success());
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   multipath.
 //! - [`rbd`]: `rbd` and `rbd-nbd` `map`/`showmapped`/`unmap`/`info` over Ceph images, with
 //!   the keyring check of a cluster that requires `cephx`.
+//! - [`crypt`]: `cryptsetup` (LUKS1/LUKS2 headers and their passphrases, dm-crypt mappings
+//!   in the tree) and `blkid`, alone or on another simulator's host and runner.
 //!
 //! Each simulator has the same layout: constants for its target's names, a simulator type
 //! (`IscsiSim`, `NvmeSim`, `RbdSim`) with public `fake` and `runner` fields, methods to set
@@ -61,10 +63,12 @@ use std::time::Duration;
 use super::{lock, FakeHost, FakeRunner};
 use crate::{Arg, Command, CommandOutput, ConnectionInfo, ConnectorOptions, HostContext};
 
+pub mod crypt;
 pub mod iscsi;
 pub mod nvme;
 pub mod rbd;
 
+pub use crypt::CryptSim;
 pub use iscsi::IscsiSim;
 pub use nvme::NvmeSim;
 pub use rbd::RbdSim;
