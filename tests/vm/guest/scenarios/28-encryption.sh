@@ -38,7 +38,7 @@ done
 
 use_iscsi() {
     local p=$1
-    ENC_TAG=iscsi-$p ENC_PROVIDER=$p ENC_KEY_ID=$(new_uuid) ENC_SIZE=$SIZE
+    ENC_TAG=iscsi-$p ENC_PROVIDER=${p/sig/luks} ENC_KEY_ID=$(new_uuid) ENC_SIZE=$SIZE
     ENC_IQN=$IQN_BASE-$p ENC_WWID=$(lio_expected_wwid "$(iscsi_serial $p)") ENC_BACKING=$(lio_backstore_file "enc$p")
     ENC_CONN=$WORK/conn-$ENC_TAG.json ENC_META=$WORK/meta-$ENC_TAG.json ENC_FLAGS=(--multipath)
     conn_iscsi "$ENC_CONN" $P1 "$ENC_IQN" 0 "$(new_uuid)" \
@@ -48,7 +48,7 @@ use_iscsi() {
         luks)  enc_meta "$ENC_META" luks "$ENC_KEY_ID" aes-xts-plain64 256
                enc_conn_with_meta "$ENC_CONN" "$ENC_META"; ENC_META_ARGS=() ;;
         luks2) enc_meta "$ENC_META" luks2 "$ENC_KEY_ID"; ENC_META_ARGS=(--encryption "$ENC_META") ;;
-        *)     enc_meta "$ENC_META" "$p" "$ENC_KEY_ID" aes-xts-plain64 256; ENC_META_ARGS=(--encryption "$ENC_META") ;;
+        *)     enc_meta "$ENC_META" "$ENC_PROVIDER" "$ENC_KEY_ID" aes-xts-plain64 256; ENC_META_ARGS=(--encryption "$ENC_META") ;;
     esac
 }
 enc_raw_check() {
@@ -68,7 +68,7 @@ enc_clean_check() {
 }
 enc_grow() {
     case $ENC_TAG in
-        iscsi-*) lio_backstore_resize "enc$ENC_PROVIDER" "$1" ;;
+        iscsi-*) lio_backstore_resize "enc${ENC_TAG#iscsi-}" "$1" ;;
         nvme-*)  nvmet_namespace_resize "$ENC_NQN" 1 "$1" ;;
     esac
 }
@@ -129,4 +129,5 @@ use_nvme plain; ENC_EXTEND="" ENC_WRONG=0 enc_round_trip
 check_audit_empty audit-end
 note "$(IFS=';'; echo "${ENC_TIMES[*]}")"
 note "scenario $(secs_since "$T0")s"
+soft_verdict
 scenario_pass "LUKS1, LUKS2, plain over iSCSI multipath and NVMe/TCP: format, data, no plaintext on the target, reattach, wrong key, extend, signature refused, no passphrase in argv"

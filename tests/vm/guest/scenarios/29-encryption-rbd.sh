@@ -56,4 +56,5 @@ check_audit_empty audit-end
 ceph_teardown
 note "$(IFS=';'; echo "${ENC_TIMES[*]}")"
 note "scenario $(secs_since "$T0")s"
+soft_verdict
 scenario_pass "LUKS1, LUKS2, plain over kernel rbd: format, data, no plaintext in the cluster, reattach, wrong key, no passphrase in argv"

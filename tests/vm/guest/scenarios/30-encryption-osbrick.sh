@@ -195,6 +195,7 @@ force_clean() {
     [ ${#SOFT_FAILS[@]} -gt "${STEP_FAILS:-0}" ] || return 0
     log "cleaning up after the failed case"
     crypt_reset
+    osb_dev_links
     udevadm settle --timeout=10
     multipath -F >/dev/null 2>&1
     iscsiadm -m node --logoutall=all >/dev/null 2>&1
