@@ -355,6 +355,33 @@ fn mappings_os_brick_opened_are_recognised_by_every_name_it_gives() {
 }
 
 #[test]
+fn a_mapping_on_the_map_is_found_from_one_of_its_paths() {
+    // What a connector reports of a multipath volume are its paths; the mapping sits on
+    // the map.
+    let sim = CryptSim::new();
+    sim.add_disk("sdb", 64 * MIB);
+    sim.add_disk("sdc", 64 * MIB);
+    let map = sim
+        .fake
+        .add_multipath_map("36001405eeee", "36001405eeee", &["sdb", "sdc"]);
+    let on_map = DeviceRecord::block(Protocol::Iscsi, format!("/dev/{map}"), None);
+    let rec = open_volume(&sim.context(), &luks2(), &keys(), &on_map, deadline()).unwrap();
+    assert_eq!(
+        rec.encryption.as_ref().unwrap().name,
+        format!("crypt-{map}")
+    );
+    let path = DeviceRecord::block(Protocol::Iscsi, "/dev/sdc", None);
+    sim.fake.set_block_size("sdb", 80 * MIB);
+    sim.fake.set_block_size(&map, 80 * MIB);
+    assert_eq!(
+        extend_volume(&sim.context(), &luks2(), &keys(), &path, deadline()).unwrap(),
+        80 * MIB - LUKS2_OFFSET
+    );
+    close_volume(&sim.context(), &path, deadline()).unwrap();
+    assert!(sim.mappings().is_empty());
+}
+
+#[test]
 fn the_multipath_id_name_is_recognised() {
     let sim = CryptSim::new();
     sim.add_disk("sdb", 64 * MIB);
@@ -424,6 +451,16 @@ fn a_foreign_dm_crypt_holder_is_in_use_and_never_closed() {
     assert!(e.to_string().contains("someone-elses"), "{e}");
     close_volume(&sim.context(), &dev, deadline()).unwrap();
     assert_eq!(sim.mappings().len(), 1);
+    assert_eq!(sim.runner.count("cryptsetup"), 0);
+    // A path a dm-multipath map holds (multipathd took it): refused before anything is
+    // written, naming the map.
+    let sim = CryptSim::new();
+    let dev = disk(&sim, "sdb");
+    sim.fake
+        .add_multipath_map("36001405dddd", "36001405dddd", &["sdb"]);
+    let e = open_volume(&sim.context(), &luks2(), &keys(), &dev, deadline()).unwrap_err();
+    assert_eq!(e.kind(), "device_in_use", "{e}");
+    assert!(e.to_string().contains("36001405dddd"), "{e}");
     assert_eq!(sim.runner.count("cryptsetup"), 0);
     // A mapping of the volume's name but the wrong type for the metadata.
     let sim = CryptSim::new();

@@ -9,7 +9,7 @@ use super::keys::KeyManager;
 use super::mapping::{self, CryptMapping, CryptType};
 use super::metadata::{EncryptionMetadata, EncryptionProvider};
 use crate::connector::HostContext;
-use crate::devices::block;
+use crate::devices::{block, multipath};
 use crate::error::{Error, Result};
 use crate::model::record::{DeviceKind, DeviceRecord, EncryptionRecord};
 use crate::model::secret::Secret;
@@ -57,6 +57,26 @@ fn locate(host: &Host, device: &DeviceRecord) -> Result<Option<Raw>> {
         dev,
         kernel,
     }))
+}
+
+/// For finding an open mapping: the dm-multipath map over `raw` when `raw` is one of its
+/// paths and no dm-crypt mapping sits on the path itself (a connector reports a multipath
+/// volume's paths; the mapping sits on the map).
+fn through_map(host: &Host, raw: Raw) -> Result<Raw> {
+    if !mapping::crypt_holders(host, &raw.kernel)?.is_empty() {
+        return Ok(raw);
+    }
+    Ok(match multipath::holder_map(host, &raw.kernel)? {
+        Some(m) => {
+            let dev = host.dev(&m.dm);
+            Raw {
+                public: host.public_dev_path(&dev),
+                dev,
+                kernel: m.dm,
+            }
+        }
+        None => raw,
+    })
 }
 
 /// The raw device of an open or extend, which must be there.
@@ -157,7 +177,9 @@ fn matches_provider(kind: &CryptType, provider: EncryptionProvider) -> bool {
 /// open on the device under any name hostbrick or os-brick gives it (os-brick's old name
 /// without the prefix, the multipath id, the name in the record) is reused, so a volume
 /// os-brick opened is taken over as it is. Another dm-crypt mapping holding the device,
-/// or a device-mapper device of the chosen name elsewhere, is [`Error::DeviceInUse`].
+/// any other holder of the device (a dm-multipath map over the path the record names, LVM)
+/// or a mounted filesystem on it, or a device-mapper device of the chosen name elsewhere,
+/// is [`Error::DeviceInUse`], before anything is written.
 /// A mapping made by a call that then fails is closed again.
 ///
 /// Where os-brick points the volume's device link at the decrypted device
@@ -204,6 +226,22 @@ pub fn open_volume(
                  volume",
                 m.name, m.dm
             ),
+        });
+    }
+    // Anything else holding the device (a dm-multipath map over one of its paths, LVM) or
+    // a filesystem mounted from it: cryptsetup could not open it exclusively, and must not.
+    if let Some(reason) = block::in_use(host, &raw.kernel, &[])? {
+        let hint = match multipath::holder_map(host, &raw.kernel)? {
+            Some(m) => format!(
+                "{reason}: dm-multipath map {} is over it; open the map (connect with \
+                 multipath), not one of its paths",
+                m.name
+            ),
+            None => reason,
+        };
+        return Err(Error::DeviceInUse {
+            device: raw.kernel.clone(),
+            reason: hint,
         });
     }
     let name = mapping::mapping_name(device, &raw.kernel);
@@ -341,7 +379,8 @@ fn wrong_key(raw: &Raw) -> Error {
 ///
 /// Only a mapping the live host proves to be this volume's is closed: a dm-crypt mapping
 /// (dm uuid `CRYPT-...`) whose one slave (`/sys/block/dm-N/slaves`) is the device the
-/// record's `path` leads to now, under a name hostbrick or os-brick gives the volume
+/// record's `path` leads to now (or the dm-multipath map over it, when `path` names one of
+/// the map's paths), under a name hostbrick or os-brick gives the volume
 /// (the record's [`EncryptionRecord::name`], `crypt-<base>`, os-brick's old `<base>`, the
 /// multipath id). A mapping of the recorded name that sits elsewhere is
 /// [`Error::RecordMismatch`] and is left alone; one whose device is mounted or held is
@@ -370,6 +409,7 @@ pub fn close_volume(ctx: &HostContext, device: &DeviceRecord, deadline: Instant)
         }
         return Ok(());
     };
+    let raw = through_map(host, raw)?;
     let _lock = lock(host, &raw, deadline)?;
     let own = own_mappings(host, device, &raw)?;
     if own.is_empty() {
@@ -421,6 +461,7 @@ pub fn extend_volume(
     }
     let span = tracing::info_span!("extend_volume", volume = %volume_name(device), device = %device.path.display());
     let _span = span.enter();
+    let raw = through_map(host, raw)?;
     let _lock = lock(host, &raw, deadline)?;
     let Some(m) = own_mappings(host, device, &raw)?.into_iter().next() else {
         return Err(Error::RecordMismatch {
