@@ -15,7 +15,8 @@
 #   new decrypted size, which the mapping has; the data reads back.
 #   A LUN with an ext4 filesystem: error[device_has_signature], its bytes unchanged, nothing left.
 #   /proc/*/cmdline, sampled in a loop during each first attach and each extend, never shows the
-#   passphrase (and the loop saw cryptsetup run); the passphrase is in no output, record,
+#   passphrase (and the loop saw cryptsetup run; a control process with a passphrase in its
+#   argv is caught first); the passphrase is in no output, record,
 #   registry or file outside the key directory.
 #   Single path without --multipath while multipathd holds the disk: outcome noted.
 . "$GUEST_DIR/lib.sh"
@@ -29,6 +30,14 @@ SIZE=$((64 * 1024 * 1024)) NEW_SIZE=$((96 * 1024 * 1024))
 IQN_BASE=iqn.2003-01.org.linux-iscsi.hostbrick:enc
 NQN_BASE=nqn.2014-08.org.hostbrick:enc
 ENC_TIMES=()
+
+# Control of the passphrase watch: a process with a made-up passphrase in its argv is caught.
+check "key" enc_key_new control
+cmdline_watch_start "$ENC_PASSPHRASE"
+bash -c 'sleep 0.5' cryptsetup-control "x${ENC_PASSPHRASE}x"
+cmdline_watch_stop
+[ -s "$CMDLINE_LEAKS" ] || fail "control: the /proc/*/cmdline watch missed a process with the passphrase in its argv ($CMDLINE_SAMPLES samples)"
+grep -qF "$ENC_PASSPHRASE" "$CMDLINE_LEAKS" && fail "control: the watch's report holds the passphrase itself"
 
 # ------------------------------------------------------------ iSCSI -----
 iscsi_serial() { case $1 in luks) echo e0c0000000000000000000000000001 ;; luks2) echo e0c0000000000000000000000000002 ;; plain) echo e0c0000000000000000000000000003 ;; sig) echo e0c0000000000000000000000000004 ;; esac; }
