@@ -155,7 +155,11 @@ dropin_check() {
         read_pattern "$(jq -r '.encryption.device' "$WORK/a4.json")" "$ENC_TAG" || soft_fail "$ENC_TAG: the data did not read back through hostbrick's record over os-brick's mapping"
         note "$ENC_TAG: hostbrick connected the volume os-brick holds open: record $(jq -c '.encryption' "$WORK/a4.json")"
         attach_cmd a4-disconnect disconnect "${ENC_FLAGS[@]}" "$ENC_CONN" "$WORK/a4.json"
-        [ "$ATTACH_RC" = 0 ] || { soft_fail "$ENC_TAG: hostbrick's disconnect of the volume os-brick attached failed: $(attach_stderr_summary a4-disconnect)"; return; }
+        if [ "$ATTACH_RC" != 0 ]; then
+            soft_fail "$ENC_TAG: hostbrick's disconnect of the volume os-brick attached failed: $(attach_stderr_summary a4-disconnect)"
+            note "$ENC_TAG: left after hostbrick's failed disconnect: dm-crypt '$(crypt_mappings | tr '\n' ' ')', dm '$(dmsetup ls 2>/dev/null | awk '{print $1}' | tr '\n' ' ')', sessions $(iscsi_sessions | wc -l), /dev/dm-0: $(ls -l /dev/dm-0 2>&1 | cut -c1-80)"
+            return
+        fi
         soft "$ENC_TAG: after hostbrick's disconnect of os-brick's attachment" clean_all
         soft "$ENC_TAG: registry after hostbrick's disconnect of os-brick's attachment" check_registry_empty
     else
