@@ -107,7 +107,7 @@ osb_detach() {
 osb_dev_links() {
     local l
     for l in $(find /dev -maxdepth 1 -type l \( -name 'dm-*' -o -name 'sd*' -o -name 'nvme*' \) 2>/dev/null); do
-        note "$ENC_TAG: os-brick's detach left $l -> $(readlink "$l") in place of the device node (removed)"
+        note "$ENC_TAG: os-brick's encryptor left $l -> $(readlink "$l") in place of the device node (removed)"
         rm -f "$l"
     done
 }
