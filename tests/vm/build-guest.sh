@@ -3,7 +3,7 @@
 #
 #   kernel      linux-image-amd64 (bookworm, 6.1): iscsi_tcp, LIO, nvme(t)_tcp, dm-multipath, rbd, 9p,
 #               and RDMA without hardware: soft-RoCE (rdma_rxe) with ib_iser / ib_isert (iSER) and
-#               nvme-rdma / nvmet-rdma, over a dummy or veth link
+#               nvme-rdma / nvmet-rdma, over a dummy or veth link; dm-crypt (cryptsetup-bin) for the encryptors
 #   root fs     mmdebstrap --variant=minbase + guest/packages.txt, kernel modules (pruned) + depmod,
 #               guest/image/ copied on top (init, multipath.conf), as an ext4 image
 #   initramfs   busybox-static + virtio/ext4 modules; switch_root to /usr/sbin/hostbrick-vm-init
@@ -99,7 +99,7 @@ cp -a "$BUILD/kernel/lib/modules/$KVER" "$MODS"
 chroot "$ROOT" depmod -a "$KVER"
 # (drivers/infiniband stays without its hw/ drivers: the RDMA core, soft-RoCE, the iSER ULPs.)
 for m in iscsi_tcp target_core_file iscsi_target_mod nvme_tcp nvmet_tcp dm_multipath scsi_dh_alua rbd nbd 9p 9pnet_virtio \
-    rdma_rxe ib_iser ib_isert nvme_rdma nvmet_rdma dummy veth; do
+    rdma_rxe ib_iser ib_isert nvme_rdma nvmet_rdma dummy veth dm_crypt; do
     chroot "$ROOT" modprobe -S "$KVER" --show-depends "$m" >/dev/null 2>&1 || vm_die "module $m missing from the guest kernel"
 done
 

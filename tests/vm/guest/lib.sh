@@ -706,6 +706,7 @@ rbd_reset() {
 
 # Return the guest to a clean initiator + target state (between scenarios).
 guest_reset() {
+    crypt_reset
     multipath -F >/dev/null 2>&1
     iscsiadm -m node --logoutall=all >/dev/null 2>&1
     iscsiadm -m node -o delete >/dev/null 2>&1
@@ -718,6 +719,8 @@ guest_reset() {
     nvmet_teardown_all
     rdma_down
     rbd_reset
+    # what a failed scenario left in hostbrick's registry (its volumes are gone now)
+    rm -f "${HOSTBRICK_REGISTRY:-/run/hostbrick/attachments}"/*/*.json
     rm -rf "$WORK"
 }
 
@@ -974,4 +977,296 @@ check_registry_empty() {
     local e out=""
     for e in $(registry_entries); do out="$out ${e#"$HOSTBRICK_REGISTRY"/}=$(tr -d '\n' < "$e" | cut -c1-300)"; done
     [ -z "$out" ] || fail "hostbrick's registry still holds:$out"
+}
+
+# ------------------------------------------------------------------ encryption -----
+# Encrypted volumes (issue #16): keys in a FileKeyManager directory (--key-dir), Cinder's
+# encryption metadata, dm-crypt state, the passphrase watch on /proc/*/cmdline.
+KEY_DIR=${KEY_DIR:-$WORK/keys}
+
+# enc_key_new KEY_ID: a 32-byte symmetric key as hex text in $KEY_DIR/KEY_ID (0600, directory
+# 0700), as `openssl rand -hex 32` writes it. The passphrase cryptsetup gets (os-brick's
+# get_passphrase_from_secret: hexlify) is that same hex text: ENC_PASSPHRASE.
+enc_key_new() {
+    mkdir -p "$KEY_DIR" && chmod 0700 "$KEY_DIR" || return 1
+    ENC_PASSPHRASE=$(head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n')
+    [ ${#ENC_PASSPHRASE} = 64 ] || return 1
+    ( umask 077; printf '%s\n' "$ENC_PASSPHRASE" > "$KEY_DIR/$1" )
+}
+enc_passphrase_of() { tr -d '[:space:]' < "$KEY_DIR/$1"; }
+
+# enc_meta FILE PROVIDER KEY_ID [CIPHER KEY_SIZE]: Cinder's encryption metadata (front-end).
+enc_meta() {
+    jq -n --arg p "$2" --arg k "$3" --arg c "${4:-}" --arg s "${5:-}" \
+        '{provider: $p, control_location: "front-end", encryption_key_id: $k,
+          cipher: (if $c == "" then null else $c end),
+          key_size: (if $s == "" then null else ($s | tonumber) end)}' > "$1"
+}
+# enc_conn_with_meta CONN META: the metadata as the connection_info's top-level `encryption`
+# key (beside driver_volume_type and data), the other place `attach` reads it from.
+enc_conn_with_meta() {
+    jq --slurpfile m "$2" '.encryption = $m[0] | .data.encrypted = true' "$1" > "$1.tmp" && mv "$1.tmp" "$1"
+}
+
+# attach --key-dir needs ENC-LIB's example flags (issue #16 step 5).
+enc_attach_supported() { "$ATTACH" --help 2>&1 | grep -q -- '--key-dir'; }
+enc_require_attach() {
+    enc_attach_supported || fail "the attach example has no --key-dir option (hostbrick's encryption flags are missing from this build)"
+}
+
+# dm-crypt mappings on the host: names (one a line)
+crypt_mappings() { dmsetup ls --target crypt 2>/dev/null | awk '$1 != "No" {print $1}'; }
+no_crypt_mappings() { [ -z "$(crypt_mappings)" ]; }
+check_no_crypt_leftovers() {
+    udevadm settle --timeout=10
+    wait_until 5 no_crypt_mappings || fail "dm-crypt mappings left behind: $(crypt_mappings | tr '\n' ' ')"
+    local n; n=$(ls /dev/mapper 2>/dev/null | grep -v '^control$' | tr '\n' ' ')
+    [ -z "$n" ] || fail "/dev/mapper still holds: $n"
+}
+# crypt_reset: close every dm-crypt mapping (between scenarios, before multipath flushes).
+crypt_reset() {
+    local n
+    for n in $(crypt_mappings); do cryptsetup close "$n" >/dev/null 2>&1 || dmsetup remove --force "$n" >/dev/null 2>&1; done
+    return 0
+}
+
+# crypt_check_over NAME KDEV TYPE: /dev/mapper/NAME is an open dm-crypt mapping of TYPE
+# (LUKS1, LUKS2, PLAIN: its dm uuid) whose one slave is the kernel device KDEV (sdb,
+# dm-0, nvme0n1, rbd0), and its dm uuid is CRYPT-TYPE-...; sets CRYPT_DM (dm-N).
+crypt_check_over() {
+    local name=$1 kdev=$2 type=$3 real slaves uuid st
+    [ -b "/dev/mapper/$name" ] || fail "/dev/mapper/$name is not a block device"
+    real=$(readlink -f "/dev/mapper/$name"); CRYPT_DM=${real##*/}
+    slaves=$(ls "/sys/block/$CRYPT_DM/slaves" 2>/dev/null | tr '\n' ' ')
+    [ "$slaves" = "$kdev " ] || fail "mapping $name ($CRYPT_DM) sits on '$slaves', expected $kdev"
+    uuid=$(cat "/sys/block/$CRYPT_DM/dm/uuid")
+    case $uuid in CRYPT-$type-*|CRYPT-$type) ;; *) fail "mapping $name: dm uuid '$uuid', expected CRYPT-$type-..." ;; esac
+    # (cryptsetup status shows the type too, but reads the header through the device's /dev
+    # node, which os-brick's encryptor may have replaced with a symlink: "type: n/a")
+    st=$(cryptsetup status "$name" 2>&1) || fail "cryptsetup status $name: $st"
+}
+
+# raw_plaintext_absent DEV_OR_FILE TAG: TAG's pattern text is nowhere on DEV (read O_DIRECT
+# for a block device, so no page cache can hide what is on the target).
+raw_has_text() {
+    if [ -b "$1" ]; then dd if="$1" bs=1M iflag=direct status=none; else cat "$1"; fi | grep -aqF -- "$2"
+}
+check_no_plaintext() {
+    raw_has_text "$1" "hostbrick $2 block" && fail "$1 holds the plaintext of '$2' (no encryption on the way to the target)"
+    return 0
+}
+
+# The passphrase watch: a background loop reading every /proc/*/cmdline (bash builtins only,
+# no fork per sample) until stopped; records processes whose argv holds PASSPHRASE (or its
+# first 16 characters) and how often cryptsetup was seen (proof the sampling caught it).
+#   cmdline_watch_start PASSPHRASE; ...attach...; cmdline_watch_stop -> CMDLINE_SAMPLES,
+#   CMDLINE_CRYPTSETUP (samples that saw a cryptsetup process), CMDLINE_LEAKS (file, empty: none)
+_cmdline_watch() {
+    local secret=$1 short=${1:0:16} f a args n=0 seen=0 hit
+    : > "$WORK/cmdline.leaks"
+    while [ ! -e "$WORK/cmdline.stop" ]; do
+        n=$((n + 1)); hit=0
+        for f in /proc/[0-9]*/cmdline; do
+            mapfile -d '' -t args 2>/dev/null < "$f" || continue
+            [ ${#args[@]} = 0 ] && continue
+            [[ ${args[0]} == *cryptsetup* ]] && hit=1
+            for a in "${args[@]}"; do
+                if [[ $a == *"$short"* ]]; then echo "${f%/cmdline}: ${args[*]//$secret/<PASSPHRASE>}" >> "$WORK/cmdline.leaks"; fi
+            done
+        done
+        seen=$((seen + hit))
+        echo "$n $seen" > "$WORK/cmdline.count"
+    done
+}
+cmdline_watch_start() {
+    rm -f "$WORK/cmdline.stop" "$WORK/cmdline.count"
+    _cmdline_watch "$1" & CMDLINE_PID=$!
+    wait_until 10 test -s "$WORK/cmdline.count"
+}
+cmdline_watch_stop() {
+    touch "$WORK/cmdline.stop"; wait "$CMDLINE_PID" 2>/dev/null
+    read -r CMDLINE_SAMPLES CMDLINE_CRYPTSETUP < "$WORK/cmdline.count"
+    CMDLINE_LEAKS=$WORK/cmdline.leaks
+    log "cmdline watch: $CMDLINE_SAMPLES samples, cryptsetup seen in $CMDLINE_CRYPTSETUP, leaks: $(wc -l < "$CMDLINE_LEAKS")"
+}
+# check_cmdline_clean WHAT: the watch saw cryptsetup run and never the passphrase in an argv.
+check_cmdline_clean() {
+    [ -s "$CMDLINE_LEAKS" ] && fail "$1: the passphrase appeared in a process' command line: $(head -n 3 "$CMDLINE_LEAKS" | tr '\n' ';')"
+    [ "${CMDLINE_CRYPTSETUP:-0}" -gt 0 ] || fail "$1: the /proc/*/cmdline watch ($CMDLINE_SAMPLES samples) never saw cryptsetup run: the check proves nothing"
+    return 0
+}
+
+# check_secret_nowhere WHAT SECRET NAME...: the secret is in no attach output ($WORK/NAME.out /
+# .err), not in hostbrick's registry or lock files, in no file under /tmp /run /var/tmp /dev/shm
+# but the key directory ($WORK).
+check_secret_nowhere() {
+    local what=$1 secret=$2 n hits; shift 2
+    for n in "$@"; do
+        grep -qF -- "$secret" "$WORK/$n.out" "$WORK/$n.err" 2>/dev/null && fail "$what: the passphrase is in the output of attach $n"
+    done
+    hits=$(secret_files "$secret")
+    [ -z "$hits" ] || fail "$what: the passphrase was left in: $hits"
+    return 0
+}
+
+# One encrypted volume's round trip through `attach` (the scenario sets, per volume):
+#   ENC_TAG       a name (logs, files, pattern)       ENC_CONN   connection_info file
+#   ENC_PROVIDER  luks | luks2 | plain                ENC_META   metadata file (enc_meta)
+#   ENC_FLAGS     array: connect/disconnect flags     ENC_META_ARGS array: (--encryption FILE) or ()
+#                 (e.g. --multipath)                  (metadata inside ENC_CONN instead)
+#   ENC_KEY_ID    the key's id in $KEY_DIR             ENC_SIZE   the raw volume's size
+#   ENC_BACKING   the target's backing file (or empty)
+#   enc_raw_check DEV     the scenario's check of the raw device (size, WWID / uuid / image)
+#   enc_clean_check WHAT  the scenario's check that nothing of the volume is left
+# ENC_TYPE: the dm-crypt type cryptsetup status shows for ENC_PROVIDER.
+enc_type() { case $1 in luks) echo LUKS1 ;; luks2) echo LUKS2 ;; plain) echo PLAIN ;; esac; }
+
+# enc_connect NAME [--watch]: attach connect with the key dir; checks the record and the
+# mapping; sets ENC_RAW, ENC_NAME, ENC_DEV, ENC_OFFSET (sectors), ENC_HDR_UUID (LUKS).
+enc_connect() {
+    local name=$1 watch=${2:-} type st cipher keysize
+    type=$(enc_type "$ENC_PROVIDER")
+    [ -n "$watch" ] && cmdline_watch_start "$(enc_passphrase_of "$ENC_KEY_ID")"
+    attach_cmd "$name" connect "${ENC_FLAGS[@]}" --key-dir "$KEY_DIR" "${ENC_META_ARGS[@]}" "$ENC_CONN"
+    [ -n "$watch" ] && cmdline_watch_stop
+    [ "$ATTACH_RC" = 0 ] || fail "$ENC_TAG: attach connect failed (rc=$ATTACH_RC): $(attach_stderr_summary "$name")"
+    jq -e -s 'length == 1 and (.[0] | type == "object")' "$WORK/$name.out" >/dev/null \
+        || fail "$ENC_TAG: connect stdout is not exactly one JSON object: $(head -c 300 "$WORK/$name.out")"
+    cp "$WORK/$name.out" "$WORK/$name.json"
+    log "$ENC_TAG: device record: $(jq -c . "$WORK/$name.json")"
+    [ -n "$watch" ] && check_cmdline_clean "$ENC_TAG: connect"
+    ENC_RAW=$(record_field "$name" path)
+    ENC_NAME=$(jq -r '.encryption.name // empty' "$WORK/$name.json")
+    ENC_DEV=$(jq -r '.encryption.device // empty' "$WORK/$name.json")
+    [ -n "$ENC_NAME" ] && [ -n "$ENC_DEV" ] || fail "$ENC_TAG: the record has no encryption name/device: $(jq -c .encryption "$WORK/$name.json")"
+    [ "$(jq -r '.encryption.provider' "$WORK/$name.json")" = "$ENC_PROVIDER" ] \
+        || fail "$ENC_TAG: record encryption.provider '$(jq -r '.encryption.provider' "$WORK/$name.json")', expected $ENC_PROVIDER"
+    [ "$ENC_DEV" = "/dev/mapper/$ENC_NAME" ] || fail "$ENC_TAG: encryption.device '$ENC_DEV' is not /dev/mapper/$ENC_NAME"
+    [ "$(readlink -f "$ENC_RAW")" != "$(readlink -f "$ENC_DEV")" ] || fail "$ENC_TAG: record path $ENC_RAW is the decrypted device"
+    [ "$(readlink -f "$(jq -r '.encryption.raw // empty' "$WORK/$name.json")")" = "$(readlink -f "$ENC_RAW")" ] \
+        || fail "$ENC_TAG: encryption.raw '$(jq -r '.encryption.raw // empty' "$WORK/$name.json")' is not the record path's device $(readlink -f "$ENC_RAW")"
+    enc_raw_check "$ENC_RAW"
+    crypt_check_over "$ENC_NAME" "$(basename "$(readlink -f "$ENC_RAW")")" "$type"
+    st=$(cryptsetup status "$ENC_NAME")
+    ENC_OFFSET=$(awk '$1 == "offset:" {print $2}' <<<"$st")
+    cipher=$(awk '$1 == "cipher:" {print $2}' <<<"$st"); keysize=$(awk '$1 == "keysize:" {print $2}' <<<"$st")
+    case $ENC_PROVIDER in
+        plain) [ "$ENC_OFFSET" = 0 ] || fail "$ENC_TAG: plain mapping at offset $ENC_OFFSET" ;;
+        *)     [ "${ENC_OFFSET:-0}" -gt 0 ] || fail "$ENC_TAG: LUKS mapping at offset '$ENC_OFFSET'" ;;
+    esac
+    local want_cipher want_size
+    want_cipher=$(jq -r '.cipher // empty' "$ENC_META"); want_size=$(jq -r '.key_size // empty' "$ENC_META")
+    [ -z "$want_cipher" ] || [ "$cipher" = "$want_cipher" ] || fail "$ENC_TAG: cipher $cipher, the metadata asks for $want_cipher"
+    [ -z "$want_size" ] || [ "$keysize" = "$want_size" ] || fail "$ENC_TAG: key size $keysize bits, the metadata asks for $want_size"
+    enc_size_check
+    ENC_HDR_UUID=""
+    if [ "$ENC_PROVIDER" != plain ]; then
+        ENC_HDR_UUID=$(cryptsetup luksUUID "$ENC_RAW") || fail "$ENC_TAG: cryptsetup luksUUID $ENC_RAW failed"
+        cryptsetup luksDump "$ENC_RAW" | grep -qE "^Version:[[:space:]]+$([ "$ENC_PROVIDER" = luks ] && echo 1 || echo 2)\$" \
+            || fail "$ENC_TAG: luksDump shows $(cryptsetup luksDump "$ENC_RAW" | grep -m1 '^Version'), expected the $ENC_PROVIDER format"
+    fi
+    check_secret_nowhere "$ENC_TAG: connect" "$(enc_passphrase_of "$ENC_KEY_ID")" "$name"
+    log "$ENC_TAG: $ENC_DEV ($CRYPT_DM, $type $cipher $keysize bits, offset $ENC_OFFSET) over $ENC_RAW ($(readlink -f "$ENC_RAW"))"
+}
+# enc_size_check: the decrypted device is the raw device less the header (status offset).
+enc_size_check() {
+    local raw dec
+    raw=$(blockdev --getsize64 "$(readlink -f "$ENC_RAW")"); dec=$(blockdev --getsize64 "$ENC_DEV")
+    [ "$dec" = $(( raw - ENC_OFFSET * 512 )) ] || fail "$ENC_TAG: decrypted size $dec, raw $raw less offset $ENC_OFFSET sectors"
+    ENC_DEC_SIZE=$dec
+}
+
+# enc_disconnect NAME: attach disconnect with the record of connect NAME (no key), then the
+# mapping and the volume are gone.
+enc_disconnect() {
+    local name=$1 dm=$CRYPT_DM
+    attach_cmd "$name-disconnect" disconnect "${ENC_FLAGS[@]}" "$ENC_CONN" "$WORK/$name.json"
+    [ "$ATTACH_RC" = 0 ] || fail "$ENC_TAG: attach disconnect failed (rc=$ATTACH_RC): $(attach_stderr_summary "$name-disconnect")"
+    DISCONNECT_S=$ATTACH_SECS
+    check_gone "$ENC_DEV" "/dev/$dm"
+    check_no_crypt_leftovers
+    enc_clean_check "$ENC_TAG: after disconnect"
+    check_registry_empty
+}
+
+# enc_round_trip: first attach (formats a LUKS volume; watched for the passphrase in argv),
+# data through the decrypted device, none of it on the raw device or the target, detach;
+# ENC_WRONG=1: then a wrong key fails with nothing left; attach again: the same header
+# (no second format), the data reads back; ENC_EXTEND=NEW_SIZE (with enc_grow NEW_SIZE
+# defined): grow the target, `attach extend`, the decrypted device grows (a failed extend is
+# a soft failure: the scenario calls soft_verdict at its end); detach.
+# Times in ENC_TIMES.
+enc_round_trip() {
+    local t_first t_second t_disc hdr
+    log "---- $ENC_TAG"
+    enc_connect "$ENC_TAG-1" --watch
+    t_first=$ATTACH_SECS
+    check_io "$ENC_DEV" "$ENC_TAG"
+    raw_has_text "$ENC_DEV" "hostbrick $ENC_TAG block" || fail "$ENC_TAG: control: the pattern is not found on the decrypted device"
+    check_no_plaintext "$ENC_RAW" "$ENC_TAG"
+    hdr=$ENC_HDR_UUID
+    enc_disconnect "$ENC_TAG-1"
+    t_disc=$ATTACH_SECS
+    [ -n "$ENC_BACKING" ] && check_no_plaintext "$ENC_BACKING" "$ENC_TAG"
+
+    if [ "${ENC_WRONG:-0}" = 1 ]; then enc_wrong_key; fi
+
+    enc_connect "$ENC_TAG-2"
+    t_second=$ATTACH_SECS
+    [ "$ENC_HDR_UUID" = "$hdr" ] || fail "$ENC_TAG: the second attach shows LUKS header '$ENC_HDR_UUID', the first '$hdr' (formatted again?)"
+    read_pattern "$ENC_DEV" "$ENC_TAG" || fail "$ENC_TAG: the data written before the detach did not read back through $ENC_DEV"
+    if [ -n "${ENC_EXTEND:-}" ]; then enc_extend "$ENC_EXTEND"; fi
+    enc_disconnect "$ENC_TAG-2"
+    ENC_TIMES+=("$ENC_TAG: first connect ${t_first}s, again ${t_second}s, disconnect ${t_disc}s")
+    bench_line encryption "$ENC_TAG first attach (format)" 1 "$t_first" "$t_disc" - "$(enc_type "$ENC_PROVIDER")"
+    bench_line encryption "$ENC_TAG attach (open)" 1 "$t_second" "$DISCONNECT_S" - "$(enc_type "$ENC_PROVIDER")"
+}
+
+# enc_wrong_key: the same volume's metadata naming another key: error[wrong_key], nothing
+# left, the header untouched.
+enc_wrong_key() {
+    local meta=$WORK/meta-$ENC_TAG-wrong.json before after
+    enc_key_new "$ENC_KEY_ID-wrong" || fail "key"
+    jq --arg k "$ENC_KEY_ID-wrong" '.encryption_key_id = $k' "$ENC_META" > "$meta"
+    before=$(enc_header_sum)
+    attach_cmd "$ENC_TAG-wrong" connect "${ENC_FLAGS[@]}" --key-dir "$KEY_DIR" --encryption "$meta" "$ENC_CONN"
+    expect_error "$ENC_TAG-wrong" wrong_key
+    note "$ENC_TAG: wrong key refused in ${ATTACH_SECS}s"
+    check_no_crypt_leftovers
+    enc_clean_check "$ENC_TAG: after the wrong key"
+    check_registry_empty
+    check_secret_nowhere "$ENC_TAG: wrong key" "$(enc_passphrase_of "$ENC_KEY_ID-wrong")" "$ENC_TAG-wrong"
+    after=$(enc_header_sum)
+    [ "$before" = "$after" ] || fail "$ENC_TAG: the volume's first 32 MiB changed in the failed attach with the wrong key"
+}
+# the sha256 of the first 32 MiB of the target's backing file (the header and more)
+enc_header_sum() { [ -n "$ENC_BACKING" ] && head -c $((32 * 1024 * 1024)) "$ENC_BACKING" | sha256sum | cut -c1-16; }
+
+# enc_extend NEW_RAW_SIZE: grow the target (the scenario's enc_grow), `attach extend` with the
+# key (watched for the passphrase in argv), printed size = the decrypted device's = new raw
+# size less the header; the data reads back; the last MiB is writable.
+enc_extend() {
+    local new=$1 got
+    enc_grow "$new" || fail "$ENC_TAG: growing the volume on the target failed"
+    cmdline_watch_start "$(enc_passphrase_of "$ENC_KEY_ID")"
+    attach_cmd "$ENC_TAG-extend" extend "${ENC_FLAGS[@]}" --key-dir "$KEY_DIR" "${ENC_META_ARGS[@]}" "$ENC_CONN"
+    cmdline_watch_stop
+    # a failed extend is recorded and the scenario goes on (the volume is still attached, at
+    # its old decrypted size); the verdict lists it
+    if [ "$ATTACH_RC" != 0 ]; then
+        soft_fail "$ENC_TAG: attach extend failed (rc=$ATTACH_RC): $(attach_stderr_summary "$ENC_TAG-extend")"
+        return 0
+    fi
+    [ -s "$CMDLINE_LEAKS" ] && fail "$ENC_TAG: extend: the passphrase appeared in a command line: $(head -n 3 "$CMDLINE_LEAKS" | tr '\n' ';')"
+    [ "${CMDLINE_CRYPTSETUP:-0}" -gt 0 ] || note "$ENC_TAG: the cmdline watch did not see extend's cryptsetup resize ($CMDLINE_SAMPLES samples)"
+    got=$(tr -d '[:space:]' < "$WORK/$ENC_TAG-extend.out")
+    [ "$(blockdev --getsize64 "$(readlink -f "$ENC_RAW")")" = "$new" ] || fail "$ENC_TAG: raw device size $(blockdev --getsize64 "$(readlink -f "$ENC_RAW")") after extend, expected $new"
+    enc_size_check
+    [ "$got" = "$ENC_DEC_SIZE" ] || fail "$ENC_TAG: attach extend printed '$got', the decrypted device has $ENC_DEC_SIZE"
+    [ "$got" = $(( new - ENC_OFFSET * 512 )) ] || fail "$ENC_TAG: extend printed $got, expected $(( new - ENC_OFFSET * 512 ))"
+    note "$ENC_TAG: extend ${ATTACH_SECS}s to $got bytes decrypted"
+    read_pattern "$ENC_DEV" "$ENC_TAG" || fail "$ENC_TAG: data unreadable after extend"
+    dd if=/dev/zero of="$ENC_DEV" bs=1M seek=$(( got / 1048576 - 1 )) count=1 oflag=direct status=none \
+        || fail "$ENC_TAG: cannot write the last MiB of the extended decrypted device"
+    check_secret_nowhere "$ENC_TAG: extend" "$(enc_passphrase_of "$ENC_KEY_ID")" "$ENC_TAG-extend"
 }

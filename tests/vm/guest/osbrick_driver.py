@@ -11,6 +11,9 @@ and oslo's logging, stray prints) goes to stderr.
     {"op": "disconnect", "protocol": "ISCSI", "use_multipath": false,
      "connection_properties": {...}, "device_info": {...}, "force": false, "ignore_errors": false}
     {"op": "extend", "protocol": "ISCSI", "use_multipath": false, "connection_properties": {...}}
+    {"op": "encryptor_attach", "connection_info": {...}, "encryption": {...}, "key_dir": DIR}
+    {"op": "encryptor_detach", "connection_info": {...}, "encryption": {...}, "key_dir": DIR}
+    {"op": "encryptor_extend", "connection_info": {...}, "encryption": {...}, "key_dir": DIR}
     {"op": "connect_many", "requests": [{connect request, "op" optional}, ...]}
     {"op": "disconnect_many", "requests": [{disconnect request, "op" optional}, ...]}
     {"op": "quit"}
@@ -25,7 +28,16 @@ only when every one is (otherwise the error kind is "partial"). attach batch
 (examples/attach/batch.rs) answers the same requests, for hostbrick as a library.
 
 Only os-brick's public API is used: connector.get_connector_properties,
-InitiatorConnector.factory, connect_volume, disconnect_volume, extend_volume.
+InitiatorConnector.factory, connect_volume, disconnect_volume, extend_volume, and for the
+encryptor ops encryptors.get_volume_encryptor(root_helper, connection_info, keymgr,
+**encryption) with attach_volume(context, **encryption), detach_volume(**encryption) and
+extend_volume(context, **encryption), as Nova calls them. connection_info is Nova's: the
+`driver_volume_type` and the `data` with `device_path` = the connector's device path.
+The key manager is a stub over a hostbrick FileKeyManager directory (DIR/<key id>: the key
+as hex text): get(context, key_id) returns a 'symmetric' key whose get_encoded() is the
+bytes, as castellan's Barbican manager returns Cinder's keys. The encryptor answer is
+{"dev_name", "dev_path", "symlink_path", "symlink_target"} (os-brick's dm name, the device
+it opened, the device_path link it repointed).
 connection_properties is the `data` of Cinder's connection_info, as Nova passes it.
 
 Privileges: the process runs as root with root_helper='' (os-brick then runs its commands
@@ -122,8 +134,58 @@ def main():
     def op_extend(req):
         return get_connector(req).extend_volume(req["connection_properties"])
 
+    class FileKeyStub:
+        """castellan's KeyManager.get over a hostbrick FileKeyManager directory."""
+
+        class Key:
+            def __init__(self, raw):
+                self._raw = raw
+
+            def managed_type(self):
+                return "symmetric"
+
+            def get_encoded(self):
+                return self._raw
+
+        def __init__(self, key_dir):
+            self.key_dir = key_dir
+
+        def get(self, context, key_id):
+            import binascii
+            with open(os.path.join(self.key_dir, key_id)) as f:
+                return self.Key(binascii.unhexlify(f.read().strip()))
+
+    def get_encryptor(req):
+        from os_brick import encryptors
+        return encryptors.get_volume_encryptor(
+            root_helper="", connection_info=req["connection_info"],
+            keymgr=FileKeyStub(req["key_dir"]), **req["encryption"])
+
+    def encryptor_answer(enc):
+        link = getattr(enc, "symlink_path", None)
+        return {"encryptor": type(enc).__name__, "dev_name": getattr(enc, "dev_name", None),
+                "dev_path": getattr(enc, "dev_path", None), "symlink_path": link,
+                "symlink_target": os.readlink(link) if link and os.path.islink(link) else None}
+
+    def op_encryptor_attach(req):
+        enc = get_encryptor(req)
+        enc.attach_volume(None, **req["encryption"])
+        return encryptor_answer(enc)
+
+    def op_encryptor_detach(req):
+        enc = get_encryptor(req)
+        enc.detach_volume(**req["encryption"])
+        return encryptor_answer(enc)
+
+    def op_encryptor_extend(req):
+        enc = get_encryptor(req)
+        answer = encryptor_answer(enc)
+        answer["size"] = enc.extend_volume(None, **req["encryption"])
+        return answer
+
     ops = {"properties": op_properties, "connect": op_connect, "disconnect": op_disconnect,
-           "extend": op_extend}
+           "extend": op_extend, "encryptor_attach": op_encryptor_attach,
+           "encryptor_detach": op_encryptor_detach, "encryptor_extend": op_encryptor_extend}
 
     def failed(e, start):
         answer = {"ok": False, "error": {"kind": type(e).__name__, "message": str(e)},
