@@ -355,6 +355,43 @@ fn mappings_os_brick_opened_are_recognised_by_every_name_it_gives() {
 }
 
 #[test]
+fn a_mapping_os_brick_opened_under_its_own_link_is_reused_and_its_link_removed_on_close() {
+    // A connection_info with `encrypted: true`: os-brick hands its encryptor the link
+    // /dev/disk/by-id/os-brick+dev+dm-N, names the mapping after it and points it there.
+    let sim = CryptSim::new();
+    sim.add_disk("sdb", 64 * MIB);
+    sim.add_disk("sdc", 64 * MIB);
+    let map = sim
+        .fake
+        .add_multipath_map("36001405abab", "36001405abab", &["sdb", "sdc"]);
+    let name = format!("crypt-os-brick+dev+{map}");
+    sim.open_mapping(&name, &map, "LUKS1");
+    let by_id = sim.fake.root().join("dev/disk/by-id");
+    std::fs::create_dir_all(&by_id).unwrap();
+    let link = by_id.join(format!("os-brick+dev+{map}"));
+    std::os::unix::fs::symlink(format!("/dev/mapper/{name}"), &link).unwrap();
+    // Another link of that shape that leads elsewhere is not os-brick's for this mapping.
+    let other = by_id.join("os-brick+dev+sdz");
+    std::os::unix::fs::symlink("/dev/sdz", &other).unwrap();
+
+    let dev = DeviceRecord::block(Protocol::Iscsi, format!("/dev/{map}"), None);
+    let rec = open_volume(&sim.context(), &luks(), &keys(), &dev, deadline()).unwrap();
+    assert_eq!(rec.encryption.as_ref().unwrap().name, name);
+    assert!(sim.runner.calls().is_empty(), "reused, not reopened");
+    close_volume(&sim.context(), &rec, deadline()).unwrap();
+    assert_eq!(calls(&sim), [format!("cryptsetup luksClose {name}")]);
+    assert!(sim.mappings().is_empty());
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "os-brick's link is removed"
+    );
+    assert!(
+        std::fs::symlink_metadata(&other).is_ok(),
+        "a link to something else stays"
+    );
+}
+
+#[test]
 fn a_mapping_on_the_map_is_found_from_one_of_its_paths() {
     // What a connector reports of a multipath volume are its paths; the mapping sits on
     // the map.

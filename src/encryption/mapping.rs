@@ -216,7 +216,52 @@ pub fn candidate_names(record: &DeviceRecord, kernel: &str) -> Vec<String> {
     if let Some(w) = &record.multipath_id {
         add(w.clone());
     }
+    for path in os_brick_device_paths(record, kernel) {
+        add(format!("{NAME_PREFIX}{}", os_brick_link_base(&path)));
+    }
     out
+}
+
+/// The directory and prefix of the link os-brick (since 5.2) makes for a connection_info
+/// with `encrypted: true` and hands its encryptor instead of the device path:
+/// `/dev/disk/by-id/os-brick` followed by the device path with `/` as `+`
+/// (`/dev/disk/by-id/os-brick+dev+dm-0`). The encryptor names its mapping after it
+/// (`crypt-os-brick+dev+dm-0`) and repoints it at the mapping.
+pub const OS_BRICK_LINK_DIR: &str = "/dev/disk/by-id";
+const OS_BRICK_LINK_PREFIX: &str = "os-brick";
+
+/// The basename of os-brick's link for the device path `path`: `os-brick+dev+dm-0`.
+pub fn os_brick_link_base(path: &str) -> String {
+    format!("{OS_BRICK_LINK_PREFIX}{}", path.replace('/', "+"))
+}
+
+/// The device paths os-brick's connector returns for the volume (what its link encodes):
+/// `/dev/<kernel>` for iSCSI, NVMe-oF (`/dev/md/<alias>` for a replicated one) and a local
+/// volume, `/dev/rbd/<pool>/<image>` for a mapped RBD image.
+fn os_brick_device_paths(record: &DeviceRecord, kernel: &str) -> Vec<String> {
+    let mut out = vec![format!("/dev/{kernel}")];
+    match record.protocol {
+        Some(Protocol::Rbd) => {
+            if let Some(r) = &record.rbd {
+                out.push(format!("/dev/rbd/{}", r.image));
+            }
+        }
+        Some(Protocol::NvmeOf) if record.path.starts_with("/dev/md") => {
+            out.push(record.path.display().to_string());
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The link os-brick made for the mapping `name`, when `name` is one of its
+/// `crypt-os-brick+...` names: `/dev/disk/by-id/os-brick+...`.
+pub fn os_brick_link_of(name: &str) -> Option<std::path::PathBuf> {
+    let base = name.strip_prefix(NAME_PREFIX)?;
+    if !base.starts_with(&format!("{OS_BRICK_LINK_PREFIX}+")) {
+        return None;
+    }
+    Some(Path::new(OS_BRICK_LINK_DIR).join(base))
 }
 
 #[cfg(test)]
@@ -288,8 +333,23 @@ mod tests {
         assert_eq!(mapping_name(&r, "dm-3"), "crypt-dm-3");
         assert_eq!(
             candidate_names(&r, "dm-3"),
-            ["crypt-dm-3", "dm-3", "36001405aaaa"]
+            [
+                "crypt-dm-3",
+                "dm-3",
+                "36001405aaaa",
+                "crypt-os-brick+dev+dm-3"
+            ]
         );
+        // os-brick's link for an `encrypted: true` connection_info, and back.
+        assert_eq!(
+            os_brick_link_of("crypt-os-brick+dev+dm-3").unwrap(),
+            Path::new("/dev/disk/by-id/os-brick+dev+dm-3")
+        );
+        assert_eq!(os_brick_link_of("crypt-dm-3"), None);
+        assert_eq!(os_brick_link_of("os-brick+dev+dm-3"), None);
+        // os-brick's own device_info with that link as its path: the link's name.
+        let r = record(None, "/dev/disk/by-id/os-brick+dev+dm-3");
+        assert!(candidate_names(&r, "dm-3").contains(&"crypt-os-brick+dev+dm-3".to_string()));
         // NVMe-oF: /dev/nvme0n1; a replicated volume's /dev/md/<alias>.
         assert_eq!(
             mapping_name(&record(Some(NvmeOf), "/dev/nvme0n1"), "nvme0n1"),

@@ -1,7 +1,7 @@
 //! The host encryptors: open an attached volume's device to a dm-crypt mapping, close it,
 //! resize it, as os-brick's `LuksEncryptor`, `Luks2Encryptor` and `CryptsetupEncryptor` do.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::cryptsetup as cs;
@@ -437,8 +437,39 @@ pub fn close_volume(ctx: &HostContext, device: &DeviceRecord, deadline: Instant)
         let cmd = cs::close(&m.name, plain, deadline);
         ctx.runner.run_ok(&cmd, &[cs::EXIT_NO_DEVICE])?;
         tracing::info!(phase = "closed", name = %m.name, dm = %m.dm, "dm-crypt mapping closed");
+        remove_os_brick_link(host, &m.name);
     }
     Ok(())
+}
+
+/// After closing a mapping os-brick opened under its own link's name
+/// (`crypt-os-brick+dev+dm-0`): removes that link (`/dev/disk/by-id/os-brick+dev+dm-0`), as
+/// os-brick's disconnect would, but only while it is a symlink to the closed mapping (what
+/// os-brick's encryptor made it); anything else there is left alone.
+fn remove_os_brick_link(host: &Host, name: &str) {
+    let Some(link) = mapping::os_brick_link_of(name) else {
+        return;
+    };
+    let at = host.map_dev_path(&link);
+    let Ok(meta) = std::fs::symlink_metadata(&at) else {
+        return;
+    };
+    let ours = meta.file_type().is_symlink()
+        && std::fs::read_link(&at).is_ok_and(|t| {
+            t == Path::new("/dev/mapper").join(name) || t == Path::new("../../mapper").join(name)
+        });
+    if !ours {
+        tracing::debug!(link = %link.display(), "os-brick's link does not lead to the closed mapping; left alone");
+        return;
+    }
+    match std::fs::remove_file(&at) {
+        Ok(()) => {
+            tracing::info!(link = %link.display(), "os-brick's link to the closed mapping removed")
+        }
+        Err(e) => {
+            tracing::warn!(link = %link.display(), error = %e, "cannot remove os-brick's link")
+        }
+    }
 }
 
 /// Resizes the volume's dm-crypt mapping to its device, after the connector grew the

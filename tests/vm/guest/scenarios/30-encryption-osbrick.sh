@@ -46,7 +46,7 @@ use_vol() {
     ENC_KEY_ID=key-$ENC_TAG ENC_META_ARGS=(--encryption "$ENC_META")
     if [ ! -e "$ENC_CONN" ]; then
         conn_iscsi "$ENC_CONN" $P1 "$ENC_IQN" 0 "$(new_uuid)" \
-            ".target_portals=[\"$P1\",\"$P2\"] | .target_iqns=[\"$ENC_IQN\",\"$ENC_IQN\"] | .target_luns=[0,0]"
+            ".target_portals=[\"$P1\",\"$P2\"] | .target_iqns=[\"$ENC_IQN\",\"$ENC_IQN\"] | .target_luns=[0,0] | .encrypted=true"
         enc_key_new "$ENC_KEY_ID" || fail "key"
         # Cinder's LUKS volume types: aes-xts-plain64, 256-bit key (LUKS1); the LUKS2 one with
         # cryptsetup's defaults
@@ -106,10 +106,24 @@ osb_detach() {
 # outlives the detach; noted and removed, or the next device of that name gets no node.
 osb_dev_links() {
     local l
-    for l in $(find /dev -maxdepth 1 -type l \( -name 'dm-*' -o -name 'sd*' -o -name 'nvme*' \) 2>/dev/null); do
+    for l in $(find /dev -maxdepth 1 -type l \( -name 'dm-*' -o -name 'sd*' -o -name 'nvme*' \) 2>/dev/null) \
+             $(find /dev/disk/by-id -maxdepth 1 -type l -name 'os-brick+*' 2>/dev/null); do
         note "$ENC_TAG: os-brick's encryptor left $l -> $(readlink "$l") in place of the device node (removed)"
         rm -f "$l"
     done
+}
+# names_check HOSTBRICK_NAME: for a connection_info with `encrypted: true` os-brick (since 5.2)
+# hands its encryptor its own link /dev/disk/by-id/os-brick+dev+dm-N and names the mapping after
+# it; hostbrick names it after the device (crypt-dm-N, os-brick's name for the device path) and
+# recognises both.
+names_check() {
+    [ "$OSB_PATH" = "/dev/disk/by-id/os-brick+dev+$OSB_KDEV" ] || soft_fail "$ENC_TAG: os-brick's connector path is $OSB_PATH, expected its link /dev/disk/by-id/os-brick+dev+$OSB_KDEV"
+    [ "$OSB_DM" = "crypt-os-brick+dev+$OSB_KDEV" ] || soft_fail "$ENC_TAG: os-brick named its mapping '$OSB_DM'"
+    [ "$1" = "crypt-$OSB_KDEV" ] || soft_fail "$ENC_TAG: hostbrick named its mapping '$1', expected crypt-$OSB_KDEV"
+}
+check_no_osbrick_links() {
+    local l; l=$(ls /dev/disk/by-id/ 2>/dev/null | grep '^os-brick+' || true)
+    [ -z "$l" ] || fail "os-brick links left: $l"
 }
 luks_version_is() { cryptsetup luksDump "$1" | grep -qE "^Version:[[:space:]]+$([ "$2" = luks ] && echo 1 || echo 2)\$"; }
 
@@ -138,7 +152,7 @@ case_a() {
     osb_attach a3
     [ "$(cryptsetup luksUUID "$OSB_RAW")" = "$hdr" ] || fail "$ENC_TAG: os-brick's second attach shows another LUKS UUID"
     read_pattern "$OSB_DEV" "$ENC_TAG" || fail "$ENC_TAG: the data did not read back through os-brick's second mapping"
-    [ "$HB_NAME_A" = "$OSB_DM" ] || soft_fail "$ENC_TAG: hostbrick named its mapping '$HB_NAME_A', os-brick '$OSB_DM' for the same volume"
+    names_check "$HB_NAME_A"
     attach_cmd a4 connect "${ENC_FLAGS[@]}" --key-dir "$KEY_DIR" "${ENC_META_ARGS[@]}" "$ENC_CONN"
     STEP_FAILS=${#SOFT_FAILS[@]}
     dropin_check
@@ -161,6 +175,7 @@ dropin_check() {
             return
         fi
         soft "$ENC_TAG: after hostbrick's disconnect of os-brick's attachment" clean_all
+        soft "$ENC_TAG: os-brick's link after hostbrick closed os-brick's mapping" check_no_osbrick_links
         soft "$ENC_TAG: registry after hostbrick's disconnect of os-brick's attachment" check_registry_empty
     else
         note "$ENC_TAG: hostbrick's connect of the volume os-brick holds open: $(attach_stderr_summary a4 | cut -c1-200)"
@@ -190,7 +205,7 @@ case_b() {
     [ "$(cryptsetup luksUUID "$OSB_RAW")" = "$hdr" ] || fail "$ENC_TAG: os-brick shows LUKS UUID '$(cryptsetup luksUUID "$OSB_RAW")', hostbrick formatted '$hdr'"
     luks_version_is "$OSB_RAW" "$ENC_PROVIDER" || fail "$ENC_TAG: the header is not $ENC_PROVIDER"
     read_pattern "$OSB_DEV" "$ENC_TAG" || fail "$ENC_TAG: hostbrick's data did not read back through os-brick's $OSB_DEV"
-    [ "$HB_NAME_B" = "$OSB_DM" ] || soft_fail "$ENC_TAG: hostbrick named its mapping '$HB_NAME_B', os-brick '$OSB_DM' for the same volume"
+    names_check "$HB_NAME_B"
     osb_detach b2
 }
 
