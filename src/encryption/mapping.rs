@@ -396,6 +396,7 @@ mod tests {
                 "sdb".into(),
                 format!("crypt-{old}"),
                 old.into(),
+                "crypt-os-brick+dev+sdb".into(),
             ]
         );
     }
