@@ -11,7 +11,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use crate::connector::HostContext;
 use crate::error::{Error, Result};
@@ -20,9 +19,6 @@ use crate::model::secret::Secret;
 use crate::platform::cmd::{Command, CommandOutput};
 use crate::platform::state;
 use crate::rbd::cli::{instance, sweep_stale_files};
-
-/// How long `virsh` itself may take for one call.
-const VIRSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The directory of secret value files in hostbrick's state directory.
 const SECRETS_SUBDIR: &str = "secrets";
@@ -164,11 +160,7 @@ impl VirshSecrets {
     }
 
     fn virsh(&self) -> Command {
-        let cmd = Command::new("virsh").timeout(VIRSH_TIMEOUT);
-        match &self.uri {
-            Some(uri) => cmd.arg("-c").arg(uri),
-            None => cmd,
-        }
+        super::virsh::virsh_command(self.uri.as_deref())
     }
 
     fn run(&self, cmd: Command) -> Result<CommandOutput> {

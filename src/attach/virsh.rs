@@ -10,6 +10,16 @@ use crate::platform::cmd::{Command, CommandOutput};
 
 /// How long `virsh` itself may take for one call.
 const VIRSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `virsh` command with its time limit, on connection `uri` (libvirt's default when
+/// `None`): the start of every virsh call, of the domain and of its secrets.
+pub(super) fn virsh_command(uri: Option<&str>) -> Command {
+    let cmd = Command::new("virsh").timeout(VIRSH_TIMEOUT);
+    match uri {
+        Some(uri) => cmd.arg("-c").arg(uri),
+        None => cmd,
+    }
+}
 /// How often a live detach checks whether the guest let the disk go.
 const DETACH_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -102,11 +112,7 @@ impl VirshDomain {
     }
 
     fn virsh(&self) -> Command {
-        let cmd = Command::new("virsh").timeout(VIRSH_TIMEOUT);
-        match &self.uri {
-            Some(uri) => cmd.arg("-c").arg(uri),
-            None => cmd,
-        }
+        virsh_command(self.uri.as_deref())
     }
 
     fn run(&self, cmd: Command) -> Result<CommandOutput> {
